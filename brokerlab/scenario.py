@@ -1,0 +1,546 @@
+"""The scenario: one YAML file that describes a use case end to end.
+
+A scenario is parsed into immutable, typed objects (pydantic models) so that every target, the
+simulator and the real-broker adapters alike, reads exactly the same numbers. Quantities are
+written with units (``5ms``, ``2kB``, ``800/s``) and stored in seconds, bytes and events per
+second. Every problem a user can make is reported at once, with the file, the field path and the
+reason, through :class:`ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from brokerlab.units import parse_duration, parse_rate, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+
+#: Broker kinds and the semantics the simulator models them with. Real adapters exist for the
+#: first three; the others are simulator presets (see ``brokerlab/data/brokers.yaml``).
+BROKER_KINDS: tuple[str, ...] = (
+    "redis-streams",
+    "nats",
+    "nats-jetstream",
+    "kafka",
+    "rabbitmq",
+    "sqs",
+    "kinesis",
+    "event-hubs",
+    "eventstoredb",
+)
+
+FAULT_ACTIONS: tuple[str, ...] = (
+    "broker-kill",
+    "broker-pause",
+    "partition",
+    "latency",
+    "connection-reset",
+    "bandwidth",
+    "consumer-crash",
+    "producer-crash",
+    "slow-consumer",
+)
+
+
+class _Model(BaseModel):
+    """Base for scenario parts: unknown fields are errors, parsed objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+class Constant(_Model):
+    """Always the same value."""
+
+    dist: Literal["constant"] = "constant"
+    value: float = Field(ge=0)
+
+    @property
+    def mean(self) -> float:
+        return self.value
+
+
+class Exponential(_Model):
+    """Memoryless times: the M in M/M/1."""
+
+    dist: Literal["exponential"]
+    mean: float = Field(ge=0)
+
+
+class Uniform(_Model):
+    """Anything between ``min`` and ``max`` with equal chance."""
+
+    dist: Literal["uniform"]
+    min: float = Field(ge=0)
+    max: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.max < self.min:
+            raise ValueError("max must be at least min")
+        return self
+
+    @property
+    def mean(self) -> float:
+        return (self.min + self.max) / 2
+
+
+class LogNormal(_Model):
+    """Long-tailed service times, given as a median and a 99th percentile as people measure them."""
+
+    dist: Literal["lognormal"]
+    median: float = Field(gt=0)
+    p99: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _tail(self) -> LogNormal:
+        if self.p99 < self.median:
+            raise ValueError("p99 must be at least the median")
+        return self
+
+    @property
+    def sigma(self) -> float:
+        # z-score of the 99th percentile of a standard normal distribution
+        return math.log(self.p99 / self.median) / 2.3263478740408408
+
+    @property
+    def mean(self) -> float:
+        return self.median * math.exp(self.sigma**2 / 2)
+
+
+class Empirical(_Model):
+    """Values measured elsewhere, drawn with equal chance (resampling)."""
+
+    dist: Literal["empirical"]
+    values: list[float] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _non_negative(cls, values: list[float]) -> list[float]:
+        if any(v < 0 for v in values):
+            raise ValueError("values cannot be negative")
+        return values
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+Distribution = Constant | Exponential | Uniform | LogNormal | Empirical
+
+_DIST_KINDS = {"constant", "exponential", "uniform", "lognormal", "empirical"}
+
+
+def _distribution_parser(parse: Any, fields: tuple[str, ...]) -> Any:
+    """Build a validator that accepts ``5ms`` (constant) or ``{dist: ..., <fields with units>}``."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value
+        if isinstance(value, dict):
+            kind = value.get("dist")
+            if kind is None:
+                raise ValueError(f"a distribution needs 'dist' (one of {sorted(_DIST_KINDS)})")
+            if kind not in _DIST_KINDS:
+                raise ValueError(f"unknown dist {kind!r}; use one of {sorted(_DIST_KINDS)}")
+            out = dict(value)
+            for name in fields:
+                if name in out:
+                    out[name] = parse(out[name])
+            if "values" in out:
+                if not isinstance(out["values"], list):
+                    raise ValueError("'values' must be a list")
+                out["values"] = [parse(v) for v in out["values"]]
+            return out
+        return {"dist": "constant", "value": parse(value)}
+
+    return convert
+
+
+_DIST_FIELDS = ("value", "mean", "min", "max", "median", "p99")
+TimeDistribution = Annotated[
+    Distribution,
+    Field(discriminator="dist"),
+    BeforeValidator(_distribution_parser(parse_duration, _DIST_FIELDS)),
+]
+SizeDistribution = Annotated[
+    Distribution,
+    Field(discriminator="dist"),
+    BeforeValidator(_distribution_parser(parse_size, _DIST_FIELDS)),
+]
+
+
+# --------------------------------------------------------------------------- producers
+
+
+class Poisson(_Model):
+    """Independent arrivals at the mean rate (exponential gaps)."""
+
+    process: Literal["poisson"] = "poisson"
+
+
+class Steady(_Model):
+    """Evenly spaced sends at the rate."""
+
+    process: Literal["constant"]
+
+
+class OnOff(_Model):
+    """Bursts: Poisson at ``rate * (on + off) / on`` while on, silence while off.
+
+    The mean over a whole cycle is the producer ``rate``, so bursty and steady scenarios offer
+    the same load and differ only in its shape.
+    """
+
+    process: Literal["on-off"]
+    on: Duration = Field(gt=0)
+    off: Duration = Field(ge=0)
+
+
+class Ramp(_Model):
+    """Rate rising (or falling) linearly from ``start`` to the producer ``rate`` over ``over``."""
+
+    process: Literal["ramp"]
+    start: Rate
+    over: Duration = Field(gt=0)
+
+
+Arrival = Poisson | Steady | OnOff | Ramp
+
+
+_ARRIVAL_KINDS = ("poisson", "constant", "on-off", "ramp")
+
+
+def _arrival(value: Any) -> Any:
+    if isinstance(value, str):
+        value = {"process": value}
+    if isinstance(value, dict):
+        process = value.get("process", "poisson")
+        if process not in _ARRIVAL_KINDS:
+            raise ValueError(f"unknown arrival process {process!r}; use one of {', '.join(_ARRIVAL_KINDS)}")
+        return {"process": process, **value}
+    return value
+
+
+class Producers(_Model):
+    """Who sends what, how fast, for how long, and what to do when a publish fails."""
+
+    count: int = Field(1, ge=1, description="producer clients")
+    rate: Rate = Field(description="offered rate of all producers together, e.g. 800/s")
+    arrival: Annotated[Arrival, Field(discriminator="process"), BeforeValidator(_arrival)] = Poisson()
+    messages: int | None = Field(None, ge=1, description="total messages of all producers")
+    duration: Duration | None = Field(None, description="how long producers send")
+    warmup: Duration = Field(0.0, description="sends before this are left out of percentiles")
+    size: SizeDistribution = Constant(value=256)
+    keys: int = Field(0, ge=0, description="key space size; 0 means no keys")
+    retry: Literal["none", "same-id", "new-id"] = "none"
+    max_attempts: int = Field(3, ge=1)
+    publish_timeout: Duration = Field(5.0, gt=0)
+    confirm: Literal["sync", "async"] = Field(
+        "async", description="wait for each publish ack before the next (sync) or pipeline"
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _positive_rate(cls, rate: float) -> float:
+        if rate <= 0:
+            raise ValueError("rate must be greater than zero")
+        return rate
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Producers:
+        if self.messages is None and self.duration is None:
+            raise ValueError("say how long producers send: 'messages' or 'duration'")
+        if self.messages is not None and self.duration is not None:
+            raise ValueError("give 'messages' or 'duration', not both")
+        if self.duration is not None and self.duration <= 0:
+            raise ValueError("duration must be greater than zero")
+        return self
+
+    @property
+    def total_messages(self) -> int:
+        """Messages offered in the whole run (derived from duration × rate when needed)."""
+        if self.messages is not None:
+            return self.messages
+        assert self.duration is not None
+        return max(1, round(self.duration * self.rate))
+
+
+# --------------------------------------------------------------------------- broker
+
+
+class Persistence(_Model):
+    """How durable an acknowledged write is: ``none``, ``periodic`` (with interval), ``always``."""
+
+    mode: Literal["none", "periodic", "always"] = "none"
+    interval: Duration = Field(1.0, gt=0)
+
+
+def _persistence(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"mode": value}
+    return value
+
+
+class ServiceTime(_Model):
+    """Broker work per operation, so the simulated broker saturates like a real one."""
+
+    publish: TimeDistribution = Constant(value=0.0)
+    deliver: TimeDistribution = Constant(value=0.0)
+
+
+def _service_time(value: Any) -> Any:
+    if isinstance(value, str | int | float):
+        return {"publish": value, "deliver": value}
+    return value
+
+
+class Broker(_Model):
+    """The broker and its settings; real adapters turn these into real configuration."""
+
+    kind: str = Field(description="one of " + ", ".join(BROKER_KINDS))
+    persistence: Annotated[Persistence, BeforeValidator(_persistence)] = Persistence()
+    storage: Literal["memory", "file"] = "file"
+    max_length: int = Field(0, ge=0, description="keep at most this many messages; 0 = no limit")
+    retention: Duration = Field(0.0, description="drop messages older than this; 0 = no limit")
+    partitions: int = Field(1, ge=1)
+    ack_timeout: Duration = Field(30.0, gt=0, description="redeliver unacked after this")
+    max_deliveries: int = Field(0, ge=0, description="give up after this many; 0 = no limit")
+    max_ack_pending: int = Field(1000, ge=1)
+    dedup_window: Duration = Field(0.0, description="drop republished ids within this window")
+    pending_limit: int = Field(
+        512 * 1024, ge=1, description="fire-and-forget: messages a slow consumer may queue"
+    )
+    service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
+    servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in BROKER_KINDS:
+            raise ValueError(f"unknown broker kind {kind!r}; use one of {', '.join(BROKER_KINDS)}")
+        return kind
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+class Consumers(_Model):
+    """Competing consumers in one group, their processing time, prefetch and ack mode."""
+
+    count: int = Field(1, ge=1)
+    group: str = Field("workers", min_length=1)
+    processing: TimeDistribution = Constant(value=0.0)
+    prefetch: int = Field(1, ge=1, description="messages a consumer holds before acking")
+    ack: Literal["after", "before", "none"] = "after"
+
+
+class Network(_Model):
+    """One-way delay between any client and the broker."""
+
+    delay: TimeDistribution = Constant(value=0.0)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class Fault(_Model):
+    """One entry of the fault timeline."""
+
+    at: Duration
+    action: str
+    duration: Duration = 0.0
+    target: str = Field("broker", description="broker, consumer-N, producer-N, or all")
+    delay: Duration | None = Field(None, description="added latency, or restart delay")
+    jitter: Duration = 0.0
+    factor: float = Field(1.0, gt=0, description="slow-consumer: processing time multiplier")
+    bandwidth: Rate | None = Field(None, description="bandwidth limit in bytes per second")
+
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, action: str) -> str:
+        if action not in FAULT_ACTIONS:
+            raise ValueError(f"unknown fault action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
+        return action
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, target: str) -> str:
+        head, _, index = target.partition("-")
+        if target in ("broker", "all", "consumers", "producers"):
+            return target
+        if head in ("consumer", "producer") and index.isdigit():
+            return target
+        raise ValueError(
+            f"unknown fault target {target!r}; use broker, all, consumers, producers, "
+            "consumer-N or producer-N"
+        )
+
+
+# --------------------------------------------------------------------------- requirements
+
+PERCENTILES = ("p50", "p90", "p99", "p99_9", "max", "mean")
+LATENCY_KINDS = ("end_to_end", "completion", "publish", "publish_delay")
+
+
+class Requirements(_Model):
+    """What the use case needs; every run is judged against these."""
+
+    throughput: Rate | None = Field(None, description="delivered messages per second at least")
+    latency: dict[str, dict[str, Duration]] = Field(
+        default_factory=dict, description="e.g. {end_to_end: {p99: 50ms}}"
+    )
+    max_lost: int | None = Field(0, ge=0, description="lost messages allowed; null = any")
+    max_duplicates: int | None = Field(None, ge=0, description="duplicates allowed; null = any")
+    ordering: Literal["none", "per-key"] = "none"
+    replay: bool = False
+    max_message_size: Size | None = None
+
+    @field_validator("latency")
+    @classmethod
+    def _known_percentiles(cls, latency: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for kind, bounds in latency.items():
+            if kind not in LATENCY_KINDS:
+                raise ValueError(f"unknown latency {kind!r}; use one of {', '.join(LATENCY_KINDS)}")
+            for name in bounds:
+                if name not in PERCENTILES:
+                    raise ValueError(
+                        f"unknown percentile {name!r} under {kind}; use one of {', '.join(PERCENTILES)}"
+                    )
+        return latency
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+class Scenario(_Model):
+    """A whole use case: the one object every target runs."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = Field(1, description="default seed; the CLI's --seed wins")
+    producers: Producers
+    broker: Broker
+    consumers: Consumers = Consumers()
+    network: Network = Network()
+    faults: list[Fault] = Field(default_factory=list)
+    requirements: Requirements = Requirements()
+    drain_timeout: Duration = Field(30.0, gt=0, description="how long to wait for stragglers")
+
+    @model_validator(mode="after")
+    def _faults_fit(self) -> Scenario:
+        for fault in self.faults:
+            for role, count in (("consumer", self.consumers.count), ("producer", self.producers.count)):
+                prefix = f"{role}-"
+                if fault.target.startswith(prefix) and int(fault.target[len(prefix) :]) >= count:
+                    raise ValueError(
+                        f"fault target {fault.target!r} does not exist: there are {count} "
+                        f"{role}s, numbered from 0"
+                    )
+        return self
+
+
+class ScenarioError(Exception):
+    """A user's mistake in a scenario file: every problem, each with file, field path and reason."""
+
+    def __init__(self, path: str | Path, problems: Iterable[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """One line per problem: ``file: field.path: reason``."""
+        return "\n".join(
+            f"{self.path}: {field}: {reason}" if field else f"{self.path}: {reason}"
+            for field, reason in self.problems
+        )
+
+
+# Discriminator values pydantic puts in error locations; users never wrote them as fields.
+_TAGS = frozenset(_DIST_KINDS) | frozenset(_ARRIVAL_KINDS)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """Turn pydantic's location into ``producers.arrival.on``, dropping union branch names."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            continue
+        name = str(item)
+        # pydantic names the union branch it tried (e.g. "Exponential", "function-before[...]");
+        # users never wrote those, so they are noise in a field path.
+        if name[:1].isupper() or "[" in name or name.startswith("function-") or name in _TAGS:
+            continue
+        parts.append(("." if parts else "") + name)
+    return "".join(parts)
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for item in error.errors():
+        field = _field_path(item["loc"])
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif item["type"] == "missing":
+            reason = "required field is missing"
+        # A bad value inside a union is reported once per branch; keep the first, clearest one.
+        seen.setdefault(field, reason)
+    return list(seen.items())
+
+
+def parse_scenario(data: Any, source: str | Path = "<scenario>") -> Scenario:
+    """Validate already-loaded YAML data; raise :class:`ScenarioError` with every problem."""
+    if data is None:
+        raise ScenarioError(source, [("", "the file is empty")])
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [("", f"expected a mapping of fields, got {type(data).__name__}")])
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as error:
+        raise ScenarioError(source, _problems(error)) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(path, [("", "no such file")]) from None
+    except IsADirectoryError:
+        raise ScenarioError(path, [("", "is a folder, not a scenario file")]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError(path, [("", "not a text file (UTF-8 expected)")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ScenarioError(path, [("", f"not valid YAML: {where}{problem}")]) from None
+    return parse_scenario(data, path)
+
+
+def scenario_to_yaml(scenario: Scenario) -> str:
+    """The scenario as run, in base units (seconds, bytes, per second), for results folders."""
+    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,227 @@
+"""The trace: what happened in a run, as flat tables every target writes the same way.
+
+Times are seconds (float64) from the run's start, measured on one monotonic clock, kept at
+microsecond resolution. A trace is three pandas DataFrames; on disk it is three Parquet files
+(``sends.parquet``, ``deliveries.parquet``, ``timeline.parquet``) so that one line of pandas reads
+any run, whichever target produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SENDS_FILE = "sends.parquet"
+DELIVERIES_FILE = "deliveries.parquet"
+TIMELINE_FILE = "timeline.parquet"
+
+#: Column -> dtype of ``sends.parquet``. ``t_acked`` is NaN when the broker never acknowledged.
+SENDS_SCHEMA: dict[str, str] = {
+    "msg_id": "string",
+    "producer": "int32",
+    "seq": "int64",
+    "key": "int64",
+    "size": "int64",
+    "t_intended": "float64",
+    "t_sent": "float64",
+    "t_acked": "float64",
+    "outcome": "category",
+    "attempts": "int16",
+}
+#: Column -> dtype of ``deliveries.parquet``. ``t_done`` is NaN when the consumer died first.
+DELIVERIES_SCHEMA: dict[str, str] = {
+    "msg_id": "string",
+    "consumer": "int32",
+    "delivery_no": "int32",
+    "t_delivered": "float64",
+    "t_done": "float64",
+}
+#: Column -> dtype of ``timeline.parquet``: one row per interval.
+TIMELINE_SCHEMA: dict[str, str] = {
+    "t_start": "float64",
+    "t_end": "float64",
+    "sent": "int64",
+    "delivered": "int64",
+    "sent_per_s": "float64",
+    "delivered_per_s": "float64",
+    "backlog": "int64",
+    "errors": "int64",
+    "faults": "string",
+}
+
+OUTCOMES = ("acked", "failed", "unknown")
+#: key value written when a message has no key
+NO_KEY = -1
+
+
+def _round_us(values: np.ndarray) -> np.ndarray:
+    """Microsecond resolution, as the contract says; NaN stays NaN."""
+    return np.round(values.astype("float64"), 6)
+
+
+def msg_ids(producers: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    """The lab's message ids, ``producer:seq``, built for whole columns at once."""
+    return np.char.add(np.char.add(producers.astype(str), ":"), seqs.astype(str))
+
+
+def make_sends(
+    producer: np.ndarray,
+    seq: np.ndarray,
+    key: np.ndarray,
+    size: np.ndarray,
+    t_intended: np.ndarray,
+    t_sent: np.ndarray,
+    t_acked: np.ndarray,
+    outcome: np.ndarray,
+    attempts: np.ndarray,
+) -> pd.DataFrame:
+    """Build a sends table from columns (the fast path for the simulator and harness)."""
+    frame = pd.DataFrame(
+        {
+            "msg_id": msg_ids(producer, seq),
+            "producer": producer,
+            "seq": seq,
+            "key": key,
+            "size": size,
+            "t_intended": _round_us(t_intended),
+            "t_sent": _round_us(t_sent),
+            "t_acked": _round_us(t_acked),
+            "outcome": pd.Categorical(outcome, categories=OUTCOMES),
+            "attempts": attempts,
+        }
+    )
+    return frame.astype(SENDS_SCHEMA)
+
+
+def make_deliveries(
+    msg_id: np.ndarray,
+    consumer: np.ndarray,
+    delivery_no: np.ndarray,
+    t_delivered: np.ndarray,
+    t_done: np.ndarray,
+) -> pd.DataFrame:
+    """Build a deliveries table from columns."""
+    frame = pd.DataFrame(
+        {
+            "msg_id": msg_id,
+            "consumer": consumer,
+            "delivery_no": delivery_no,
+            "t_delivered": _round_us(t_delivered),
+            "t_done": _round_us(t_done),
+        }
+    )
+    return frame.astype(DELIVERIES_SCHEMA)
+
+
+def empty(schema: dict[str, str]) -> pd.DataFrame:
+    """An empty table with the right columns and dtypes."""
+    frame = pd.DataFrame({name: pd.Series(dtype="object") for name in schema})
+    if "outcome" in schema:
+        frame["outcome"] = pd.Categorical([], categories=OUTCOMES)
+    return frame.astype(schema)
+
+
+@dataclass(frozen=True)
+class FaultWindow:
+    """When a fault was active, for timelines and shaded report figures."""
+
+    action: str
+    target: str
+    t_start: float
+    t_end: float
+
+
+@dataclass
+class Trace:
+    """A run's sends, deliveries and timeline, whichever target produced them."""
+
+    sends: pd.DataFrame
+    deliveries: pd.DataFrame
+    timeline: pd.DataFrame
+
+    def write(self, folder: str | Path) -> None:
+        """Write the three Parquet files into ``folder``."""
+        folder = Path(folder)
+        self.sends.to_parquet(folder / SENDS_FILE, index=False)
+        self.deliveries.to_parquet(folder / DELIVERIES_FILE, index=False)
+        self.timeline.to_parquet(folder / TIMELINE_FILE, index=False)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Trace:
+        """Read a run folder's trace back (one call, any target)."""
+        folder = Path(folder)
+        return cls(
+            sends=pd.read_parquet(folder / SENDS_FILE),
+            deliveries=pd.read_parquet(folder / DELIVERIES_FILE),
+            timeline=pd.read_parquet(folder / TIMELINE_FILE),
+        )
+
+
+def timeline_interval(duration: float) -> float:
+    """Pick an interval that gives a readable timeline: about 200 rows, never under 10 ms."""
+    if duration <= 0:
+        return 1.0
+    raw = max(duration / 200, 0.01)
+    # round to 1, 2 or 5 × a power of ten so axes read naturally
+    exponent = np.floor(np.log10(raw))
+    for step in (1, 2, 5, 10):
+        if raw <= step * 10**exponent:
+            return float(step * 10**exponent)
+    return float(10 ** (exponent + 1))
+
+
+def build_timeline(
+    sends: pd.DataFrame,
+    deliveries: pd.DataFrame,
+    faults: list[FaultWindow] | None = None,
+    interval: float | None = None,
+    errors: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Per-interval rates and consumer lag, computed the same way for every target.
+
+    ``backlog`` is the consumer lag at the interval's end: messages sent so far that no consumer
+    has yet received. ``errors`` counts failed or unknown publishes started in the interval (plus
+    any target-specific error times passed in). ``faults`` names the faults active in the interval.
+    """
+    faults = faults or []
+    t_sent = sends["t_sent"].to_numpy(dtype="float64")
+    first = deliveries[deliveries["delivery_no"] == 1] if len(deliveries) else deliveries
+    t_first = first["t_delivered"].to_numpy(dtype="float64") if len(first) else np.empty(0)
+    t_all = deliveries["t_delivered"].to_numpy(dtype="float64") if len(deliveries) else np.empty(0)
+    ends = [t_sent.max() if len(t_sent) else 0.0, t_all.max() if len(t_all) else 0.0]
+    ends += [w.t_end for w in faults]
+    horizon = float(np.nanmax(ends)) if ends else 0.0
+    step = interval or timeline_interval(horizon)
+    edges = np.arange(0.0, horizon + step, step)
+    if len(edges) < 2:
+        edges = np.array([0.0, step])
+    sent, _ = np.histogram(t_sent, bins=edges)
+    delivered, _ = np.histogram(t_all, bins=edges)
+    failed_mask = sends["outcome"].astype(str).isin(["failed", "unknown"]).to_numpy()
+    error_times = t_sent[failed_mask]
+    if errors is not None:
+        error_times = np.concatenate([error_times, errors])
+    errs, _ = np.histogram(error_times, bins=edges)
+    sent_cum = np.searchsorted(np.sort(t_sent), edges[1:], side="right")
+    first_cum = np.searchsorted(np.sort(t_first), edges[1:], side="right")
+    labels = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        active = sorted({f"{w.action}:{w.target}" for w in faults if w.t_start < hi and w.t_end > lo})
+        labels.append(",".join(active))
+    frame = pd.DataFrame(
+        {
+            "t_start": edges[:-1],
+            "t_end": edges[1:],
+            "sent": sent,
+            "delivered": delivered,
+            "sent_per_s": sent / step,
+            "delivered_per_s": delivered / step,
+            "backlog": np.maximum(sent_cum - first_cum, 0),
+            "errors": errs,
+            "faults": labels,
+        }
+    )
+    return frame.astype(TIMELINE_SCHEMA)
