@@ -225,3 +225,17 @@ def build_timeline(
         }
     )
     return frame.astype(TIMELINE_SCHEMA)
+
+
+@dataclass
+class TargetResult:
+    """What a target (the simulator or a real broker) hands back to the runner.
+
+    ``info`` holds facts worth recording in ``run.json`` (broker version, how it was started; never
+    credentials); ``warnings`` are shown in the summary (e.g. the harness fell behind).
+    """
+
+    trace: Trace
+    faults: list[FaultWindow]
+    info: dict[str, object]
+    warnings: list[str]
