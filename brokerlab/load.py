@@ -35,7 +35,9 @@ STREAMS = ("arrivals", "sizes", "keys", "processing", "network", "service", "fau
 def streams(seed: int) -> dict[str, np.random.Generator]:
     """One NumPy generator per purpose, all derived from the run's seed."""
     children = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children, strict=True)}
+    return {
+        name: np.random.default_rng(child) for name, child in zip(STREAMS, children, strict=True)
+    }
 
 
 def draw(dist: Distribution, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -76,7 +78,11 @@ class LoadPlan:
         """The part of the plan one producer sends (already in its send order)."""
         mask = self.producer == producer
         return LoadPlan(
-            self.producer[mask], self.seq[mask], self.key[mask], self.size[mask], self.t_intended[mask]
+            self.producer[mask],
+            self.seq[mask],
+            self.key[mask],
+            self.size[mask],
+            self.t_intended[mask],
         )
 
     @property
@@ -122,7 +128,9 @@ def _producer_times(
         if horizon is not None:
             whole, part = divmod(horizon, cycle)
             on_horizon = whole * arrival.on + min(part, arrival.on)
-        on_times = _unit_poisson(rng, count, None if on_horizon is None else on_horizon * peak) / peak
+        on_times = (
+            _unit_poisson(rng, count, None if on_horizon is None else on_horizon * peak) / peak
+        )
         periods, within = np.divmod(on_times, arrival.on)
         return periods * cycle + within
     if isinstance(arrival, Ramp):

@@ -235,7 +235,9 @@ def _arrival(value: Any) -> Any:
     if isinstance(value, dict):
         process = value.get("process", "poisson")
         if process not in _ARRIVAL_KINDS:
-            raise ValueError(f"unknown arrival process {process!r}; use one of {', '.join(_ARRIVAL_KINDS)}")
+            raise ValueError(
+                f"unknown arrival process {process!r}; use one of {', '.join(_ARRIVAL_KINDS)}"
+            )
         return {"process": process, **value}
     return value
 
@@ -245,7 +247,9 @@ class Producers(_Model):
 
     count: int = Field(1, ge=1, description="producer clients")
     rate: Rate = Field(description="offered rate of all producers together, e.g. 800/s")
-    arrival: Annotated[Arrival, Field(discriminator="process"), BeforeValidator(_arrival)] = Poisson()
+    arrival: Annotated[Arrival, Field(discriminator="process"), BeforeValidator(_arrival)] = (
+        Poisson()
+    )
     messages: int | None = Field(None, ge=1, description="total messages of all producers")
     duration: Duration | None = Field(None, description="how long producers send")
     warmup: Duration = Field(0.0, description="sends before this are left out of percentiles")
@@ -378,7 +382,9 @@ class Fault(_Model):
     @classmethod
     def _known_action(cls, action: str) -> str:
         if action not in FAULT_ACTIONS:
-            raise ValueError(f"unknown fault action {action!r}; use one of {', '.join(FAULT_ACTIONS)}")
+            raise ValueError(
+                f"unknown fault action {action!r}; use one of {', '.join(FAULT_ACTIONS)}"
+            )
         return action
 
     @field_validator("target")
@@ -416,14 +422,17 @@ class Requirements(_Model):
 
     @field_validator("latency")
     @classmethod
-    def _known_percentiles(cls, latency: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    def _known_percentiles(
+        cls, latency: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
         for kind, bounds in latency.items():
             if kind not in LATENCY_KINDS:
                 raise ValueError(f"unknown latency {kind!r}; use one of {', '.join(LATENCY_KINDS)}")
             for name in bounds:
                 if name not in PERCENTILES:
+                    known = ", ".join(PERCENTILES)
                     raise ValueError(
-                        f"unknown percentile {name!r} under {kind}; use one of {', '.join(PERCENTILES)}"
+                        f"unknown percentile {name!r} under {kind}; use one of {known}"
                     )
         return latency
 
@@ -448,7 +457,10 @@ class Scenario(_Model):
     @model_validator(mode="after")
     def _faults_fit(self) -> Scenario:
         for fault in self.faults:
-            for role, count in (("consumer", self.consumers.count), ("producer", self.producers.count)):
+            for role, count in (
+                ("consumer", self.consumers.count),
+                ("producer", self.producers.count),
+            ):
                 prefix = f"{role}-"
                 if fault.target.startswith(prefix) and int(fault.target[len(prefix) :]) >= count:
                     raise ValueError(
@@ -513,7 +525,9 @@ def parse_scenario(data: Any, source: str | Path = "<scenario>") -> Scenario:
     if data is None:
         raise ScenarioError(source, [("", "the file is empty")])
     if not isinstance(data, dict):
-        raise ScenarioError(source, [("", f"expected a mapping of fields, got {type(data).__name__}")])
+        raise ScenarioError(
+            source, [("", f"expected a mapping of fields, got {type(data).__name__}")]
+        )
     try:
         return Scenario.model_validate(data)
     except ValidationError as error:

@@ -8,6 +8,7 @@ any run, whichever target produced it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +209,10 @@ def build_timeline(
     sent_cum = np.searchsorted(np.sort(t_sent), edges[1:], side="right")
     first_cum = np.searchsorted(np.sort(t_first), edges[1:], side="right")
     labels = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        active = sorted({f"{w.action}:{w.target}" for w in faults if w.t_start < hi and w.t_end > lo})
+    for lo, hi in itertools.pairwise(edges):
+        active = sorted(
+            {f"{w.action}:{w.target}" for w in faults if w.t_start < hi and w.t_end > lo}
+        )
         labels.append(",".join(active))
     frame = pd.DataFrame(
         {

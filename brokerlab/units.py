@@ -75,7 +75,7 @@ def parse_size(value: object) -> int:
         raise ValueError(f"expected a size such as '2kB', got {type(value).__name__}")
     if size < 0:
         raise ValueError(f"a size cannot be negative ({value!r})")
-    return int(round(size))
+    return round(size)
 
 
 def parse_rate(value: object) -> float:

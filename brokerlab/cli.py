@@ -1,0 +1,219 @@
+"""The ``brokerlab`` command: validate scenarios, run them, list what was run.
+
+Exit codes: 0 success, 2 bad input (a scenario, a flag, a results folder), 1 a failure of the lab
+itself (a bug, or a broker that could not be started), with a message, never a bare traceback for
+a user's mistake.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from brokerlab import results
+from brokerlab.scenario import ScenarioError, load_scenario
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _usage_error(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    sys.exit(EXIT_USAGE)
+
+
+def _print_plain(console: Console, text: str) -> None:
+    # User text (paths, YAML) may contain square brackets; never let rich read them as markup.
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr; yields the ``progress(done, total)`` callback targets call."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("msgs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    with bar:
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="brokerlab")
+def main() -> None:
+    """brokerlab: choose and size a message broker by evidence.
+
+    Write a scenario (producers, broker, consumers, faults, requirements), simulate it, run it on
+    real brokers, and compare the measurements against the use case's requirements.
+    """
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check scenario FILES and report every problem at once (exit 2 if any)."""
+    failed = False
+    for path in files:
+        try:
+            load_scenario(path)
+        except ScenarioError as error:
+            failed = True
+            _print_plain(err, error.render())
+        else:
+            _print_plain(out, f"{path}: ok")
+    sys.exit(EXIT_USAGE if failed else EXIT_OK)
+
+
+def _load_or_exit(path: Path) -> Any:
+    try:
+        return load_scenario(path)
+    except ScenarioError as error:
+        _print_plain(err, error.render())
+        sys.exit(EXIT_USAGE)
+
+
+def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
+    """A failure of the lab or its environment: say what broke; the traceback with --debug."""
+    err.print(f"[red]brokerlab failed:[/] {type(error).__name__}: ", end="", markup=True)
+    _print_plain(err, str(error))
+    if debug:
+        traceback.print_exception(error)
+    else:
+        err.print("(run again with --debug for the traceback)")
+    sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    default="sim",
+    show_default=True,
+    help="sim, redis-streams, nats, nats-jetstream",
+)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write the run exactly here."
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for run folders (default $BROKERLAB_RESULTS or ./results).",
+)
+@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
+@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS server.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def run(
+    scenario: Path,
+    target: str,
+    seed: int | None,
+    out: Path | None,
+    results_dir: Path | None,
+    redis_url: str | None,
+    nats_url: str | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Run SCENARIO on one target and write results/RUN_ID/ (or exactly --out)."""
+    from brokerlab.runner import TARGETS, RunOptions, TargetError, run_scenario
+    from brokerlab.summary import print_summary
+
+    if target not in TARGETS:
+        _usage_error(f"--target: unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    parsed = _load_or_exit(scenario)
+    with _progress(f"{parsed.name} on {target}", enabled=not quiet) as progress:
+        options = RunOptions(
+            seed=seed,
+            out=out,
+            results_dir=results_dir or results.default_results_dir(),
+            redis_url=redis_url,
+            nats_url=nats_url,
+            progress=progress,
+        )
+        try:
+            record = run_scenario(parsed, target, options, source=str(scenario))
+        except (results.ResultsError, TargetError) as error:
+            _usage_error(str(error))
+        except KeyboardInterrupt:
+            err.print("interrupted: nothing was written")
+            sys.exit(130)
+        except Exception as error:
+            _lab_failure(error, debug)
+    warnings = list(record.result.warnings) + record.analysis.warnings
+    print_summary(out_console(), record.metrics, str(record.path), warnings)
+
+
+def out_console() -> Console:
+    """The console for results (stdout), separate from progress and errors (stderr)."""
+    return out
+
+
+@main.command("list")
+@click.option(
+    "--scenarios-dir", type=click.Path(path_type=Path), default=Path("scenarios"), show_default=True
+)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+def list_(scenarios_dir: Path, results_dir: Path | None) -> None:
+    """List scenarios and runs (scenario, target, date, verdict)."""
+    table = Table(title=f"scenarios in {scenarios_dir}", title_justify="left")
+    for name in ("file", "name", "broker", "description"):
+        table.add_column(name)
+    for path in sorted(scenarios_dir.rglob("*.yaml")) if scenarios_dir.is_dir() else []:
+        try:
+            scenario = load_scenario(path)
+        except ScenarioError as error:
+            table.add_row(str(path), "-", "-", f"invalid: {error.problems[0][1]}")
+            continue
+        table.add_row(str(path), scenario.name, scenario.broker.kind, scenario.description)
+    out.print(table)
+    folder = results_dir or results.default_results_dir()
+    runs = results.list_runs(folder)
+    table = Table(title=f"runs in {folder}", title_justify="left")
+    for name in ("run", "kind", "scenario", "target", "started", "verdict"):
+        table.add_column(name)
+    for item in runs:
+        table.add_row(
+            item.run_id, item.kind, item.scenario, item.target, item.started_at, item.verdict
+        )
+    out.print(table)
+    if not runs:
+        out.print(f"no runs yet in {folder}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

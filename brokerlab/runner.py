@@ -1,0 +1,168 @@
+"""Run a scenario on one target and store the result: the only place that knows every target.
+
+Targets are a small registry of name -> run function. The simulator and the real-broker adapters
+are imported lazily, so the core stays free of them and ``brokerlab validate`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from brokerlab import results
+from brokerlab.analysis import Analysis, analyze
+from brokerlab.scenario import Scenario, scenario_to_yaml
+from brokerlab.trace import TargetResult
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: seed, where results go, which existing brokers to use, how to show progress."""
+
+    seed: int | None = None
+    out: Path | None = None
+    results_dir: Path = field(default_factory=results.default_results_dir)
+    redis_url: str | None = None
+    nats_url: str | None = None
+    progress: Progress | None = None
+
+
+TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
+
+
+def _run_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
+    from sim import simulate
+
+    return simulate(scenario, seed, progress=options.progress)
+
+
+def _real(target: str) -> TargetFn:
+    def run(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
+        adapters = importlib.import_module("adapters")
+        return adapters.run_real(
+            scenario,
+            target,
+            seed,
+            workdir=workdir,
+            redis_url=options.redis_url,
+            nats_url=options.nats_url,
+            progress=options.progress,
+        )
+
+    return run
+
+
+#: Target name -> run function. ``sim`` plays any broker kind; real targets need their broker.
+TARGETS: dict[str, TargetFn] = {
+    "sim": _run_sim,
+    "redis-streams": _real("redis-streams"),
+    "nats": _real("nats"),
+    "nats-jetstream": _real("nats-jetstream"),
+}
+
+
+class TargetError(Exception):
+    """A user asked for a target the lab does not know."""
+
+
+def for_target(scenario: Scenario, target: str) -> Scenario:
+    """The scenario as a real target plays it: the broker kind becomes the target's kind.
+
+    A scenario names one broker kind for the simulator; comparing brokers means running the same
+    load, consumers and requirements on each real broker, so a real target overrides ``kind``.
+    """
+    if target == "sim" or scenario.broker.kind == target:
+        return scenario
+    broker = scenario.broker.model_copy(update={"kind": target})
+    return scenario.model_copy(update={"broker": broker})
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished, stored run."""
+
+    path: Path
+    target: str
+    metrics: dict[str, Any]
+    analysis: Analysis
+    result: TargetResult
+    wall_time_s: float
+
+
+def run_scenario(
+    scenario: Scenario, target: str, options: RunOptions, source: str | None = None
+) -> RunRecord:
+    """Run ``scenario`` on ``target``, analyse the trace, write the run folder, return it all."""
+    if target not in TARGETS:
+        raise TargetError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    seed = options.seed if options.seed is not None else scenario.seed
+    scenario = for_target(scenario, target)
+    started = datetime.now(UTC)
+    run_id = results.new_run_id(scenario.name, target, seed, started)
+    final = results.choose_run_dir(options.results_dir, run_id, options.out)
+    with results.staged_dir(final) as folder:
+        clock = time.perf_counter()
+        result = TARGETS[target](scenario, seed, folder, options)
+        duration_s = _trace_span(result)
+        analysis = analyze(result.trace, scenario, target=target, seed=seed, duration_s=duration_s)
+        wall = time.perf_counter() - clock
+        metrics = analysis.to_metrics()
+        result.trace.write(folder)
+        (folder / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
+        results.write_json(folder / results.METRICS_FILE, metrics)
+        results.write_json(
+            folder / results.RUN_FILE,
+            {
+                "kind": "run",
+                "run_id": final.name,
+                "scenario": scenario.name,
+                "scenario_file": source,
+                "target": target,
+                "seed": seed,
+                "started_at": started.isoformat(timespec="seconds"),
+                "wall_time_s": round(wall, 3),
+                "lab_version": results.package_versions()["brokerlab"],
+                "versions": results.package_versions(),
+                "host": results.host_info(),
+                "command": " ".join(sys.argv),
+                "target_info": _jsonable(result.info),
+                "warnings": list(result.warnings) + analysis.warnings,
+                "unexpected": analysis.unexpected,
+                "faults": [vars(w) for w in result.faults],
+            },
+        )
+    return RunRecord(final, target, metrics, analysis, result, wall)
+
+
+def _trace_span(result: TargetResult) -> float:
+    """Seconds from the run's start to its last recorded event."""
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    ends = [0.0]
+    for column in ("t_sent", "t_acked"):
+        if len(sends):
+            ends.append(float(sends[column].max(skipna=True) or 0.0))
+    for column in ("t_delivered", "t_done"):
+        if len(deliveries):
+            ends.append(float(deliveries[column].max(skipna=True) or 0.0))
+    return round(max(v for v in ends if v == v), 6)
+
+
+def _jsonable(value: Any) -> Any:
+    """Make target info safe for json.dumps (paths, numpy scalars)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
