@@ -168,8 +168,6 @@ def check_delivery(sends: pd.DataFrame, deliveries: pd.DataFrame) -> DeliveryChe
 
     by_first_delivery = np.lexsort((first_row, t_delivered[first_row]))
     late = _out_of_order(sends, delivered_messages[by_first_delivery])
-    late_mask = np.zeros(n_sends, dtype=bool)
-    late_mask[late] = True
 
     # few or none in a sound run, so only those ids are converted
     strays = deliveries["msg_id"].iloc[np.flatnonzero(~known)].fillna("<missing id>")

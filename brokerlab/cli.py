@@ -183,6 +183,89 @@ def out_console() -> Console:
     return out
 
 
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--targets",
+    default="sim,redis-streams,nats,nats-jetstream",
+    show_default=True,
+    help="Comma-separated targets to run side by side.",
+)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
+@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def compare(
+    scenario: Path,
+    targets: str,
+    seed: int | None,
+    out: Path | None,
+    results_dir: Path | None,
+    redis_url: str | None,
+    nats_url: str | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
+    from brokerlab.compare import compare as run_compare
+    from brokerlab.runner import TARGETS, RunOptions
+
+    chosen = [t.strip() for t in targets.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TARGETS]
+    if not chosen or unknown:
+        _usage_error(f"--targets: unknown {unknown or 'empty list'}; use {', '.join(TARGETS)}")
+    if len(set(chosen)) != len(chosen):
+        _usage_error("--targets: a target is named twice")
+    parsed = _load_or_exit(scenario)
+    with _progress(f"{parsed.name}", enabled=not quiet) as progress:
+        options = RunOptions(
+            seed=seed,
+            out=out,
+            results_dir=results_dir or results.default_results_dir(),
+            redis_url=redis_url,
+            nats_url=nats_url,
+            progress=progress,
+        )
+        try:
+            record = run_compare(
+                parsed,
+                chosen,
+                options,
+                source=str(scenario),
+                on_target=lambda t: err.print(f"running {parsed.name} on {t}", markup=False),
+            )
+        except results.ResultsError as error:
+            _usage_error(str(error))
+        except KeyboardInterrupt:
+            err.print("interrupted: nothing was written")
+            sys.exit(130)
+        except Exception as error:
+            _lab_failure(error, debug)
+    table = Table(title=f"{parsed.name}: side by side", title_justify="left")
+    table.add_column("metric")
+    for target in record.table.columns:
+        table.add_column(target, justify="right")
+    for label, row in record.table.iterrows():
+        table.add_row(str(label), *(_cell(v) for v in row))
+    out.print(table)
+    for target, message in record.errors.items():
+        err.print(f"[red]{target} failed:[/] ", end="")
+        _print_plain(err, message)
+    _print_plain(out, f"comparison: {record.path}")
+    sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
 @main.command("list")
 @click.option(
     "--scenarios-dir", type=click.Path(path_type=Path), default=Path("scenarios"), show_default=True

@@ -1,0 +1,194 @@
+"""The `brokerlab` command as users run it: results folders, exit codes, summaries, listings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from brokerlab import results
+from brokerlab.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, TIMELINE_SCHEMA
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = """
+name: small
+description: a few hundred messages through the simulator
+producers: {rate: 500/s, messages: 400, keys: 4}
+broker: {kind: redis-streams}
+consumers: {count: 2, processing: {dist: exponential, mean: 1ms}}
+requirements:
+  latency: {end_to_end: {p99: 1s}}
+"""
+
+METRIC_KEYS = {
+    "target",
+    "scenario",
+    "seed",
+    "duration_s",
+    "counts",
+    "latency_ms",
+    "throughput_per_s",
+    "requirements",
+    "verdict",
+}
+
+
+def brokerlab(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the installed console command the way a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "brokerlab.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL, encoding="utf-8")
+    return path
+
+
+def test_run_sim_writes_a_complete_results_folder(tmp_path: Path, small: Path) -> None:
+    """`run --target sim` writes scenario, trace, metrics and provenance under results/RUN_ID/."""
+    done = brokerlab("run", str(small), "--target", "sim", "--seed", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "results").iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}-small-sim-s3", folder.name)
+    names = {p.name for p in folder.iterdir()}
+    assert names == {
+        "scenario.yaml",
+        "sends.parquet",
+        "deliveries.parquet",
+        "timeline.parquet",
+        "metrics.json",
+        "run.json",
+    }
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS
+    assert metrics["counts"]["sent"] == 400 and metrics["counts"]["lost"] == 0
+    assert metrics["seed"] == 3 and metrics["target"] == "sim"
+    run = json.loads((folder / "run.json").read_text())
+    assert run["seed"] == 3 and run["wall_time_s"] > 0 and run["host"]["hostname"]
+    assert run["versions"]["simpy"] != "not installed"
+    sends = pd.read_parquet(folder / "sends.parquet")
+    assert list(sends.columns) == list(SENDS_SCHEMA)
+    assert list(pd.read_parquet(folder / "deliveries.parquet").columns) == list(DELIVERIES_SCHEMA)
+    assert list(pd.read_parquet(folder / "timeline.parquet").columns) == list(TIMELINE_SCHEMA)
+    assert "verdict" in done.stdout and "end_to_end" in done.stdout
+
+
+def test_run_out_dir_is_exact_and_never_overwritten(tmp_path: Path, small: Path) -> None:
+    """`--out DIR` writes exactly there; a second run into the same DIR is refused with exit 2."""
+    out = tmp_path / "exact"
+    first = brokerlab("run", str(small), "--out", str(out), "-q", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (out / "metrics.json").read_bytes()
+    second = brokerlab("run", str(small), "--out", str(out), "-q", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "never overwrite" in second.stderr
+    assert (out / "metrics.json").read_bytes() == before
+
+
+def test_two_runs_get_two_folders(tmp_path: Path, small: Path) -> None:
+    """Runs started in the same second still get their own folders."""
+    for _ in range(2):
+        assert brokerlab("run", str(small), "-q", cwd=tmp_path).returncode == 0
+    assert len(list((tmp_path / "results").iterdir())) == 2
+
+
+def test_same_seed_same_metrics(tmp_path: Path, small: Path) -> None:
+    """The simulator reproduces: the same seed gives identical metrics and traces."""
+    for name in ("a", "b"):
+        done = brokerlab(
+            "run", str(small), "--seed", "9", "--out", str(tmp_path / name), "-q", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a == b
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "a" / "deliveries.parquet"),
+        pd.read_parquet(tmp_path / "b" / "deliveries.parquet"),
+    )
+
+
+def test_bad_scenario_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    """A scenario error is reported with file and field, exit 2, and no results folder appears."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMALL.replace("500/s", "fast"), encoding="utf-8")
+    done = brokerlab("run", str(bad), cwd=tmp_path)
+    assert done.returncode == 2
+    assert f"{bad}: producers.rate:" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_target_exits_2(tmp_path: Path, small: Path) -> None:
+    """A target the lab does not know is a usage error naming the known ones."""
+    done = brokerlab("run", str(small), "--target", "kafkaesque", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "redis-streams" in done.stderr
+
+
+def test_failed_run_leaves_nothing_half_written(tmp_path: Path) -> None:
+    """A target that fails mid-run exits 1 with a message and leaves no results folder."""
+    scenario = tmp_path / "real.yaml"
+    scenario.write_text(SMALL, encoding="utf-8")
+    # Nothing listens on port 1: the real target fails to connect.
+    done = brokerlab(
+        "run",
+        str(scenario),
+        "--target",
+        "redis-streams",
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "brokerlab failed" in done.stderr
+    results_dir = tmp_path / "results"
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
+def test_list_shows_scenarios_and_runs(tmp_path: Path, small: Path) -> None:
+    """`list` shows scenario files and each run with scenario, target and verdict."""
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "small.yaml").write_text(SMALL, encoding="utf-8")
+    assert brokerlab("run", str(small), "-q", cwd=tmp_path).returncode == 0
+    listing = brokerlab("list", cwd=tmp_path)
+    assert listing.returncode == 0
+    assert "scenarios/small.yaml" in listing.stdout
+    (run,) = results.list_runs(tmp_path / "results")
+    assert run.scenario == "small" and run.target == "sim" and run.verdict in ("pass", "fail")
+    assert run.run_id in listing.stdout
+
+
+def test_readme_main_command_runs(tmp_path: Path) -> None:
+    """The README's main command works from the repository root (its venv already exists in CI)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- main-command -->", 1)[1]
+    command = re.search(r"```bash\n(.*?)\n```", block, re.S).group(1).strip()
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BROKERLAB_RESULTS": str(tmp_path / "results")},
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "verdict" in done.stdout
+    assert any((tmp_path / "results").iterdir())
