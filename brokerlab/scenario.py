@@ -233,6 +233,11 @@ def _arrival(value: Any) -> Any:
     if isinstance(value, str):
         value = {"process": value}
     if isinstance(value, dict):
+        # YAML 1.1 reads bare `on:` / `off:` keys as booleans; users mean the field names.
+        value = {
+            {True: "on", False: "off"}.get(k, k) if isinstance(k, bool) else k: v
+            for k, v in value.items()
+        }
         process = value.get("process", "poisson")
         if process not in _ARRIVAL_KINDS:
             raise ValueError(
