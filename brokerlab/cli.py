@@ -266,6 +266,92 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _state_dir() -> Path:
+    from brokerlab.runner import session_state_dir
+
+    return session_state_dir()
+
+
+@main.group()
+def brokers() -> None:
+    """Brokers the lab starts for a notebook session, reused by runs until `down`."""
+
+
+@brokers.command("up")
+@click.option(
+    "--targets",
+    default="redis-streams,nats-jetstream",
+    show_default=True,
+    help="Which brokers to start (nats and nats-jetstream share one server).",
+)
+@click.option(
+    "--persistence",
+    type=click.Choice(["none", "periodic", "always"]),
+    default="none",
+    show_default=True,
+    help="Redis AOF policy / JetStream sync interval of the servers.",
+)
+def brokers_up(targets: str, persistence: str) -> None:
+    """Start the lab's own brokers on free loopback ports and keep them running."""
+    from adapters.embedded import BrokerError
+    from adapters.embedded import brokers_up as up
+    from brokerlab.scenario import Broker
+
+    chosen = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        entries = up(_state_dir(), chosen, Broker(kind="redis-streams", persistence=persistence))
+    except ValueError as error:
+        _usage_error(f"--targets: {error}")
+    except BrokerError as error:
+        _print_plain(err, f"could not start a broker: {error}")
+        sys.exit(EXIT_FAILURE)
+    _brokers_table(entries, "status")
+
+
+@brokers.command("status")
+def brokers_status() -> None:
+    """Show the session's brokers and whether each is alive."""
+    from adapters.embedded import brokers_status as status
+
+    entries = status(_state_dir())
+    if not entries:
+        out.print("no session brokers (start them with `brokerlab brokers up`)")
+        return
+    for entry in entries:
+        entry["status"] = "alive" if entry["alive"] else f"gone ({entry['state']})"
+    _brokers_table(entries, "status")
+
+
+@brokers.command("down")
+def brokers_down() -> None:
+    """Stop the session's brokers and forget them."""
+    from adapters.embedded import brokers_down as down
+
+    entries = down(_state_dir())
+    if not entries:
+        out.print("no session brokers were up")
+        return
+    _brokers_table(entries, "state")
+
+
+def _brokers_table(entries: list[dict[str, Any]], status_key: str) -> None:
+    table = Table(title=f"session brokers ({_state_dir()})", title_justify="left")
+    for name in ("kind", "targets", "url", "pid", "version", "persistence", status_key):
+        table.add_column(name, overflow="fold")
+    for entry in entries:
+        persistence = entry.get("persistence") or {}
+        table.add_row(
+            str(entry.get("kind")),
+            ",".join(entry.get("targets", [])),
+            str(entry.get("url")),
+            str(entry.get("pid")),
+            str(entry.get("version", "")),
+            str(persistence.get("mode", "")),
+            str(entry.get(status_key, "")),
+        )
+    out.print(table)
+
+
 @main.command("list")
 @click.option(
     "--scenarios-dir", type=click.Path(path_type=Path), default=Path("scenarios"), show_default=True
@@ -296,6 +382,34 @@ def list_(scenarios_dir: Path, results_dir: Path | None) -> None:
     out.print(table)
     if not runs:
         out.print(f"no runs yet in {folder}")
+
+
+@main.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the report here (default: FIRST_FOLDER/report.html).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
+    """Write one self-contained HTML report of run and/or comparison FOLDERS.
+
+    Figures are also saved as PNG and SVG in a figures/ folder beside the report.
+    """
+    from brokerlab.report import ReportError, build_report
+
+    try:
+        path = build_report(list(folders), output)
+    except ReportError as error:
+        err.print("[red]error:[/] ", end="", markup=True)
+        _print_plain(err, str(error))  # paths may hold brackets: never read them as markup
+        sys.exit(EXIT_USAGE)
+    except Exception as error:
+        _lab_failure(error, debug)
+    _print_plain(out, f"report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ are imported lazily, so the core stays free of them and ``brokerlab validate`` s
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,18 +45,54 @@ def _run_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) 
     return simulate(scenario, seed, progress=options.progress)
 
 
+def session_state_dir() -> Path:
+    """Where `brokerlab brokers up` records the session's brokers (``$BROKERLAB_STATE``)."""
+    return Path(os.environ.get("BROKERLAB_STATE", ".brokerlab"))
+
+
+def _session_url(scenario: Scenario, target: str) -> str | None:
+    """A session broker (`brokers up`) that can serve this run as configured, if any.
+
+    Only a server started with the scenario's persistence is reused: measuring an AOF-always
+    scenario on a server without AOF would report the wrong broker.
+    """
+    state = session_state_dir()
+    if not (state / "brokers.json").exists():
+        return None
+    embedded = importlib.import_module("adapters.embedded")
+    wanted = scenario.broker.persistence.model_dump(mode="json")
+    for entry in embedded.brokers_status(state):
+        if (
+            entry["alive"]
+            and target in entry.get("targets", [])
+            and entry.get("persistence") == wanted
+        ):
+            return str(entry["url"])
+    return None
+
+
 def _real(target: str) -> TargetFn:
     def run(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
         adapters = importlib.import_module("adapters")
-        return adapters.run_real(
+        redis_url, nats_url = options.redis_url, options.nats_url
+        given = redis_url if target == "redis-streams" else nats_url
+        session = None if given else _session_url(scenario, target)
+        if session and target == "redis-streams":
+            redis_url = session
+        elif session:
+            nats_url = session
+        result = adapters.run_real(
             scenario,
             target,
             seed,
             workdir=workdir,
-            redis_url=options.redis_url,
-            nats_url=options.nats_url,
+            redis_url=redis_url,
+            nats_url=nats_url,
             progress=options.progress,
         )
+        if session:
+            result.info["session_broker"] = session
+        return result
 
     return run
 

@@ -192,3 +192,25 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "verdict" in done.stdout
     assert any((tmp_path / "results").iterdir())
+
+
+def test_brokers_up_status_down(tmp_path: Path) -> None:
+    """`brokers up` starts live servers that `status` reports and `down` stops, leaving none."""
+    import psutil
+
+    from adapters.embedded import brokers_status
+
+    env = {"BROKERLAB_STATE": str(tmp_path / "state")}
+    up = brokerlab("brokers", "up", "--targets", "redis-streams,nats", cwd=tmp_path, env=env)
+    assert up.returncode == 0, up.stderr
+    entries = brokers_status(tmp_path / "state")
+    pids = [entry["pid"] for entry in entries]
+    assert {entry["kind"] for entry in entries} == {"redis", "nats"}
+    assert all(entry["alive"] for entry in entries)
+    status = brokerlab("brokers", "status", cwd=tmp_path, env=env)
+    assert status.returncode == 0 and status.stdout.count("alive") == 2
+    down = brokerlab("brokers", "down", cwd=tmp_path, env=env)
+    assert down.returncode == 0, down.stderr
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert brokers_status(tmp_path / "state") == []
