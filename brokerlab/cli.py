@@ -31,8 +31,11 @@ from brokerlab.scenario import ScenarioError, load_scenario
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default, so ids
+# and paths are never cut.
+_PIPED_WIDTH = 200
+out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
 def _usage_error(message: str) -> NoReturn:
@@ -197,6 +200,7 @@ def out_console() -> Console:
 @click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
 @click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
 def compare(
     scenario: Path,
@@ -207,6 +211,7 @@ def compare(
     redis_url: str | None,
     nats_url: str | None,
     quiet: bool,
+    no_report: bool,
     debug: bool,
 ) -> None:
     """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
@@ -255,6 +260,13 @@ def compare(
         err.print(f"[red]{target} failed:[/] ", end="")
         _print_plain(err, message)
     _print_plain(out, f"comparison: {record.path}")
+    if not no_report and record.runs:
+        from brokerlab.report import build_report
+
+        try:
+            _print_plain(out, f"report: {build_report([record.path])}")
+        except Exception as error:
+            _lab_failure(error, debug)
     sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
 
 

@@ -385,7 +385,8 @@ def _bars(
             color=_color(colors, label, index),
             label=label,
         )
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=2)
+        if count <= 2 or max(values, default=0) < 1000:  # wide numbers would overlap
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=2)
     ax.set_xticks(positions, [key.replace("_", " ") for key in keys])
     ax.margins(y=0.15)
     _style(ax)

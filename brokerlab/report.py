@@ -431,7 +431,7 @@ def _verdict(runs: Sequence[ReportedRun]) -> str:
                 continue
             ok = req.get("ok")
             if ok is None:
-                cells.append(f'{_badge(None)} <span class="muted">not measurable by a run</span>')
+                cells.append(_badge(None))  # the paragraph above says what n/a means
                 continue
             measured = req.get("measured")
             shown = fmt_number(measured, unit) if measured is not None else "no data"
@@ -442,9 +442,9 @@ def _verdict(runs: Sequence[ReportedRun]) -> str:
     rows.append(verdicts)
     return (
         '<section id="verdict"><h2>Verdict against the requirements</h2>'
-        "<p>Each requirement of the scenario held against each run. <em>n/a</em> marks what a "
-        "run cannot show (replay, message size): a capability table judges those. Latency "
-        "percentiles leave out the warm-up.</p>"
+        "<p>Each requirement of the scenario held against each run. <em>n/a</em>: "
+        "not measurable by a run (replay, message size); a capability table judges those. "
+        "Latency percentiles leave out the warm-up.</p>"
         f"{_table(header, rows, numeric_from=1, classes='verdict')}</section>"
     )
 
@@ -632,14 +632,13 @@ def _sim_vs_real(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, st
     for index, (sim, reals) in enumerate(pairs):
         if len(pairs) > 1:
             parts.append(f"<h3>{_e(sim.scenario)}</h3>")
-        for real in reals:
-            if sim.broker_kind and real.target != sim.broker_kind:
-                parts.append(
-                    f'<p class="note">The simulator modelled <code>{_e(sim.broker_kind)}</code>; '
-                    f"<code>{_e(real.target)}</code> is a different broker, so differences "
-                    "include the broker choice, not only model error.</p>"
-                )
-                break
+        others = [r.label for r in reals if sim.broker_kind and r.target != sim.broker_kind]
+        if others:
+            parts.append(
+                f'<p class="note">The simulator modelled <code>{_e(sim.broker_kind)}</code>; '
+                f"{_e(', '.join(others))} ran a different broker, so their differences include "
+                "the broker choice, not only model error.</p>"
+            )
         header = ["metric", _e(sim.label)]
         for real in reals:
             header += [_e(real.label), "error"]

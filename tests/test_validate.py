@@ -225,7 +225,9 @@ def test_bare_on_off_keys_mean_the_burst_fields(tmp_path: Path) -> None:
     """YAML reads `on:`/`off:` as booleans; the on-off arrival still gets its durations."""
     path = tmp_path / "bursts.yaml"
     path.write_text(
-        VALID.replace("{rate: 100/s,", "{arrival: {process: on-off, on: 2s, off: 3s}, rate: 100/s,"),
+        VALID.replace(
+            "{rate: 100/s,", "{arrival: {process: on-off, on: 2s, off: 3s}, rate: 100/s,"
+        ),
         encoding="utf-8",
     )
     arrival = load_scenario(path).producers.arrival

@@ -1,0 +1,110 @@
+"""An append-only log read by a consumer group (Redis Streams, JetStream, Kafka-like logs).
+
+The group shares one cursor per lane (the stream, or each partition); delivered entries stay
+pending until acked and come back first after the ack timeout. The log keeps acked entries, so
+``max_length`` trims the oldest entries whether or not the group has read them (undelivered ones
+are lost), and ``retention`` drops entries older than that. Trimming is applied lazily when the
+cursor or a redelivery reaches an entry, which gives the same result as trimming on every append.
+With ``partitioned`` presets a key always maps to the same partition and each partition to one
+consumer, so per-key order holds with many consumers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from sim.engine import ACKED, Simulation
+
+
+class LogModel(Simulation):
+    """Consumer group over a log (or over partitions of a log)."""
+
+    model = "log"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        consumers = self.scenario.consumers.count
+        lanes = self.broker.partitions if self.preset.partitioned else 1
+        self.lanes = lanes
+        self.logs: list[list[int]] = [[] for _ in range(lanes)]
+        self.cursor = [0] * lanes
+        self.redeliveries: list[deque[int]] = [deque() for _ in range(lanes)]
+        self.max_length = self.broker.max_length
+        self.retention = self.broker.retention
+        self.position: list[int] = [0] * self.n if self.max_length else []
+        if lanes > 1:
+            # Partition p belongs to consumer p mod count (extra consumers idle, as in Kafka).
+            self.lane_owners = [[p % consumers] for p in range(lanes)]
+            self.consumer_lanes = [
+                [p for p in range(lanes) if p % consumers == c] for c in range(consumers)
+            ]
+            self._rr = [0] * lanes
+            self.lane_of: list[int] = [0] * self.n
+            self._keys: list[int] = self.plan.key.tolist()
+
+    def forget(self) -> None:
+        super().forget()
+        self.logs = [[] for _ in range(self.lanes)]
+        self.position = []
+        if self.lanes > 1:
+            self.lane_of, self._keys = [], []
+
+    def _lane(self, i: int) -> int:
+        key = self._keys[i]
+        # Keyless messages are spread round robin over partitions.
+        lane = key % self.lanes if key >= 0 else i % self.lanes
+        self.lane_of[i] = lane
+        return lane
+
+    def stored(self, i: int) -> None:
+        lane = 0 if self.lanes == 1 else self._lane(i)
+        log = self.logs[lane]
+        if self.max_length:
+            self.position[i] = len(log)
+        if self.retention:
+            self.t_stored[i] = self.env.now
+        log.append(i)
+        self.offer(lane)
+
+    def _gone(self, lane: int, i: int) -> bool:
+        """Trimmed by length or age since it was appended."""
+        if self.max_length and len(self.logs[lane]) - self.position[i] > self.max_length:
+            return True
+        return bool(self.retention) and self.env.now - self.t_stored[i] > self.retention
+
+    def take(self, lane: int) -> int:
+        if self._cap is not None and self.in_flight >= self._cap:
+            self._capped = True
+            return -1
+        again = self.redeliveries[lane]
+        while again:
+            i = again.popleft()
+            if self.pending[i] == ACKED:
+                continue  # a late ack arrived while it waited for redelivery
+            if self._gone(lane, i):
+                self.counts["trimmed"] += 1
+                continue
+            return i
+        log = self.logs[lane]
+        cursor = self.cursor[lane]
+        length = len(log)
+        if self.max_length and length - cursor > self.max_length:
+            self.counts["trimmed"] += length - self.max_length - cursor
+            cursor = length - self.max_length
+        if self.retention:
+            horizon = self.env.now - self.retention
+            t_stored = self.t_stored
+            while cursor < length and t_stored[log[cursor]] < horizon:
+                cursor += 1
+                self.counts["expired"] += 1
+        if cursor < length:
+            self.cursor[lane] = cursor + 1
+            return log[cursor]
+        self.cursor[lane] = cursor
+        return -1
+
+    def requeue(self, i: int) -> None:
+        lane = 0 if self.lanes == 1 else self.lane_of[i]
+        self.redeliveries[lane].append(i)
+        self.offer(lane)

@@ -1,0 +1,67 @@
+"""Broker presets: named brokers are data (``presets.yaml``), not subclasses.
+
+A preset says which model plays a broker kind and which defaults the kind brings. Scenario values
+are authoritative: a default only fills a broker field the scenario file left unset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from brokerlab.scenario import Broker
+
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+MODELS = ("log", "queue", "pubsub")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How the simulator plays one broker kind, with the scenario's broker settings resolved."""
+
+    kind: str
+    model: str
+    partitioned: bool
+    redelivery: bool
+    max_ack_pending: bool
+    broker: Broker
+    source: str = ""
+
+
+@cache
+def presets() -> dict[str, dict[str, Any]]:
+    """The raw preset table, read once."""
+    table = yaml.safe_load(PRESETS_FILE.read_text(encoding="utf-8"))
+    for kind, entry in table.items():
+        if entry.get("model") not in MODELS:
+            raise ValueError(f"{PRESETS_FILE}: {kind}.model must be one of {', '.join(MODELS)}")
+    return table
+
+
+def resolve(broker: Broker) -> Preset:
+    """The preset for ``broker.kind`` with its defaults filled into the fields left unset."""
+    entry = presets().get(broker.kind)
+    if entry is None:
+        raise ValueError(f"no simulator preset for broker kind {broker.kind!r} in {PRESETS_FILE}")
+    explicit = broker.model_fields_set
+    defaults = {
+        name: value for name, value in (entry.get("defaults") or {}).items() if name not in explicit
+    }
+    if defaults:
+        # Validate through the scenario model so preset defaults get the same unit parsing.
+        broker = Broker.model_validate({**broker.model_dump(exclude_unset=True), **defaults})
+    # An explicit ack_timeout in the scenario turns redelivery on even for offset-based logs.
+    redelivery = bool(entry.get("redelivery", True)) or "ack_timeout" in explicit
+    return Preset(
+        kind=broker.kind,
+        model=entry["model"],
+        partitioned=bool(entry.get("partitioned", False)),
+        redelivery=redelivery,
+        max_ack_pending=bool(entry.get("max_ack_pending", False)),
+        broker=broker,
+        source=str(entry.get("source", "")),
+    )

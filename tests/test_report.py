@@ -1,0 +1,384 @@
+"""The HTML report: one self-contained file with the verdict, figures, sim vs real and provenance.
+
+Run folders come from the library itself (``run_scenario`` and ``compare``) with a tiny scenario:
+the simulator and an embedded NATS server, so the report is tested on what users really get.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib import image
+from matplotlib.figure import Figure
+
+from brokerlab import figures, runner
+from brokerlab.cli import main
+from brokerlab.compare import ComparisonRecord, compare
+from brokerlab.report import ReportError, build_report, relative_error
+from brokerlab.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.scenario import Scenario, parse_scenario
+from brokerlab.trace import FaultWindow, TargetResult, Trace, build_timeline
+
+SMALL = {
+    "name": "small",
+    "description": "a few hundred messages <script>alert('x')</script> & more",
+    "producers": {"rate": "500/s", "messages": 400, "keys": 4},
+    "broker": {"kind": "nats"},
+    "consumers": {"count": 2, "processing": {"dist": "exponential", "mean": "1ms"}},
+    "requirements": {
+        "throughput": "400/s",
+        "latency": {"end_to_end": {"p99": "1s"}},
+        "max_duplicates": 0,
+        "replay": True,
+    },
+}
+SECTIONS = (
+    "summary",
+    "verdict",
+    "latency",
+    "throughput",
+    "delivery",
+    "sim-vs-real",
+    "scenario",
+    "environment",
+)
+PAUSE = FaultWindow("broker-pause", "broker", 0.2, 0.35)
+
+
+def _paused_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
+    """The simulator's run with a broker pause recorded, until sim/ injects faults itself."""
+    from sim import simulate
+
+    # the runner names a non-sim target's broker kind after the target; the model needs a real kind
+    broker = scenario.broker.model_copy(update={"kind": SMALL["broker"]["kind"]})
+    result = simulate(scenario.model_copy(update={"broker": broker}), seed)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    timeline = build_timeline(sends, deliveries, [PAUSE])
+    return TargetResult(Trace(sends, deliveries, timeline), [PAUSE], result.info, result.warnings)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> ComparisonRecord:
+    """One scenario on the simulator and on a real (embedded) NATS server."""
+    scenario = parse_scenario(SMALL)
+    results_dir = tmp_path_factory.mktemp("results")
+    record = compare(scenario, ["sim", "nats"], RunOptions(seed=3, results_dir=results_dir))
+    assert not record.errors, record.errors
+    return record
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
+    """A simulated run folder whose run.json and timeline carry a fault window."""
+    scenario = parse_scenario({**SMALL, "name": "paused"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(runner.TARGETS, "sim-paused", _paused_sim)
+        out = tmp_path_factory.mktemp("paused") / "run"
+        return run_scenario(scenario, "sim-paused", RunOptions(seed=5, out=out))
+
+
+@pytest.fixture(scope="module")
+def report(comparison: ComparisonRecord) -> Path:
+    """The report of the comparison, at its default place."""
+    return build_report([comparison.path])
+
+
+def _section(page: str, name: str) -> str:
+    match = re.search(rf'<section id="{name}">(.*?)</section>', page, re.DOTALL)
+    assert match, f"section {name!r} missing"
+    return match.group(1)
+
+
+def test_report_defaults_to_the_first_folder(comparison: ComparisonRecord, report: Path) -> None:
+    """Without --output the report is written as report.html inside the first folder given."""
+    assert report == comparison.path / "report.html"
+    assert report.stat().st_size > 10_000
+
+
+def test_report_is_self_contained(report: Path) -> None:
+    """No URL, no external script, stylesheet or font: the file opens offline as it is."""
+    page = report.read_text(encoding="utf-8")
+    for forbidden in ("http://", "https://", 'src="/', "<script", "<link", "@import", "url(http"):
+        assert forbidden not in page, forbidden
+    sources = re.findall(r'<img[^>]*\bsrc="([^"]*)"', page)
+    assert all(src.startswith("data:") for src in sources)
+    assert page.count("<svg") == page.count('<figure class="chart"') >= 6
+
+
+def test_report_has_every_section(report: Path) -> None:
+    """Summary, verdict, latency, throughput, delivery, sim vs real, scenario and environment."""
+    page = report.read_text(encoding="utf-8")
+    for name in SECTIONS:
+        _section(page, name)
+
+
+def test_figures_are_saved_as_png_and_svg(report: Path) -> None:
+    """Every figure in the page is also in figures/ as a readable PNG and a valid SVG."""
+    page = report.read_text(encoding="utf-8")
+    names = re.findall(r'<figure class="chart" id="figure-([^"]+)"', page)
+    assert {"latency-spectrum-end_to_end", "throughput", "backlog", "delivery"} <= set(names)
+    for name in names:
+        pixels = image.imread(report.parent / "figures" / f"{name}.png")
+        assert pixels.shape[0] > 100 and pixels.std() > 0.01, name
+        ElementTree.parse(report.parent / "figures" / f"{name}.svg")
+
+
+def test_verdict_lists_each_requirement_per_target(
+    comparison: ComparisonRecord, report: Path
+) -> None:
+    """Each requirement of metrics.json appears with a pass/fail/n-a mark for every target."""
+    verdict = _section(report.read_text(encoding="utf-8"), "verdict")
+    for target, run in comparison.runs.items():
+        assert f">{target}</th>" in verdict
+        for requirement in run.metrics["requirements"]:
+            assert f"<code>{html.escape(requirement['name'])}</code>" in verdict
+    assert "not measurable by a run" in verdict and "badge na" in verdict  # replay
+    assert verdict.count('class="badge pass"') + verdict.count('class="badge fail"') >= 8
+
+
+def test_publish_latency_of_fire_and_forget_is_skipped(report: Path) -> None:
+    """NATS core has no publish acks (nor has its model): the report says so, draws no figure."""
+    latency = _section(report.read_text(encoding="utf-8"), "latency")
+    assert "No run has publish latencies" in latency
+    assert "latency-spectrum-publish" not in latency
+    assert 'id="figure-latency-spectrum-end_to_end"' in latency
+
+
+def test_sim_vs_real_shows_relative_errors(comparison: ComparisonRecord, report: Path) -> None:
+    """Each metric of sim and nats side by side with (real − sim) / sim."""
+    section = _section(report.read_text(encoding="utf-8"), "sim-vs-real")
+    assert "end_to_end p99 ms" in section and "delivered /s" in section
+    sim = comparison.runs["sim"].metrics["throughput_per_s"]["delivered"]
+    real = comparison.runs["nats"].metrics["throughput_per_s"]["delivered"]
+    assert f"{(real - sim) / sim * 100:+.1f}%" in section
+
+
+def test_relative_error_known_answers() -> None:
+    """Relative error is (real − sim) / |sim|, 0 when both are 0, ∞ when only sim is 0."""
+    assert relative_error(110, 100) == pytest.approx(0.1)
+    assert relative_error(0, 0) == 0.0
+    assert relative_error(5, 0) == float("inf")
+    assert relative_error(None, 1.0) is None
+
+
+def test_user_strings_are_escaped(report: Path) -> None:
+    """A scenario's text is shown, never run: markup in it arrives escaped."""
+    page = report.read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "<script>" not in page
+
+
+def test_fault_windows_are_listed_and_shaded(faulty_run: RunRecord, tmp_path: Path) -> None:
+    """Faults from run.json appear in the fault table and the timeline recovers the same window."""
+    report = build_report([faulty_run.path], tmp_path / "out" / "paused.html")
+    section = _section(report.read_text(encoding="utf-8"), "throughput")
+    assert "broker-pause" in section and "No faults were injected" not in section
+    (window,) = figures.fault_windows(faulty_run.result.trace.timeline)
+    assert window.action == "broker-pause"
+    assert window.t_start <= PAUSE.t_start < PAUSE.t_end <= window.t_end
+
+
+def test_runs_and_comparisons_mix_in_one_report(
+    comparison: ComparisonRecord, faulty_run: RunRecord, tmp_path: Path
+) -> None:
+    """A comparison expands to its target runs; a plain run folder adds one more column."""
+    report = build_report([comparison.path, faulty_run.path], tmp_path / "mixed.html")
+    summary = _section(report.read_text(encoding="utf-8"), "summary")
+    for label in ("sim", "nats", "sim-paused"):
+        assert f'<span class="target">{label}</span>' in summary
+    assert (tmp_path / "figures" / "throughput.svg").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda tmp: tmp / "missing", "no such folder"),
+        (lambda tmp: _write(tmp / "file.txt", "x"), "not a folder"),
+        (lambda tmp: _mkdir(tmp / "empty"), "not a run or comparison folder"),
+        (lambda tmp: _write(tmp / "half" / "run.json", '{"kind": "run"}').parent, "missing"),
+        (lambda tmp: _write(tmp / "bad" / "run.json", "{oops").parent, "not valid JSON"),
+    ],
+)
+def test_bad_paths_raise_report_error(tmp_path: Path, make, reason: str) -> None:
+    """A path that is not a run or comparison folder is a user error naming the path and why."""
+    path = make(tmp_path)
+    with pytest.raises(ReportError, match=re.escape(reason)) as caught:
+        build_report([path])
+    assert str(path) in str(caught.value)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def test_cli_report_writes_the_file_and_rejects_bad_folders(
+    comparison: ComparisonRecord, tmp_path: Path
+) -> None:
+    """`brokerlab report DIR -o FILE` prints the report's path; a bad folder exits 2."""
+    out = tmp_path / "cli" / "r.html"
+    done = CliRunner().invoke(main, ["report", str(comparison.path), "-o", str(out)])
+    assert done.exit_code == 0, done.output
+    assert out.is_file() and str(out) in done.output
+    bad = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
+    assert bad.exit_code == 2
+    assert "no such folder" in bad.output
+
+
+def test_figure_functions_take_tables_and_return_figures() -> None:
+    """Notebooks reuse the figures: hand-built samples in, Figure out; no samples is no crash."""
+    rng = np.random.default_rng(1)
+    samples = {"a": rng.exponential(2.0, 5000), "b": np.empty(0)}
+    for draw in (figures.latency_spectrum, figures.latency_cdf):
+        assert isinstance(draw(samples), Figure)
+    spectrum = figures.percentile_spectrum(np.arange(1, 1001, dtype=float))
+    at_99 = spectrum.loc[(spectrum["q"] - 0.99).abs().idxmin()]
+    assert at_99["latency_ms"] == pytest.approx(990, rel=0.01)
+    assert figures._nines_label(1000.0) == "99.9%"
+
+
+# --------------------------------------------------------------------------- in a browser
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const charts = document.querySelectorAll("figure.chart");
+  let drawn = 0;
+  for (const chart of charts) {
+    const svg = chart.querySelector("svg");
+    const box = svg && svg.getBoundingClientRect();
+    if (svg && box.width > 100 && box.height > 50 && svg.querySelector("path")) drawn++;
+  }
+  let broken = 0;
+  for (const use of document.querySelectorAll("svg use")) {
+    if (!document.getElementById((use.getAttribute("href") || "").slice(1))) broken++;
+  }
+  const images = [...document.images];
+  const mark = document.body.dataset;
+  mark.charts = charts.length;
+  mark.drawn = drawn;
+  mark.brokenUses = broken;
+  mark.images = images.length;
+  mark.imagesLoaded = images.filter((i) => i.complete && i.naturalWidth > 0).length;
+  mark.fetched = JSON.stringify(performance.getEntriesByType("resource").map((e) => e.name));
+});
+</script>"""
+
+
+@pytest.fixture
+def chromium() -> Iterator[str]:
+    """Debian's chromium; CI must have it (a missing browser fails there), locally we skip."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: apt-get install -y chromium")
+        pytest.skip("chromium is not installed")
+    yield path
+
+
+def _chromium(binary: str, profile: Path, page: Path, *extra: str) -> str:
+    """Run headless chromium on a file with the network cut off (DNS resolves nothing)."""
+    done = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={profile}",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _page_requests(netlog: Path) -> list[str]:
+    """http(s) URLs the page asked for; chromium's own background calls ("not an origin") aside."""
+    log = json.loads(netlog.read_text(encoding="utf-8"))
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    starts = [e.get("params", {}) for e in log["events"] if e["type"] == start]
+    return [
+        params["url"]
+        for params in starts
+        if params.get("url", "").startswith(("http://", "https://"))
+        and params.get("initiator") != "not an origin"
+    ]
+
+
+def _probe(chromium: str, report: Path, folder: Path) -> tuple[dict[str, str], list[str]]:
+    """Open a probed copy of the report; return the body's marks and the page's requests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probed = folder / "probed.html"
+    probed.write_text(
+        report.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
+    netlog = folder / "netlog.json"
+    dom = _chromium(
+        chromium,
+        folder / "profile",
+        probed,
+        "--virtual-time-budget=5000",
+        f"--log-net-log={netlog}",
+        "--dump-dom",
+    )
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    marks = {k: html.unescape(v) for k, v in re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1))}
+    return marks, _page_requests(netlog)
+
+
+def test_report_renders_offline_in_chromium(chromium: str, report: Path, tmp_path: Path) -> None:
+    """In a real browser every figure draws, no link is broken, and nothing is fetched."""
+    shot = tmp_path / "report.png"
+    _chromium(
+        chromium, tmp_path / "shot", report, f"--screenshot={shot}", "--window-size=1280,4000"
+    )
+    pixels = image.imread(shot)
+    assert pixels.shape[:2] == (4000, 1280)
+    assert pixels[..., :3].std() > 0.05, "the screenshot is blank"
+
+    marks, requests = _probe(chromium, report, tmp_path / "clean")
+    assert int(marks["charts"]) >= 6
+    assert marks["drawn"] == marks["charts"]
+    assert marks["broken-uses"] == "0"
+    assert marks["images-loaded"] == marks["images"]
+    assert json.loads(marks["fetched"]) == []
+    assert requests == []
+
+    # The probe must see a leak when there is one, or the clean result above proves nothing.
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text(
+        report.read_text(encoding="utf-8").replace(
+            "</body>", '<img src="http://example.invalid/x.png"></body>'
+        ),
+        encoding="utf-8",
+    )
+    marks, requests = _probe(chromium, leaky, tmp_path / "leak")
+    assert requests == ["http://example.invalid/x.png"]
+    assert json.loads(marks["fetched"]) == ["http://example.invalid/x.png"]

@@ -1,0 +1,455 @@
+"""Behaviour of the simulator: what a user relies on when they read a simulated trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brokerlab.scenario import Scenario, parse_scenario
+from brokerlab.trace import Trace
+from sim import simulate
+from sim.presets import resolve
+
+MS = 1e-3
+US = 1.01e-6  # the trace keeps microseconds; allow one rounding step
+
+
+def make(**sections: Any) -> Scenario:
+    """A small scenario: 200 evenly spaced messages at 100/s, one consumer, 1 ms processing."""
+    data: dict[str, Any] = {
+        "name": "test",
+        "producers": {"rate": "100/s", "messages": 200, "arrival": "constant"},
+        "broker": {"kind": "redis-streams"},
+        "consumers": {"count": 1, "processing": "1ms"},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return parse_scenario(data)
+
+
+def run(scenario: Scenario, seed: int = 1) -> Trace:
+    return simulate(scenario, seed).trace
+
+
+def joined(trace: Trace) -> pd.DataFrame:
+    """Deliveries with their send columns (key, seq, t_intended, t_sent)."""
+    sends = trace.sends[["msg_id", "producer", "seq", "key", "t_intended", "t_sent", "t_acked"]]
+    return trace.deliveries.merge(sends, on="msg_id", how="left", validate="many_to_one")
+
+
+def max_held(deliveries: pd.DataFrame) -> int:
+    """Most messages held at once (received, processing not finished) by the given deliveries."""
+    times = np.concatenate([deliveries["t_delivered"], deliveries["t_done"]])
+    steps = np.concatenate([np.ones(len(deliveries)), -np.ones(len(deliveries))])
+    order = np.lexsort((steps, times))  # at equal times, a finish frees its slot first
+    return int(np.cumsum(steps[order]).max())
+
+
+def out_of_order(frame: pd.DataFrame, by: str) -> int:
+    """Messages of a key that come (by column ``by``) after a later message of that key."""
+    ordered = frame.sort_values([by, "seq"], kind="stable")
+    return int((ordered.groupby("key")["seq"].diff() < 0).sum())
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+def busy_scenario() -> Scenario:
+    """Every random part on at once: arrivals, delays, service, processing, keys, redelivery."""
+    return make(
+        producers={"rate": "2000/s", "messages": 5000, "arrival": "poisson", "keys": 10},
+        broker={
+            "kind": "nats-jetstream",
+            "service_time": {
+                "publish": {"dist": "exponential", "mean": "0.1ms"},
+                "deliver": {"dist": "uniform", "min": "0ms", "max": "0.1ms"},
+            },
+            "ack_timeout": "6ms",
+        },
+        consumers={
+            "count": 3,
+            "prefetch": 4,
+            "processing": {"dist": "lognormal", "median": "1ms", "p99": "8ms"},
+        },
+        network={"delay": {"dist": "exponential", "mean": "0.3ms"}},
+    )
+
+
+def test_same_seed_gives_identical_trace() -> None:
+    """Same scenario and seed -> identical sends, deliveries and timeline."""
+    a, b = run(busy_scenario(), seed=5), run(busy_scenario(), seed=5)
+    assert (a.deliveries["delivery_no"] > 1).any(), "the scenario should exercise redelivery"
+    pd.testing.assert_frame_equal(a.sends, b.sends)
+    pd.testing.assert_frame_equal(a.deliveries, b.deliveries)
+    pd.testing.assert_frame_equal(a.timeline, b.timeline)
+
+
+def test_different_seeds_give_different_traces() -> None:
+    """Another seed draws other arrivals and processing times."""
+    a, b = run(busy_scenario(), seed=5), run(busy_scenario(), seed=6)
+    assert not a.sends["t_intended"].equals(b.sends["t_intended"])
+    assert not a.deliveries["t_done"].equals(b.deliveries["t_done"])
+
+
+# ---------------------------------------------------------------------------- sends
+
+
+def test_every_planned_message_is_sent_once_on_time_and_acked() -> None:
+    """Open loop: one sends row per message, t_sent = t_intended, outcome acked, 1 attempt."""
+    sends = run(busy_scenario()).sends
+    assert len(sends) == 5000 and sends["msg_id"].is_unique
+    assert sends["msg_id"].iloc[0] == "0:0"
+    assert (sends["t_sent"] == sends["t_intended"]).all()
+    assert (sends["outcome"] == "acked").all() and (sends["attempts"] == 1).all()
+    assert (sends["t_acked"] > sends["t_sent"]).all()
+
+
+def test_publish_ack_counts_both_network_hops_and_service() -> None:
+    """t_acked - t_sent = delay to broker + publish service + delay back."""
+    sends = run(make(network={"delay": "2ms"}, broker={"service_time": {"publish": "0.5ms"}})).sends
+    publish = sends["t_acked"] - sends["t_sent"]
+    np.testing.assert_allclose(publish, 4.5 * MS, atol=US)
+
+
+def test_delivery_and_completion_follow_every_hop() -> None:
+    """First delivery after net + publish + deliver service + net; done after processing."""
+    trace = run(
+        make(
+            network={"delay": "2ms"},
+            broker={"service_time": {"publish": "0.5ms", "deliver": "0.3ms"}},
+            consumers={"processing": "1ms"},
+        )
+    )
+    rows = joined(trace)
+    np.testing.assert_allclose(rows["t_delivered"] - rows["t_intended"], 4.8 * MS, atol=US)
+    np.testing.assert_allclose(rows["t_done"] - rows["t_delivered"], 1 * MS, atol=US)
+
+
+def test_sync_confirm_waits_for_each_ack_before_the_next_send() -> None:
+    """confirm: sync -> t_sent = max(t_intended, previous t_acked), so a slow ack delays sends."""
+    sends = run(
+        make(producers={"rate": "1000/s", "confirm": "sync"}, network={"delay": "5ms"})
+    ).sends
+    t_sent, t_acked, t_intended = (sends[c].to_numpy() for c in ("t_sent", "t_acked", "t_intended"))
+    np.testing.assert_allclose(t_sent[1:], np.maximum(t_intended[1:], t_acked[:-1]), atol=US)
+    assert t_sent[-1] - t_intended[-1] > 1.5  # 200 sends 10 ms apart instead of 1 ms
+
+
+def test_fire_and_forget_publish_has_no_broker_ack() -> None:
+    """NATS core: outcome acked (the call succeeded) but t_acked is NaN; nothing redelivered."""
+    result = simulate(make(broker={"kind": "nats"}), 1)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    assert (sends["outcome"] == "acked").all() and sends["t_acked"].isna().all()
+    assert (deliveries["delivery_no"] == 1).all() and len(deliveries) == len(sends)
+    assert result.info["model"] == "pubsub"
+
+
+# ---------------------------------------------------------------------------- capacity
+
+
+@pytest.mark.parametrize(("rate", "grows"), [("1500/s", True), ("500/s", False)])
+def test_offered_rate_above_consumer_capacity_grows_backlog_and_latency(
+    rate: str, grows: bool
+) -> None:
+    """Above 1,000/s of 1 ms processing the backlog and completion time keep growing."""
+    scenario = make(producers={"rate": rate, "messages": 3000, "arrival": "poisson"})
+    trace = run(scenario)
+    rows = joined(trace)
+    completion = (rows["t_done"] - rows["t_intended"]).to_numpy()
+    quarter = len(completion) // 4
+    early, late = completion[:quarter].mean(), completion[-quarter:].mean()
+    sending = trace.timeline[trace.timeline["t_end"] <= trace.sends["t_sent"].max()]
+    backlog = sending["backlog"].to_numpy()
+    if grows:
+        assert late > 5 * early and late > 0.2
+        assert backlog[-5:].mean() > 10 * max(backlog[:5].mean(), 1)
+    else:
+        assert late < 3 * MS and backlog.max() < 20
+
+
+@pytest.mark.parametrize(("servers", "saturated"), [(1, True), (2, False)])
+def test_broker_service_time_limits_throughput_per_server(servers: int, saturated: bool) -> None:
+    """1 ms publish service per message: one server cannot take 1,500/s, two can."""
+    scenario = make(
+        producers={"rate": "1500/s", "messages": 3000},
+        broker={"service_time": {"publish": "1ms"}, "servers": servers},
+        consumers={"processing": "0.1ms"},
+    )
+    sends = run(scenario).sends
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    assert bool(publish.max() > 0.5) is saturated
+    assert publish.min() == pytest.approx(1 * MS, abs=US)
+
+
+def test_run_ends_after_the_drain_timeout_even_with_a_backlog() -> None:
+    """A run always ends: nothing is received later than the last send plus drain_timeout."""
+    scenario = make(producers={"rate": "2000/s", "messages": 2000}, drain_timeout="0.1s")
+    trace = run(scenario)
+    end = trace.sends["t_intended"].max() + 0.1
+    assert trace.deliveries["t_delivered"].max() <= end
+    assert trace.deliveries["msg_id"].nunique() < len(trace.sends)
+
+
+# ---------------------------------------------------------------------------- storage limits
+
+
+def test_log_max_length_trims_entries_never_delivered() -> None:
+    """MAXLEN 50 with a slow consumer: old undelivered entries vanish; the newest 50 survive."""
+    scenario = make(
+        producers={"rate": "1000/s", "messages": 1000},
+        broker={"max_length": 50},
+        consumers={"processing": "10ms"},
+    )
+    result = simulate(scenario, 1)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    delivered = set(deliveries["msg_id"])
+    lost = len(sends) - len(delivered)
+    assert lost > 500 and result.info["trimmed"] == lost
+    assert set(sends["msg_id"].iloc[-50:]) <= delivered
+
+
+def test_queue_max_length_drops_oldest_ready_messages() -> None:
+    """RabbitMQ-like queue: past max_length ready messages, the oldest ready one is dropped."""
+    scenario = make(
+        producers={"rate": "1000/s", "messages": 1000},
+        broker={"kind": "rabbitmq", "max_length": 50},
+        consumers={"processing": "10ms"},
+    )
+    result = simulate(scenario, 1)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    lost = len(sends) - deliveries["msg_id"].nunique()
+    assert result.info["model"] == "queue"
+    assert lost > 500 and result.info["overflowed"] == lost
+    assert set(sends["msg_id"].iloc[-50:]) <= set(deliveries["msg_id"])
+
+
+def test_retention_drops_entries_older_than_the_limit() -> None:
+    """Retention 50 ms: no entry is delivered older than that; the rest expire unread."""
+    scenario = make(
+        producers={"rate": "1000/s", "messages": 500},
+        broker={"retention": "50ms"},
+        consumers={"processing": "10ms"},
+    )
+    result = simulate(scenario, 1)
+    rows = joined(result.trace)
+    assert ((rows["t_delivered"] - rows["t_sent"]) <= 0.05 + US).all()
+    lost = len(result.trace.sends) - len(rows)
+    assert lost > 100 and result.info["expired"] == lost
+
+
+# ---------------------------------------------------------------------------- acks
+
+
+@pytest.mark.parametrize("kind", ["redis-streams", "nats-jetstream", "sqs"])
+def test_unacked_delivery_is_redelivered_after_ack_timeout(kind: str) -> None:
+    """Processing 30 ms > ack timeout 20 ms: the idle consumer gets the message again at +20 ms."""
+    scenario = make(
+        producers={"rate": "2/s", "messages": 10},
+        broker={"kind": kind, "ack_timeout": "20ms"},
+        consumers={"count": 2, "processing": "30ms"},
+    )
+    deliveries = run(scenario).deliveries
+    assert len(deliveries) == 20
+    first = deliveries[deliveries["delivery_no"] == 1].set_index("msg_id")
+    second = deliveries[deliveries["delivery_no"] == 2].set_index("msg_id").loc[first.index]
+    np.testing.assert_allclose(second["t_delivered"] - first["t_delivered"], 20 * MS, atol=US)
+    assert (second["consumer"] != first["consumer"]).all()
+
+
+@pytest.mark.parametrize(
+    ("ack", "ack_timeout"), [("after", "100ms"), ("before", "20ms"), ("none", "20ms")]
+)
+def test_no_redelivery_when_acked_in_time_or_not_tracked(ack: str, ack_timeout: str) -> None:
+    """Acked within the timeout, acked on receipt (before), or no acks (none): one delivery each."""
+    scenario = make(
+        producers={"rate": "2/s", "messages": 10},
+        broker={"ack_timeout": ack_timeout},
+        consumers={"count": 2, "processing": "30ms", "ack": ack},
+    )
+    deliveries = run(scenario).deliveries
+    assert len(deliveries) == 10 and (deliveries["delivery_no"] == 1).all()
+
+
+@pytest.mark.parametrize(("max_deliveries", "expected"), [(3, 3), (0, 4)])
+def test_max_deliveries_caps_redelivery(max_deliveries: int, expected: int) -> None:
+    """With max_deliveries 3 a message is delivered 3 times, then dead-lettered."""
+    scenario = make(
+        producers={"rate": "2/s", "messages": 10},
+        broker={"ack_timeout": "20ms", "max_deliveries": max_deliveries},
+        consumers={"count": 4, "processing": "100ms"},
+    )
+    result = simulate(scenario, 1)
+    per_message = result.trace.deliveries.groupby("msg_id")["delivery_no"].max()
+    assert (per_message == expected).all()
+    assert result.info["dead_lettered"] == (10 if max_deliveries else 0)
+
+
+def test_max_ack_pending_limits_unacked_deliveries_of_the_group() -> None:
+    """JetStream MaxAckPending 2: four consumers, yet never more than 2 messages held at once."""
+    scenario = make(
+        producers={"rate": "10000/s", "messages": 200},
+        broker={"kind": "nats-jetstream", "max_ack_pending": 2},
+        consumers={"count": 4, "prefetch": 10, "processing": "1ms"},
+    )
+    deliveries = run(scenario).deliveries
+    assert deliveries["msg_id"].nunique() == 200
+    assert max_held(deliveries) == 2
+
+
+# ---------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_one_takes_the_next_message_only_when_free() -> None:
+    """Prefetch 1: each delivery to a consumer comes at or after it finished the previous one."""
+    scenario = make(producers={"rate": "5000/s", "messages": 500}, consumers={"count": 2})
+    deliveries = run(scenario).deliveries
+    for _, mine in deliveries.groupby("consumer"):
+        mine = mine.sort_values("t_delivered")
+        assert (mine["t_delivered"].to_numpy()[1:] >= mine["t_done"].to_numpy()[:-1]).all()
+    assert max_held(deliveries) == 2
+
+
+@pytest.mark.parametrize("prefetch", [1, 20])
+def test_prefetch_bounds_held_messages_and_hides_network_round_trips(prefetch: int) -> None:
+    """With 5 ms each way, prefetch 1 pays a round trip per message; prefetch 20 overlaps them."""
+    scenario = make(
+        producers={"rate": "100000/s", "messages": 200},
+        consumers={"prefetch": prefetch},
+        network={"delay": "5ms"},
+    )
+    deliveries = run(scenario).deliveries
+    assert max_held(deliveries) == prefetch
+    span = deliveries["t_done"].max()
+    if prefetch == 1:
+        assert span == pytest.approx(200 * 11 * MS, rel=0.01)  # 1 ms work + 10 ms round trip
+    else:
+        assert span < 0.3
+
+
+# ---------------------------------------------------------------------------- ordering
+
+
+def ordering_scenario(kind: str, consumers: int, partitions: int = 1) -> Scenario:
+    return make(
+        producers={"rate": "600/s", "messages": 3000, "arrival": "poisson", "keys": 20},
+        broker={"kind": kind, "partitions": partitions},
+        consumers={
+            "count": consumers,
+            "prefetch": 5,
+            "processing": {"dist": "exponential", "mean": "1ms"},
+        },
+        network={"delay": {"dist": "exponential", "mean": "1ms"}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "consumers", "partitions"), [("redis-streams", 1, 1), ("kafka", 3, 6)]
+)
+def test_per_key_order_holds_with_one_consumer_or_partitions(
+    kind: str, consumers: int, partitions: int
+) -> None:
+    """One consumer, or key -> partition -> consumer: every key is received and done in order."""
+    rows = joined(run(ordering_scenario(kind, consumers, partitions)))
+    assert len(rows) == 3000
+    assert out_of_order(rows, "t_delivered") == 0
+    assert out_of_order(rows, "t_done") == 0
+    assert (rows.groupby("key")["consumer"].nunique() == 1).all()
+    assert rows["consumer"].nunique() == consumers
+
+
+def test_competing_consumers_on_one_stream_finish_keys_out_of_order() -> None:
+    """Three consumers sharing one cursor: per-key completion order is not kept (the contrast)."""
+    rows = joined(run(ordering_scenario("redis-streams", 3)))
+    assert out_of_order(rows, "t_done") > 10
+
+
+# ---------------------------------------------------------------------------- fire-and-forget
+
+
+@pytest.mark.parametrize(("pending_limit", "lossy"), [(20, True), (524288, False)])
+def test_nats_slow_consumer_drops_messages_past_pending_limit(
+    pending_limit: int, lossy: bool
+) -> None:
+    """NATS core: a consumer 10x too slow keeps at most pending_limit waiting, drops the rest."""
+    scenario = make(
+        producers={"rate": "1000/s", "messages": 500},
+        broker={"kind": "nats", "pending_limit": pending_limit},
+        consumers={"processing": "10ms"},
+    )
+    result = simulate(scenario, 1)
+    deliveries = result.trace.deliveries
+    assert deliveries["msg_id"].is_unique
+    dropped = 500 - len(deliveries)
+    assert result.info["slow_consumer_drops"] == dropped
+    assert bool(dropped > 400) is lossy
+    # waiting = held minus the one in processing
+    assert max_held(deliveries) <= pending_limit + 1
+
+
+def test_nats_queue_group_spreads_messages_over_consumers() -> None:
+    """A queue group gives each member an equal share; no message reaches two members."""
+    deliveries = run(make(broker={"kind": "nats"}, consumers={"count": 4})).deliveries
+    assert deliveries["msg_id"].is_unique
+    assert deliveries["consumer"].value_counts().tolist() == [50, 50, 50, 50]
+
+
+# ---------------------------------------------------------------------------- target contract
+
+
+def test_faults_are_reported_as_not_simulated_yet() -> None:
+    """Fault entries are not played yet: empty fault list and a warning naming the count."""
+    scenario = make(faults=[{"at": "1s", "action": "broker-pause", "duration": "1s"}])
+    result = simulate(scenario, 1)
+    assert result.faults == []
+    assert "faults are not simulated yet: 1 entries ignored" in result.warnings
+
+
+def test_progress_is_reported_up_to_the_total() -> None:
+    """progress(done, total) climbs in about 1% steps and ends at (total, total)."""
+    calls: list[tuple[int, int]] = []
+    simulate(make(producers={"messages": 1000}), 1, progress=lambda d, t: calls.append((d, t)))
+    assert 90 <= len(calls) <= 110
+    assert calls[-1] == (1000, 1000)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"), [("kafka", "log"), ("sqs", "queue"), ("nats", "pubsub")]
+)
+def test_info_names_model_preset_and_event_count(kind: str, model: str) -> None:
+    """info says which model played which preset and how many events it took."""
+    info = simulate(make(broker={"kind": kind}), 1).info
+    assert info["model"] == model and info["preset"] == kind
+    assert isinstance(info["events"], int) and info["events"] >= 400
+
+
+def test_preset_defaults_fill_only_fields_the_scenario_left_unset() -> None:
+    """SQS brings a 30 s visibility timeout, but a scenario's own ack_timeout wins."""
+    assert resolve(make(broker={"kind": "sqs"}).broker).broker.ack_timeout == 30.0
+    mine = resolve(make(broker={"kind": "sqs", "ack_timeout": "5s"}).broker)
+    assert mine.broker.ack_timeout == 5.0
+    assert resolve(make(broker={"kind": "eventstoredb"}).broker).broker.max_deliveries == 10
+    assert not resolve(make(broker={"kind": "kafka"}).broker).redelivery
+    assert resolve(make(broker={"kind": "kafka", "ack_timeout": "1s"}).broker).redelivery
+
+
+def test_sync_producer_far_behind_reports_unsent_messages() -> None:
+    """A sync producer that cannot finish by the end leaves 'failed' unsent rows and a warning."""
+    scenario = make(
+        producers={"rate": "1000/s", "messages": 2000, "confirm": "sync"},
+        network={"delay": "100ms"},
+        drain_timeout="1s",
+    )
+    result = simulate(scenario, 1)
+    sends = result.trace.sends
+    unsent = sends["t_sent"].isna()
+    assert unsent.sum() > 1900 and result.info["unsent"] == unsent.sum()
+    assert (sends.loc[unsent, "outcome"] == "failed").all()
+    assert (sends.loc[unsent, "attempts"] == 0).all()
+    assert any("never sent" in warning for warning in result.warnings)
