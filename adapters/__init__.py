@@ -1,0 +1,19 @@
+"""Real brokers: adapters, the load harness, embedded broker control.
+
+``run_real`` is imported lazily so that ``import adapters.embedded`` does not pull in the
+Redis and NATS clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["run_real"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run_real", "run_real_async", "ADAPTERS"):
+        from adapters import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'adapters' has no attribute {name!r}")

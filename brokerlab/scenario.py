@@ -262,6 +262,7 @@ class Producers(_Model):
     keys: int = Field(0, ge=0, description="key space size; 0 means no keys")
     retry: Literal["none", "same-id", "new-id"] = "none"
     max_attempts: int = Field(3, ge=1)
+    retry_backoff: Duration = Field(0.1, description="wait between publish attempts")
     publish_timeout: Duration = Field(5.0, gt=0)
     confirm: Literal["sync", "async"] = Field(
         "async", description="wait for each publish ack before the next (sync) or pipeline"
@@ -378,10 +379,15 @@ class Fault(_Model):
     action: str
     duration: Duration = 0.0
     target: str = Field("broker", description="broker, consumer-N, producer-N, or all")
-    delay: Duration | None = Field(None, description="added latency, or restart delay")
+    delay: Duration | None = Field(None, description="latency: added one-way delay")
     jitter: Duration = 0.0
     factor: float = Field(1.0, gt=0, description="slow-consumer: processing time multiplier")
     bandwidth: Rate | None = Field(None, description="bandwidth limit in bytes per second")
+    power_loss: bool = Field(
+        False,
+        description="broker-kill: the machine loses power too, so unsynced writes are lost "
+        "(simulator only; a real kill -9 keeps the OS page cache)",
+    )
 
     @field_validator("action")
     @classmethod
