@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default, so ids
 # and paths are never cut.
 _PIPED_WIDTH = 200
-out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPED_WIDTH)
 
 
@@ -95,7 +95,7 @@ def validate(files: tuple[Path, ...]) -> None:
             failed = True
             _print_plain(err, error.render())
         else:
-            _print_plain(out, f"{path}: ok")
+            _print_plain(stdout, f"{path}: ok")
     sys.exit(EXIT_USAGE if failed else EXIT_OK)
 
 
@@ -183,7 +183,7 @@ def run(
 
 def out_console() -> Console:
     """The console for results (stdout), separate from progress and errors (stderr)."""
-    return out
+    return stdout
 
 
 @main.command()
@@ -255,16 +255,16 @@ def compare(
         table.add_column(target, justify="right")
     for label, row in record.table.iterrows():
         table.add_row(str(label), *(_cell(v) for v in row))
-    out.print(table)
+    stdout.print(table)
     for target, message in record.errors.items():
         err.print(f"[red]{target} failed:[/] ", end="")
         _print_plain(err, message)
-    _print_plain(out, f"comparison: {record.path}")
+    _print_plain(stdout, f"comparison: {record.path}")
     if not no_report and record.runs:
         from brokerlab.report import build_report
 
         try:
-            _print_plain(out, f"report: {build_report([record.path])}")
+            _print_plain(stdout, f"report: {build_report([record.path])}")
         except Exception as error:
             _lab_failure(error, debug)
     sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
@@ -276,6 +276,114 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--candidates",
+    default="redis-streams,nats,nats-jetstream,kafka,rabbitmq,sqs",
+    show_default=True,
+    help="Broker kinds to rank (real runs where an adapter exists, simulator presets otherwise).",
+)
+@click.option(
+    "--sim-only", is_flag=True, help="Simulate every candidate, even those with adapters."
+)
+@click.option(
+    "--no-reuse", is_flag=True, help="Run every candidate again, even with a matching run."
+)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
+@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def select(
+    scenario: Path,
+    candidates: str,
+    sim_only: bool,
+    no_reuse: bool,
+    seed: int | None,
+    out: Path | None,
+    results_dir: Path | None,
+    redis_url: str | None,
+    nats_url: str | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Rank candidate brokers against SCENARIO's requirements, with the evidence for each."""
+    from brokerlab.runner import RunOptions
+    from brokerlab.select import SelectionError
+    from brokerlab.select import select as run_select
+
+    parsed = _load_or_exit(scenario)
+    chosen = [c.strip() for c in candidates.split(",") if c.strip()]
+    with _progress(parsed.name, enabled=not quiet) as progress:
+        options = RunOptions(
+            seed=seed,
+            out=out,
+            results_dir=results_dir or results.default_results_dir(),
+            redis_url=redis_url,
+            nats_url=nats_url,
+            progress=progress,
+        )
+        try:
+            selection = run_select(
+                parsed,
+                chosen,
+                options,
+                real=not sim_only,
+                reuse=not no_reuse,
+                source=str(scenario),
+                on_candidate=lambda c, how: err.print(f"{c}: {how}", markup=False),
+            )
+        except (SelectionError, results.ResultsError) as error:
+            _usage_error(
+                f"--candidates: {error}" if isinstance(error, SelectionError) else str(error)
+            )
+        except KeyboardInterrupt:
+            err.print("interrupted: nothing was written")
+            sys.exit(130)
+        except Exception as error:
+            _lab_failure(error, debug)
+    table = Table(title=f"{parsed.name}: ranking", title_justify="left")
+    for name in ("rank", "candidate", "target", "verdict", "failed requirements", "worst margin"):
+        table.add_column(name)
+    for row in selection.ranking.itertuples():
+        colour = "green" if row.verdict == "pass" else "red"
+        worst = (
+            "-"
+            if row.worst_margin is None or row.worst_margin != row.worst_margin
+            else f"{row.worst_margin:+.1%}"
+        )
+        table.add_row(
+            str(row.rank),
+            row.candidate,
+            row.target + (" (reused)" if row.reused else ""),
+            f"[{colour}]{row.verdict}[/]",
+            row.failed_requirements or "-",
+            worst,
+        )
+    stdout.print(table)
+    evidence = Table(title="evidence", title_justify="left")
+    for name in ("candidate", "requirement", "bound", "measured", "ok", "from"):
+        evidence.add_column(name, overflow="fold")
+    for row in selection.evidence.itertuples():
+        evidence.add_row(
+            row.candidate,
+            row.requirement,
+            _cell(row.bound),
+            _cell(row.measured),
+            "ok" if row.ok else "FAIL",
+            f"{row.kind}: {row.evidence}",
+        )
+    stdout.print(evidence)
+    for candidate, message in selection.errors.items():
+        err.print(f"[red]{candidate} failed:[/] ", end="")
+        _print_plain(err, message)
+    _print_plain(stdout, f"selection: {selection.path}")
+    sys.exit(EXIT_FAILURE if selection.errors else EXIT_OK)
 
 
 def _state_dir() -> Path:
@@ -327,7 +435,7 @@ def brokers_status() -> None:
 
     entries = status(_state_dir())
     if not entries:
-        out.print("no session brokers (start them with `brokerlab brokers up`)")
+        stdout.print("no session brokers (start them with `brokerlab brokers up`)")
         return
     for entry in entries:
         entry["status"] = "alive" if entry["alive"] else f"gone ({entry['state']})"
@@ -341,7 +449,7 @@ def brokers_down() -> None:
 
     entries = down(_state_dir())
     if not entries:
-        out.print("no session brokers were up")
+        stdout.print("no session brokers were up")
         return
     _brokers_table(entries, "state")
 
@@ -361,7 +469,7 @@ def _brokers_table(entries: list[dict[str, Any]], status_key: str) -> None:
             str(persistence.get("mode", "")),
             str(entry.get(status_key, "")),
         )
-    out.print(table)
+    stdout.print(table)
 
 
 @main.command("list")
@@ -381,7 +489,7 @@ def list_(scenarios_dir: Path, results_dir: Path | None) -> None:
             table.add_row(str(path), "-", "-", f"invalid: {error.problems[0][1]}")
             continue
         table.add_row(str(path), scenario.name, scenario.broker.kind, scenario.description)
-    out.print(table)
+    stdout.print(table)
     folder = results_dir or results.default_results_dir()
     runs = results.list_runs(folder)
     table = Table(title=f"runs in {folder}", title_justify="left")
@@ -391,9 +499,9 @@ def list_(scenarios_dir: Path, results_dir: Path | None) -> None:
         table.add_row(
             item.run_id, item.kind, item.scenario, item.target, item.started_at, item.verdict
         )
-    out.print(table)
+    stdout.print(table)
     if not runs:
-        out.print(f"no runs yet in {folder}")
+        stdout.print(f"no runs yet in {folder}")
 
 
 @main.command()
@@ -421,7 +529,7 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
         sys.exit(EXIT_USAGE)
     except Exception as error:
         _lab_failure(error, debug)
-    _print_plain(out, f"report: {path}")
+    _print_plain(stdout, f"report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ are imported lazily, so the core stays free of them and ``brokerlab validate`` s
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import sys
@@ -122,6 +123,12 @@ def for_target(scenario: Scenario, target: str) -> Scenario:
     return scenario.model_copy(update={"broker": broker})
 
 
+def scenario_digest(scenario: Scenario, target: str) -> str:
+    """A fingerprint of the scenario exactly as ``target`` plays it, to find runs to reuse."""
+    played = scenario_to_yaml(for_target(scenario, target))
+    return hashlib.sha256(played.encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A finished, stored run."""
@@ -162,6 +169,7 @@ def run_scenario(
                 "run_id": final.name,
                 "scenario": scenario.name,
                 "scenario_file": source,
+                "scenario_sha256": scenario_digest(scenario, target),
                 "target": target,
                 "seed": seed,
                 "started_at": started.isoformat(timespec="seconds"),
