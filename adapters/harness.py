@@ -1,0 +1,783 @@
+"""The load harness: plays a scenario's load plan against a real broker and records the trace.
+
+Everything all brokers share lives here once: open-loop producers that send each message at its
+intended time on one monotonic clock, acknowledgement tracking, the publish retry policy, consumer
+loops with processing time and ack modes, the final drain, progress and the trace tables. A broker
+adapter (:class:`BrokerAdapter`) only says how to publish a batch, fetch a batch and ack.
+
+Why the shape is what it is:
+
+* Open loop. A producer never waits for the previous message before sending the next one (unless
+  the scenario asks for ``confirm: sync``); when it falls behind it sends everything due at once,
+  so ``publish_delay = t_sent - t_intended`` shows the harness's own lag instead of hiding it.
+* One clock. ``time.monotonic`` is CLOCK_MONOTONIC on Linux: system-wide, so worker processes
+  can share a start time; asyncio's own loop clock is the same one.
+* Precise waits. asyncio rounds sleeps up to whole milliseconds (epoll), which would add up to
+  1 ms to every send and every processing time; :func:`sleep_until` sleeps short of the deadline
+  and yields the rest, trading a little CPU for microsecond timing.
+* Cheap recording. Sends go into preallocated NumPy columns indexed by plan row; deliveries are
+  appended to plain lists and turned into tables once, at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+import struct
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import numpy as np
+
+from brokerlab.load import LoadPlan, draw, streams
+from brokerlab.scenario import Scenario
+from brokerlab.trace import (
+    OUTCOMES,
+    TargetResult,
+    Trace,
+    build_timeline,
+    make_deliveries,
+    make_sends,
+    msg_ids,
+)
+
+#: Clock of the whole run (CLOCK_MONOTONIC on Linux, shared by every process on the host).
+now = time.monotonic
+
+#: Sleep this much short of a deadline and yield the rest (asyncio sleeps are ms-granular).
+SPIN_WINDOW = 0.0012
+#: Most messages one producer puts in one publish call when it is behind schedule.
+MAX_BATCH = 256
+#: Most unacknowledged messages per producer with ``confirm: async`` (open loop, but bounded).
+MAX_IN_FLIGHT = 8192
+#: How long one fetch waits for messages before the consumer loop checks for stop.
+FETCH_WAIT = 0.25
+#: Extra time a fetch may take beyond ``FETCH_WAIT`` before it counts as hung.
+FETCH_GRACE = 5.0
+#: Interval of progress callbacks and drain checks.
+TICK = 0.2
+#: The harness "fell behind" when p99 publish delay exceeds this (seconds).
+BEHIND_P99 = 0.010
+#: First retry waits this long, doubling per attempt up to ``RETRY_BACKOFF_MAX``.
+RETRY_BACKOFF = 0.02
+RETRY_BACKOFF_MAX = 1.0
+#: A consumer whose fetch fails waits this long before trying again (doubling, capped).
+FETCH_BACKOFF = 0.05
+FETCH_BACKOFF_MAX = 1.0
+#: Longest ``adapter.close`` may take (deleting the run's stream, closing connections).
+CLOSE_TIMEOUT = 10.0
+#: Lead time between "everything connected" and the first intended send.
+START_LEAD = 0.05
+
+ACKED, FAILED, UNKNOWN = (OUTCOMES.index(name) for name in ("acked", "failed", "unknown"))
+
+# --------------------------------------------------------------------------- payloads
+
+#: Message header: producer, seq, key, t_intended. Ids are the lab's own, never the broker's.
+HEADER = struct.Struct("<IQqd")
+_PADDING = bytes(1 << 20)
+
+
+def encode_payload(producer: int, seq: int, key: int, t_intended: float, size: int) -> bytes:
+    """Header plus zero padding up to ``size`` bytes (never shorter than the header)."""
+    head = HEADER.pack(producer, seq, key, t_intended)
+    pad = size - HEADER.size
+    if pad <= 0:
+        return head
+    if pad <= len(_PADDING):
+        return head + _PADDING[:pad]
+    return head + bytes(pad)
+
+
+def decode_payload(payload: bytes) -> tuple[int, int, int, float]:
+    """``(producer, seq, key, t_intended)`` from a payload written by :func:`encode_payload`."""
+    return HEADER.unpack_from(payload)
+
+
+# --------------------------------------------------------------------------- credentials
+
+_SECRET_QUERY = re.compile(r"(?i)(password|pass|token|secret|nkey|jwt|creds)=([^&]*)")
+
+
+def redact_url(url: str) -> str:
+    """The URL with user name, password, token and secret query values replaced by ``***``.
+
+    Only the redacted form may reach ``TargetResult.info``, warnings, logs or exceptions.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", parts.query)
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every secret a URL carries (user info parts and secret query values), for scrubbing."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found += [userinfo, *userinfo.split(":")]
+    found += [m.group(2) for m in _SECRET_QUERY.finditer(parts.query)]
+    # Longest first, so "user:pass" is replaced before "user" breaks it apart.
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+class Scrubber:
+    """Removes a URL's secrets from any text before it leaves the harness."""
+
+    def __init__(self, url: str) -> None:
+        self.redacted_url = redact_url(url)
+        self._url = url
+        self._secrets = url_secrets(url)
+
+    def __call__(self, text: str) -> str:
+        text = text.replace(self._url, self.redacted_url)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class RealBrokerError(RuntimeError):
+    """A real-broker run could not start or finish; the message is free of credentials."""
+
+
+# --------------------------------------------------------------------------- adapter hooks
+
+
+class PublishRejected(Exception):
+    """The broker answered "no" to a publish: the message was definitely not stored."""
+
+
+#: What a consumer fetch yields per message: payload, delivery number (1 = first), ack handle.
+Received = tuple[bytes, int, Any]
+
+#: Per message of a published batch: the monotonic time its ack arrived (NaN for fire-and-forget)
+#: or the exception that ended it (:class:`PublishRejected`: failed; anything else: unknown).
+PublishResults = list[float | BaseException]
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """Unique per-run broker object names, so runs never see each other's messages."""
+
+    run_id: str
+    key: str  # Redis stream key
+    subject: str  # NATS subject
+    stream: str  # JetStream stream name
+    group: str  # consumer group / durable name
+
+
+class BrokerAdapter(ABC):
+    """How one broker publishes, delivers and acknowledges; the harness does everything else.
+
+    Lifecycle, driven by :func:`run_harness`: ``setup`` → ``open_consumers`` → (``publish`` ...,
+    ``fetch`` / ``ack`` ...) → ``flush`` → ``close`` (always, even after errors; deletes what
+    setup created). Every awaited call must give up within its own timeout or the harness's.
+    """
+
+    #: Target name, e.g. ``"redis-streams"``.
+    target: str = ""
+
+    def __init__(self, url: str, scenario: Scenario, names: RunNames) -> None:
+        self.url = url
+        self.scenario = scenario
+        self.names = names
+        self.scrub = Scrubber(url)
+        #: Facts for run.json (never credentials): server version, names, client versions.
+        self.info: dict[str, Any] = {"url": self.scrub.redacted_url}
+        #: Harness-visible notes (e.g. messages a slow consumer dropped); already scrubbed.
+        self.warnings: list[str] = []
+
+    @abstractmethod
+    async def setup(self) -> None:
+        """Connect and create this run's stream / group / consumer."""
+
+    @abstractmethod
+    async def open_consumers(self, count: int) -> None:
+        """Make ``count`` consumers ready to fetch before any message is published."""
+
+    @abstractmethod
+    async def publish(
+        self, producer: int, payloads: Sequence[bytes], dedup_ids: Sequence[str] | None
+    ) -> Awaitable[PublishResults] | None:
+        """Send a batch now, in order, without waiting for acks.
+
+        Returns an awaitable of per-message results, or ``None`` for fire-and-forget brokers
+        (every message counts as acked when this call returns). Raising means nothing of the
+        batch reached the broker (outcome failed). If the harness cancels the awaitable (publish
+        timeout), the adapter must release whatever it holds for those messages.
+        """
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Push out anything buffered after the last send (fire-and-forget clients)."""
+
+    @abstractmethod
+    async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
+        """Up to ``max_messages`` for ``consumer``, waiting at most ``wait`` s for the first."""
+
+    @abstractmethod
+    async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
+        """Acknowledge messages (handles from :meth:`fetch`)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Delete this run's broker objects and disconnect; must not raise."""
+
+    @property
+    def fire_and_forget(self) -> bool:
+        """True when the broker never confirms publishes (t_acked stays NaN)."""
+        return False
+
+    def dedup_ids_wanted(self) -> bool:
+        """Whether publishes carry a broker-level dedup id (the lab's msg id)."""
+        return False
+
+
+AdapterFactory = Callable[[str, Scenario, RunNames], BrokerAdapter]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+async def sleep_until(deadline: float) -> None:
+    """Wake at ``deadline`` (monotonic) within microseconds, not asyncio's millisecond steps."""
+    remaining = deadline - now()
+    if remaining > SPIN_WINDOW:
+        await asyncio.sleep(remaining - SPIN_WINDOW)
+    while now() < deadline:
+        await asyncio.sleep(0)
+
+
+# --------------------------------------------------------------------------- recording
+
+
+class SendLog:
+    """The sends table as preallocated columns, one row per plan row."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        n = len(plan)
+        self.plan = plan
+        self.t_sent = np.full(n, np.nan)
+        self.t_acked = np.full(n, np.nan)
+        self.outcome = np.full(n, FAILED, dtype="int8")  # never sent = failed, attempts 0
+        self.attempts = np.zeros(n, dtype="int16")
+        self.uncertain = np.zeros(n, dtype=bool)  # some attempt ended without an answer
+        self.settled = np.zeros(n, dtype=bool)
+
+    def table(self, t0: float) -> Any:
+        plan = self.plan
+        return make_sends(
+            plan.producer,
+            plan.seq,
+            plan.key,
+            plan.size,
+            plan.t_intended,
+            self.t_sent - t0,
+            self.t_acked - t0,
+            np.asarray(OUTCOMES, dtype=object)[self.outcome],
+            self.attempts,
+        )
+
+
+class DeliveryLog:
+    """Deliveries as append-only lists (cheap per message), plus completion per plan message."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self.producer: list[int] = []
+        self.seq: list[int] = []
+        self.consumer: list[int] = []
+        self.delivery_no: list[int] = []
+        self.t_delivered: list[float] = []
+        self.t_done: list[float] = []
+        counts = np.bincount(plan.producer, minlength=int(plan.producer.max(initial=-1)) + 1)
+        #: producer-major position of (producer, seq) = start[producer] + seq
+        self.start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype("int64").tolist()
+        self.per_producer = counts.tolist()
+        self.done = np.zeros(len(plan), dtype=bool)
+        self.completed = 0
+        self.unexpected = 0
+
+    def position(self, producer: int, seq: int) -> int:
+        """Producer-major position of a message, or -1 if the plan never had it."""
+        if producer < len(self.start) and 0 <= seq < self.per_producer[producer]:
+            return self.start[producer] + seq
+        return -1
+
+    def table(self, t0: float) -> Any:
+        return make_deliveries(
+            msg_ids(np.asarray(self.producer, dtype="int64"), np.asarray(self.seq, dtype="int64")),
+            np.asarray(self.consumer, dtype="int32"),
+            np.asarray(self.delivery_no, dtype="int32"),
+            np.asarray(self.t_delivered, dtype="float64") - t0,
+            np.asarray(self.t_done, dtype="float64") - t0,
+        )
+
+
+# --------------------------------------------------------------------------- producers
+
+
+@dataclass
+class _Producer:
+    """One producer's slice of the plan and its in-flight state."""
+
+    index: int
+    rows: np.ndarray  # plan rows, in send order
+    due: np.ndarray  # absolute monotonic intended send times
+    next: int = 0
+    in_flight: int = 0
+    retries: deque[tuple[float, int]] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ProducerGroup:
+    """Plays some producers of a plan against an adapter: open loop, acks, retries, timeouts.
+
+    Which producers is a parameter so that a plan can be split across worker processes; each
+    part fills the rows of its own producers in a :class:`SendLog`.
+    """
+
+    def __init__(
+        self,
+        adapter: BrokerAdapter,
+        scenario: Scenario,
+        plan: LoadPlan,
+        log: SendLog,
+        producers: Sequence[int],
+        t0: float,
+    ) -> None:
+        self.adapter = adapter
+        self.config = scenario.producers
+        self.plan = plan
+        self.log = log
+        self.t0 = t0
+        self.sync = self.config.confirm == "sync"
+        self.max_batch = 1 if self.sync else MAX_BATCH
+        self.max_in_flight = 1 if self.sync else MAX_IN_FLIGHT
+        self.with_ids = adapter.dedup_ids_wanted()
+        # Python lists: element access in the send loop is much cheaper than on NumPy arrays.
+        self._seq = plan.seq.tolist()
+        self._key = plan.key.tolist()
+        self._size = plan.size.tolist()
+        self._t_intended = plan.t_intended.tolist()
+        self._producers = [
+            _Producer(p, rows, t0 + plan.t_intended[rows])
+            for p in producers
+            for rows in [np.flatnonzero(plan.producer == p)]
+        ]
+
+    async def run(self) -> None:
+        """Send every message of these producers and wait until each is settled."""
+        await asyncio.gather(*(self._run_one(p) for p in self._producers))
+
+    # ---- sending
+
+    async def _run_one(self, producer: _Producer) -> None:
+        total = len(producer.rows)
+        while True:
+            while producer.in_flight >= self.max_in_flight:
+                producer.wake.clear()
+                await producer.wake.wait()
+            t = now()
+            if producer.retries and producer.retries[0][0] <= t:
+                batch = []
+                while producer.retries and producer.retries[0][0] <= t:
+                    batch.append(producer.retries.popleft()[1])
+                    if len(batch) >= self.max_batch:
+                        break
+                await self._send(producer, np.asarray(batch, dtype="int64"))
+            elif producer.next < total:
+                due = producer.due[producer.next]
+                if due > t:
+                    await sleep_until(self._wake_time(producer, due))
+                    continue
+                end = int(np.searchsorted(producer.due, t, side="right"))
+                end = max(producer.next + 1, min(end, producer.next + self.max_batch, total))
+                batch_rows = producer.rows[producer.next : end]
+                producer.next = end
+                await self._send(producer, batch_rows)
+            elif producer.in_flight or producer.retries:
+                producer.wake.clear()
+                if producer.retries:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, producer.retries[0][0] - now())):
+                            await producer.wake.wait()
+                else:
+                    await producer.wake.wait()
+            else:
+                return
+
+    @staticmethod
+    def _wake_time(producer: _Producer, due: float) -> float:
+        """Wake for the next send, or earlier for a retry that comes due first."""
+        if producer.retries:
+            return min(due, producer.retries[0][0])
+        return due
+
+    async def _send(self, producer: _Producer, rows: np.ndarray) -> None:
+        log = self.log
+        row_list = rows.tolist()
+        seq, key, size, t_int = self._seq, self._key, self._size, self._t_intended
+        index = producer.index
+        payloads = [encode_payload(index, seq[r], key[r], t_int[r], size[r]) for r in row_list]
+        dedup_ids = None
+        if self.with_ids:
+            dedup_ids = [self._dedup_id(index, seq[r], int(log.attempts[r])) for r in row_list]
+        t_sent = now()
+        first = log.attempts[rows] == 0
+        log.t_sent[rows[first]] = t_sent
+        log.attempts[rows] += 1
+        try:
+            pending = await self.adapter.publish(index, payloads, dedup_ids)
+        except Exception as error:  # nothing reached the broker
+            self._settle(producer, row_list, [PublishRejected(str(error))] * len(row_list))
+            return
+        if pending is None:  # fire-and-forget: sent is all we will ever know
+            log.outcome[rows] = ACKED
+            log.settled[rows] = True
+            return
+        future = asyncio.ensure_future(pending)
+        producer.in_flight += len(row_list)
+        timer = asyncio.get_running_loop().call_later(self.config.publish_timeout, future.cancel)
+        future.add_done_callback(lambda done: self._on_done(producer, row_list, timer, done))
+
+    def _dedup_id(self, producer: int, seq: int, attempts: int) -> str:
+        """Broker dedup id: the msg id, plus the attempt when a retry must look new."""
+        if self.config.retry == "new-id" and attempts > 0:
+            return f"{producer}:{seq}:{attempts}"
+        return f"{producer}:{seq}"
+
+    def _on_done(
+        self, producer: _Producer, rows: list[int], timer: asyncio.TimerHandle, done: Any
+    ) -> None:
+        timer.cancel()
+        producer.in_flight -= len(rows)
+        if done.cancelled():
+            results: PublishResults = [TimeoutError("publish timeout")] * len(rows)
+        elif done.exception() is not None:
+            results = [done.exception()] * len(rows)
+        else:
+            results = done.result()
+        self._settle(producer, rows, results)
+        producer.wake.set()
+
+    def _settle(self, producer: _Producer, rows: list[int], results: PublishResults) -> None:
+        log = self.log
+        try:  # fast path: every message acked
+            times = np.asarray(results, dtype="float64")
+        except (TypeError, ValueError):
+            times = None
+        if times is not None:
+            log.t_acked[rows] = times
+            log.outcome[rows] = ACKED
+            log.settled[rows] = True
+            return
+        retry = self.config.retry != "none"
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, float):
+                log.t_acked[row] = result
+                log.outcome[row] = ACKED
+                log.settled[row] = True
+                continue
+            if not isinstance(result, PublishRejected):
+                log.uncertain[row] = True
+            attempts = int(log.attempts[row])
+            if retry and attempts < self.config.max_attempts:
+                backoff = min(RETRY_BACKOFF * 2 ** (attempts - 1), RETRY_BACKOFF_MAX)
+                producer.retries.append((now() + backoff, row))
+            else:
+                log.outcome[row] = UNKNOWN if log.uncertain[row] else FAILED
+                log.settled[row] = True
+
+    def abandon(self) -> None:
+        """After a hard deadline: in-flight messages become unknown, the rest stay failed."""
+        log = self.log
+        for producer in self._producers:
+            rows = producer.rows[~log.settled[producer.rows]]
+            log.uncertain[rows] |= log.attempts[rows] > 0
+            log.outcome[rows] = np.where(log.uncertain[rows], UNKNOWN, FAILED)
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+class ConsumerGroup:
+    """Competing consumers: fetch, record, process (drawn time), ack as the scenario says."""
+
+    def __init__(
+        self,
+        adapter: BrokerAdapter,
+        scenario: Scenario,
+        deliveries: DeliveryLog,
+        processing: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
+        self.adapter = adapter
+        self.config = scenario.consumers
+        self.log = deliveries
+        self._processing = processing.tolist()
+        self._next_draw = 0
+        self._rng = rng
+        self.errors: list[float] = []
+        self.error_kinds: dict[str, int] = {}
+        #: Set at the end of the drain: consumers finish the batch in hand and return. (Cancelling
+        #: a consumer inside a blocking client read can leave the client library stuck.)
+        self.stopping = False
+
+    def _draw(self) -> float:
+        """Next processing time; pre-drawn per delivery, topped up if redeliveries use them up."""
+        if self._next_draw >= len(self._processing):
+            more = draw(self.config.processing, self._rng, max(1024, len(self._processing)))
+            self._processing.extend(more.tolist())
+        value = self._processing[self._next_draw]
+        self._next_draw += 1
+        return value
+
+    async def run(self, consumer: int) -> None:
+        """One consumer's loop; runs until :attr:`stopping` (or cancellation as a last resort)."""
+        adapter, log = self.adapter, self.log
+        prefetch, mode = self.config.prefetch, self.config.ack
+        backoff = FETCH_BACKOFF
+        while not self.stopping:
+            try:
+                async with asyncio.timeout(FETCH_WAIT + FETCH_GRACE):
+                    received = await adapter.fetch(consumer, prefetch, FETCH_WAIT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self._error(error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
+                continue
+            backoff = FETCH_BACKOFF
+            if not received:
+                continue
+            t_delivered = now()
+            first_row = len(log.t_done)
+            positions = []
+            for payload, delivery_no, _handle in received:
+                producer, seq, _key, _t = decode_payload(payload)
+                log.producer.append(producer)
+                log.seq.append(seq)
+                log.consumer.append(consumer)
+                log.delivery_no.append(delivery_no)
+                log.t_delivered.append(t_delivered)
+                log.t_done.append(math.nan)
+                positions.append(log.position(producer, seq))
+            if mode == "before":
+                await self._ack(consumer, [item[2] for item in received])
+            times = [self._draw() for _ in received]
+            to_ack: list[Any] = []
+            waiting: list[int] = []  # rows processed, waiting for their ack
+            for i, (_payload, _no, handle) in enumerate(received):
+                if times[i] > 0:
+                    await sleep_until(now() + times[i])
+                waiting.append(i)
+                if mode == "after":
+                    to_ack.append(handle)
+                # Ack together what finished together; a message with processing time waits.
+                if i + 1 == len(received) or times[i + 1] > 0:
+                    if to_ack:
+                        await self._ack(consumer, to_ack)
+                        to_ack = []
+                    t_done = now()
+                    for j in waiting:
+                        log.t_done[first_row + j] = t_done
+                        position = positions[j]
+                        if position >= 0 and not log.done[position]:
+                            log.done[position] = True
+                            log.completed += 1
+                    waiting = []
+            log.unexpected += positions.count(-1)
+
+    async def _ack(self, consumer: int, handles: list[Any]) -> None:
+        try:
+            async with asyncio.timeout(FETCH_GRACE):
+                await self.adapter.ack(consumer, handles)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # an unacked message is redelivered: that is the test
+            self._error(error)
+
+    def _error(self, error: BaseException) -> None:
+        self.errors.append(now())
+        name = type(error).__name__
+        self.error_kinds[name] = self.error_kinds.get(name, 0) + 1
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _delay_warning(log: SendLog, t0: float) -> str | None:
+    delay = log.t_sent - (t0 + log.plan.t_intended)
+    delay = delay[~np.isnan(delay)]
+    if len(delay) == 0:
+        return None
+    p99 = float(np.percentile(delay, 99))
+    if p99 <= BEHIND_P99:
+        return None
+    return (
+        f"the harness fell behind the offered load: p99 publish delay {p99 * 1000:.1f} ms "
+        f"(over {BEHIND_P99 * 1000:.0f} ms); latencies include that lag, which is open-loop "
+        "correct, but the client machine, not the broker, may be the bottleneck"
+    )
+
+
+def hard_deadline(scenario: Scenario, plan: LoadPlan) -> float:
+    """Longest a run may take after its start: sends, every retry timing out, then the drain."""
+    producers = scenario.producers
+    retries = producers.max_attempts * (producers.publish_timeout + RETRY_BACKOFF_MAX)
+    return plan.duration + retries + scenario.drain_timeout + 5.0
+
+
+async def run_harness(
+    adapter: BrokerAdapter,
+    scenario: Scenario,
+    seed: int,
+    plan: LoadPlan,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> TargetResult:
+    """Play ``plan`` through ``adapter``, drain, and return the trace; always closes the adapter."""
+    scrub = adapter.scrub
+    sends = SendLog(plan)
+    deliveries = DeliveryLog(plan)
+    rng = streams(seed)["processing"]
+    processing = draw(scenario.consumers.processing, rng, len(plan) + 1024)
+    consumers = ConsumerGroup(adapter, scenario, deliveries, processing, rng)
+    tasks: list[asyncio.Task[Any]] = []
+    warnings: list[str] = []
+    t0 = now()
+    try:
+        try:
+            async with asyncio.timeout(30.0):
+                await adapter.setup()
+                await adapter.open_consumers(scenario.consumers.count)
+        except Exception as error:
+            raise RealBrokerError(
+                scrub(f"{adapter.target}: could not set up the broker: {error!r}")
+            ) from None
+        tasks += [asyncio.create_task(consumers.run(c)) for c in range(scenario.consumers.count)]
+        t0 = now() + START_LEAD
+        producer_group = ProducerGroup(
+            adapter, scenario, plan, sends, range(scenario.producers.count), t0
+        )
+        if progress is not None:
+            tasks.append(asyncio.create_task(_report_progress(progress, deliveries, len(plan))))
+        send_budget = hard_deadline(scenario, plan) - scenario.drain_timeout
+        try:
+            async with asyncio.timeout(max(0.0, t0 + send_budget - now())):
+                await producer_group.run()
+                await adapter.flush()
+        except TimeoutError:
+            producer_group.abandon()
+            warnings.append("publishing did not finish in time; unsettled sends are unknown")
+        await _drain(scenario, sends, deliveries)
+    finally:
+        consumers.stopping = True
+        await stop_tasks(tasks, grace=FETCH_WAIT + 1.0)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await adapter.close()
+    if progress is not None:
+        progress(deliveries.completed, len(plan))
+    return _result(adapter, scenario, plan, sends, deliveries, consumers, t0, warnings)
+
+
+async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:
+    """Let tasks end by themselves within ``grace``, then cancel them; never wait forever.
+
+    A task that ignores cancellation (a client library stuck in a read) is left behind rather
+    than hanging the run; closing the adapter's connections then ends it.
+    """
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+
+
+async def _report_progress(
+    progress: Callable[[int, int], None], deliveries: DeliveryLog, total: int
+) -> None:
+    while True:
+        progress(deliveries.completed, total)
+        await asyncio.sleep(TICK)
+
+
+async def _drain(scenario: Scenario, sends: SendLog, deliveries: DeliveryLog) -> None:
+    """Wait until every acknowledged message was delivered and completed, or the drain timeout."""
+    owed = _producer_major(sends.plan, deliveries)[sends.outcome == ACKED]
+    deadline = now() + scenario.drain_timeout
+    while now() < deadline:
+        if deliveries.done[owed].all():
+            return
+        await asyncio.sleep(0.02)
+
+
+def _producer_major(plan: LoadPlan, deliveries: DeliveryLog) -> np.ndarray:
+    """Producer-major position of every plan row (see :meth:`DeliveryLog.position`)."""
+    return np.asarray(deliveries.start, dtype="int64")[plan.producer] + plan.seq
+
+
+def _result(
+    adapter: BrokerAdapter,
+    scenario: Scenario,
+    plan: LoadPlan,
+    sends: SendLog,
+    deliveries: DeliveryLog,
+    consumers: ConsumerGroup,
+    t0: float,
+    warnings: list[str],
+) -> TargetResult:
+    sends_table = sends.table(t0)
+    deliveries_table = deliveries.table(t0)
+    errors = np.asarray(consumers.errors, dtype="float64") - t0
+    timeline = build_timeline(sends_table, deliveries_table, [], errors=errors)
+    behind = _delay_warning(sends, t0)
+    warnings = [*warnings, *([behind] if behind else []), *adapter.warnings]
+    if consumers.error_kinds:
+        kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(consumers.error_kinds.items()))
+        warnings.append(f"consumer errors (retried): {kinds}")
+    if scenario.faults:
+        warnings.append(
+            "the fault timeline is not injected on real targets yet; run was fault-free"
+        )
+    if scenario.network.delay.mean > 0:
+        warnings.append("network delay is not added on real targets (loopback only)")
+    if deliveries.unexpected:
+        warnings.append(f"{deliveries.unexpected} deliveries of messages this run never planned")
+    info: dict[str, Any] = {
+        "target": adapter.target,
+        **adapter.info,
+        "run_id": adapter.names.run_id,
+        "harness": {
+            "clock": "time.monotonic",
+            "workers": 1,
+            "max_batch": 1 if scenario.producers.confirm == "sync" else MAX_BATCH,
+            "max_in_flight": 1 if scenario.producers.confirm == "sync" else MAX_IN_FLIGHT,
+            "spin_window_s": SPIN_WINDOW,
+        },
+    }
+    return TargetResult(
+        trace=Trace(sends=sends_table, deliveries=deliveries_table, timeline=timeline),
+        faults=[],
+        info=info,
+        warnings=[adapter.scrub(w) for w in warnings],
+    )

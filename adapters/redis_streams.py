@@ -1,0 +1,256 @@
+"""Redis Streams: XADD to one stream, a consumer group reads with XREADGROUP, XACK, XAUTOCLAIM.
+
+Publishing writes XADD commands on one dedicated connection per producer without waiting for
+replies; a reader task matches replies to batches in order (Redis answers a connection's commands
+in order). That is true pipelining, like ``redis-benchmark -P``, and it keeps each producer's
+messages in send order, which a pool of connections would not.
+
+Stuck entries (delivered, never acked for ``broker.ack_timeout``) are handed to a live consumer by
+a reclaimer task with XAUTOCLAIM; an entry past ``broker.max_deliveries`` is acked and dropped,
+which is what a dead-letter step without a dead-letter stream amounts to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+
+from adapters.harness import (
+    BrokerAdapter,
+    PublishRejected,
+    PublishResults,
+    Received,
+    now,
+    stop_tasks,
+)
+
+#: Entries one XAUTOCLAIM call may move.
+CLAIM_COUNT = 100
+#: Connection and command timeouts for setup, consumers and teardown (publishes use the
+#: scenario's publish timeout instead).
+SOCKET_TIMEOUT = 10.0
+
+
+class _Pipeline:
+    """One producer's connection: commands written as they come, replies read in order."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.connection: AbstractConnection | None = None
+        self.waiting: deque[tuple[asyncio.Future[PublishResults], PublishResults, int]] = deque()
+        self.reader: asyncio.Task[None] | None = None
+        self.has_work = asyncio.Event()
+
+    async def send(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[PublishResults]:
+        if self.connection is None or not self.connection.is_connected:
+            await self._reconnect()  # raising here means nothing was sent: outcome failed
+        connection = self.connection
+        assert connection is not None
+        future: asyncio.Future[PublishResults] = asyncio.get_running_loop().create_future()
+        # Queue before writing: a reply may be read while this write is still draining.
+        self.waiting.append((future, [], len(commands)))
+        self.has_work.set()
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
+        except Exception as error:  # partly written: the broker may have some of them
+            self._fail_all(error)
+        return future
+
+    async def _reconnect(self) -> None:
+        await self.close()
+        self.connection = self.pool.make_connection()
+        await self.connection.connect()
+        self.reader = asyncio.create_task(self._read(self.connection))
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        """Resolve batches in order as their replies arrive; fail them all if the link breaks."""
+        try:
+            while True:
+                if not self.waiting:
+                    self.has_work.clear()
+                    await self.has_work.wait()
+                    continue
+                future, results, expected = self.waiting[0]
+                try:
+                    await connection.read_response(timeout=math.inf)
+                    results.append(now())
+                except redis.ResponseError as error:  # e.g. OOM: this XADD was refused
+                    results.append(PublishRejected(str(error)))
+                if len(results) == expected:
+                    self.waiting.popleft()
+                    if not future.done():  # a timed-out batch was cancelled by the harness
+                        future.set_result(results)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail_all(error)
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+
+    def _fail_all(self, error: BaseException) -> None:
+        while self.waiting:
+            future, _results, _expected = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError(f"connection lost: {type(error).__name__}"))
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            await stop_tasks([self.reader], grace=0.0)
+            self.reader = None
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.disconnect(nowait=True)
+            self.connection = None
+        self._fail_all(ConnectionAbortedError("closed"))
+
+
+class RedisStreamsAdapter(BrokerAdapter):
+    """One Redis stream per run (key ``brokerlab:<run id>``), one consumer group."""
+
+    target = "redis-streams"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        broker = self.scenario.broker
+        self.key = self.names.key
+        self.group = self.names.group
+        self.maxlen = broker.max_length or None
+        self.noack = self.scenario.consumers.ack == "none"
+        self.pool = ConnectionPool.from_url(
+            self.url, socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+        )
+        self.client = aioredis.Redis(connection_pool=self.pool)
+        # Publishers get no socket timeout: the harness times publishes out itself, and
+        # redis-py would wrap every write in a timer task.
+        self.publish_pool = ConnectionPool.from_url(self.url, socket_connect_timeout=SOCKET_TIMEOUT)
+        self.pipelines: dict[int, _Pipeline] = {}
+        self.consumer_names: list[str] = []
+        self.claimed: list[deque[Received]] = []
+        self.deliveries: dict[bytes, int] = {}  # entry id -> deliveries so far, for reclaimed
+        self.reclaimer: asyncio.Task[None] | None = None
+        self.dead_lettered = 0
+
+    async def setup(self) -> None:
+        server = await self.client.info("server")
+        self.info.update(
+            {
+                "server_version": server.get("redis_version"),
+                "stream": self.key,
+                "group": self.group,
+                "maxlen": f"~{self.maxlen}" if self.maxlen else None,
+                "client": f"redis-py {redis.__version__}",
+            }
+        )
+        if self.scenario.broker.retention:
+            self.warnings.append("retention is not applied on Redis Streams (use max_length)")
+        await self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+
+    async def open_consumers(self, count: int) -> None:
+        self.consumer_names = [f"consumer-{i}" for i in range(count)]
+        self.claimed = [deque() for _ in range(count)]
+        if not self.noack:
+            self.reclaimer = asyncio.create_task(self._reclaim())
+
+    async def publish(
+        self, producer: int, payloads: Sequence[bytes], dedup_ids: Sequence[str] | None
+    ) -> Awaitable[PublishResults]:
+        pipeline = self.pipelines.get(producer)
+        if pipeline is None:
+            pipeline = self.pipelines[producer] = _Pipeline(self.publish_pool)
+        head: tuple[Any, ...] = ("XADD", self.key)
+        if self.maxlen:
+            head += ("MAXLEN", "~", self.maxlen)
+        head += ("*", "d")
+        return await pipeline.send([(*head, payload) for payload in payloads])
+
+    async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
+        claimed = self.claimed[consumer]
+        if claimed:
+            return [claimed.popleft() for _ in range(min(max_messages, len(claimed)))]
+        reply = await self.client.xreadgroup(
+            self.group,
+            self.consumer_names[consumer],
+            {self.key: ">"},
+            count=max_messages,
+            block=max(1, int(wait * 1000)),
+            noack=self.noack,
+        )
+        if not reply:
+            return []
+        return [(fields[b"d"], 1, entry_id) for entry_id, fields in reply[0][1] if fields]
+
+    async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
+        await self.client.xack(self.key, self.group, *handles)
+
+    async def _reclaim(self) -> None:
+        """Move entries idle past the ack timeout to a live consumer, round robin."""
+        broker = self.scenario.broker
+        idle_ms = max(1, int(broker.ack_timeout * 1000))
+        interval = min(max(broker.ack_timeout / 4, 0.05), 1.0)
+        turn = 0
+        while True:
+            await asyncio.sleep(interval)
+            consumer = turn % len(self.consumer_names)
+            turn += 1
+            try:
+                await self._claim_for(consumer, idle_ms, broker.max_deliveries)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # broker away: try again next round
+                continue
+
+    async def _claim_for(self, consumer: int, idle_ms: int, max_deliveries: int) -> None:
+        cursor: Any = "0-0"
+        while True:
+            reply = await self.client.xautoclaim(
+                self.key,
+                self.group,
+                self.consumer_names[consumer],
+                idle_ms,
+                start_id=cursor,
+                count=CLAIM_COUNT,
+            )
+            cursor, entries = reply[0], reply[1]
+            give_up = []
+            for entry_id, fields in entries:
+                if not fields:  # trimmed away (MAXLEN) while pending: nothing to deliver
+                    give_up.append(entry_id)
+                    continue
+                delivery_no = self.deliveries.get(entry_id, 1) + 1
+                self.deliveries[entry_id] = delivery_no
+                if max_deliveries and delivery_no > max_deliveries:
+                    give_up.append(entry_id)
+                    self.dead_lettered += 1
+                    continue
+                self.claimed[consumer].append((fields[b"d"], delivery_no, entry_id))
+            if give_up:
+                await self.client.xack(self.key, self.group, *give_up)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def close(self) -> None:
+        if self.reclaimer is not None:
+            await stop_tasks([self.reclaimer], grace=0.0)
+        for pipeline in self.pipelines.values():
+            await pipeline.close()
+        if self.dead_lettered:
+            self.warnings.append(
+                f"{self.dead_lettered} entries passed max_deliveries and were acked unprocessed"
+            )
+        with contextlib.suppress(Exception):
+            await self.client.delete(self.key)  # the group goes with the stream
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+        for pool in (self.pool, self.publish_pool):
+            with contextlib.suppress(Exception):
+                await pool.disconnect()
