@@ -190,8 +190,12 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "verdict" in done.stdout
-    assert any((tmp_path / "results").iterdir())
+    (comparison,) = (tmp_path / "results").iterdir()
+    assert (comparison / "report.html").is_file()
+    table = pd.read_csv(comparison / "comparison.csv", index_col="metric")
+    assert list(table.columns) == ["sim", "redis-streams", "nats", "nats-jetstream"]
+    assert (table.loc["lost"].astype(int) == 0).all()
+    assert "report:" in done.stdout
 
 
 def test_brokers_up_status_down(tmp_path: Path) -> None:
