@@ -386,6 +386,83 @@ def select(
     sys.exit(EXIT_FAILURE if selection.errors else EXIT_OK)
 
 
+@main.command()
+@click.option(
+    "--cells",
+    "cells_dir",
+    type=click.Path(path_type=Path),
+    default=Path("scenarios/faults"),
+    show_default=True,
+    help="Folder of CONFIG--FAULT.yaml cell scenarios.",
+)
+@click.option("--targets", default="sim,real", show_default=True, help="sim, real, or both.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: each cell's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def matrix(
+    cells_dir: Path,
+    targets: str,
+    seed: int | None,
+    out: Path | None,
+    results_dir: Path | None,
+    debug: bool,
+) -> None:
+    """Run the guarantee matrix (broker configs x faults) and check it against DESIGN.md."""
+    from brokerlab.matrix import MatrixError, disagreements, run_matrix
+    from brokerlab.runner import RunOptions
+
+    chosen = [t.strip() for t in targets.split(",") if t.strip()]
+    options = RunOptions(
+        seed=seed, out=out, results_dir=results_dir or results.default_results_dir()
+    )
+    try:
+        result = run_matrix(
+            cells_dir,
+            chosen,
+            options,
+            on_cell=lambda cell, target: err.print(
+                f"{cell.config} x {cell.fault} on {target}", markup=False
+            ),
+        )
+    except (MatrixError, results.ResultsError) as error:
+        _usage_error(str(error))
+    except ScenarioError as error:
+        _print_plain(err, error.render())
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        sys.exit(130)
+    except Exception as error:
+        _lab_failure(error, debug)
+    grid = result.grid()
+    table = Table(title="guarantee matrix (lost, duplicates; ok = as DESIGN.md expects)")
+    table.add_column("config")
+    for fault in grid.columns:
+        table.add_column(str(fault), overflow="fold")
+    for config, row in grid.iterrows():
+        table.add_row(str(config), *(str(v) for v in row))
+    stdout.print(table)
+    records = result.records
+    _print_plain(
+        stdout,
+        f"{int(records['matches'].sum())} of {len(records)} runs match the expectation table",
+    )
+    differ = disagreements(records)
+    if len(differ):
+        _print_plain(stdout, "simulation and reality disagree on loss or duplicates in:")
+        for row in differ.itertuples():
+            _print_plain(
+                stdout,
+                f"  {row.config} x {row.fault}: sim lost {row.lost_sim} dup {row.duplicates_sim}, "
+                f"real lost {row.lost_real} dup {row.duplicates_real}"
+                + (f" ({row.note_sim})" if row.note_sim else ""),
+            )
+    for row in records[records["note"] != ""].itertuples():
+        _print_plain(stdout, f"note: {row.config} x {row.fault} on {row.target}: {row.note}")
+    _print_plain(stdout, f"matrix: {result.path}")
+
+
 def _state_dir() -> Path:
     from brokerlab.runner import session_state_dir
 
