@@ -216,7 +216,7 @@ def disagreements(records: pd.DataFrame) -> pd.DataFrame:
     done = records.dropna(subset=["lost", "duplicates"])
     sim = done[done["target"] == "sim"].set_index(["config", "fault"])
     real = done[done["target"] == "real"].set_index(["config", "fault"])
-    both = sim.join(real, lsuffix="_sim", rsuffix="_real", how="inner")
+    both = sim.merge(real, left_index=True, right_index=True, suffixes=("_sim", "_real"))
     differs = ((both["lost_sim"] > 0) != (both["lost_real"] > 0)) | (
         (both["duplicates_sim"] > 0) != (both["duplicates_real"] > 0)
     )
