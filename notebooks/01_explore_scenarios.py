@@ -46,58 +46,25 @@ real_duration = "3s"  # seconds of load on the real broker (and the simulator be
 # %matplotlib inline
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
-import asyncio
-import os
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
-import brokerlab
 from brokerlab import figures
 from brokerlab.analysis import latency_table
 from brokerlab.compare import compare
+from brokerlab.notebook import lab_path, results_path
 from brokerlab.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.scenario import Scenario, load_scenario, parse_scenario
 from brokerlab.units import format_duration, parse_duration, parse_rate
 
-
-def lab_path(path: str | Path) -> Path:
-    """A path from the parameters: the first that exists of the path as given (from the kernel's
-    folder), from notebooks/ and from the repository; a new path is taken as given."""
-    given = Path(path).expanduser()
-    roots = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "scenarios").is_dir()]
-    roots.append(Path(brokerlab.__file__).resolve().parents[1])  # a source checkout
-    tries = [
-        Path.cwd() / given,
-        *(r / "notebooks" / given for r in roots),
-        *(r / given for r in roots),
-    ]
-    return next((p for p in tries if p.exists()), tries[0]).resolve()
-
-
-T = TypeVar("T")
-
-
-def outside_event_loop(work: Callable[[], T]) -> T:
-    """Run ``work`` in a worker thread when this thread runs an event loop (Jupyter's kernel
-    does), because real-broker runs start their own with ``asyncio.run``."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return work()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(work).result()
-
-
 scenario_file = lab_path(scenario_path)
-results = lab_path(results_dir or os.environ.get("BROKERLAB_RESULTS") or "results")
+results = results_path(results_dir)
 print(f"kernel: {sys.executable}")
 print(f"scenario: {scenario_file}\nresults: {results}")
 
@@ -357,13 +324,11 @@ if run_real:
     real_data["producers"].update(messages=None, duration=parse_duration(real_duration))
     real_data["broker"]["kind"] = real_target
     real_scenario = parse_scenario(real_data, f"{scenario_file.name} on {real_target}")
-    comparison = outside_event_loop(
-        lambda: compare(
-            real_scenario,
-            ["sim", real_target],
-            RunOptions(seed=seed, results_dir=results),
-            source=str(scenario_file),
-        )
+    comparison = compare(
+        real_scenario,
+        ["sim", real_target],
+        RunOptions(seed=seed, results_dir=results),
+        source=str(scenario_file),
     )
     print(f"comparison folder: {comparison.path}")
     load = format_duration(real_scenario.producers.duration or 0)

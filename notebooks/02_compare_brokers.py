@@ -40,53 +40,20 @@ seed = 1
 # %matplotlib inline
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
-import asyncio
 import json
 import math
-import os
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
-import brokerlab
+from brokerlab.notebook import lab_path, results_path
 from brokerlab.runner import RunOptions
 from brokerlab.scenario import load_scenario
 from brokerlab.select import select
 from brokerlab.units import format_duration, parse_duration
-
-T = TypeVar("T")
-
-
-def lab_path(path: str | Path) -> Path:
-    """A path from the parameters: the first that exists of the path as given (from the kernel's
-    folder), from notebooks/ and from the repository; a new path is taken as given."""
-    given = Path(path).expanduser()
-    roots = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "scenarios").is_dir()]
-    roots.append(Path(brokerlab.__file__).resolve().parents[1])  # a source checkout
-    tries = [
-        Path.cwd() / given,
-        *(r / "notebooks" / given for r in roots),
-        *(r / given for r in roots),
-    ]
-    return next((p for p in tries if p.exists()), tries[0]).resolve()
-
-
-def outside_event_loop(work: Callable[[], T]) -> T:
-    """Run ``work`` in a worker thread when this thread runs an event loop (Jupyter's kernel
-    does), because real-broker runs start their own with ``asyncio.run``."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return work()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(work).result()
-
 
 print(f"kernel: {sys.executable}")
 
@@ -101,7 +68,7 @@ print(f"kernel: {sys.executable}")
 
 # %%
 scenario_file = lab_path(scenario_path)
-results = lab_path(results_dir or os.environ.get("BROKERLAB_RESULTS") or "results")
+results = results_path(results_dir)
 scenario = load_scenario(scenario_file)
 if duration:
     producers = scenario.producers.model_copy(
@@ -130,15 +97,13 @@ display(
 
 # %%
 names = [name.strip() for name in candidates.split(",") if name.strip()]
-selection = outside_event_loop(
-    lambda: select(
-        scenario,
-        names,
-        RunOptions(seed=seed, results_dir=results),
-        real=real,
-        reuse=reuse,
-        source=str(scenario_file),
-    )
+selection = select(
+    scenario,
+    names,
+    RunOptions(seed=seed, results_dir=results),
+    real=real,
+    reuse=reuse,
+    source=str(scenario_file),
 )
 print(f"selection folder: {selection.path}")
 for candidate, error in selection.errors.items():

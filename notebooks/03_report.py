@@ -40,52 +40,18 @@ seed = 1
 # %matplotlib inline
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
-import asyncio
 import json
-import os
 import sys
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TypeVar
 
 import pandas as pd
 from IPython.display import FileLink, Image, Markdown, display
 
-import brokerlab
 from brokerlab.compare import COMPARISON_CSV, compare
+from brokerlab.notebook import lab_path, results_path
 from brokerlab.report import FIGURES_DIR, build_report
 from brokerlab.results import METRICS_FILE, RUN_FILE
 from brokerlab.runner import RunOptions
 from brokerlab.scenario import load_scenario
-
-T = TypeVar("T")
-
-
-def lab_path(path: str | Path) -> Path:
-    """A path from the parameters: the first that exists of the path as given (from the kernel's
-    folder), from notebooks/ and from the repository; a new path is taken as given."""
-    given = Path(path).expanduser()
-    roots = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "scenarios").is_dir()]
-    roots.append(Path(brokerlab.__file__).resolve().parents[1])  # a source checkout
-    tries = [
-        Path.cwd() / given,
-        *(r / "notebooks" / given for r in roots),
-        *(r / given for r in roots),
-    ]
-    return next((p for p in tries if p.exists()), tries[0]).resolve()
-
-
-def outside_event_loop(work: Callable[[], T]) -> T:
-    """Run ``work`` in a worker thread when this thread runs an event loop (Jupyter's kernel
-    does), because real-broker runs start their own with ``asyncio.run``."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return work()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(work).result()
-
 
 print(f"kernel: {sys.executable}")
 
@@ -104,18 +70,14 @@ else:
     producers = scenario.producers.model_copy(update={"messages": int(messages), "duration": None})
     scenario = scenario.model_copy(update={"producers": producers})
     wanted = [t.strip() for t in targets.split(",") if t.strip()]
-    comparison = outside_event_loop(
-        lambda: compare(
-            scenario,
-            wanted,
-            RunOptions(
-                seed=seed,
-                results_dir=lab_path(
-                    results_dir or os.environ.get("BROKERLAB_RESULTS") or "results"
-                ),
-            ),
-            source=str(scenario_file),
-        )
+    comparison = compare(
+        scenario,
+        wanted,
+        RunOptions(
+            seed=seed,
+            results_dir=results_path(results_dir),
+        ),
+        source=str(scenario_file),
     )
     for target, error in comparison.errors.items():
         print(f"{target} did not run: {error}")
