@@ -39,7 +39,8 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 def _usage_error(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+    err.print("[red]error:[/] ", end="", markup=True)
+    _print_plain(err, message)
     sys.exit(EXIT_USAGE)
 
 
@@ -71,6 +72,77 @@ def _progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int],
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def run_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags every command that runs scenarios shares (seed, where results go, brokers)."""
+    flags = [
+        click.option(
+            "--seed", type=int, default=None, help="Random seed (default: the scenario's)."
+        ),
+        click.option(
+            "--out", type=click.Path(path_type=Path), default=None, help="Write exactly here."
+        ),
+        click.option(
+            "--results-dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Folder for results (default $BROKERLAB_RESULTS or ./results).",
+        ),
+        click.option(
+            "--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis."
+        ),
+        click.option(
+            "--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS server."
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        click.option("--debug", is_flag=True, help="Show tracebacks of lab failures."),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> Any:
+    """RunOptions from the shared flags."""
+    from brokerlab.runner import RunOptions
+
+    return RunOptions(
+        seed=flags["seed"],
+        out=flags["out"],
+        results_dir=flags["results_dir"] or results.default_results_dir(),
+        redis_url=flags.get("redis_url"),
+        nats_url=flags.get("nats_url"),
+        progress=progress,
+    )
+
+
+@contextmanager
+def _failures(debug: bool, *user_errors: type[Exception]) -> Iterator[None]:
+    """Turn what can go wrong while running into exit codes: 2 for the user's, 1 for the lab's."""
+    try:
+        yield
+    except ScenarioError as error:
+        _print_plain(err, error.render())
+        sys.exit(EXIT_USAGE)
+    except (results.ResultsError, *user_errors) as error:
+        _usage_error(str(error))
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written")
+        sys.exit(130)
+    except Exception as error:
+        _lab_failure(error, debug)
+
+
+def _targets(value: str, known: Any, option: str) -> list[str]:
+    """A comma-separated list of known names, each once."""
+    chosen = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in known]
+    if not chosen or unknown:
+        _usage_error(f"{option}: unknown {unknown or 'empty list'}; use {', '.join(known)}")
+    if len(set(chosen)) != len(chosen):
+        _usage_error(f"{option}: a name is given twice")
+    return chosen
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -127,63 +199,22 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     show_default=True,
     help="sim, redis-streams, nats, nats-jetstream",
 )
-@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Write the run exactly here."
-)
-@click.option(
-    "--results-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder for run folders (default $BROKERLAB_RESULTS or ./results).",
-)
-@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
-@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS server.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
-def run(
-    scenario: Path,
-    target: str,
-    seed: int | None,
-    out: Path | None,
-    results_dir: Path | None,
-    redis_url: str | None,
-    nats_url: str | None,
-    quiet: bool,
-    debug: bool,
-) -> None:
+@run_flags
+def run(scenario: Path, target: str, **flags: Any) -> None:
     """Run SCENARIO on one target and write results/RUN_ID/ (or exactly --out)."""
-    from brokerlab.runner import TARGETS, RunOptions, TargetError, run_scenario
+    from brokerlab.runner import TARGETS, TargetError, run_scenario
     from brokerlab.summary import print_summary
 
     if target not in TARGETS:
         _usage_error(f"--target: unknown target {target!r}; use one of {', '.join(TARGETS)}")
     parsed = _load_or_exit(scenario)
-    with _progress(f"{parsed.name} on {target}", enabled=not quiet) as progress:
-        options = RunOptions(
-            seed=seed,
-            out=out,
-            results_dir=results_dir or results.default_results_dir(),
-            redis_url=redis_url,
-            nats_url=nats_url,
-            progress=progress,
-        )
-        try:
-            record = run_scenario(parsed, target, options, source=str(scenario))
-        except (results.ResultsError, TargetError) as error:
-            _usage_error(str(error))
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written")
-            sys.exit(130)
-        except Exception as error:
-            _lab_failure(error, debug)
+    with (
+        _progress(f"{parsed.name} on {target}", enabled=not flags["quiet"]) as progress,
+        _failures(flags["debug"], TargetError),
+    ):
+        record = run_scenario(parsed, target, _run_options(flags, progress), source=str(scenario))
     warnings = list(record.result.warnings) + record.analysis.warnings
-    print_summary(out_console(), record.metrics, str(record.path), warnings)
-
-
-def out_console() -> Console:
-    """The console for results (stdout), separate from progress and errors (stderr)."""
-    return stdout
+    print_summary(stdout, record.metrics, str(record.path), warnings)
 
 
 @main.command()
@@ -194,61 +225,23 @@ def out_console() -> Console:
     show_default=True,
     help="Comma-separated targets to run side by side.",
 )
-@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
-@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
-def compare(
-    scenario: Path,
-    targets: str,
-    seed: int | None,
-    out: Path | None,
-    results_dir: Path | None,
-    redis_url: str | None,
-    nats_url: str | None,
-    quiet: bool,
-    no_report: bool,
-    debug: bool,
-) -> None:
+@run_flags
+def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None:
     """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
     from brokerlab.compare import compare as run_compare
-    from brokerlab.runner import TARGETS, RunOptions
+    from brokerlab.runner import TARGETS
 
-    chosen = [t.strip() for t in targets.split(",") if t.strip()]
-    unknown = [t for t in chosen if t not in TARGETS]
-    if not chosen or unknown:
-        _usage_error(f"--targets: unknown {unknown or 'empty list'}; use {', '.join(TARGETS)}")
-    if len(set(chosen)) != len(chosen):
-        _usage_error("--targets: a target is named twice")
+    chosen = _targets(targets, TARGETS, "--targets")
     parsed = _load_or_exit(scenario)
-    with _progress(f"{parsed.name}", enabled=not quiet) as progress:
-        options = RunOptions(
-            seed=seed,
-            out=out,
-            results_dir=results_dir or results.default_results_dir(),
-            redis_url=redis_url,
-            nats_url=nats_url,
-            progress=progress,
+    with _progress(parsed.name, enabled=not flags["quiet"]) as progress, _failures(flags["debug"]):
+        record = run_compare(
+            parsed,
+            chosen,
+            _run_options(flags, progress),
+            source=str(scenario),
+            on_target=lambda t: err.print(f"running {parsed.name} on {t}", markup=False),
         )
-        try:
-            record = run_compare(
-                parsed,
-                chosen,
-                options,
-                source=str(scenario),
-                on_target=lambda t: err.print(f"running {parsed.name} on {t}", markup=False),
-            )
-        except results.ResultsError as error:
-            _usage_error(str(error))
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written")
-            sys.exit(130)
-        except Exception as error:
-            _lab_failure(error, debug)
     table = Table(title=f"{parsed.name}: side by side", title_justify="left")
     table.add_column("metric")
     for target in record.table.columns:
@@ -256,18 +249,21 @@ def compare(
     for label, row in record.table.iterrows():
         table.add_row(str(label), *(_cell(v) for v in row))
     stdout.print(table)
-    for target, message in record.errors.items():
-        err.print(f"[red]{target} failed:[/] ", end="")
-        _print_plain(err, message)
+    _report_errors(record.errors)
     _print_plain(stdout, f"comparison: {record.path}")
     if not no_report and record.runs:
         from brokerlab.report import build_report
 
-        try:
+        with _failures(flags["debug"]):
             _print_plain(stdout, f"report: {build_report([record.path])}")
-        except Exception as error:
-            _lab_failure(error, debug)
     sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
+
+
+def _report_errors(errors: dict[str, str]) -> None:
+    """Targets or candidates that failed while the others ran."""
+    for name, message in errors.items():
+        err.print(f"[red]{name} failed:[/] ", end="")
+        _print_plain(err, message)
 
 
 def _cell(value: Any) -> str:
@@ -292,71 +288,31 @@ def _cell(value: Any) -> str:
 @click.option(
     "--no-reuse", is_flag=True, help="Run every candidate again, even with a matching run."
 )
-@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
-@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
-def select(
-    scenario: Path,
-    candidates: str,
-    sim_only: bool,
-    no_reuse: bool,
-    seed: int | None,
-    out: Path | None,
-    results_dir: Path | None,
-    redis_url: str | None,
-    nats_url: str | None,
-    quiet: bool,
-    debug: bool,
-) -> None:
+@run_flags
+def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **flags: Any) -> None:
     """Rank candidate brokers against SCENARIO's requirements, with the evidence for each."""
-    from brokerlab.runner import RunOptions
-    from brokerlab.select import SelectionError
+    from brokerlab.scenario import BROKER_KINDS
     from brokerlab.select import select as run_select
 
+    chosen = _targets(candidates, BROKER_KINDS, "--candidates")
     parsed = _load_or_exit(scenario)
-    chosen = [c.strip() for c in candidates.split(",") if c.strip()]
-    with _progress(parsed.name, enabled=not quiet) as progress:
-        options = RunOptions(
-            seed=seed,
-            out=out,
-            results_dir=results_dir or results.default_results_dir(),
-            redis_url=redis_url,
-            nats_url=nats_url,
-            progress=progress,
+    with _progress(parsed.name, enabled=not flags["quiet"]) as progress, _failures(flags["debug"]):
+        selection = run_select(
+            parsed,
+            chosen,
+            _run_options(flags, progress),
+            real=not sim_only,
+            reuse=not no_reuse,
+            source=str(scenario),
+            on_candidate=lambda c, how: err.print(f"{c}: {how}", markup=False),
         )
-        try:
-            selection = run_select(
-                parsed,
-                chosen,
-                options,
-                real=not sim_only,
-                reuse=not no_reuse,
-                source=str(scenario),
-                on_candidate=lambda c, how: err.print(f"{c}: {how}", markup=False),
-            )
-        except (SelectionError, results.ResultsError) as error:
-            _usage_error(
-                f"--candidates: {error}" if isinstance(error, SelectionError) else str(error)
-            )
-        except KeyboardInterrupt:
-            err.print("interrupted: nothing was written")
-            sys.exit(130)
-        except Exception as error:
-            _lab_failure(error, debug)
     table = Table(title=f"{parsed.name}: ranking", title_justify="left")
     for name in ("rank", "candidate", "target", "verdict", "failed requirements", "worst margin"):
         table.add_column(name)
     for row in selection.ranking.itertuples():
         colour = "green" if row.verdict == "pass" else "red"
-        worst = (
-            "-"
-            if row.worst_margin is None or row.worst_margin != row.worst_margin
-            else f"{row.worst_margin:+.1%}"
-        )
+        missing = row.worst_margin is None or row.worst_margin != row.worst_margin  # None or NaN
+        worst = "-" if missing else f"{row.worst_margin:+.1%}"
         table.add_row(
             str(row.rank),
             row.candidate,
@@ -379,9 +335,7 @@ def select(
             f"{row.kind}: {row.evidence}",
         )
     stdout.print(evidence)
-    for candidate, message in selection.errors.items():
-        err.print(f"[red]{candidate} failed:[/] ", end="")
-        _print_plain(err, message)
+    _report_errors(selection.errors)
     _print_plain(stdout, f"selection: {selection.path}")
     sys.exit(EXIT_FAILURE if selection.errors else EXIT_OK)
 
@@ -396,45 +350,21 @@ def select(
     help="Folder of CONFIG--FAULT.yaml cell scenarios.",
 )
 @click.option("--targets", default="sim,real", show_default=True, help="sim, real, or both.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: each cell's).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write exactly here.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
-def matrix(
-    cells_dir: Path,
-    targets: str,
-    seed: int | None,
-    out: Path | None,
-    results_dir: Path | None,
-    debug: bool,
-) -> None:
+@run_flags
+def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
     """Run the guarantee matrix (broker configs x faults) and check it against DESIGN.md."""
-    from brokerlab.matrix import MatrixError, disagreements, run_matrix
-    from brokerlab.runner import RunOptions
+    from brokerlab.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
 
-    chosen = [t.strip() for t in targets.split(",") if t.strip()]
-    options = RunOptions(
-        seed=seed, out=out, results_dir=results_dir or results.default_results_dir()
-    )
-    try:
+    chosen = _targets(targets, MATRIX_TARGETS, "--targets")
+    with _failures(flags["debug"], MatrixError):
         result = run_matrix(
             cells_dir,
             chosen,
-            options,
+            _run_options(flags),
             on_cell=lambda cell, target: err.print(
                 f"{cell.config} x {cell.fault} on {target}", markup=False
             ),
         )
-    except (MatrixError, results.ResultsError) as error:
-        _usage_error(str(error))
-    except ScenarioError as error:
-        _print_plain(err, error.render())
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        err.print("interrupted: nothing was written")
-        sys.exit(130)
-    except Exception as error:
-        _lab_failure(error, debug)
     grid = result.grid()
     table = Table(title="guarantee matrix (lost, duplicates; ok = as DESIGN.md expects)")
     table.add_column("config")
