@@ -7,9 +7,13 @@ medians and ratios; then end-to-end latency at 25/50/75% of the measured deliver
     python bench/bench_brokers.py                  # brokers the lab starts itself
     python bench/bench_brokers.py --machine        # the machine's Redis 6379 / NATS 4222
     python bench/bench_brokers.py --profile nats   # cProfile one adapter ceiling run
+    python bench/bench_brokers.py --targets redis-streams --no-latency   # one target's ceilings
+    python bench/bench_brokers.py --sweep          # where one process stops keeping up
 
 Goals: Redis >= 50% of ``redis-benchmark -P 16`` XADD, NATS >= 90% of a bare nats-py
-publish/subscribe loop, JetStream >= 90% of a bare ``publish_async`` loop.
+publish/subscribe loop, JetStream >= 90% of a bare ``publish_async`` loop. Each adapter row is
+measured in one process and, where :data:`WORKER_ROWS` says, also with several worker processes
+(adapters/workers.py: as many producers and consumers as workers, one of each per process).
 """
 
 from __future__ import annotations
@@ -43,6 +47,16 @@ PAYLOAD = 32  # bytes: the lab's 28-byte header plus a little, close to redis-be
 LATENCY_FRACTIONS = (0.25, 0.50, 0.75)
 LATENCY_SECONDS = 3.0
 GOALS = {"redis-streams": 0.5, "nats": 0.9, "nats-jetstream": 0.9}
+#: Targets whose ceilings are also measured with this many worker processes (the reference
+#: machine has 2 cores, which the broker shares).
+WORKER_ROWS = {"redis-streams": 2, "nats": 2, "nats-jetstream": 2}
+#: Offered rates of the ``--sweep`` (per target), around adapters.workers.SINGLE_PROCESS_MAX_RATE.
+SWEEP_RATES = {
+    "redis-streams": (10_000, 20_000, 40_000, 80_000),
+    "nats": (30_000, 60_000, 120_000),
+    "nats-jetstream": (4_000, 8_000, 16_000),
+}
+SWEEP_SECONDS = 2.0
 
 
 def bench_consumers(target: str) -> dict[str, Any]:
@@ -54,13 +68,18 @@ def bench_consumers(target: str) -> dict[str, Any]:
     return consumers
 
 
-def ceiling_scenario(target: str, messages: int = CEILING_MESSAGES) -> Scenario:
-    """Offered far above any ceiling: the harness sends everything as fast as it can."""
-    consumers = bench_consumers(target)
+def ceiling_scenario(target: str, messages: int = CEILING_MESSAGES, workers: int = 1) -> Scenario:
+    """Offered far above any ceiling: the harness sends everything as fast as it can.
+
+    With workers, one producer and one consumer per worker process, so every process sends and
+    receives flat out.
+    """
+    consumers = {**bench_consumers(target), "count": workers}
     return parse_scenario(
         {
             "name": f"ceiling-{target}",
             "producers": {
+                "count": workers,
                 "rate": "5000000/s",
                 "messages": messages,
                 "arrival": "constant",
@@ -90,9 +109,10 @@ def latency_scenario(target: str, rate: float) -> Scenario:
     )
 
 
-def adapter_rates(target: str, url: str) -> tuple[float, float]:
+def adapter_rates(target: str, url: str, workers: int = 1) -> tuple[float, float]:
     """(publish rate, delivered rate) of one flat-out adapter run, messages per second."""
-    result = asyncio.run(run_real_async(ceiling_scenario(target), target, 1, url=url))
+    scenario = ceiling_scenario(target, workers=workers)
+    result = asyncio.run(run_real_async(scenario, target, 1, url=url, workers=workers))
     sends, deliveries = result.trace.sends, result.trace.deliveries
     start = sends["t_sent"].min()
     done = sends["t_acked"] if sends["t_acked"].notna().any() else sends["t_sent"]
@@ -213,11 +233,14 @@ def _fmt(values: list[float]) -> str:
 
 
 def ceilings(urls: dict[str, str]) -> dict[str, float]:
-    """Print adapter vs native ceilings; return each target's median delivered ceiling."""
+    """Print adapter vs native ceilings; return each target's median single-process delivered
+    ceiling (the latency points are single-process runs)."""
     delivered_ceiling: dict[str, float] = {}
-    port = int(urls["redis-streams"].rsplit(":", 1)[1])
     natives: dict[str, tuple[str, Callable[[], float]]] = {
-        "redis-streams": ("redis-benchmark -P 16 XADD", lambda: redis_benchmark(port)),
+        "redis-streams": (
+            "redis-benchmark -P 16 XADD",
+            lambda: redis_benchmark(int(urls["redis-streams"].rsplit(":", 1)[1])),
+        ),
         "nats": ("bare nats-py pub/sub", lambda: asyncio.run(bare_nats_pubsub(urls["nats"]))),
         "nats-jetstream": (
             "bare nats-py publish_async",
@@ -226,22 +249,27 @@ def ceilings(urls: dict[str, str]) -> dict[str, float]:
     }
     print(f"\n== ceilings ({CEILING_MESSAGES:,} messages of {PAYLOAD} B, {REPEATS} runs, median)")
     for target, (label, native) in natives.items():
+        if target not in urls:
+            continue
         native_median, native_values = _median(native)
-        runs = [adapter_rates(target, urls[target]) for _ in range(REPEATS)]
-        published = [r[0] for r in runs]
-        delivered = [r[1] for r in runs]
-        pub_median, del_median = statistics.median(published), statistics.median(delivered)
-        delivered_ceiling[target] = del_median
-        # What each goal compares: the rate the native loop measures.
-        adapter_value = del_median if target == "nats" else pub_median
-        ratio = adapter_value / native_median
         goal = GOALS[target]
-        verdict = "met" if ratio >= goal else "MISSED"
         print(f"{target}:")
-        print(f"  native  {label:<28} {native_median:>10,.0f}/s   [{_fmt(native_values)}]")
-        print(f"  adapter published            {pub_median:>10,.0f}/s   [{_fmt(published)}]")
-        print(f"  adapter delivered            {del_median:>10,.0f}/s   [{_fmt(delivered)}]")
-        print(f"  ratio {ratio:6.1%} (goal {goal:.0%}: {verdict})")
+        print(f"  native  {label:<30} {native_median:>10,.0f}/s   [{_fmt(native_values)}]")
+        for workers in sorted({1, WORKER_ROWS.get(target, 1)}):
+            runs = [adapter_rates(target, urls[target], workers) for _ in range(REPEATS)]
+            published = [r[0] for r in runs]
+            delivered = [r[1] for r in runs]
+            pub_median, del_median = statistics.median(published), statistics.median(delivered)
+            if workers == 1:
+                delivered_ceiling[target] = del_median
+            # What each goal compares: the rate the native loop measures.
+            adapter_value = del_median if target == "nats" else pub_median
+            ratio = adapter_value / native_median
+            verdict = "met" if ratio >= goal else "MISSED"
+            where = "1 process" if workers == 1 else f"{workers} workers"
+            print(f"  adapter {where:<11} published  {pub_median:>10,.0f}/s   [{_fmt(published)}]")
+            print(f"  adapter {where:<11} delivered  {del_median:>10,.0f}/s   [{_fmt(delivered)}]")
+            print(f"    ratio {ratio:6.1%} of native (goal {goal:.0%}: {verdict})")
     return delivered_ceiling
 
 
@@ -251,10 +279,12 @@ def latencies(urls: dict[str, str], ceiling: dict[str, float]) -> None:
     print(f"{'target':<16}{'load':>6}{'rate/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
           f"{'delay p99':>11}  lost")  # fmt: skip
     for target, url in urls.items():
+        if target not in ceiling:
+            continue
         for fraction in LATENCY_FRACTIONS:
             rate = ceiling[target] * fraction
             scenario = latency_scenario(target, rate)
-            result = asyncio.run(run_real_async(scenario, target, 2, url=url))
+            result = asyncio.run(run_real_async(scenario, target, 2, url=url, workers=1))
             sends, deliveries = result.trace.sends, result.trace.deliveries
             first = deliveries.sort_values("t_delivered").drop_duplicates("msg_id")
             merged = sends.merge(first, on="msg_id")
@@ -264,6 +294,37 @@ def latencies(urls: dict[str, str], ceiling: dict[str, float]) -> None:
             lost = len(sends) - len(merged)
             print(f"{target:<16}{fraction:>6.0%}{rate:>10,.0f}{p50:>9.3f}{p99:>9.3f}{p999:>10.3f}"
                   f"{np.percentile(delay, 99):>11.3f}  {lost}")  # fmt: skip
+
+
+def sweep(urls: dict[str, str]) -> None:
+    """Poisson load at rising rates, one process against two: where one process falls behind.
+
+    Two producers and two consumers either way; "kept up" means p99 publish delay under
+    ``harness.BEHIND_P99`` and every message delivered. This is what
+    ``adapters.workers.SINGLE_PROCESS_MAX_RATE`` is read from.
+    """
+    from adapters.harness import BEHIND_P99
+
+    print(f"\n== single process vs 2 workers, Poisson, {SWEEP_SECONDS:g} s per point")
+    print(f"{'target':<16}{'rate/s':>9}{'procs':>6}{'delivered/s':>13}{'delay p99':>11}"
+          f"{'e2e p99 ms':>12}  kept up")  # fmt: skip
+    for target, url in urls.items():
+        for rate in SWEEP_RATES[target]:
+            for workers in (1, 2):
+                base = latency_scenario(target, rate).model_dump(mode="json")
+                base["producers"].update(count=2, duration=f"{SWEEP_SECONDS}s")
+                base["consumers"]["count"] = 2
+                scenario = parse_scenario(base)
+                result = asyncio.run(run_real_async(scenario, target, 3, url=url, workers=workers))
+                sends, deliveries = result.trace.sends, result.trace.deliveries
+                first = deliveries.sort_values("t_delivered").drop_duplicates("msg_id")
+                merged = sends.merge(first, on="msg_id")
+                e2e = np.percentile((merged["t_delivered"] - merged["t_intended"]) * 1000, 99)
+                delay = np.percentile(sends["t_sent"] - sends["t_intended"], 99)
+                span = first["t_delivered"].max() - sends["t_intended"].min()
+                kept = delay <= BEHIND_P99 and len(merged) == len(sends)
+                print(f"{target:<16}{rate:>9,}{workers:>6}{len(first) / span:>13,.0f}"
+                      f"{delay * 1000:>9.2f}ms{e2e:>12.2f}  {'yes' if kept else 'NO'}")  # fmt: skip
 
 
 def profile(target: str, url: str) -> None:
@@ -280,14 +341,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--machine", action="store_true", help="use the machine's services")
     parser.add_argument("--profile", choices=sorted(GOALS), help="profile one target and stop")
+    parser.add_argument(
+        "--targets", nargs="+", choices=sorted(GOALS), help="measure only these targets"
+    )
+    parser.add_argument("--no-latency", action="store_true", help="ceilings only")
+    parser.add_argument("--sweep", action="store_true", help="only the 1-vs-2-process sweep")
     args = parser.parse_args()
     started = time.monotonic()
     with brokers(args.machine) as urls:
         if args.profile:
             profile(args.profile, urls[args.profile])
             return
+        if args.targets:
+            urls = {target: url for target, url in urls.items() if target in args.targets}
+        if args.sweep:
+            sweep(urls)
+            print(f"\nbench took {time.monotonic() - started:.0f} s")
+            return
         ceiling = ceilings(urls)
-        latencies(urls, ceiling)
+        if not args.no_latency:
+            latencies(urls, ceiling)
     print(f"\nbench took {time.monotonic() - started:.0f} s")
 
 
