@@ -17,6 +17,9 @@ Why the shape is what it is:
   and yields the rest, trading a little CPU for microsecond timing.
 * Cheap recording. Sends go into preallocated NumPy columns indexed by plan row; deliveries are
   appended to plain lists and turned into tables once, at the end.
+* Crashable clients. Each producer and consumer runs as its own task, so a fault scheduler
+  (:mod:`adapters.faults`, through :class:`RunClients`) can kill one mid-message and start it
+  again; a crash bumps the producer's generation so late answers to a dead process are ignored.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import numpy as np
@@ -47,6 +50,9 @@ from brokerlab.trace import (
     make_sends,
     msg_ids,
 )
+
+if TYPE_CHECKING:
+    from adapters.faults import FaultScheduler
 
 #: Clock of the whole run (CLOCK_MONOTONIC on Linux, shared by every process on the host).
 now = time.monotonic
@@ -65,12 +71,10 @@ FETCH_GRACE = 5.0
 TICK = 0.2
 #: The harness "fell behind" when p99 publish delay exceeds this (seconds).
 BEHIND_P99 = 0.010
-#: First retry waits this long, doubling per attempt up to ``RETRY_BACKOFF_MAX``.
-RETRY_BACKOFF = 0.02
-RETRY_BACKOFF_MAX = 1.0
-#: A consumer whose fetch fails waits this long before trying again (doubling, capped).
+#: A consumer whose fetch fails waits this long before trying again (doubling, capped). The cap
+#: is short so a consumer is back within half a second of a broker restart.
 FETCH_BACKOFF = 0.05
-FETCH_BACKOFF_MAX = 1.0
+FETCH_BACKOFF_MAX = 0.5
 #: Longest ``adapter.close`` may take (deleting the run's stream, closing connections).
 CLOSE_TIMEOUT = 10.0
 #: Lead time between "everything connected" and the first intended send.
@@ -202,14 +206,45 @@ class BrokerAdapter(ABC):
         self.info: dict[str, Any] = {"url": self.scrub.redacted_url}
         #: Harness-visible notes (e.g. messages a slow consumer dropped); already scrubbed.
         self.warnings: list[str] = []
+        #: Client name (``control``, ``producer-N``, ``consumer-N``) -> the URL that client
+        #: connects to. Empty unless a fault run puts a proxy in front of each client; set
+        #: before :meth:`setup`, so adapters create their connections in ``setup`` or later.
+        self.client_urls: dict[str, str] = {}
+
+    def url_for(self, client: str) -> str:
+        """The URL one client connects to: its own fault proxy in a fault run, else the broker.
+
+        Clients are ``control`` (setup, teardown, reclaiming), ``producer-N`` and ``consumer-N``;
+        each needs its own connection so a fault can hit one client and spare the others.
+        """
+        return self.client_urls.get(client, self.url)
 
     @abstractmethod
     async def setup(self) -> None:
         """Connect and create this run's stream / group / consumer."""
 
-    @abstractmethod
     async def open_consumers(self, count: int) -> None:
         """Make ``count`` consumers ready to fetch before any message is published."""
+        for consumer in range(count):
+            await self.open_consumer(consumer)
+
+    async def open_consumer(self, consumer: int) -> None:
+        """Connect one consumer (again, after :meth:`close_consumer`: a restarted process).
+
+        Raising means the broker could not be reached; the harness tries again.
+        """
+        raise NotImplementedError(f"{self.target}: consumers cannot be restarted")
+
+    async def close_consumer(self, consumer: int) -> None:
+        """Drop one consumer's connection abruptly, acking nothing, as a crashed process would."""
+        raise NotImplementedError(f"{self.target}: consumers cannot crash")
+
+    async def open_producer(self, producer: int) -> None:  # noqa: B027 - optional hook
+        """Connect one producer again after :meth:`close_producer` (default: lazily, on send)."""
+
+    async def close_producer(self, producer: int) -> None:
+        """Drop one producer's connection abruptly; its unanswered publishes end without acks."""
+        raise NotImplementedError(f"{self.target}: producers cannot crash")
 
     @abstractmethod
     async def publish(
@@ -342,6 +377,10 @@ class _Producer:
     in_flight: int = 0
     retries: deque[tuple[float, int]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when every message is settled; cleared by a crash until the restart finishes.
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Bumped by a crash: answers to publishes of an older generation reach a dead process.
+    generation: int = 0
 
 
 class ProducerGroup:
@@ -379,10 +418,92 @@ class ProducerGroup:
             for p in producers
             for rows in [np.flatnonzero(plan.producer == p)]
         ]
+        self._by_index = {producer.index: producer for producer in self._producers}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._failure: BaseException | None = None
 
     async def run(self) -> None:
-        """Send every message of these producers and wait until each is settled."""
-        await asyncio.gather(*(self._run_one(p) for p in self._producers))
+        """Send every message of these producers and wait until each is settled.
+
+        Each producer runs as its own task so a fault can crash and restart one of them; the
+        group is done when every producer has finished (after its restart, if it crashed).
+        """
+        for producer in self._producers:
+            self._tasks[producer.index] = asyncio.create_task(self._play(producer))
+        try:
+            for producer in self._producers:
+                await producer.finished.wait()
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+
+    async def _play(self, producer: _Producer, reconnect: bool = False) -> None:
+        try:
+            if reconnect:
+                await self._reconnect(producer)
+            await self._run_one(producer)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # a bug: end the run with it instead of hanging
+            self._failure = error
+        producer.finished.set()
+
+    async def _reconnect(self, producer: _Producer) -> None:
+        """A restarted producer connects first, retrying while the broker is unreachable."""
+        backoff = FETCH_BACKOFF
+        while True:
+            try:
+                async with asyncio.timeout(FETCH_GRACE):
+                    await self.adapter.open_producer(producer.index)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
+
+    # ---- faults
+
+    async def crash(self, index: int) -> None:
+        """Stop producer ``index`` as a process crash would, and drop its connection.
+
+        What it had in flight, or queued for a retry, ends with the process: unknown if the
+        broker may have it, failed if every attempt was refused. Messages it has not sent yet
+        stay in the plan and go out after :meth:`restart` with their original intended times,
+        so ``publish_delay`` shows the outage.
+        """
+        producer = self._by_index.get(index)
+        if producer is None:
+            return
+        producer.generation += 1
+        producer.finished.clear()
+        task = self._tasks.pop(index, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+        log = self.log
+        queued = np.asarray([row for _t, row in producer.retries], dtype="int64")
+        producer.retries.clear()
+        producer.in_flight = 0
+        started = producer.rows[: producer.next]
+        open_rows = started[~log.settled[started]]
+        # In flight or cut off mid-publish: nobody will ever know; queued retries: as last seen.
+        unknown = ~np.isin(open_rows, queued) | log.uncertain[open_rows]
+        log.uncertain[open_rows] |= unknown
+        log.outcome[open_rows] = np.where(unknown, UNKNOWN, FAILED)
+        log.settled[open_rows] = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.adapter.close_producer(index)
+
+    def restart(self, index: int) -> None:
+        """Start producer ``index`` again after :meth:`crash`: it reconnects, then catches up."""
+        producer = self._by_index.get(index)
+        if producer is None or index in self._tasks:
+            return
+        self._tasks[index] = asyncio.create_task(self._play(producer, reconnect=True))
 
     # ---- sending
 
@@ -430,6 +551,7 @@ class ProducerGroup:
 
     async def _send(self, producer: _Producer, rows: np.ndarray) -> None:
         log = self.log
+        generation = producer.generation
         row_list = rows.tolist()
         seq, key, size, t_int = self._seq, self._key, self._size, self._t_intended
         index = producer.index
@@ -453,7 +575,9 @@ class ProducerGroup:
         future = asyncio.ensure_future(pending)
         producer.in_flight += len(row_list)
         timer = asyncio.get_running_loop().call_later(self.config.publish_timeout, future.cancel)
-        future.add_done_callback(lambda done: self._on_done(producer, row_list, timer, done))
+        future.add_done_callback(
+            lambda done: self._on_done(producer, generation, row_list, timer, done)
+        )
 
     def _dedup_id(self, producer: int, seq: int, attempts: int) -> str:
         """Broker dedup id: the msg id, plus the attempt when a retry must look new."""
@@ -462,16 +586,28 @@ class ProducerGroup:
         return f"{producer}:{seq}"
 
     def _on_done(
-        self, producer: _Producer, rows: list[int], timer: asyncio.TimerHandle, done: Any
+        self,
+        producer: _Producer,
+        generation: int,
+        rows: list[int],
+        timer: asyncio.TimerHandle,
+        done: Any,
     ) -> None:
         timer.cancel()
-        producer.in_flight -= len(rows)
         if done.cancelled():
             results: PublishResults = [TimeoutError("publish timeout")] * len(rows)
         elif done.exception() is not None:
             results = [done.exception()] * len(rows)
         else:
             results = done.result()
+        if generation != producer.generation:
+            # Sent before a crash: an ack that still made it counts, nothing is retried.
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, float):
+                    self.log.t_acked[row] = result
+                    self.log.outcome[row] = ACKED
+            return
+        producer.in_flight -= len(rows)
         self._settle(producer, rows, results)
         producer.wake.set()
 
@@ -497,8 +633,7 @@ class ProducerGroup:
                 log.uncertain[row] = True
             attempts = int(log.attempts[row])
             if retry and attempts < self.config.max_attempts:
-                backoff = min(RETRY_BACKOFF * 2 ** (attempts - 1), RETRY_BACKOFF_MAX)
-                producer.retries.append((now() + backoff, row))
+                producer.retries.append((now() + self.config.retry_backoff, row))
             else:
                 log.outcome[row] = UNKNOWN if log.uncertain[row] else FAILED
                 log.settled[row] = True
@@ -537,15 +672,55 @@ class ConsumerGroup:
         #: Set at the end of the drain: consumers finish the batch in hand and return. (Cancelling
         #: a consumer inside a blocking client read can leave the client library stuck.)
         self.stopping = False
+        #: Each consumer's running task (see :meth:`start`); a crash removes it.
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        #: Processing time multiplier per consumer while a slow-consumer fault is on.
+        self.slowdown: dict[int, float] = {}
 
-    def _draw(self) -> float:
+    def start(self, consumer: int, reconnect: bool = False) -> None:
+        """Run one consumer as a task (after connecting again, for a restart after a crash)."""
+        self.tasks[consumer] = asyncio.create_task(self._live(consumer, reconnect))
+
+    async def _live(self, consumer: int, reconnect: bool) -> None:
+        if reconnect:
+            backoff = FETCH_BACKOFF
+            while not self.stopping:
+                try:
+                    async with asyncio.timeout(FETCH_GRACE):
+                        await self.adapter.open_consumer(consumer)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # broker away: a restarted process retries too
+                    self._error(error)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
+        await self.run(consumer)
+
+    async def crash(self, consumer: int) -> None:
+        """Kill one consumer mid-message: its task is cancelled wherever it is, nothing is acked,
+        and its connection is dropped. Deliveries it held keep ``t_done`` empty."""
+        task = self.tasks.pop(consumer, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.adapter.close_consumer(consumer)
+
+    def restart(self, consumer: int) -> None:
+        """Start a crashed consumer again, with the same index (and broker-side name)."""
+        if not self.stopping and consumer not in self.tasks:
+            self.start(consumer, reconnect=True)
+
+    def _draw(self, consumer: int = 0) -> float:
         """Next processing time; pre-drawn per delivery, topped up if redeliveries use them up."""
         if self._next_draw >= len(self._processing):
             more = draw(self.config.processing, self._rng, max(1024, len(self._processing)))
             self._processing.extend(more.tolist())
         value = self._processing[self._next_draw]
         self._next_draw += 1
-        return value
+        return value * self.slowdown.get(consumer, 1.0)
 
     async def run(self, consumer: int) -> None:
         """One consumer's loop; runs until :attr:`stopping` (or cancellation as a last resort)."""
@@ -580,7 +755,7 @@ class ConsumerGroup:
                 positions.append(log.position(producer, seq))
             if mode == "before":
                 await self._ack(consumer, [item[2] for item in received])
-            times = [self._draw() for _ in received]
+            times = [self._draw(consumer) for _ in received]
             to_ack: list[Any] = []
             waiting: list[int] = []  # rows processed, waiting for their ack
             for i, (_payload, _no, handle) in enumerate(received):
@@ -638,10 +813,15 @@ def _delay_warning(log: SendLog, t0: float) -> str | None:
 
 
 def hard_deadline(scenario: Scenario, plan: LoadPlan) -> float:
-    """Longest a run may take after its start: sends, every retry timing out, then the drain."""
+    """Longest a run may take after its start: sends, every retry timing out, then the drain.
+
+    A crashed producer sends its backlog when it restarts, so the last crash's end counts too.
+    """
     producers = scenario.producers
-    retries = producers.max_attempts * (producers.publish_timeout + RETRY_BACKOFF_MAX)
-    return plan.duration + retries + scenario.drain_timeout + 5.0
+    retries = producers.max_attempts * (producers.publish_timeout + producers.retry_backoff)
+    crashes = [f.at + f.duration for f in scenario.faults if f.action == "producer-crash"]
+    sending = max([plan.duration, *crashes])
+    return sending + retries + scenario.drain_timeout + 5.0
 
 
 async def run_harness(
@@ -651,8 +831,14 @@ async def run_harness(
     plan: LoadPlan,
     *,
     progress: Callable[[int, int], None] | None = None,
+    faults: FaultScheduler | None = None,
 ) -> TargetResult:
-    """Play ``plan`` through ``adapter``, drain, and return the trace; always closes the adapter."""
+    """Play ``plan`` through ``adapter``, drain, and return the trace; always closes the adapter.
+
+    ``faults`` plays the scenario's fault timeline on the run's clock (``t0`` is its zero); it
+    is stopped, and everything it broke healed, before the adapter closes, so teardown reaches
+    the broker whatever the timeline did.
+    """
     scrub = adapter.scrub
     sends = SendLog(plan)
     deliveries = DeliveryLog(plan)
@@ -671,11 +857,14 @@ async def run_harness(
             raise RealBrokerError(
                 scrub(f"{adapter.target}: could not set up the broker: {error!r}")
             ) from None
-        tasks += [asyncio.create_task(consumers.run(c)) for c in range(scenario.consumers.count)]
+        for consumer in range(scenario.consumers.count):
+            consumers.start(consumer)
         t0 = now() + START_LEAD
         producer_group = ProducerGroup(
             adapter, scenario, plan, sends, range(scenario.producers.count), t0
         )
+        if faults is not None:
+            faults.start(t0, RunClients(producer_group, consumers))
         if progress is not None:
             tasks.append(asyncio.create_task(_report_progress(progress, deliveries, len(plan))))
         send_budget = hard_deadline(scenario, plan) - scenario.drain_timeout
@@ -689,13 +878,51 @@ async def run_harness(
         await _drain(scenario, sends, deliveries)
     finally:
         consumers.stopping = True
-        await stop_tasks(tasks, grace=FETCH_WAIT + 1.0)
+        if faults is not None:
+            await faults.stop()
+        await stop_tasks([*tasks, *consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await adapter.close()
     if progress is not None:
         progress(deliveries.completed, len(plan))
-    return _result(adapter, scenario, plan, sends, deliveries, consumers, t0, warnings)
+    result = _result(adapter, scenario, plan, sends, deliveries, consumers, t0, warnings, faults)
+    return result
+
+
+class RunClients:
+    """What a fault scheduler may do to a run's clients: crash, restart and slow them down.
+
+    The harness owns producers and consumers; this narrow view keeps the scheduler
+    (:mod:`adapters.faults`) from reaching into their bookkeeping.
+    """
+
+    def __init__(self, producers: ProducerGroup, consumers: ConsumerGroup) -> None:
+        self._producers = producers
+        self._consumers = consumers
+
+    async def crash_consumer(self, consumer: int) -> None:
+        """Kill a consumer mid-message without acking (see :meth:`ConsumerGroup.crash`)."""
+        await self._consumers.crash(consumer)
+
+    def restart_consumer(self, consumer: int) -> None:
+        """Start a crashed consumer again under the same name."""
+        self._consumers.restart(consumer)
+
+    def slow_consumer(self, consumer: int, factor: float) -> None:
+        """Multiply a consumer's processing times by ``factor`` (1 ends the slowdown)."""
+        if factor == 1.0:
+            self._consumers.slowdown.pop(consumer, None)
+        else:
+            self._consumers.slowdown[consumer] = factor
+
+    async def crash_producer(self, producer: int) -> None:
+        """Kill a producer (see :meth:`ProducerGroup.crash`)."""
+        await self._producers.crash(producer)
+
+    def restart_producer(self, producer: int) -> None:
+        """Start a crashed producer again; it catches up on what it missed."""
+        self._producers.restart(producer)
 
 
 async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:
@@ -745,27 +972,33 @@ def _result(
     consumers: ConsumerGroup,
     t0: float,
     warnings: list[str],
+    faults: FaultScheduler | None = None,
 ) -> TargetResult:
     sends_table = sends.table(t0)
     deliveries_table = deliveries.table(t0)
     errors = np.asarray(consumers.errors, dtype="float64") - t0
-    timeline = build_timeline(sends_table, deliveries_table, [], errors=errors)
+    windows = faults.windows() if faults is not None else []
+    timeline = build_timeline(sends_table, deliveries_table, windows, errors=errors)
     behind = _delay_warning(sends, t0)
+    if behind and windows:
+        behind += " (this run's faults, such as outages and producer crashes, delay sends too)"
     warnings = [*warnings, *([behind] if behind else []), *adapter.warnings]
     if consumers.error_kinds:
         kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(consumers.error_kinds.items()))
         warnings.append(f"consumer errors (retried): {kinds}")
-    if scenario.faults:
-        warnings.append(
-            "the fault timeline is not injected on real targets yet; run was fault-free"
-        )
-    if scenario.network.delay.mean > 0:
-        warnings.append("network delay is not added on real targets (loopback only)")
+    if faults is not None:
+        warnings += faults.warnings
+    else:
+        if scenario.faults:
+            warnings.append("the fault timeline was not played on this run; it was fault-free")
+        if scenario.network.delay.mean > 0:
+            warnings.append("network delay was not added on this run (no fault proxy)")
     if deliveries.unexpected:
         warnings.append(f"{deliveries.unexpected} deliveries of messages this run never planned")
     info: dict[str, Any] = {
         "target": adapter.target,
         **adapter.info,
+        **({"faults": faults.info} if faults is not None else {}),
         "run_id": adapter.names.run_id,
         "harness": {
             "clock": "time.monotonic",
@@ -777,7 +1010,7 @@ def _result(
     }
     return TargetResult(
         trace=Trace(sends=sends_table, deliveries=deliveries_table, timeline=timeline),
-        faults=[],
+        faults=windows,
         info=info,
         warnings=[adapter.scrub(w) for w in warnings],
     )

@@ -8,6 +8,17 @@ messages in send order, which a pool of connections would not.
 Stuck entries (delivered, never acked for ``broker.ack_timeout``) are handed to a live consumer by
 a reclaimer task with XAUTOCLAIM; an entry past ``broker.max_deliveries`` is acked and dropped,
 which is what a dead-letter step without a dead-letter stream amounts to.
+
+Surviving faults, the way a careful Redis consumer does:
+
+* Every client (control, each producer, each consumer) has its own connection pool, so a fault
+  proxy can cut one off; pools reconnect on the next command by themselves.
+* A consumer that (re)starts, or whose connection broke, first re-reads its own pending entries
+  (``XREADGROUP ... 0``: delivered to it, never acked, perhaps never received) and only then
+  reads new ones (``>``). Their ``delivery_no`` is the adapter's own count of deliveries.
+* A broker restarted without persistence has lost the stream and the group: XADD recreates the
+  stream, and a consumer that gets ``NOGROUP`` creates the group again (from id 0, so nothing
+  added since the restart is skipped) and carries on.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from adapters.harness import (
     BrokerAdapter,
@@ -37,6 +50,14 @@ CLAIM_COUNT = 100
 #: Connection and command timeouts for setup, consumers and teardown (publishes use the
 #: scenario's publish timeout instead).
 SOCKET_TIMEOUT = 10.0
+#: Errors that mean "the connection is gone" (broker killed, connection reset, timed out).
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _retry() -> Retry:
+    """Command retries of the control and consumer clients: few and short, because the harness
+    retries fetches itself; enough to ride over a connection reset without an error."""
+    return Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
 
 
 class _Pipeline:
@@ -126,19 +147,37 @@ class RedisStreamsAdapter(BrokerAdapter):
         self.group = self.names.group
         self.maxlen = broker.max_length or None
         self.noack = self.scenario.consumers.ack == "none"
-        self.pool = ConnectionPool.from_url(
-            self.url, socket_connect_timeout=SOCKET_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
-        )
-        self.client = aioredis.Redis(connection_pool=self.pool)
-        # Publishers get no socket timeout: the harness times publishes out itself, and
-        # redis-py would wrap every write in a timer task.
-        self.publish_pool = ConnectionPool.from_url(self.url, socket_connect_timeout=SOCKET_TIMEOUT)
+        self._pools: list[ConnectionPool] = []
+        self._client: aioredis.Redis | None = None
         self.pipelines: dict[int, _Pipeline] = {}
         self.consumer_names: list[str] = []
+        self.consumer_clients: list[aioredis.Redis | None] = []
+        #: per consumer: where to re-read its own pending entries from, or None to read new ones
+        self.history: list[str | bytes | None] = []
         self.claimed: list[deque[Received]] = []
-        self.deliveries: dict[bytes, int] = {}  # entry id -> deliveries so far, for reclaimed
+        self.deliveries: dict[bytes, int] = {}  # entry id -> deliveries so far, for repeats
         self.reclaimer: asyncio.Task[None] | None = None
         self.dead_lettered = 0
+        self.groups_recreated = 0
+
+    def _pool(self, client: str, *, socket_timeout: float | None, retry: Retry) -> ConnectionPool:
+        pool = ConnectionPool.from_url(
+            self.url_for(client),
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            socket_timeout=socket_timeout,
+            retry=retry,
+        )
+        self._pools.append(pool)
+        return pool
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The control client: setup, reclaiming, teardown (created on first use, after the
+        harness has said which URL each client uses)."""
+        if self._client is None:
+            pool = self._pool("control", socket_timeout=SOCKET_TIMEOUT, retry=_retry())
+            self._client = aioredis.Redis(connection_pool=pool)
+        return self._client
 
     async def setup(self) -> None:
         server = await self.client.info("server")
@@ -158,39 +197,109 @@ class RedisStreamsAdapter(BrokerAdapter):
     async def open_consumers(self, count: int) -> None:
         self.consumer_names = [f"consumer-{i}" for i in range(count)]
         self.claimed = [deque() for _ in range(count)]
+        self.consumer_clients = [None] * count
+        self.history = [None] * count
+        for consumer in range(count):
+            await self.open_consumer(consumer)
         if not self.noack:
             self.reclaimer = asyncio.create_task(self._reclaim())
+
+    async def open_consumer(self, consumer: int) -> None:
+        """A consumer (re)starts: new connection, own pending entries first, nothing held."""
+        pool = self._pool(f"consumer-{consumer}", socket_timeout=SOCKET_TIMEOUT, retry=_retry())
+        self.consumer_clients[consumer] = aioredis.Redis(connection_pool=pool)
+        self.history[consumer] = "0"
+        self.claimed[consumer].clear()  # a new process does not have what the old one held
+
+    async def close_consumer(self, consumer: int) -> None:
+        client, self.consumer_clients[consumer] = self.consumer_clients[consumer], None
+        self.claimed[consumer].clear()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect(inuse_connections=True)
+
+    async def close_producer(self, producer: int) -> None:
+        pipeline = self.pipelines.pop(producer, None)
+        if pipeline is not None:
+            await pipeline.close()  # unanswered XADDs fail: their outcome is unknown
 
     async def publish(
         self, producer: int, payloads: Sequence[bytes], dedup_ids: Sequence[str] | None
     ) -> Awaitable[PublishResults]:
         pipeline = self.pipelines.get(producer)
         if pipeline is None:
-            pipeline = self.pipelines[producer] = _Pipeline(self.publish_pool)
+            # Publishers get no socket timeout: the harness times publishes out itself, and
+            # redis-py would wrap every write in a timer task. No retries either: the harness
+            # applies the scenario's retry policy.
+            pool = self._pool(
+                f"producer-{producer}", socket_timeout=None, retry=Retry(NoBackoff(), 0)
+            )
+            pipeline = self.pipelines[producer] = _Pipeline(pool)
         head: tuple[Any, ...] = ("XADD", self.key)
         if self.maxlen:
             head += ("MAXLEN", "~", self.maxlen)
         head += ("*", "d")
         return await pipeline.send([(*head, payload) for payload in payloads])
 
+    def _consumer(self, consumer: int) -> aioredis.Redis:
+        client = self.consumer_clients[consumer]
+        if client is None:
+            raise ConnectionError(f"consumer-{consumer} is not connected")
+        return client
+
     async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
         claimed = self.claimed[consumer]
         if claimed:
             return [claimed.popleft() for _ in range(min(max_messages, len(claimed)))]
-        reply = await self.client.xreadgroup(
-            self.group,
-            self.consumer_names[consumer],
-            {self.key: ">"},
-            count=max_messages,
-            block=max(1, int(wait * 1000)),
-            noack=self.noack,
-        )
-        if not reply:
+        client = self._consumer(consumer)
+        history = self.history[consumer]
+        try:
+            reply = await client.xreadgroup(
+                self.group,
+                self.consumer_names[consumer],
+                {self.key: ">" if history is None else history},
+                count=max_messages,
+                block=None if history is not None else max(1, int(wait * 1000)),
+                noack=self.noack,
+            )
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self._recreate_group(client)
             return []
-        return [(fields[b"d"], 1, entry_id) for entry_id, fields in reply[0][1] if fields]
+        except CONNECTION_ERRORS:
+            self.history[consumer] = "0"  # what was on the wire may sit in our pending list
+            raise
+        entries = reply[0][1] if reply else []
+        if history is None:
+            return [(fields[b"d"], 1, entry_id) for entry_id, fields in entries if fields]
+        if not entries:  # own pending list read through: new messages from now on
+            self.history[consumer] = None
+            return []
+        self.history[consumer] = entries[-1][0]
+        received: list[Received] = []
+        for entry_id, fields in entries:
+            delivery_no = self.deliveries.get(entry_id, 1) + 1
+            self.deliveries[entry_id] = delivery_no
+            if fields:  # an entry trimmed away while pending has none
+                received.append((fields[b"d"], delivery_no, entry_id))
+        return received
+
+    async def _recreate_group(self, client: aioredis.Redis) -> None:
+        """The broker lost the group (restart without persistence): create it again."""
+        try:
+            await client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            self.groups_recreated += 1
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # another consumer was first: fine
+                raise
 
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
-        await self.client.xack(self.key, self.group, *handles)
+        try:
+            await self._consumer(consumer).xack(self.key, self.group, *handles)
+        except CONNECTION_ERRORS:
+            self.history[consumer] = "0"  # unacked: they are still ours to finish
+            raise
 
     async def _reclaim(self) -> None:
         """Move entries idle past the ack timeout to a live consumer, round robin."""
@@ -247,10 +356,15 @@ class RedisStreamsAdapter(BrokerAdapter):
             self.warnings.append(
                 f"{self.dead_lettered} entries passed max_deliveries and were acked unprocessed"
             )
+        if self.groups_recreated:
+            self.warnings.append(
+                "the consumer group vanished (broker restarted without persistence) and was "
+                f"created again {self.groups_recreated} time(s)"
+            )
         with contextlib.suppress(Exception):
             await self.client.delete(self.key)  # the group goes with the stream
         with contextlib.suppress(Exception):
             await self.client.aclose()
-        for pool in (self.pool, self.publish_pool):
+        for pool in self._pools:
             with contextlib.suppress(Exception):
                 await pool.disconnect()

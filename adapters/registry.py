@@ -9,14 +9,16 @@ the redacted URL is ever recorded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from adapters.faults import check_faults, fault_injection, needs_proxies
 from adapters.harness import (
     AdapterFactory,
     BrokerAdapter,
@@ -28,9 +30,13 @@ from adapters.harness import (
 from adapters.nats_core import NatsCoreAdapter
 from adapters.nats_jetstream import NatsJetStreamAdapter
 from adapters.redis_streams import RedisStreamsAdapter
+from adapters.workers import run_workers, worker_count
 from brokerlab.load import plan_load
 from brokerlab.scenario import Scenario
 from brokerlab.trace import TargetResult
+
+if TYPE_CHECKING:
+    from adapters.embedded import EmbeddedBroker
 
 #: Real target name -> adapter class.
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -56,15 +62,16 @@ def run_names(scenario: Scenario) -> RunNames:
 @contextlib.contextmanager
 def _broker_url(
     target: str, scenario: Scenario, url: str | None, workdir: Path
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The URL to use and facts about the broker; an embedded one lives as long as the block."""
+) -> Iterator[tuple[str, dict[str, Any], EmbeddedBroker | None]]:
+    """The URL to use, facts about the broker, and the broker if the lab started it (the only
+    kind a fault may kill or pause); an embedded one lives as long as the block."""
     if url is not None:
-        yield url, {"broker": "existing"}
+        yield url, {"broker": "existing"}, None
         return
     from adapters.embedded import embedded_for
 
     with embedded_for(target, scenario.broker, workdir) as embedded:
-        yield embedded.url, {"broker": "embedded", "embedded": dict(embedded.info)}
+        yield embedded.url, {"broker": "embedded", "embedded": dict(embedded.info)}, embedded
 
 
 async def run_real_async(
@@ -74,11 +81,43 @@ async def run_real_async(
     *,
     url: str,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    broker: EmbeddedBroker | None = None,
 ) -> TargetResult:
-    """Run a scenario on a broker reachable at ``url`` (inside a running event loop)."""
+    """Run a scenario on a broker reachable at ``url`` (inside a running event loop).
+
+    ``workers`` processes play it (default: :func:`adapters.workers.worker_count` decides from
+    the offered rate and ``BROKERLAB_WORKERS``); one trace comes back either way. A run with
+    faults or network delay plays in one process, its clients behind per-client fault proxies
+    (:mod:`adapters.faults`); ``broker`` is the lab's own broker, which only then may be killed.
+    """
     factory = ADAPTERS[target]
-    adapter: BrokerAdapter = factory(url, scenario, run_names(scenario))
-    return await run_harness(adapter, scenario, seed, plan_load(scenario, seed), progress=progress)
+    names = run_names(scenario)
+    faulty = needs_proxies(scenario)
+    count = 1 if faulty else worker_count(scenario, target, workers)
+    if count > 1:
+        return await run_workers(factory, url, scenario, seed, names, count, progress=progress)
+    adapter: BrokerAdapter = factory(url, scenario, names)
+    plan = plan_load(scenario, seed)
+    async with fault_injection(scenario, url, broker=broker, seed=seed, target=target) as faults:
+        if faults is not None:
+            adapter.client_urls = dict(faults.client_urls)
+        return await run_harness(adapter, scenario, seed, plan, progress=progress, faults=faults)
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, TargetResult]) -> TargetResult:
+    """``asyncio.run``, also from code that already runs an event loop (a Jupyter kernel).
+
+    ``asyncio.run`` refuses to nest, so inside a running loop the run gets its own loop in a
+    worker thread; embedded brokers are forked by their own spawner thread, so they still die
+    with the lab.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def run_real(
@@ -90,6 +129,7 @@ def run_real(
     redis_url: str | None = None,
     nats_url: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> TargetResult:
     """Run ``scenario`` on a real ``target`` and return its trace.
 
@@ -99,11 +139,22 @@ def run_real(
     if target not in ADAPTERS:
         raise ValueError(f"unknown real target {target!r}; use one of {', '.join(ADAPTERS)}")
     url = redis_url if target == "redis-streams" else nats_url
+    option = "--redis-url" if target == "redis-streams" else "--nats-url"
+    # Before any broker or client starts: never kill or pause a broker the lab did not start.
+    check_faults(scenario, target, own_broker=url is None, url_option=option)
     scrub = Scrubber(url) if url else None
     try:
-        with _broker_url(target, scenario, url, workdir) as (broker_url, broker_info):
-            result = asyncio.run(
-                run_real_async(scenario, target, seed, url=broker_url, progress=progress)
+        with _broker_url(target, scenario, url, workdir) as (broker_url, broker_info, embedded):
+            result = _run_to_completion(
+                run_real_async(
+                    scenario,
+                    target,
+                    seed,
+                    url=broker_url,
+                    progress=progress,
+                    workers=workers,
+                    broker=embedded,
+                )
             )
     except RealBrokerError:
         raise

@@ -77,20 +77,26 @@ def _real(target: str) -> TargetFn:
         adapters = importlib.import_module("adapters")
         redis_url, nats_url = options.redis_url, options.nats_url
         given = redis_url if target == "redis-streams" else nats_url
-        session = None if given else _session_url(scenario, target)
+        # A session broker is shared: faults that kill or pause a broker need the run's own.
+        hits_broker = any(f.action in ("broker-kill", "broker-pause") for f in scenario.faults)
+        session = None if given or hits_broker else _session_url(scenario, target)
         if session and target == "redis-streams":
             redis_url = session
         elif session:
             nats_url = session
-        result = adapters.run_real(
-            scenario,
-            target,
-            seed,
-            workdir=workdir,
-            redis_url=redis_url,
-            nats_url=nats_url,
-            progress=options.progress,
-        )
+        refused = importlib.import_module("adapters.faults").FaultRefused
+        try:
+            result = adapters.run_real(
+                scenario,
+                target,
+                seed,
+                workdir=workdir,
+                redis_url=redis_url,
+                nats_url=nats_url,
+                progress=options.progress,
+            )
+        except refused as error:
+            raise TargetError(str(error)) from None
         if session:
             result.info["session_broker"] = session
         return result
@@ -108,7 +114,8 @@ TARGETS: dict[str, TargetFn] = {
 
 
 class TargetError(Exception):
-    """A user asked for a target the lab does not know."""
+    """A user asked a target for what it cannot do: an unknown target, or faults it must not
+    play (killing a broker the lab did not start, power loss on a real broker)."""
 
 
 def for_target(scenario: Scenario, target: str) -> Scenario:

@@ -210,8 +210,13 @@ def build_timeline(
     first_cum = np.searchsorted(np.sort(t_first), edges[1:], side="right")
     labels = []
     for lo, hi in itertools.pairwise(edges):
+        # An instant fault (a connection reset) marks the interval it falls in.
         active = sorted(
-            {f"{w.action}:{w.target}" for w in faults if w.t_start < hi and w.t_end > lo}
+            {
+                f"{w.action}:{w.target}"
+                for w in faults
+                if w.t_start < hi and (w.t_end > lo or (w.t_end == w.t_start >= lo))
+            }
         )
         labels.append(",".join(active))
     frame = pd.DataFrame(

@@ -25,7 +25,14 @@ from simpy.events import NORMAL, Event
 
 from brokerlab.load import LoadPlan, streams
 from brokerlab.scenario import Scenario
-from brokerlab.trace import OUTCOMES, Trace, build_timeline, make_deliveries, make_sends
+from brokerlab.trace import (
+    OUTCOMES,
+    FaultWindow,
+    Trace,
+    build_timeline,
+    make_deliveries,
+    make_sends,
+)
 from sim.presets import Preset
 from sim.sampling import is_zero, samples
 
@@ -136,6 +143,8 @@ class Simulation:
         self._capped = False
         self._deadlines: deque[tuple[float, int]] = deque()
         self._timer_set = False
+        #: a broker kill stops the ack timer; timer events of an older epoch are stale
+        self._timer_epoch = 0
 
         # Consumers: credit (free prefetch slots at the broker), local buffer, busy flag.
         self.free = [consumers.prefetch] * count
@@ -193,6 +202,41 @@ class Simulation:
     def requeue(self, i: int) -> None:
         """An unacked delivery of ``i`` timed out: make ``i`` deliverable again."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ hooks for faults
+
+    def add_copy(self, i: int) -> int:
+        """A second stored copy of message ``i`` (a retried publish, no dedup): its broker index.
+
+        Copies get indices from ``n`` up, so every per-message list grows by one entry; the
+        trace maps them back to the message (one sends row per planned message).
+        """
+        b = len(self.deliveries_of)
+        self.deliveries_of.append(0)
+        if self._track:
+            self.pending.append(NO_ROW)
+        if self.broker.retention:
+            self.t_stored.append(0.0)
+        return b
+
+    def lose_stored(self, lost: Callable[[int], bool]) -> None:
+        """A broker kill lost the stored messages ``lost(i)`` says (pending ones included)."""
+        raise NotImplementedError
+
+    def lose_all(self) -> None:
+        """A broker kill lost every stored message and the consumer group's state."""
+        raise NotImplementedError
+
+    def forget_pending(self, lost: Callable[[int], bool] | None = None) -> None:
+        """Drop pending entries (of messages ``lost(i)`` says, or all): they never come back."""
+        pending = self.pending
+        for i, row in enumerate(pending):
+            if row >= 0 and (lost is None or lost(i)):
+                pending[i] = NO_ROW
+                self.in_flight -= 1
+        if lost is None:
+            self._deadlines.clear()
+        self._capped = False
 
     # ------------------------------------------------------------------ run
 
@@ -447,9 +491,11 @@ class Simulation:
         self._deadlines.append((self.env.now + self._ack_timeout, r))
         if not self._timer_set:
             self._timer_set = True
-            Call(self.env, self._ack_timeout, self._on_timer, 0)
+            Call(self.env, self._ack_timeout, self._on_timer, self._timer_epoch)
 
-    def _on_timer(self, _: int) -> None:
+    def _on_timer(self, epoch: int) -> None:
+        if epoch != self._timer_epoch:
+            return  # armed before a broker kill
         deadlines, pending, row_msg = self._deadlines, self.pending, self.row_msg
         now = self.env.now
         while deadlines:
@@ -458,7 +504,7 @@ class Simulation:
                 deadlines.popleft()  # acked, or superseded by a later delivery
                 continue
             if deadline > now + 1e-12:
-                Call(self.env, deadline - now, self._on_timer, 0)
+                Call(self.env, deadline - now, self._on_timer, epoch)
                 return
             deadlines.popleft()
             self._expire(r)
@@ -500,12 +546,10 @@ class Simulation:
         self.t_intended, self.producer_of = [], []
         self._deadlines.clear()
 
-    def trace(self) -> Trace:
-        """The run as the lab's flat tables (message ids are built once, here)."""
-        msg, consumer, number, t_delivered, t_done = self._delivery_columns()
-        self.forget()
-        plan, n = self.plan, self.n
-        t_sent = self.t_sent if self._sync else plan.t_intended.copy()
+    def _send_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``t_sent``, ``t_acked``, outcome codes and attempts, one entry per message."""
+        n = self.n
+        t_sent = self.t_sent if self._sync else self.plan.t_intended.copy()
         sent = ~np.isnan(t_sent)
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (OUTCOMES.index(name) for name in ("acked", "failed", "unknown"))
@@ -517,6 +561,17 @@ class Simulation:
             t_acked = np.full(n, math.nan)
             codes = np.full(n, acked)
         codes = np.where(sent, codes, failed)
+        return t_sent, t_acked, codes, sent.astype("int16")
+
+    def trace(self, faults: list[FaultWindow] | None = None) -> Trace:
+        """The run as the lab's flat tables (message ids are built once, here).
+
+        ``faults`` are the fault windows the timeline's ``faults`` column marks.
+        """
+        msg, consumer, number, t_delivered, t_done = self._delivery_columns()
+        self.forget()
+        t_sent, t_acked, codes, attempts = self._send_columns()
+        plan = self.plan
         # Categorical codes, not strings: half a million outcome strings cost a tenth of a second.
         outcome = pd.Categorical.from_codes(codes, categories=OUTCOMES)
         sends = make_sends(
@@ -528,12 +583,14 @@ class Simulation:
             t_sent,
             t_acked,
             outcome,
-            sent.astype("int16"),
+            attempts,
         )
         # Take message ids from the sends column without making a Python string per row.
         deliveries = make_deliveries(
             sends["msg_id"].array.take(msg), consumer, number, t_delivered, t_done
         )
         return Trace(
-            sends=sends, deliveries=deliveries, timeline=build_timeline(sends, deliveries, [])
+            sends=sends,
+            deliveries=deliveries,
+            timeline=build_timeline(sends, deliveries, faults or []),
         )

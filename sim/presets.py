@@ -14,9 +14,11 @@ from typing import Any
 import yaml
 
 from brokerlab.scenario import Broker
+from brokerlab.units import parse_duration
 
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 MODELS = ("log", "queue", "pubsub")
+UNPERSISTED = ("memory", "always")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Preset:
     max_ack_pending: bool
     broker: Broker
     source: str = ""
+    #: what a kill keeps with persistence none: "memory", "always" or a sync interval (seconds)
+    unpersisted: str | float = "memory"
+    #: the broker honours ``broker.dedup_window`` (drops a republished message id)
+    dedup: bool = False
 
 
 @cache
@@ -39,6 +45,9 @@ def presets() -> dict[str, dict[str, Any]]:
     for kind, entry in table.items():
         if entry.get("model") not in MODELS:
             raise ValueError(f"{PRESETS_FILE}: {kind}.model must be one of {', '.join(MODELS)}")
+        unpersisted = entry.get("unpersisted", "memory")
+        if unpersisted not in UNPERSISTED:
+            entry["unpersisted"] = parse_duration(unpersisted)
     return table
 
 
@@ -64,4 +73,6 @@ def resolve(broker: Broker) -> Preset:
         max_ack_pending=bool(entry.get("max_ack_pending", False)),
         broker=broker,
         source=str(entry.get("source", "")),
+        unpersisted=entry.get("unpersisted", "memory"),
+        dedup=bool(entry.get("dedup", False)),
     )

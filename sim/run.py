@@ -6,6 +6,8 @@ from brokerlab.load import plan_load
 from brokerlab.scenario import Scenario
 from brokerlab.trace import TargetResult
 from sim.engine import Progress
+from sim.faulted import faulted
+from sim.faults import resolve_entries, windows
 from sim.models import MODELS
 from sim.presets import Preset, resolve
 
@@ -17,9 +19,14 @@ def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) ->
     """
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
-    model = MODELS[preset.model](scenario, preset, plan, seed, progress)
+    model_class = MODELS[preset.model]
+    if scenario.faults:
+        # Only a run with faults pays for them: the fault-free class has no fault checks.
+        model_class = faulted(model_class)
+    model = model_class(scenario, preset, plan, seed, progress)
     model.run()
-    trace = model.trace()
+    fault_windows = windows(scenario)
+    trace = model.trace(fault_windows)
     info: dict[str, object] = {
         "model": preset.model,
         "preset": preset.kind,
@@ -29,18 +36,23 @@ def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) ->
     }
     warnings = _warnings(scenario, preset)
     if model.counts["unsent"]:
-        warnings.append(
-            f"{model.counts['unsent']} messages were never sent: with confirm=sync the producers "
-            "fell behind the plan by more than drain_timeout (outcome 'failed', attempts 0)"
+        why = (
+            "a producer was down (crash) until the end"
+            if scenario.faults
+            else "with confirm=sync the producers fell behind the plan by more than drain_timeout"
         )
-    return TargetResult(trace=trace, faults=[], info=info, warnings=warnings)
+        warnings.append(
+            f"{model.counts['unsent']} messages were never sent: {why} "
+            "(outcome 'failed', attempts 0)"
+        )
+    return TargetResult(trace=trace, faults=fault_windows, info=info, warnings=warnings)
 
 
 def _warnings(scenario: Scenario, preset: Preset) -> list[str]:
     """What the simulator left out of this scenario, said plainly."""
     warnings = []
     if scenario.faults:
-        warnings.append(f"faults are not simulated yet: {len(scenario.faults)} entries ignored")
+        warnings += resolve_entries(scenario)[1]
     if preset.broker.partitions > 1 and not preset.partitioned:
         warnings.append(
             f"{preset.kind} is simulated without partitions: "
@@ -53,6 +65,9 @@ def _warnings(scenario: Scenario, preset: Preset) -> list[str]:
             warnings.append(
                 f"{preset.kind} has no consumer acks: ack={scenario.consumers.ack} ignored"
             )
-    if scenario.producers.retry != "none":
-        warnings.append("publish retries are not simulated yet (no publish fails without faults)")
+    if preset.broker.dedup_window > 0 and not preset.dedup:
+        warnings.append(
+            f"{preset.kind} has no publish dedup: dedup_window={preset.broker.dedup_window:g}s "
+            "ignored (a retried publish that lands twice is a duplicate)"
+        )
     return warnings

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from brokerlab.scenario import Scenario, parse_scenario
-from brokerlab.trace import Trace
+from brokerlab.trace import FaultWindow, Trace
 from sim import simulate
 from sim.presets import resolve
 
@@ -402,12 +402,28 @@ def test_nats_queue_group_spreads_messages_over_consumers() -> None:
 # ---------------------------------------------------------------------------- target contract
 
 
-def test_faults_are_reported_as_not_simulated_yet() -> None:
-    """Fault entries are not played yet: empty fault list and a warning naming the count."""
-    scenario = make(faults=[{"at": "1s", "action": "broker-pause", "duration": "1s"}])
+def test_faults_are_played_and_reported_as_windows() -> None:
+    """Fault entries are played: one window each in TargetResult.faults, no 'not simulated'."""
+    scenario = make(faults=[{"at": "1s", "action": "broker-pause", "duration": "0.5s"}])
     result = simulate(scenario, 1)
-    assert result.faults == []
-    assert "faults are not simulated yet: 1 entries ignored" in result.warnings
+    assert result.faults == [FaultWindow("broker-pause", "broker", 1.0, 1.5)]
+    assert result.warnings == []
+    assert "broker-pause:broker" in set(result.trace.timeline["faults"])
+
+
+def test_run_without_faults_has_no_fault_windows() -> None:
+    """No faults: empty fault list and an empty faults column."""
+    result = simulate(make(), 1)
+    assert result.faults == [] and (result.trace.timeline["faults"] == "").all()
+
+
+def test_dedup_window_on_a_broker_without_dedup_is_warned_about() -> None:
+    """Redis has no publish dedup: a dedup_window is ignored, and the run says so."""
+    warnings = simulate(make(broker={"dedup_window": "1min"}), 1).warnings
+    assert any("has no publish dedup" in warning for warning in warnings)
+    assert (
+        simulate(make(broker={"kind": "nats-jetstream", "dedup_window": "1min"}), 1).warnings == []
+    )
 
 
 def test_progress_is_reported_up_to_the_total() -> None:

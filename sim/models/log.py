@@ -12,6 +12,7 @@ consumer, so per-key order holds with many consumers.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sim.engine import ACKED, Simulation
@@ -108,3 +109,34 @@ class LogModel(Simulation):
         lane = 0 if self.lanes == 1 else self.lane_of[i]
         self.redeliveries[lane].append(i)
         self.offer(lane)
+
+    # ------------------------------------------------------------------ faults
+
+    def add_copy(self, i: int) -> int:
+        b = super().add_copy(i)
+        if self.max_length:
+            self.position.append(0)
+        if self.lanes > 1:
+            self.lane_of.append(0)
+            self._keys.append(self._keys[i])  # a copy goes to its message's partition
+        return b
+
+    def lose_stored(self, lost: Callable[[int], bool]) -> None:
+        # Entries after the last sync form the log's tail, but filtering keeps this obviously
+        # right (a kill is rare; the log is at most the run's messages).
+        for lane, log in enumerate(self.logs):
+            read = self.cursor[lane]
+            kept = [i for i in log if not lost(i)]
+            self.cursor[lane] = sum(1 for i in log[:read] if not lost(i))
+            self.logs[lane] = kept
+            if self.max_length:
+                for at, i in enumerate(kept):
+                    self.position[i] = at
+            self.redeliveries[lane] = deque(i for i in self.redeliveries[lane] if not lost(i))
+        self.forget_pending(lost)
+
+    def lose_all(self) -> None:
+        self.logs = [[] for _ in range(self.lanes)]
+        self.cursor = [0] * self.lanes
+        self.redeliveries = [deque() for _ in range(self.lanes)]
+        self.forget_pending()

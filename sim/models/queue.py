@@ -8,6 +8,7 @@ head of the queue; ``retention`` drops messages older than that, even if never r
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sim.engine import ACKED, Simulation
@@ -49,3 +50,11 @@ class QueueModel(Simulation):
     def requeue(self, i: int) -> None:
         self.ready.appendleft(i)
         self.offer(0)
+
+    def lose_stored(self, lost: Callable[[int], bool]) -> None:
+        self.ready = deque(i for i in self.ready if not lost(i))
+        self.forget_pending(lost)
+
+    def lose_all(self) -> None:
+        self.ready.clear()
+        self.forget_pending()

@@ -1,0 +1,342 @@
+"""The simulator's fault timeline: what each fault does to a broker's delivery guarantees.
+
+Each scenario keeps a backlog at the moment of the fault (two consumers at about 500/s against
+1,000/s offered), so a fault that loses stored messages has something to lose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brokerlab.analysis import analyze
+from brokerlab.checks import DeliveryCheck, check_delivery
+from brokerlab.scenario import Scenario, parse_scenario
+from brokerlab.trace import FaultWindow, TargetResult
+from sim import simulate
+
+KILL = {"at": "1.5s", "action": "broker-kill", "duration": "0.5s"}
+PAUSE = {"at": "1s", "action": "broker-pause", "duration": "1s"}
+PARTITION = {"at": "1s", "action": "partition", "target": "all", "duration": "1s"}
+CONSUMER_CRASH = {
+    "at": "1s",
+    "action": "consumer-crash",
+    "target": "consumer-0",
+    "duration": "0.5s",
+}
+#: retries that give up before a 1 s pause ends: every message sent then is republished
+RETRY_SAME_ID = {"retry": "same-id", "publish_timeout": "200ms"}
+
+
+def make(broker: dict[str, Any], *faults: dict[str, Any], **sections: Any) -> Scenario:
+    """3,000 Poisson messages at 1,000/s; two consumers (mean 4 ms, prefetch 5); 1 ms hops."""
+    data: dict[str, Any] = {
+        "name": "faults",
+        "producers": {"rate": "1000/s", "messages": 3000, "arrival": "poisson"},
+        "broker": {"ack_timeout": "1s", **broker},
+        "consumers": {
+            "count": 2,
+            "prefetch": 5,
+            "processing": {"dist": "exponential", "mean": "4ms"},
+        },
+        "network": {"delay": "1ms"},
+        "faults": list(faults),
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return parse_scenario(data)
+
+
+def check(scenario: Scenario, seed: int = 1) -> DeliveryCheck:
+    result = simulate(scenario, seed)
+    return check_delivery(result.trace.sends, result.trace.deliveries)
+
+
+# ---------------------------------------------------------------------------- broker kill
+
+
+def test_redis_without_persistence_loses_acknowledged_messages_on_kill() -> None:
+    """Redis without AOF: a kill loses the backlog and the group; publishes while down fail."""
+    scenario = make({"kind": "redis-streams"}, KILL)
+    result = simulate(scenario, 1)
+    analysis = analyze(result.trace, scenario, target="sim", seed=1, duration_s=3.0)
+    counts = analysis.checks.counts()
+    assert counts["lost"] > 300
+    assert counts["failed"] > 300  # refused while down, retry none
+    assert counts["duplicates"] == 0  # pending entries vanished with the group
+    assert analysis.verdict == "fail"  # the default requirement allows no loss
+
+
+@pytest.mark.parametrize(
+    "persistence", ["always", {"mode": "periodic", "interval": "1s"}], ids=["always", "everysec"]
+)
+def test_redis_aof_keeps_acknowledged_messages_through_a_process_kill(persistence: Any) -> None:
+    """AOF always, and everysec without power loss (page cache survives): nothing acked is lost."""
+    checks = check(make({"kind": "redis-streams", "persistence": persistence}, KILL))
+    assert checks.lost == 0
+    assert checks.redelivered > 0  # deliveries unacked at the kill come back after ack_timeout
+
+
+def test_redis_aof_everysec_with_power_loss_loses_about_the_last_interval() -> None:
+    """AOF everysec + power loss: writes after the last sync (1.0 s; kill at 1.5 s) are lost."""
+    scenario = make(
+        {"kind": "redis-streams", "persistence": {"mode": "periodic", "interval": "1s"}},
+        {**KILL, "power_loss": True},
+    )
+    checks = check(scenario)
+    assert 0 < checks.lost <= 1.2 * 1000 * 0.5  # at most the 0.5 s written since the sync
+
+
+def test_kill_makes_publishes_in_flight_unknown_and_retries_land_as_duplicates() -> None:
+    """5 ms hops: publishes stored just before the kill lose their ack; the retry is stored too."""
+    scenario = make(
+        {"kind": "redis-streams", "persistence": "always"},
+        KILL,
+        network={"delay": "5ms"},
+        producers={"retry": "same-id", "max_attempts": 10},
+    )
+    result = simulate(scenario, 1)
+    sends = result.trace.sends
+    checks = check_delivery(sends, result.trace.deliveries)
+    assert checks.lost == 0 and checks.failed == 0
+    assert checks.duplicates > checks.redelivered  # copies of retried publishes, delivery_no 1
+    retried = sends[sends["attempts"] > 1]
+    assert len(retried) > 300 and (retried["t_acked"] > 2.0).all()  # acked after the restart
+
+
+def test_kill_without_retry_gives_unknown_for_publishes_in_flight() -> None:
+    """No retry: publishes without an ack at the kill are unknown, refused ones failed."""
+    scenario = make(
+        {"kind": "redis-streams", "persistence": "always"}, KILL, network={"delay": "5ms"}
+    )
+    sends = simulate(scenario, 1).trace.sends
+    unknown, failed = sends[sends["outcome"] == "unknown"], sends[sends["outcome"] == "failed"]
+    assert 0 < len(unknown) < 20 and (unknown["t_sent"] < 1.5).all()
+    assert (failed["t_sent"] >= 1.5).all() and (failed["attempts"] == 1).all()
+    assert sends.loc[sends["outcome"] != "acked", "t_acked"].isna().all()
+
+
+def test_jetstream_file_sync_always_loses_nothing_on_kill() -> None:
+    """JetStream file storage, sync always: nothing acknowledged is lost, even on power loss."""
+    scenario = make(
+        {"kind": "nats-jetstream", "persistence": "always"}, {**KILL, "power_loss": True}
+    )
+    assert check(scenario).lost == 0
+
+
+@pytest.mark.parametrize(("power_loss", "lossy"), [(False, False), (True, True)])
+def test_jetstream_file_default_sync_loses_only_on_power_loss(
+    power_loss: bool, lossy: bool
+) -> None:
+    """JetStream file storage syncs every 2 min: a kill keeps everything, a power loss does not."""
+    checks = check(make({"kind": "nats-jetstream"}, {**KILL, "power_loss": power_loss}))
+    assert (checks.lost > 0) is lossy
+
+
+def test_jetstream_memory_storage_loses_everything_on_kill() -> None:
+    """JetStream memory storage: stream and consumer state are gone after a restart."""
+    checks = check(make({"kind": "nats-jetstream", "storage": "memory"}, KILL))
+    assert checks.lost > 300 and checks.redelivered == 0
+
+
+def test_nats_core_kill_fails_publishes_while_down() -> None:
+    """NATS core stores nothing: publishes while down fail; nothing is redelivered."""
+    checks = check(make({"kind": "nats"}, KILL))
+    assert checks.failed > 300 and checks.duplicates == 0
+
+
+# ---------------------------------------------------------------------------- consumer crash
+
+
+def test_nats_core_consumer_crash_loses_messages_without_duplicates() -> None:
+    """NATS core, one subscriber: what it held and what came while it was down is lost."""
+    result = simulate(make({"kind": "nats"}, CONSUMER_CRASH, consumers={"count": 1}), 1)
+    checks = check_delivery(result.trace.sends, result.trace.deliveries)
+    assert checks.lost > 300 and checks.duplicates == 0
+    assert result.info["no_interest"] > 0
+
+
+@pytest.mark.parametrize("kind", ["nats-jetstream", "redis-streams", "rabbitmq", "kafka"])
+def test_acked_brokers_redeliver_what_a_crashed_consumer_held(kind: str) -> None:
+    """Consumer crash on a log or queue: no loss; its unacked deliveries come back (redelivered)."""
+    result = simulate(make({"kind": kind}, CONSUMER_CRASH), 1)
+    deliveries = result.trace.deliveries
+    checks = check_delivery(result.trace.sends, deliveries)
+    assert checks.lost == 0 and checks.redelivered > 0
+    died = deliveries[(deliveries["consumer"] == 0) & deliveries["t_done"].isna()]
+    assert len(died) > 0 and (died["t_delivered"] < 1.0).all()  # held at the crash, never done
+
+
+# ---------------------------------------------------------------------------- pause and partition
+
+
+def test_broker_pause_with_retries_duplicates_on_redis() -> None:
+    """Pause past publish_timeout, retry same-id: Redis has no dedup, the copies are delivered."""
+    checks = check(make({"kind": "redis-streams"}, PAUSE, producers=RETRY_SAME_ID))
+    assert checks.duplicates > 300 and checks.redelivered == 0 and checks.lost == 0
+    assert checks.recovered > 0  # gave up (unknown), yet delivered
+
+
+def test_broker_pause_with_retries_is_deduplicated_by_jetstream_msg_id() -> None:
+    """The same retries against JetStream with a dedup window: no duplicates at all."""
+    scenario = make(
+        {"kind": "nats-jetstream", "dedup_window": "2min"}, PAUSE, producers=RETRY_SAME_ID
+    )
+    result = simulate(scenario, 1)
+    checks = check_delivery(result.trace.sends, result.trace.deliveries)
+    assert checks.duplicates == 0 and checks.lost == 0
+    assert result.info["deduplicated"] > 300
+
+
+def test_new_id_retries_are_not_deduplicated() -> None:
+    """retry new-id gives each attempt a new dedup id: JetStream stores every copy."""
+    producers = {**RETRY_SAME_ID, "retry": "new-id"}
+    scenario = make({"kind": "nats-jetstream", "dedup_window": "2min"}, PAUSE, producers=producers)
+    assert check(scenario).duplicates > 300
+
+
+def test_partition_gives_unknown_publishes_and_no_loss_on_jetstream() -> None:
+    """A 1 s partition: publishes time out (unknown), are delivered after it heals; none lost."""
+    scenario = make({"kind": "nats-jetstream"}, PARTITION, producers={"publish_timeout": "200ms"})
+    result = simulate(scenario, 1)
+    checks = check_delivery(result.trace.sends, result.trace.deliveries)
+    assert checks.unknown > 300 and checks.recovered == checks.unknown and checks.lost == 0
+    first = result.trace.deliveries.groupby("msg_id")["t_delivered"].min()
+    assert not ((first > 1.0 + 0.01) & (first < 2.0)).any()  # nothing got through the cut
+
+
+def test_partitioned_consumers_get_redeliveries_after_ack_timeout() -> None:
+    """Consumers cut off longer than ack_timeout: held acks come late, entries are redelivered."""
+    scenario = make(
+        {"kind": "redis-streams", "ack_timeout": "300ms"}, {**PARTITION, "target": "consumers"}
+    )
+    checks = check(scenario)
+    assert checks.lost == 0 and checks.redelivered > 0
+
+
+def test_nats_core_loses_messages_routed_to_a_partitioned_consumer() -> None:
+    """NATS core: a cut-off subscriber's messages are dropped; a cut-off publisher's arrive late."""
+    consumers = check(make({"kind": "nats"}, {**PARTITION, "target": "consumers"}))
+    producers = check(make({"kind": "nats"}, {**PARTITION, "target": "producers"}))
+    assert consumers.lost > 500 and consumers.duplicates == 0
+    assert producers.lost == 0
+
+
+# ---------------------------------------------------------------------------- network faults
+
+
+def test_connection_reset_loses_fire_and_forget_messages_in_flight() -> None:
+    """NATS core: messages on the wire when connections reset are lost, a handful at 1,000/s."""
+    reset = {"at": "1s", "action": "connection-reset", "target": "all"}
+    checks = check(make({"kind": "nats"}, reset))
+    assert 0 < checks.lost < 20
+
+
+def test_connection_reset_on_redis_redelivers_and_loses_nothing() -> None:
+    """Redis: deliveries in flight at a reset stay pending and come back after ack_timeout."""
+    reset = {"at": "1s", "action": "connection-reset", "target": "all"}
+    checks = check(make({"kind": "redis-streams"}, reset, producers={"retry": "same-id"}))
+    assert checks.lost == 0 and checks.redelivered > 0 and checks.failed == 0
+
+
+def test_latency_fault_adds_delay_to_publishes_during_the_window() -> None:
+    """latency 50 ms ± 10 ms on all hops: a round trip inside the window takes 80 ms or more."""
+    latency = {"at": "1s", "action": "latency", "target": "all", "duration": "0.5s"}
+    scenario = make({"kind": "redis-streams"}, {**latency, "delay": "50ms", "jitter": "10ms"})
+    sends = simulate(scenario, 1).trace.sends
+    publish = sends["t_acked"] - sends["t_sent"]
+    inside = publish[(sends["t_sent"] >= 1.0) & (sends["t_sent"] < 1.4)]  # both hops inside
+    outside = publish[sends["t_sent"] < 0.9]
+    assert inside.min() > 0.08 - 1e-6 and inside.median() < 0.13
+    assert outside.max() == pytest.approx(0.002, abs=1e-5)
+
+
+def test_bandwidth_limit_serialises_publishes() -> None:
+    """100 kB/s for 256 B messages (390/s) at 1,000/s: publish latency climbs in the window."""
+    bandwidth = {"at": "1s", "action": "bandwidth", "target": "producers", "duration": "0.5s"}
+    scenario = make({"kind": "redis-streams"}, {**bandwidth, "bandwidth": "100000/s"})
+    sends = simulate(scenario, 1).trace.sends
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    window = ((sends["t_sent"] >= 1.0) & (sends["t_sent"] < 1.5)).to_numpy()
+    assert publish[window].max() > 0.2 and publish[~window & (sends["t_sent"] < 0.9)].max() < 0.003
+    assert check_delivery(sends, simulate(scenario, 1).trace.deliveries).lost == 0
+
+
+# ---------------------------------------------------------------------------- client faults
+
+
+def test_producer_crash_sends_intended_messages_late_on_restart() -> None:
+    """Messages intended while the producer is down are sent at its restart (publish_delay gap)."""
+    crash = {"at": "1s", "action": "producer-crash", "target": "producer-0", "duration": "0.5s"}
+    sends = simulate(make({"kind": "redis-streams"}, crash), 1).trace.sends
+    late = sends[(sends["t_intended"] >= 1.0) & (sends["t_intended"] < 1.5)]
+    assert len(late) > 300
+    np.testing.assert_allclose(late["t_sent"], 1.5)
+    assert (late["outcome"] == "acked").all()
+    unknown = sends[sends["outcome"] == "unknown"]
+    assert len(unknown) > 0 and (unknown["t_sent"] < 1.0).all()  # in flight at the crash
+
+
+def test_slow_consumer_grows_the_backlog_during_its_window() -> None:
+    """Processing × 10 from 0.5 s to 1 s at 300/s: the timeline's backlog climbs, then drains."""
+    slow = {"at": "0.5s", "action": "slow-consumer", "target": "consumers", "duration": "0.5s"}
+    scenario = make({"kind": "redis-streams"}, {**slow, "factor": 10}, producers={"rate": "300/s"})
+    timeline = simulate(scenario, 1).trace.timeline.set_index("t_start")["backlog"]
+    before, during, after = timeline.loc[0.4], timeline.loc[0.9], timeline.loc[2.0]
+    assert during > 50 > before and after < during
+
+
+# ---------------------------------------------------------------------------- target contract
+
+
+def test_fault_windows_are_reported_and_marked_in_the_timeline() -> None:
+    """TargetResult.faults has one window per entry; the timeline's faults column names them."""
+    result: TargetResult = simulate(
+        make({"kind": "redis-streams"}, KILL, PAUSE | {"at": "2.5s"}), 1
+    )
+    assert result.faults == [
+        FaultWindow("broker-kill", "broker", 1.5, 2.0),
+        FaultWindow("broker-pause", "broker", 2.5, 3.5),
+    ]
+    timeline = result.trace.timeline
+    marked = timeline[timeline["faults"] != ""]
+    assert set(marked["faults"]) == {"broker-kill:broker", "broker-pause:broker"}
+    assert marked["t_start"].min() == pytest.approx(1.5) and marked["t_end"].max() == pytest.approx(
+        3.5
+    )
+    assert not any("not simulated" in warning for warning in result.warnings)
+
+
+def test_fault_fields_the_simulator_cannot_play_are_warned_about() -> None:
+    """power_loss on a pause and a consumer target for a producer crash: ignored, with a warning."""
+    crash = {"at": "1s", "action": "producer-crash", "target": "all", "duration": "0.1s"}
+    result = simulate(make({"kind": "redis-streams"}, PAUSE | {"power_loss": True}, crash), 1)
+    assert any("faults[0]" in w and "power_loss" in w for w in result.warnings)
+    assert any("faults[1]" in w and "consumers in 'all' ignored" in w for w in result.warnings)
+
+
+def test_same_seed_gives_identical_faulted_trace() -> None:
+    """Faults (including jitter draws) are deterministic for a seed."""
+    latency = {"at": "0.5s", "action": "latency", "target": "all", "duration": "1s"}
+    faults = [KILL, {**latency, "delay": "5ms", "jitter": "4ms"}, CONSUMER_CRASH]
+    scenario = make({"kind": "nats-jetstream"}, *faults, producers={"retry": "same-id"})
+    a, b = simulate(scenario, 7).trace, simulate(scenario, 7).trace
+    assert (a.deliveries["delivery_no"] > 1).any()
+    pd.testing.assert_frame_equal(a.sends, b.sends)
+    pd.testing.assert_frame_equal(a.deliveries, b.deliveries)
+    pd.testing.assert_frame_equal(a.timeline, b.timeline)
+
+
+@pytest.mark.parametrize("kind", ["redis-streams", "nats-jetstream", "nats", "rabbitmq", "kafka"])
+def test_a_fault_that_touches_nothing_leaves_the_trace_as_without_faults(kind: str) -> None:
+    """The faulted message path is the engine's: a fault after the run changes no row."""
+    broker = {"kind": kind, "partitions": 3}
+    random = {"delay": {"dist": "exponential", "mean": "1ms"}}
+    after_the_run = {"at": "100s", "action": "slow-consumer", "target": "consumers", "factor": 2}
+    plain = simulate(make(broker, network=random), 3).trace
+    faulted = simulate(make(broker, after_the_run, network=random), 3).trace
+    pd.testing.assert_frame_equal(plain.sends, faulted.sends)
+    pd.testing.assert_frame_equal(plain.deliveries, faulted.deliveries)

@@ -1,0 +1,56 @@
+"""The timeline every target writes: rates, consumer lag and fault windows per interval."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brokerlab.trace import FaultWindow, build_timeline, make_deliveries, make_sends
+
+
+def _trace(t_sent: list[float], t_delivered: list[float]) -> tuple:
+    n = len(t_sent)
+    times = np.array(t_sent)
+    sends = make_sends(
+        np.zeros(n, "int32"),
+        np.arange(n),
+        np.full(n, -1),
+        np.full(n, 100),
+        times,
+        times,
+        times,
+        np.array(["acked"] * n),
+        np.ones(n, "int16"),
+    )
+    delivered = np.array(t_delivered)
+    deliveries = make_deliveries(
+        sends["msg_id"].to_numpy()[: len(delivered)],
+        np.zeros(len(delivered), "int32"),
+        np.ones(len(delivered), "int32"),
+        delivered,
+        delivered + 0.01,
+    )
+    return sends, deliveries
+
+
+def test_backlog_counts_sent_but_not_yet_received() -> None:
+    """Lag at an interval's end is messages sent so far minus those a consumer has received."""
+    sends, deliveries = _trace([0.1, 0.2, 0.3, 1.1], [0.15, 1.5, 1.6])
+    timeline = build_timeline(sends, deliveries, interval=1.0)
+    assert list(timeline["sent"]) == [3, 1]
+    assert list(timeline["delivered"]) == [1, 2]
+    assert list(timeline["backlog"]) == [2, 1]
+    assert list(timeline["sent_per_s"]) == [3.0, 1.0]
+
+
+def test_fault_windows_mark_their_intervals() -> None:
+    """A fault marks every interval it overlaps; an instant one marks the interval it falls in."""
+    sends, deliveries = _trace([0.0, 1.0, 2.0], [0.1, 1.1, 2.1])
+    windows = [
+        FaultWindow("broker-pause", "broker", 0.6, 1.2),
+        FaultWindow("connection-reset", "all", 2.0, 2.0),
+    ]
+    timeline = build_timeline(sends, deliveries, windows, interval=0.5)
+    marks = dict(zip(timeline["t_start"], timeline["faults"], strict=True))
+    assert marks[0.0] == "" and marks[0.5] == "broker-pause:broker"
+    assert marks[1.0] == "broker-pause:broker" and marks[1.5] == ""
+    assert marks[2.0] == "connection-reset:all"
