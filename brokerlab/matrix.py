@@ -34,6 +34,7 @@ COLUMNS = (
     "duplicates",
     "out_of_order",
     "unknown",
+    "redelivered",
     "expected",
     "matches",
     "broker",
@@ -62,6 +63,7 @@ class Cell:
     lost: str
     duplicates: str
     expected: str
+    redelivered: str = "any"
 
 
 def find_cells(folder: Path) -> list[Cell]:
@@ -84,16 +86,28 @@ def find_cells(folder: Path) -> list[Cell]:
 
 
 def _meets(rule: str, value: int | None) -> bool:
+    if rule == "any":
+        return True
     if value is None:
         return False
     return {"none": value == 0, "some": value > 0, "any": True}[rule]
 
 
 def judge(cell: Cell, counts: dict[str, int]) -> bool:
-    """Whether a run's loss and duplicates are what the table expects of the cell."""
-    return _meets(cell.lost, counts.get("lost")) and _meets(
-        cell.duplicates, counts.get("duplicates")
+    """Whether a run's loss, duplicates and redeliveries are what the table expects of the cell."""
+    return (
+        _meets(cell.lost, counts.get("lost"))
+        and _meets(cell.duplicates, counts.get("duplicates"))
+        and _meets(cell.redelivered, counts.get("redelivered"))
     )
+
+
+def _expectation(cell: Cell) -> str:
+    """The expectation in words: the machine-checked part, then DESIGN.md's wording."""
+    checked = f"lost {cell.lost}, duplicates {cell.duplicates}"
+    if cell.redelivered != "any":
+        checked += f", redelivered {cell.redelivered}"
+    return f"{checked}: {cell.expected}"
 
 
 def _note(warnings: list[str]) -> str:
@@ -161,7 +175,8 @@ def run_matrix(
                     "duplicates": None,
                     "out_of_order": None,
                     "unknown": None,
-                    "expected": f"lost {cell.lost}, duplicates {cell.duplicates}: {cell.expected}",
+                    "redelivered": None,
+                    "expected": _expectation(cell),
                     "matches": False,
                     "broker": scenario.broker.kind,
                     "note": "",
@@ -184,6 +199,7 @@ def run_matrix(
                     duplicates=counts["duplicates"],
                     out_of_order=counts["out_of_order"],
                     unknown=counts["unknown"],
+                    redelivered=counts["redelivered"],
                     matches=judge(cell, counts),
                     note=_note(list(run.result.warnings)),
                 )

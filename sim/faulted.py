@@ -113,8 +113,11 @@ class FaultMixin(Simulation):
         self._copy_of: list[int] = []  # broker index n + k -> message
         self._t_store = [math.nan] * n
         broker = preset.broker
-        self._dedup = preset.dedup and broker.dedup_window > 0
-        self._window = broker.dedup_window
+        # As the harness does: message ids go out with same-id retries or an explicit window, and
+        # a window of 0 leaves the broker's own default (JetStream: 2 minutes).
+        self._window = broker.dedup_window or preset.dedup_default_window
+        ids_sent = broker.dedup_window > 0 or self._same_id
+        self._dedup = preset.dedup and ids_sent and self._window > 0
         self._dedup_at = [math.nan] * n if self._dedup else []
 
         self.counts.update(deduplicated=0, retried=0, refused=0, timed_out=0)

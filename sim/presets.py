@@ -36,6 +36,8 @@ class Preset:
     unpersisted: str | float = "memory"
     #: the broker honours ``broker.dedup_window`` (drops a republished message id)
     dedup: bool = False
+    #: the window the broker applies when the scenario's ``dedup_window`` is 0 (seconds)
+    dedup_default_window: float = 0.0
 
 
 @cache
@@ -75,4 +77,5 @@ def resolve(broker: Broker) -> Preset:
         source=str(entry.get("source", "")),
         unpersisted=entry.get("unpersisted", "memory"),
         dedup=bool(entry.get("dedup", False)),
+        dedup_default_window=parse_duration(entry.get("dedup_default_window", 0)),
     )

@@ -51,6 +51,11 @@ def test_judge_reads_none_some_any() -> None:
     ]
     assert judge(crash, {"lost": 3, "duplicates": 0})
     assert not judge(crash, {"lost": 3, "duplicates": 1})
+    (log_crash,) = [
+        c for c in find_cells(CELLS) if (c.config, c.fault) == ("jetstream-file", "consumer-crash")
+    ]
+    assert judge(log_crash, {"lost": 0, "duplicates": 0, "redelivered": 1})
+    assert not judge(log_crash, {"lost": 0, "duplicates": 1, "redelivered": 0})
 
 
 def test_a_file_that_is_no_cell_is_refused(tmp_path: Path) -> None:
