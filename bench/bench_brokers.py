@@ -57,6 +57,8 @@ SWEEP_RATES = {
     "nats-jetstream": (4_000, 8_000, 16_000),
 }
 SWEEP_SECONDS = 2.0
+#: Functions ``--profile`` lists (by own time).
+PROFILE_ROWS = 30
 
 
 def bench_consumers(target: str) -> dict[str, Any]:
@@ -190,6 +192,53 @@ async def bare_jetstream_publish(url: str, messages: int = CEILING_MESSAGES) -> 
         await client.close()
 
 
+async def bare_jetstream_inbox(url: str, messages: int = CEILING_MESSAGES) -> float:
+    """The adapter's way of publishing, bare: core publishes with one reply subject each, one
+    inbox subscription counting PubAcks, at most ``harness.MAX_IN_FLIGHT`` outstanding. A
+    reference, not a goal: it shows the harness's own cost on the adapter's client path."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    from adapters.harness import MAX_IN_FLIGHT
+
+    client = await nats.connect(url)
+    js = client.jetstream()
+    name = f"BROKERLAB_BENCH_{time.monotonic_ns()}"
+    subject = f"brokerlab.bench.{name}"
+    await js.add_stream(StreamConfig(name=name, subjects=[subject], storage=StorageType.MEMORY))
+    prefix = f"{client.new_inbox()}."
+    acked, room, finished = 0, asyncio.Event(), asyncio.Event()
+
+    async def on_ack(_msg: Any) -> None:
+        nonlocal acked
+        acked += 1
+        room.set()
+        if acked == messages:
+            finished.set()
+
+    await client.subscribe(f"{prefix}*", cb=on_ack, pending_msgs_limit=MAX_IN_FLIGHT * 4)
+    payload = bytes(PAYLOAD)
+    try:
+        start = time.monotonic()
+        for sent in range(messages):
+            while sent - acked >= MAX_IN_FLIGHT:
+                room.clear()
+                await room.wait()
+            await client.publish(subject, payload, reply=f"{prefix}{sent}")
+        async with asyncio.timeout(60):
+            await finished.wait()
+        return messages / (time.monotonic() - start)
+    finally:
+        await js.delete_stream(name)
+        await client.close()
+
+
+#: Extra native loops printed for reference (no goal), per target.
+REFERENCES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "nats-jetstream": ("bare publish + reply inbox", bare_jetstream_inbox),
+}
+
+
 # --------------------------------------------------------------------------- brokers
 
 
@@ -255,6 +304,14 @@ def ceilings(urls: dict[str, str]) -> dict[str, float]:
         goal = GOALS[target]
         print(f"{target}:")
         print(f"  native  {label:<30} {native_median:>10,.0f}/s   [{_fmt(native_values)}]")
+        reference_median = None
+        if target in REFERENCES:
+            ref_label, ref_loop = REFERENCES[target]
+            url = urls[target]
+            reference_median, ref_values = _median(
+                lambda loop=ref_loop, url=url: asyncio.run(loop(url))
+            )
+            print(f"  ref     {ref_label:<30} {reference_median:>10,.0f}/s   [{_fmt(ref_values)}]")
         for workers in sorted({1, WORKER_ROWS.get(target, 1)}):
             runs = [adapter_rates(target, urls[target], workers) for _ in range(REPEATS)]
             published = [r[0] for r in runs]
@@ -270,6 +327,8 @@ def ceilings(urls: dict[str, str]) -> dict[str, float]:
             print(f"  adapter {where:<11} published  {pub_median:>10,.0f}/s   [{_fmt(published)}]")
             print(f"  adapter {where:<11} delivered  {del_median:>10,.0f}/s   [{_fmt(delivered)}]")
             print(f"    ratio {ratio:6.1%} of native (goal {goal:.0%}: {verdict})")
+            if reference_median:
+                print(f"    ratio {adapter_value / reference_median:6.1%} of ref (no goal)")
     return delivered_ceiling
 
 
@@ -334,7 +393,7 @@ def profile(target: str, url: str) -> None:
     published, delivered = adapter_rates(target, url)
     profiler.disable()
     print(f"{target}: published {published:,.0f}/s delivered {delivered:,.0f}/s (under cProfile)")
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(PROFILE_ROWS)
 
 
 def main() -> None:
