@@ -104,16 +104,18 @@ class _Inbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.messages: deque[bytes] = deque()
+        self.messages: deque[Received] = deque()
         self.ready = asyncio.Event()
         self.dropped = 0
 
     async def on_message(self, msg: Msg) -> None:
-        if len(self.messages) >= self.limit:
+        messages = self.messages
+        if len(messages) >= self.limit:
             self.dropped += 1  # slow consumer: NATS core does not keep it for anyone
             return
-        self.messages.append(msg.data)
-        self.ready.set()
+        if not messages:  # a consumer waits only on an empty inbox
+            self.ready.set()
+        messages.append((msg.data, 1, None))
 
 
 class NatsCoreAdapter(BrokerAdapter):
@@ -221,8 +223,12 @@ class NatsCoreAdapter(BrokerAdapter):
                 async with asyncio.timeout(wait):
                     await inbox.ready.wait()
         messages = inbox.messages
-        count = min(max_messages, len(messages))
-        return [(messages.popleft(), 1, None) for _ in range(count)]
+        if len(messages) <= max_messages:
+            batch = list(messages)
+            messages.clear()
+            return batch
+        popleft = messages.popleft
+        return [popleft() for _ in range(max_messages)]
 
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
         """NATS core has no acknowledgements."""

@@ -2,10 +2,10 @@
 
 The stream and consumer are built from the scenario: storage, ``max_msgs`` (max_length),
 ``max_age`` (retention), ``duplicate_window`` (dedup_window), ``ack_wait`` (ack_timeout),
-``max_deliver`` (max_deliveries), ``max_ack_pending``. Publishes go out with ``publish_async``
-(one request per message on the connection, acks matched by reply inbox) whether the scenario
-confirms sync or async; the harness decides how many may be outstanding, so the two modes differ
-only in waiting, as they do for a real client.
+``max_deliver`` (max_deliveries), ``max_ack_pending``. Publishes go out as ``publish_async`` sends
+them (one request per message on the connection, PubAcks matched by reply subject; see
+:class:`_PubAcks`) whether the scenario confirms sync or async; the harness decides how many may
+be outstanding, so the two modes differ only in waiting, as they do for a real client.
 
 Faults: every producer and consumer has its own connection, which nats-py reconnects by itself
 (see :mod:`adapters.nats_core`). With file storage the stream and the durable consumer survive a
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -53,39 +55,111 @@ MSG_ID = "Nats-Msg-Id"
 _REJECTED = (nats.js.errors.APIError, nats.js.errors.NoStreamResponseError)
 #: Least time between two attempts to recreate a vanished stream and consumer.
 RESTORE_INTERVAL = 1.0
+#: The status header of a reply the server sends when no stream listens on the subject.
+STATUS, NO_RESPONDERS = "Status", "503"
 
 
-def _batch_future(futures: list[asyncio.Future[Any]]) -> asyncio.Future[PublishResults]:
-    """One future for a batch of PubAck futures, with each message's own ack time.
+class _Batch:
+    """One published batch: each message's result as its PubAck arrives, one future for all."""
 
-    Cancelling it (publish timeout) cancels the PubAck futures still open, which gives their
-    slots back to nats-py's pending-publish semaphore.
+    __slots__ = ("first", "future", "remaining", "results")
+
+    def __init__(self, count: int, first: int) -> None:
+        self.future: asyncio.Future[PublishResults] = asyncio.get_running_loop().create_future()
+        self.results: PublishResults = [0.0] * count
+        self.remaining = count
+        self.first = first  # reply number of its first message
+
+
+class _PubAcks:
+    """JetStream publishing on one connection, PubAcks matched by reply subject.
+
+    What ``publish_async`` does, without its per-message costs: each message is a core publish
+    with reply subject ``<inbox>.<n>``; one subscription on ``<inbox>.*`` resolves the batch's
+    entry when the PubAck arrives. No future, semaphore or done callback per message, and the
+    PubAck is only JSON-decoded when it carries an error. A batch the harness cancels (publish
+    timeout) forgets its open replies; nats-py re-subscribes the inbox after a reconnect.
     """
-    batch: asyncio.Future[PublishResults] = asyncio.get_running_loop().create_future()
-    results: PublishResults = [0.0] * len(futures)
-    remaining = len(futures)
 
-    def settle(index: int, future: asyncio.Future[Any]) -> None:
-        nonlocal remaining
-        if future.cancelled():
-            results[index] = TimeoutError("publish timeout")
-        elif (error := future.exception()) is not None:
-            results[index] = PublishRejected(str(error)) if isinstance(error, _REJECTED) else error
-        else:
-            results[index] = now()
-        remaining -= 1
-        if remaining == 0 and not batch.done():
-            batch.set_result(results)
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.prefix = f"{client.new_inbox()}."
+        self.open: dict[str, tuple[_Batch, int]] = {}  # reply token -> batch, index
+        self.count = 0
 
-    def on_batch_done(done: asyncio.Future[PublishResults]) -> None:
-        if done.cancelled():
-            for future in futures:
-                future.cancel()
+    async def start(self) -> None:
+        await self.client.subscribe(
+            f"{self.prefix}*",
+            cb=self._on_reply,
+            pending_msgs_limit=MAX_IN_FLIGHT * 4,
+            pending_bytes_limit=PENDING_BYTES,
+        )
 
-    for index, future in enumerate(futures):
-        future.add_done_callback(lambda f, i=index: settle(i, f))
-    batch.add_done_callback(on_batch_done)
-    return batch
+    async def publish(
+        self, subject: str, payloads: Sequence[bytes], dedup_ids: Sequence[str] | None
+    ) -> asyncio.Future[PublishResults]:
+        first = self.count
+        batch = _Batch(len(payloads), first)
+        self.count += len(payloads)
+        batch.future.add_done_callback(lambda done: self._forget(done, batch))
+        publish, prefix, opened = self.client.publish, self.prefix, self.open
+        sent = 0
+        try:
+            for index, payload in enumerate(payloads):
+                token = str(first + index)
+                opened[token] = (batch, index)
+                if dedup_ids is None:
+                    await publish(subject, payload, reply=prefix + token)
+                else:
+                    headers = {MSG_ID: dedup_ids[index]}
+                    await publish(subject, payload, reply=prefix + token, headers=headers)
+                sent += 1
+        except Exception:
+            # Part of the batch is out: let those finish, and report the rest as not sent.
+            for index in range(sent, len(payloads)):
+                opened.pop(str(first + index), None)
+            if not sent:
+                batch.future.cancel()
+                raise
+            for index in range(sent, len(payloads)):
+                self._settle(batch, index, PublishRejected("not sent"))
+        return batch.future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self.open.pop(msg.subject[len(self.prefix) :], None)
+        if entry is None:  # its batch timed out, or not ours
+            return
+        batch, index = entry
+        if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+            self._settle(batch, index, PublishRejected(str(nats.js.errors.NoStreamResponseError())))
+            return
+        data = msg.data
+        if b'"error"' in data:
+            try:
+                error = json.loads(data).get("error")
+            except ValueError:
+                error = None
+            if error:
+                try:
+                    nats.js.errors.APIError.from_error(error)  # raises the matching APIError
+                except nats.js.errors.Error as api_error:
+                    self._settle(batch, index, PublishRejected(str(api_error)))
+                    return
+                self._settle(batch, index, PublishRejected(str(error)))
+                return
+        self._settle(batch, index, now())
+
+    @staticmethod
+    def _settle(batch: _Batch, index: int, result: float | BaseException) -> None:
+        batch.results[index] = result
+        batch.remaining -= 1
+        if batch.remaining == 0 and not batch.future.done():
+            batch.future.set_result(batch.results)
+
+    def _forget(self, done: asyncio.Future[PublishResults], batch: _Batch) -> None:
+        if done.cancelled():  # publish timeout: PubAcks still on the way are ignored
+            for index in range(len(batch.results)):
+                self.open.pop(str(batch.first + index), None)
 
 
 class NatsJetStreamAdapter(BrokerAdapter):
@@ -98,8 +172,10 @@ class NatsJetStreamAdapter(BrokerAdapter):
         self.connections = NatsConnections(self.url, self.scrub)
         self.publisher: Client | None = None  # the control connection
         self.js: JetStreamContext | None = None
-        #: per producer its own JetStream context; None while crashed (workers use ``js``)
-        self.producers: dict[int, tuple[Client, JetStreamContext] | None] = {}
+        #: per producer its own connection's publisher; None while crashed
+        self.producers: dict[int, _PubAcks | None] = {}
+        #: workers publish on the control connection (``publisher``) through this one
+        self.shared_publisher: _PubAcks | None = None
         self.consumers: dict[int, Client] = {}
         self.subscriptions: list[JetStreamContext.PullSubscription | None] = []
         self.stream_created = False
@@ -167,13 +243,18 @@ class NatsJetStreamAdapter(BrokerAdapter):
         client = await self.connections.connect(
             f"brokerlab-{self.names.run_id}-p{producer}", self.url_for(f"producer-{producer}")
         )
-        js = client.jetstream(timeout=API_TIMEOUT, publish_async_max_pending=MAX_IN_FLIGHT * 4)
-        self.producers[producer] = (client, js)
+        publisher = _PubAcks(client)
+        try:
+            await publisher.start()
+        except BaseException:
+            await self.connections.close_one(client)
+            raise
+        self.producers[producer] = publisher
 
     async def close_producer(self, producer: int) -> None:
         entry, self.producers[producer] = self.producers.get(producer), None
         if entry is not None:
-            await self.connections.close_one(entry[0])
+            await self.connections.close_one(entry.client)
 
     async def open_consumers(self, count: int) -> None:
         self.subscriptions = [None] * count
@@ -206,32 +287,18 @@ class NatsJetStreamAdapter(BrokerAdapter):
 
     async def publish(
         self, producer: int, payloads: Sequence[bytes], dedup_ids: Sequence[str] | None
-    ) -> Awaitable[PublishResults]:
+    ) -> asyncio.Future[PublishResults]:
         if producer in self.producers:
-            entry = self.producers[producer]
-            if entry is None:
+            publisher = self.producers[producer]
+            if publisher is None:
                 raise ConnectionError(f"producer-{producer} is not connected")
-            js = entry[1]
         else:
-            assert self.js is not None
-            js = self.js
-        publish_async, subject = js.publish_async, self.names.subject
-        futures = []
-        try:
-            if dedup_ids is None:
-                for payload in payloads:
-                    futures.append(await publish_async(subject, payload))
-            else:
-                for payload, msg_id in zip(payloads, dedup_ids, strict=True):
-                    futures.append(await publish_async(subject, payload, headers={MSG_ID: msg_id}))
-        except Exception:
-            # Part of the batch is out: let those finish, and report the rest as not sent.
-            if not futures:
-                raise
-            rest = len(payloads) - len(futures)
-            batch = _batch_future(futures)
-            return _extend(batch, [PublishRejected("not sent")] * rest)
-        return _batch_future(futures)
+            publisher = self.shared_publisher
+            if publisher is None:
+                assert self.publisher is not None
+                publisher = self.shared_publisher = _PubAcks(self.publisher)
+                await publisher.start()
+        return await publisher.publish(self.names.subject, payloads, dedup_ids)
 
     async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
         subscription = self.subscriptions[consumer]
@@ -277,8 +344,3 @@ class NatsJetStreamAdapter(BrokerAdapter):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await self.js.delete_stream(self.names.stream)  # deletes the consumer too
         await self.connections.close()
-
-
-async def _extend(batch: asyncio.Future[PublishResults], tail: PublishResults) -> PublishResults:
-    """The batch's results followed by ``tail`` (messages that never left the client)."""
-    return [*(await batch), *tail]
