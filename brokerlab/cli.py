@@ -259,6 +259,11 @@ def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None
     sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
 
 
+def _percent(value: float | None) -> str:
+    """A margin as a signed percentage; '-' when there is none (None or NaN)."""
+    return "-" if value is None or value != value else f"{value:+.1%}"
+
+
 def _report_errors(errors: dict[str, str]) -> None:
     """Targets or candidates that failed while the others ran."""
     for name, message in errors.items():
@@ -307,19 +312,26 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
             on_candidate=lambda c, how: err.print(f"{c}: {how}", markup=False),
         )
     table = Table(title=f"{parsed.name}: ranking", title_justify="left")
-    for name in ("rank", "candidate", "target", "verdict", "failed requirements", "worst margin"):
+    for name in (
+        "rank",
+        "candidate",
+        "target",
+        "verdict",
+        "failed requirements",
+        "worst margin",
+        "mean margin",
+    ):
         table.add_column(name)
     for row in selection.ranking.itertuples():
         colour = "green" if row.verdict == "pass" else "red"
-        missing = row.worst_margin is None or row.worst_margin != row.worst_margin  # None or NaN
-        worst = "-" if missing else f"{row.worst_margin:+.1%}"
         table.add_row(
             str(row.rank),
             row.candidate,
             row.target + (" (reused)" if row.reused else ""),
             f"[{colour}]{row.verdict}[/]",
             row.failed_requirements or "-",
-            worst,
+            _percent(row.worst_margin),
+            _percent(row.mean_margin),
         )
     stdout.print(table)
     evidence = Table(title="evidence", title_justify="left")

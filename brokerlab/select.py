@@ -103,7 +103,9 @@ def evidence_rows(
 
 
 def rank(evidence: pd.DataFrame, runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per candidate, best first: fewest failures, then the largest worst margin."""
+    """One row per candidate, best first: fewest failures, then the largest worst margin, then
+    the largest mean margin (when the tightest bound ties, e.g. every candidate keeps up with the
+    offered rate, the headroom on the other requirements decides)."""
     rows = []
     for candidate, info in runs.items():
         mine = evidence[evidence["candidate"] == candidate]
@@ -117,15 +119,17 @@ def rank(evidence: pd.DataFrame, runs: dict[str, dict[str, Any]]) -> pd.DataFram
                 "failed": len(failed),
                 "failed_requirements": ", ".join(failed["requirement"]),
                 "worst_margin": min(margins) if margins else None,
+                "mean_margin": sum(margins) / len(margins) if margins else None,
                 "run": info["run"],
                 "reused": info["reused"],
             }
         )
     table = pd.DataFrame(rows)
     order = table.assign(
-        _worst=table["worst_margin"].astype("float64").fillna(-math.inf)
-    ).sort_values(["failed", "_worst"], ascending=[True, False], kind="stable")
-    ranked = order.drop(columns="_worst").reset_index(drop=True)
+        _worst=table["worst_margin"].astype("float64").fillna(-math.inf),
+        _mean=table["mean_margin"].astype("float64").fillna(-math.inf),
+    ).sort_values(["failed", "_worst", "_mean"], ascending=[True, False, False], kind="stable")
+    ranked = order.drop(columns=["_worst", "_mean"]).reset_index(drop=True)
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     return ranked
 

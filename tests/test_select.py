@@ -40,18 +40,21 @@ def test_margin_is_relative_headroom() -> None:
 
 def test_rank_puts_fewer_failures_first_then_more_headroom() -> None:
     """A passing candidate ranks above a failing one; among equals, more headroom wins."""
-    evidence = pd.DataFrame(
-        [
-            {"candidate": "a", "requirement": "x", "ok": True, "margin": 0.1},
-            {"candidate": "b", "requirement": "x", "ok": True, "margin": 0.6},
-            {"candidate": "c", "requirement": "x", "ok": False, "margin": -0.2},
-        ]
-    )
-    runs = {c: {"target": "sim", "run": c, "reused": False} for c in ("c", "a", "b")}
+    rows = [
+        ("a", "x", True, 0.1),
+        ("a", "y", True, 0.2),
+        ("b", "x", True, 0.6),
+        ("b", "y", True, 0.7),
+        ("c", "x", False, -0.2),
+        ("d", "x", True, 0.1),  # same tightest bound as a, more headroom elsewhere
+        ("d", "y", True, 0.9),
+    ]
+    evidence = pd.DataFrame(rows, columns=["candidate", "requirement", "ok", "margin"])
+    runs = {c: {"target": "sim", "run": c, "reused": False} for c in ("c", "a", "b", "d")}
     ranking = rank(evidence, runs)
-    assert list(ranking["candidate"]) == ["b", "a", "c"]
-    assert list(ranking["verdict"]) == ["pass", "pass", "fail"]
-    assert ranking.loc[2, "failed_requirements"] == "x"
+    assert list(ranking["candidate"]) == ["b", "d", "a", "c"]
+    assert list(ranking["verdict"]) == ["pass", "pass", "pass", "fail"]
+    assert ranking.loc[3, "failed_requirements"] == "x"
 
 
 def test_select_ranks_with_evidence_and_reuses_runs(tmp_path: Path) -> None:
