@@ -348,6 +348,8 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
         )
     stdout.print(evidence)
     _report_errors(selection.errors)
+    for note in selection.notes:
+        _print_plain(stdout, f"note: {note}")
     _print_plain(stdout, f"selection: {selection.path}")
     sys.exit(EXIT_FAILURE if selection.errors else EXIT_OK)
 

@@ -170,6 +170,7 @@ class Selection:
     ranking: pd.DataFrame
     evidence: pd.DataFrame
     errors: dict[str, str]
+    notes: tuple[str, ...] = ()
 
 
 def select(
@@ -242,6 +243,7 @@ def select(
             ],
         )
         ranking = rank(evidence, runs) if runs else pd.DataFrame()
+        notes = _notes(scenario, runs)
         ranking.to_csv(folder / RANKING_CSV, index=False)
         evidence.to_csv(folder / EVIDENCE_CSV, index=False)
         payload = {
@@ -250,6 +252,7 @@ def select(
             "ranking": json.loads(ranking.to_json(orient="records")),
             "evidence": json.loads(evidence.to_json(orient="records")),
             "errors": errors,
+            "notes": list(notes),
         }
         results.write_json(folder / SELECTION_JSON, payload)
         results.write_json(
@@ -269,4 +272,20 @@ def select(
                 "host": results.host_info(),
             },
         )
-    return Selection(final, ranking, evidence, errors)
+    return Selection(final, ranking, evidence, errors, notes)
+
+
+def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """What a reader must keep in mind when real and simulated candidates share one ranking."""
+    targets = {info["target"] for info in runs.values()}
+    if "sim" not in targets or targets == {"sim"}:
+        return ()
+    service = scenario.broker.service_time
+    costless = service.publish.mean == 0 and service.deliver.mean == 0
+    if costless and scenario.network.delay.mean == 0:
+        return (
+            "simulated candidates carry no broker or network cost (the scenario sets no "
+            "broker.service_time or network.delay), so their latencies are lower bounds next to "
+            "the real brokers'; the ranking's verdicts stand, its latency margins favour them",
+        )
+    return ()
