@@ -88,6 +88,12 @@ def test_matrix_writes_one_record_per_cell_and_target(tmp_path: Path) -> None:
     assert real[("redis-aof-always", "broker-kill")]["lost"] == 0
     assert real[("nats-core", "consumer-crash")]["lost"] > 0
     assert set(result.grid().index) == {"redis-aof-always", "nats-core"}
+    # The simulator agrees with the real broker on loss (none vs some) in these cells.
+    for (config, fault), record in real.items():
+        (sim,) = [
+            r for r in records if (r["config"], r["fault"], r["target"]) == (config, fault, "sim")
+        ]
+        assert (sim["lost"] > 0) == (record["lost"] > 0), (config, fault, sim, record)
 
 
 def test_disagreements_compare_none_versus_some() -> None:
