@@ -446,14 +446,18 @@ class Simulation:
             buffer.append(r)
         else:
             self.busy[c] = True
-            Call(self.env, next(self._processing), self._processed, r)
+            self._start(c, r)
+
+    def _start(self, c: int, r: int) -> None:
+        """Consumer ``c`` starts processing delivery row ``r`` (faults change how long it takes)."""
+        Call(self.env, next(self._processing), self._processed, r)
 
     def _processed(self, r: int) -> None:
         self.row_t_done[r] = self.env.now
         c = self.row_consumer[r]
         buffer = self.buffer[c]
         if buffer:
-            Call(self.env, next(self._processing), self._processed, buffer.popleft())
+            self._start(c, buffer.popleft())
         else:
             self.busy[c] = False
         if self.consumer_acks:

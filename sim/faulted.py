@@ -382,20 +382,9 @@ class FaultMixin(Simulation):
                 duration *= entry.fault.factor
         return duration
 
-    def _received(self, r: int) -> None:
-        c = self.row_consumer[r]
-        buffer = self.buffer[c]
-        if self.buffer_limit is not None and len(buffer) >= self.buffer_limit:
-            self.counts["slow_consumer_drops"] += 1
-            return
-        self.row_t_delivered[r] = self.env.now
-        if self._ack_before:
-            self._to_broker(c, self._acked, r)
-        if self.busy[c]:
-            buffer.append(r)
-        else:
-            self.busy[c] = True
-            Call(self.env, self._processing_time(c), self._processed, (r, self._life[c]))
+    def _start(self, c: int, r: int) -> None:
+        # The job carries the consumer's life, so a crash mid-message leaves it unfinished.
+        Call(self.env, self._processing_time(c), self._processed, (r, self._life[c]))
 
     def _processed(self, job: Any) -> None:
         r, life = job
@@ -405,7 +394,7 @@ class FaultMixin(Simulation):
         self.row_t_done[r] = self.env.now
         buffer = self.buffer[c]
         if buffer:
-            Call(self.env, self._processing_time(c), self._processed, (buffer.popleft(), life))
+            self._start(c, buffer.popleft())
         else:
             self.busy[c] = False
         if self.consumer_acks:
