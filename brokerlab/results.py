@@ -99,10 +99,33 @@ def choose_run_dir(results_dir: Path, run_id: str, out: Path | None) -> Path:
     return candidate
 
 
+def _remove_abandoned_stages(folder: Path) -> None:
+    """Delete staging folders of runs whose process is gone (killed with SIGKILL, power cut)."""
+    for stage in folder.glob(".*.partial-*"):
+        pid = stage.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; rename it into place only on success."""
+    """Yield a temporary folder beside ``final``; rename it into place only on success.
+
+    A run killed outright cannot clean up after itself; its staging folder is hidden, ignored by
+    listings, and removed by the next run that stages in the same folder.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_stages(final.parent)
     staging = final.parent / f".{final.name}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)

@@ -218,3 +218,46 @@ def test_brokers_up_status_down(tmp_path: Path) -> None:
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert brokers_status(tmp_path / "state") == []
+
+
+def test_a_killed_run_leaves_no_broker_and_no_result(tmp_path: Path) -> None:
+    """SIGKILL of `brokerlab run` mid-run takes its broker down; the next run clears the debris."""
+    import signal
+    import time
+
+    import psutil
+
+    scenario = tmp_path / "long.yaml"
+    scenario.write_text(SMALL.replace("messages: 400", "duration: 60s"), encoding="utf-8")
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "brokerlab.cli", "run", str(scenario), "-t", "redis-streams", "-q"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    brokers: list[psutil.Process] = []
+    deadline = time.monotonic() + 60
+    while not brokers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        brokers = [
+            p
+            for p in psutil.Process(lab.pid).children(recursive=True)
+            if "redis-server" in p.name()
+        ]
+    assert brokers, "the run never started its broker"
+    time.sleep(2)  # mid-run: the load is flowing
+    lab.send_signal(signal.SIGKILL)
+    lab.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    alive = brokers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"brokers outlived the lab: {alive}"
+    results_dir = tmp_path / "results"
+    assert [p.name for p in results_dir.iterdir() if not p.name.startswith(".")] == []
+    assert list(results_dir.glob(".*.partial-*")), "a killed run leaves only its hidden stage"
+    small = tmp_path / "small.yaml"
+    small.write_text(SMALL, encoding="utf-8")
+    assert brokerlab("run", str(small), "-q", cwd=tmp_path).returncode == 0
+    assert not list(results_dir.glob(".*.partial-*")), "the killed run's staging folder remains"
