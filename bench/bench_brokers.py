@@ -2,12 +2,15 @@
 
 For each real target: the adapter's highest sustained rates (open loop far above capacity, so the
 harness sends flat out) against a native client loop on the same server, 3 repetitions each,
-medians and ratios; then end-to-end latency at 25/50/75% of the measured delivered ceiling.
+medians and ratios (the "burst" ceilings: everything offered at once); then each target's
+sustained ceiling (the highest Poisson rate one process keeps up with while it publishes and
+consumes at once, found by a short search); then end-to-end latency at 25/50/75% of that
+sustained ceiling.
 
     python bench/bench_brokers.py                  # brokers the lab starts itself
     python bench/bench_brokers.py --machine        # the machine's Redis 6379 / NATS 4222
     python bench/bench_brokers.py --profile nats   # cProfile one adapter ceiling run
-    python bench/bench_brokers.py --targets redis-streams --no-latency   # one target's ceilings
+    python bench/bench_brokers.py --targets redis-streams --no-latency   # burst ceilings only
     python bench/bench_brokers.py --sweep          # where one process stops keeping up
 
 Goals: Redis >= 50% of ``redis-benchmark -P 16`` XADD, NATS >= 90% of a bare nats-py
@@ -46,6 +49,19 @@ CEILING_MESSAGES = 100_000
 PAYLOAD = 32  # bytes: the lab's 28-byte header plus a little, close to redis-benchmark's "f v"
 LATENCY_FRACTIONS = (0.25, 0.50, 0.75)
 LATENCY_SECONDS = 3.0
+#: The sustained ceiling: the highest Poisson rate at which one process (the latency points'
+#: producer and consumer) keeps up for SUSTAINED_SECONDS. "Keeps up" means all of: delivered
+#: rate at least SUSTAINED_DELIVERED of the offered rate, p99 end-to-end latency under
+#: SUSTAINED_E2E_P99, p99 publish delay under SUSTAINED_DELAY_P99 (seconds).
+SUSTAINED_SECONDS = 2.0
+SUSTAINED_DELIVERED = 0.95
+SUSTAINED_E2E_P99 = 0.100
+SUSTAINED_DELAY_P99 = 0.020
+#: The search starts at this fraction of the burst delivered ceiling, doubles until a run fails
+#: (halves while the start fails), then bisects SUSTAINED_BISECTIONS times.
+SUSTAINED_START = 0.2
+SUSTAINED_BISECTIONS = 3
+SUSTAINED_MAX_STEPS = 4
 GOALS = {"redis-streams": 0.5, "nats": 0.9, "nats-jetstream": 0.9}
 #: Targets whose ceilings are also measured with this many worker processes (the reference
 #: machine has 2 cores, which the broker shares).
@@ -94,14 +110,14 @@ def ceiling_scenario(target: str, messages: int = CEILING_MESSAGES, workers: int
     )
 
 
-def latency_scenario(target: str, rate: float) -> Scenario:
+def latency_scenario(target: str, rate: float, seconds: float = LATENCY_SECONDS) -> Scenario:
     """Poisson load at a fraction of the ceiling, no processing time."""
     return parse_scenario(
         {
             "name": f"latency-{target}",
             "producers": {
                 "rate": f"{rate:.0f}/s",
-                "duration": f"{LATENCY_SECONDS}s",
+                "duration": f"{seconds:g}s",
                 "size": f"{PAYLOAD}B",
             },
             "broker": {"kind": target, "storage": "memory"},
@@ -332,9 +348,114 @@ def ceilings(urls: dict[str, str]) -> dict[str, float]:
     return delivered_ceiling
 
 
+def poisson_run(target: str, url: str, rate: float, seconds: float, seed: int) -> dict[str, float]:
+    """One single-process Poisson run with the bench consumers: rates, latencies (ms), losses."""
+    scenario = latency_scenario(target, rate, seconds)
+    result = asyncio.run(run_real_async(scenario, target, seed, url=url, workers=1))
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    first = deliveries.sort_values("t_delivered").drop_duplicates("msg_id")
+    merged = sends.merge(first, on="msg_id")
+    e2e = (merged["t_delivered"] - merged["t_intended"]).to_numpy() * 1000
+    delay = (sends["t_sent"] - sends["t_intended"]).to_numpy() * 1000
+    t0 = sends["t_intended"].min()
+    offered = len(sends) / max(sends["t_intended"].max() - t0, 1e-9)
+    delivered = len(first) / max(first["t_delivered"].max() - t0, 1e-9) if len(first) else 0.0
+    p50, p99, p999 = np.percentile(e2e, [50, 99, 99.9]) if len(e2e) else (np.inf,) * 3
+    return {
+        "offered": offered,
+        "delivered": delivered,
+        "p50": float(p50),
+        "p99": float(p99),
+        "p999": float(p999),
+        "delay_p99": float(np.percentile(delay, 99)),
+        "lost": float(len(sends) - len(merged)),
+    }
+
+
+def _keeps_up(run: dict[str, float]) -> list[str]:
+    """Why a sustained-search run did not keep up (empty: it did)."""
+    failed = []
+    if run["delivered"] < SUSTAINED_DELIVERED * run["offered"]:
+        failed.append(f"delivered < {SUSTAINED_DELIVERED:.0%}")
+    if run["p99"] >= SUSTAINED_E2E_P99 * 1000:
+        failed.append(f"e2e p99 >= {SUSTAINED_E2E_P99 * 1000:.0f} ms")
+    if run["delay_p99"] >= SUSTAINED_DELAY_P99 * 1000:
+        failed.append(f"delay p99 >= {SUSTAINED_DELAY_P99 * 1000:.0f} ms")
+    return failed
+
+
+def sustained_ceilings(urls: dict[str, str], burst: dict[str, float]) -> dict[str, float]:
+    """Search each target's sustained ceiling, printing every step; return them (messages/s).
+
+    Start at SUSTAINED_START of the burst delivered ceiling; double while runs keep up (halve
+    while the start does not), then bisect between the highest rate that kept up and the lowest
+    that did not. One short run per step, so the figure is a lower bound good to about
+    1/2**SUSTAINED_BISECTIONS of the last doubling step, and noisy on a shared machine.
+    """
+    print(f"\n== sustained ceiling, 1 process, Poisson, {SUSTAINED_SECONDS:g} s per step, "
+          f"same consumers as the latency points")  # fmt: skip
+    print(f"   keeps up = delivered >= {SUSTAINED_DELIVERED:.0%} of offered, e2e p99 < "
+          f"{SUSTAINED_E2E_P99 * 1000:.0f} ms, publish delay p99 < "
+          f"{SUSTAINED_DELAY_P99 * 1000:.0f} ms; search from {SUSTAINED_START:.0%} of the burst "
+          f"delivered ceiling: double, then bisect {SUSTAINED_BISECTIONS}x")  # fmt: skip
+    print(f"{'target':<16}{'step':>8}{'rate/s':>10}{'offered/s':>11}{'deliv/s':>10}{'p50 ms':>9}"
+          f"{'p99 ms':>9}{'delay p99':>11}  kept up")  # fmt: skip
+    sustained: dict[str, float] = {}
+    for target, url in urls.items():
+        if target not in burst:
+            continue
+        good, bad = 0.0, float("inf")
+        seed = 10
+
+        def step(label: str, rate: float, target: str = target, url: str = url) -> bool:
+            nonlocal seed
+            seed += 1
+            run = poisson_run(target, url, rate, SUSTAINED_SECONDS, seed)
+            failed = _keeps_up(run)
+            verdict = "NO: " + ", ".join(failed) if failed else "yes"
+            print(f"{target:<16}{label:>8}{rate:>10,.0f}{run['offered']:>11,.0f}"
+                  f"{run['delivered']:>10,.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
+                  f"{run['delay_p99']:>11.2f}  {verdict}")  # fmt: skip
+            return not failed
+
+        rate = burst[target] * SUSTAINED_START
+        if step("start", rate):
+            good = rate
+            for _ in range(SUSTAINED_MAX_STEPS):
+                rate *= 2
+                if not step("double", rate):
+                    bad = rate
+                    break
+                good = rate
+        else:
+            bad = rate
+            for _ in range(SUSTAINED_MAX_STEPS):
+                rate /= 2
+                if step("halve", rate):
+                    good = rate
+                    break
+                bad = rate
+        if good and bad < float("inf"):
+            for _ in range(SUSTAINED_BISECTIONS):
+                rate = (good + bad) / 2
+                if step("bisect", rate):
+                    good = rate
+                else:
+                    bad = rate
+        if good:
+            sustained[target] = good
+            print(f"{target:<16}sustained ceiling {good:,.0f}/s = {good / burst[target]:.0%} of "
+                  f"the burst delivered ceiling {burst[target]:,.0f}/s")  # fmt: skip
+        else:
+            print(f"{target:<16}kept up at no rate tried: no latency points")
+    return sustained
+
+
 def latencies(urls: dict[str, str], ceiling: dict[str, float]) -> None:
-    """End-to-end latency percentiles at fractions of each delivered ceiling."""
+    """End-to-end latency percentiles at fractions of each sustained ceiling."""
     print(f"\n== end-to-end latency, Poisson, {LATENCY_SECONDS:g} s per point, same consumers")
+    print("   load = fraction of the SUSTAINED ceiling (not of the burst ceilings): "
+          + ", ".join(f"{target} {rate:,.0f}/s" for target, rate in ceiling.items()))  # fmt: skip
     print(f"{'target':<16}{'load':>6}{'rate/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
           f"{'delay p99':>11}  lost")  # fmt: skip
     for target, url in urls.items():
@@ -342,17 +463,9 @@ def latencies(urls: dict[str, str], ceiling: dict[str, float]) -> None:
             continue
         for fraction in LATENCY_FRACTIONS:
             rate = ceiling[target] * fraction
-            scenario = latency_scenario(target, rate)
-            result = asyncio.run(run_real_async(scenario, target, 2, url=url, workers=1))
-            sends, deliveries = result.trace.sends, result.trace.deliveries
-            first = deliveries.sort_values("t_delivered").drop_duplicates("msg_id")
-            merged = sends.merge(first, on="msg_id")
-            e2e = (merged["t_delivered"] - merged["t_intended"]).to_numpy() * 1000
-            delay = (sends["t_sent"] - sends["t_intended"]).to_numpy() * 1000
-            p50, p99, p999 = np.percentile(e2e, [50, 99, 99.9])
-            lost = len(sends) - len(merged)
-            print(f"{target:<16}{fraction:>6.0%}{rate:>10,.0f}{p50:>9.3f}{p99:>9.3f}{p999:>10.3f}"
-                  f"{np.percentile(delay, 99):>11.3f}  {lost}")  # fmt: skip
+            run = poisson_run(target, url, rate, LATENCY_SECONDS, 2)
+            print(f"{target:<16}{fraction:>6.0%}{rate:>10,.0f}{run['p50']:>9.3f}{run['p99']:>9.3f}"
+                  f"{run['p999']:>10.3f}{run['delay_p99']:>11.3f}  {run['lost']:.0f}")  # fmt: skip
 
 
 def sweep(urls: dict[str, str]) -> None:
@@ -403,7 +516,9 @@ def main() -> None:
     parser.add_argument(
         "--targets", nargs="+", choices=sorted(GOALS), help="measure only these targets"
     )
-    parser.add_argument("--no-latency", action="store_true", help="ceilings only")
+    parser.add_argument(
+        "--no-latency", action="store_true", help="burst ceilings only (no sustained search)"
+    )
     parser.add_argument("--sweep", action="store_true", help="only the 1-vs-2-process sweep")
     args = parser.parse_args()
     started = time.monotonic()
@@ -417,9 +532,9 @@ def main() -> None:
             sweep(urls)
             print(f"\nbench took {time.monotonic() - started:.0f} s")
             return
-        ceiling = ceilings(urls)
+        burst = ceilings(urls)
         if not args.no_latency:
-            latencies(urls, ceiling)
+            latencies(urls, sustained_ceilings(urls, burst))
     print(f"\nbench took {time.monotonic() - started:.0f} s")
 
 
