@@ -121,7 +121,7 @@ def compare(
                 "targets": targets,
                 "seed": seed,
                 "started_at": started.isoformat(timespec="seconds"),
-                "runs": {t: t for t in runs},
+                "runs": list(runs),  # subfolders that hold a complete run
                 "errors": errors,
                 "verdicts": {t: r.metrics["verdict"] for t, r in runs.items()},
                 "versions": results.package_versions(),

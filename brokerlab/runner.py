@@ -166,6 +166,7 @@ def run_scenario(
         analysis = analyze(result.trace, scenario, target=target, seed=seed, duration_s=duration_s)
         wall = time.perf_counter() - clock
         metrics = analysis.to_metrics()
+        versions = results.package_versions()
         result.trace.write(folder)
         (folder / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
         results.write_json(folder / results.METRICS_FILE, metrics)
@@ -181,8 +182,8 @@ def run_scenario(
                 "seed": seed,
                 "started_at": started.isoformat(timespec="seconds"),
                 "wall_time_s": round(wall, 3),
-                "lab_version": results.package_versions()["brokerlab"],
-                "versions": results.package_versions(),
+                "lab_version": versions["brokerlab"],
+                "versions": versions,
                 "host": results.host_info(),
                 "command": " ".join(sys.argv),
                 "target_info": _jsonable(result.info),
