@@ -1,6 +1,6 @@
 """Real brokers: adapters, the load harness, embedded broker control.
 
-``run_real`` is imported lazily so that ``import adapters.embedded`` does not pull in the
+``run_real`` is imported lazily so that ``import brokerlab.adapters.embedded`` does not pull in the
 Redis and NATS clients.
 """
 
@@ -13,7 +13,7 @@ __all__ = ["run_real"]
 
 def __getattr__(name: str) -> Any:
     if name in ("run_real", "run_real_async", "ADAPTERS"):
-        from adapters import registry
+        from brokerlab.adapters import registry
 
         return getattr(registry, name)
-    raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+    raise AttributeError(f"module 'brokerlab.adapters' has no attribute {name!r}")

@@ -49,14 +49,14 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 import psutil
-
-from adapters.binaries import (
+from brokerlab.adapters.binaries import (
     BrokerError,
     BrokerUnavailable,
     ServerBinary,
     find_server,
 )
-from brokerlab.scenario import Broker, Persistence
+
+from brokerlab.core.scenario import Broker, Persistence
 
 __all__ = [
     "HOST",

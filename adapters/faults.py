@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from adapters.harness import now
-from adapters.proxy import FaultProxy
-from brokerlab.scenario import (
+from brokerlab.adapters.harness import now
+from brokerlab.adapters.proxy import FaultProxy
+
+from brokerlab.core.scenario import (
     Constant,
     Distribution,
     Empirical,
@@ -63,10 +64,10 @@ from brokerlab.scenario import (
     Scenario,
     Uniform,
 )
-from brokerlab.trace import FaultWindow
+from brokerlab.core.trace import FaultWindow
 
 if TYPE_CHECKING:
-    from adapters.embedded import EmbeddedBroker
+    from brokerlab.adapters.embedded import EmbeddedBroker
 
 BROKER_ACTIONS = frozenset({"broker-kill", "broker-pause"})
 NETWORK_ACTIONS = frozenset({"partition", "latency", "connection-reset", "bandwidth"})

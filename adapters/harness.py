@@ -40,9 +40,9 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import numpy as np
 
-from brokerlab.load import LoadPlan, draw, streams
-from brokerlab.scenario import Scenario
-from brokerlab.trace import (
+from brokerlab.core.load import LoadPlan, draw, streams
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.trace import (
     OUTCOMES,
     TargetResult,
     Trace,
@@ -53,7 +53,7 @@ from brokerlab.trace import (
 )
 
 if TYPE_CHECKING:
-    from adapters.faults import FaultScheduler
+    from brokerlab.adapters.faults import FaultScheduler
 
 #: Clock of the whole run (CLOCK_MONOTONIC on Linux, shared by every process on the host).
 now = time.monotonic

@@ -18,8 +18,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.faults import check_faults, fault_injection, needs_proxies
-from adapters.harness import (
+from brokerlab.adapters.faults import check_faults, fault_injection, needs_proxies
+from brokerlab.adapters.harness import (
     AdapterFactory,
     BrokerAdapter,
     RealBrokerError,
@@ -27,16 +27,17 @@ from adapters.harness import (
     Scrubber,
     run_harness,
 )
-from adapters.nats_core import NatsCoreAdapter
-from adapters.nats_jetstream import NatsJetStreamAdapter
-from adapters.redis_streams import RedisStreamsAdapter
-from adapters.workers import run_workers, worker_count
-from brokerlab.load import plan_load
-from brokerlab.scenario import Scenario
-from brokerlab.trace import TargetResult
+from brokerlab.adapters.nats_core import NatsCoreAdapter
+from brokerlab.adapters.nats_jetstream import NatsJetStreamAdapter
+from brokerlab.adapters.redis_streams import RedisStreamsAdapter
+from brokerlab.adapters.workers import run_workers, worker_count
+
+from brokerlab.core.load import plan_load
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.trace import TargetResult
 
 if TYPE_CHECKING:
-    from adapters.embedded import EmbeddedBroker
+    from brokerlab.adapters.embedded import EmbeddedBroker
 
 #: Real target name -> adapter class.
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -68,7 +69,7 @@ def _broker_url(
     if url is not None:
         yield url, {"broker": "existing"}, None
         return
-    from adapters.embedded import embedded_for
+    from brokerlab.adapters.embedded import embedded_for
 
     with embedded_for(target, scenario.broker, workdir) as embedded:
         yield embedded.url, {"broker": "embedded", "embedded": dict(embedded.info)}, embedded

@@ -41,9 +41,8 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import numpy as np
-
-from adapters import harness
-from adapters.harness import (
+from brokerlab.adapters import harness
+from brokerlab.adapters.harness import (
     ACKED,
     CLOSE_TIMEOUT,
     FETCH_WAIT,
@@ -62,12 +61,13 @@ from adapters.harness import (
     now,
     stop_tasks,
 )
-from adapters.nats_core import NatsCoreAdapter
-from adapters.nats_jetstream import API_TIMEOUT, NatsJetStreamAdapter
-from adapters.redis_streams import RedisStreamsAdapter
-from brokerlab.load import LoadPlan, draw, plan_load, streams
-from brokerlab.scenario import OnOff, Scenario
-from brokerlab.trace import TargetResult
+from brokerlab.adapters.nats_core import NatsCoreAdapter
+from brokerlab.adapters.nats_jetstream import API_TIMEOUT, NatsJetStreamAdapter
+from brokerlab.adapters.redis_streams import RedisStreamsAdapter
+
+from brokerlab.core.load import LoadPlan, draw, plan_load, streams
+from brokerlab.core.scenario import OnOff, Scenario
+from brokerlab.core.trace import TargetResult
 
 #: Offered rate (messages/s) up to which one process keeps up, per target: where it stopped
 #: keeping up (p99 publish delay over ``harness.BEHIND_P99``, or not everything delivered) in

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from brokerlab.analysis import analyze
-from brokerlab.scenario import parse_scenario
-from brokerlab.trace import TIMELINE_SCHEMA, Trace, empty, make_deliveries, make_sends
+from brokerlab.core.analysis import analyze
+from brokerlab.core.scenario import parse_scenario
+from brokerlab.core.trace import TIMELINE_SCHEMA, Trace, empty, make_deliveries, make_sends
 
 
 def synthetic_trace(n: int, seed: int = 7) -> Trace:

@@ -41,8 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.registry import run_real_async
-from brokerlab.scenario import Scenario, parse_scenario
+from brokerlab.adapters.registry import run_real_async
+
+from brokerlab.core.scenario import Scenario, parse_scenario
 
 REPEATS = 3
 CEILING_MESSAGES = 100_000
@@ -213,9 +214,8 @@ async def bare_jetstream_inbox(url: str, messages: int = CEILING_MESSAGES) -> fl
     inbox subscription counting PubAcks, at most ``harness.MAX_IN_FLIGHT`` outstanding. A
     reference, not a goal: it shows the harness's own cost on the adapter's client path."""
     import nats
+    from brokerlab.adapters.harness import MAX_IN_FLIGHT
     from nats.js.api import StorageType, StreamConfig
-
-    from adapters.harness import MAX_IN_FLIGHT
 
     client = await nats.connect(url)
     js = client.jetstream()
@@ -268,7 +268,7 @@ def brokers(machine: bool) -> Iterator[dict[str, str]]:
             "nats-jetstream": "nats://127.0.0.1:4222",
         }
         return
-    from adapters.embedded import embedded_for
+    from brokerlab.adapters.embedded import embedded_for
 
     scenario = ceiling_scenario("redis-streams")
     with (
@@ -475,7 +475,7 @@ def sweep(urls: dict[str, str]) -> None:
     ``harness.BEHIND_P99`` and every message delivered. This is what
     ``adapters.workers.SINGLE_PROCESS_MAX_RATE`` is read from.
     """
-    from adapters.harness import BEHIND_P99
+    from brokerlab.adapters.harness import BEHIND_P99
 
     print(f"\n== single process vs 2 workers, Poisson, {SWEEP_SECONDS:g} s per point")
     print(f"{'target':<16}{'rate/s':>9}{'procs':>6}{'delivered/s':>13}{'delay p99':>11}"

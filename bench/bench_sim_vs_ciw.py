@@ -21,9 +21,9 @@ from pathlib import Path
 
 import ciw
 import numpy as np
+from brokerlab.sim import simulate
 
-from brokerlab.scenario import Scenario, load_scenario
-from sim import simulate
+from brokerlab.core.scenario import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 MM1 = ROOT / "scenarios" / "mm1.yaml"
@@ -66,8 +66,8 @@ def ciw_once(customers: int, seed: int) -> tuple[float, float]:
 # do: Linux carries it over from the parent through fork and exec.
 PEAK_SCRIPT = """
 import re, sys, time
-from brokerlab.scenario import load_scenario
-from sim import simulate
+from brokerlab.core.scenario import load_scenario
+from brokerlab.sim import simulate
 def hwm():
     status = open("/proc/self/status").read()
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))

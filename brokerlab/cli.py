@@ -26,8 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brokerlab import results
-from brokerlab.scenario import ScenarioError, load_scenario
+from brokerlab.core import results
+from brokerlab.core.scenario import ScenarioError, load_scenario
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -105,7 +105,7 @@ def run_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> Any:
     """RunOptions from the shared flags."""
-    from brokerlab.runner import RunOptions
+    from brokerlab.app.runner import RunOptions
 
     return RunOptions(
         seed=flags["seed"],
@@ -202,8 +202,8 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
 @run_flags
 def run(scenario: Path, target: str, **flags: Any) -> None:
     """Run SCENARIO on one target and write results/RUN_ID/ (or exactly --out)."""
-    from brokerlab.runner import TARGETS, TargetError, run_scenario
-    from brokerlab.summary import print_summary
+    from brokerlab.app.runner import TARGETS, TargetError, run_scenario
+    from brokerlab.app.summary import print_summary
 
     if target not in TARGETS:
         _usage_error(f"--target: unknown target {target!r}; use one of {', '.join(TARGETS)}")
@@ -229,8 +229,8 @@ def run(scenario: Path, target: str, **flags: Any) -> None:
 @run_flags
 def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None:
     """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
-    from brokerlab.compare import compare as run_compare
-    from brokerlab.runner import TARGETS
+    from brokerlab.app.compare import compare as run_compare
+    from brokerlab.app.runner import TARGETS
 
     chosen = _targets(targets, TARGETS, "--targets")
     parsed = _load_or_exit(scenario)
@@ -252,7 +252,7 @@ def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None
     _report_errors(record.errors)
     _print_plain(stdout, f"comparison: {record.path}")
     if not no_report and record.runs:
-        from brokerlab.report import build_report
+        from brokerlab.app.report import build_report
 
         with _failures(flags["debug"]):
             _print_plain(stdout, f"report: {build_report([record.path])}")
@@ -296,8 +296,8 @@ def _cell(value: Any) -> str:
 @run_flags
 def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **flags: Any) -> None:
     """Rank candidate brokers against SCENARIO's requirements, with the evidence for each."""
-    from brokerlab.scenario import BROKER_KINDS
-    from brokerlab.select import select as run_select
+    from brokerlab.app.select import select as run_select
+    from brokerlab.core.scenario import BROKER_KINDS
 
     chosen = _targets(candidates, BROKER_KINDS, "--candidates")
     parsed = _load_or_exit(scenario)
@@ -367,7 +367,7 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
 @run_flags
 def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
     """Run the guarantee matrix (broker configs x faults) and check it against DESIGN.md."""
-    from brokerlab.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
+    from brokerlab.app.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
 
     chosen = _targets(targets, MATRIX_TARGETS, "--targets")
     with _failures(flags["debug"], MatrixError):
@@ -408,7 +408,7 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
 
 
 def _state_dir() -> Path:
-    from brokerlab.runner import session_state_dir
+    from brokerlab.app.runner import session_state_dir
 
     return session_state_dir()
 
@@ -434,9 +434,9 @@ def brokers() -> None:
 )
 def brokers_up(targets: str, persistence: str) -> None:
     """Start the lab's own brokers on free loopback ports and keep them running."""
-    from adapters.embedded import BrokerError
-    from adapters.embedded import brokers_up as up
-    from brokerlab.scenario import Broker
+    from brokerlab.adapters.embedded import BrokerError
+    from brokerlab.adapters.embedded import brokers_up as up
+    from brokerlab.core.scenario import Broker
 
     chosen = [t.strip() for t in targets.split(",") if t.strip()]
     try:
@@ -452,7 +452,7 @@ def brokers_up(targets: str, persistence: str) -> None:
 @brokers.command("status")
 def brokers_status() -> None:
     """Show the session's brokers and whether each is alive."""
-    from adapters.embedded import brokers_status as status
+    from brokerlab.adapters.embedded import brokers_status as status
 
     entries = status(_state_dir())
     if not entries:
@@ -466,7 +466,7 @@ def brokers_status() -> None:
 @brokers.command("down")
 def brokers_down() -> None:
     """Stop the session's brokers and forget them."""
-    from adapters.embedded import brokers_down as down
+    from brokerlab.adapters.embedded import brokers_down as down
 
     entries = down(_state_dir())
     if not entries:
@@ -540,7 +540,7 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
 
     Figures are also saved as PNG and SVG in a figures/ folder beside the report.
     """
-    from brokerlab.report import ReportError, build_report
+    from brokerlab.app.report import ReportError, build_report
 
     try:
         path = build_report(list(folders), output)

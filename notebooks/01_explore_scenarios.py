@@ -55,13 +55,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
-from brokerlab import figures
-from brokerlab.analysis import latency_table
-from brokerlab.compare import compare
-from brokerlab.notebook import lab_path, results_path
-from brokerlab.runner import RunOptions, RunRecord, run_scenario
-from brokerlab.scenario import Scenario, load_scenario, parse_scenario
-from brokerlab.units import format_duration, parse_duration, parse_rate
+from brokerlab.app import figures
+from brokerlab.app.compare import compare
+from brokerlab.app.notebook import lab_path, results_path
+from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.core.analysis import latency_table
+from brokerlab.core.scenario import Scenario, load_scenario, parse_scenario
+from brokerlab.core.units import format_duration, parse_duration, parse_rate
 
 scenario_file = lab_path(scenario_path)
 results = results_path(results_dir)

@@ -49,11 +49,11 @@ import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
-from brokerlab.notebook import lab_path, results_path
-from brokerlab.runner import RunOptions
-from brokerlab.scenario import load_scenario
-from brokerlab.select import select
-from brokerlab.units import format_duration, parse_duration
+from brokerlab.app.notebook import lab_path, results_path
+from brokerlab.app.runner import RunOptions
+from brokerlab.app.select import select
+from brokerlab.core.scenario import load_scenario
+from brokerlab.core.units import format_duration, parse_duration
 
 print(f"kernel: {sys.executable}")
 

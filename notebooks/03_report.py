@@ -46,12 +46,12 @@ import sys
 import pandas as pd
 from IPython.display import FileLink, Image, Markdown, display
 
-from brokerlab.compare import COMPARISON_CSV, compare
-from brokerlab.notebook import lab_path, results_path
-from brokerlab.report import FIGURES_DIR, build_report
-from brokerlab.results import METRICS_FILE, RUN_FILE
-from brokerlab.runner import RunOptions
-from brokerlab.scenario import load_scenario
+from brokerlab.app.compare import COMPARISON_CSV, compare
+from brokerlab.app.notebook import lab_path, results_path
+from brokerlab.app.report import FIGURES_DIR, build_report
+from brokerlab.app.runner import RunOptions
+from brokerlab.core.results import METRICS_FILE, RUN_FILE
+from brokerlab.core.scenario import load_scenario
 
 print(f"kernel: {sys.executable}")
 

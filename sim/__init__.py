@@ -6,6 +6,6 @@ One model per delivery semantics (``sim/models``: log, queue, pubsub) on a share
 
 from __future__ import annotations
 
-from sim.run import simulate
+from brokerlab.sim.run import simulate
 
 __all__ = ["simulate"]

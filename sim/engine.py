@@ -21,11 +21,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import simpy
+from brokerlab.sim.presets import Preset
+from brokerlab.sim.sampling import is_zero, samples
 from simpy.events import NORMAL, Event
 
-from brokerlab.load import LoadPlan, streams
-from brokerlab.scenario import Scenario
-from brokerlab.trace import (
+from brokerlab.core.load import LoadPlan, streams
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.trace import (
     OUTCOMES,
     FaultWindow,
     Trace,
@@ -33,8 +35,6 @@ from brokerlab.trace import (
     make_deliveries,
     make_sends,
 )
-from sim.presets import Preset
-from sim.sampling import is_zero, samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
 NO_ROW = -1

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from brokerlab.scenario import Broker
-from brokerlab.units import parse_duration
+from brokerlab.core.scenario import Broker
+from brokerlab.core.units import parse_duration
 
 PRESETS_FILE = Path(__file__).with_name("presets.yaml")
 MODELS = ("log", "queue", "pubsub")

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from brokerlab.load import draw
-from brokerlab.scenario import Constant, Distribution, Empirical, Exponential, Uniform
+from brokerlab.core.load import draw
+from brokerlab.core.scenario import Constant, Distribution, Empirical, Exponential, Uniform
 
 #: Samples drawn at once; a constant so that a seed always yields the same sequence.
 CHUNK = 65_536

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from trace_builders import deliveries_table, scenario_with, sends_table, trace_of
 
-from brokerlab.analysis import Analysis, analyze, latency_table
-from brokerlab.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, Trace, empty
+from brokerlab.core.analysis import Analysis, analyze, latency_table
+from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, Trace, empty
 
 NAN = math.nan
 

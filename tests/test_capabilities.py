@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from brokerlab.capabilities import BrokerCapabilities, judge, load_capabilities
-from brokerlab.scenario import BROKER_KINDS, Requirements
+from brokerlab.app.capabilities import BrokerCapabilities, judge, load_capabilities
+from brokerlab.core.scenario import BROKER_KINDS, Requirements
 
 VENDOR_DOMAINS = (
     "redis.io",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from trace_builders import deliveries_table, sends_table
 
-from brokerlab.checks import COUNT_KEYS, MAX_IDS, check_delivery
-from brokerlab.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, empty
+from brokerlab.core.checks import COUNT_KEYS, MAX_IDS, check_delivery
+from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, empty
 
 NAN = math.nan
 

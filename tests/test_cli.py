@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brokerlab import results
-from brokerlab.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, TIMELINE_SCHEMA
+from brokerlab.core import results
+from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, TIMELINE_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,8 +201,7 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
 def test_brokers_up_status_down(tmp_path: Path) -> None:
     """`brokers up` starts live servers that `status` reports and `down` stops, leaving none."""
     import psutil
-
-    from adapters.embedded import brokers_status
+    from brokerlab.adapters.embedded import brokers_status
 
     env = {"BROKERLAB_STATE": str(tmp_path / "state")}
     up = brokerlab("brokers", "up", "--targets", "redis-streams,nats", cwd=tmp_path, env=env)

@@ -23,11 +23,9 @@ import nats
 import psutil
 import pytest
 import redis
-from nats.js.api import StorageType
-
-from adapters import embedded
-from adapters.binaries import BrokerUnavailable, find_nats_server, find_redis_server
-from adapters.embedded import (
+from brokerlab.adapters import embedded
+from brokerlab.adapters.binaries import BrokerUnavailable, find_nats_server, find_redis_server
+from brokerlab.adapters.embedded import (
     BrokerStartError,
     EmbeddedBroker,
     brokers_down,
@@ -36,7 +34,9 @@ from adapters.embedded import (
     connect_urls,
     embedded_for,
 )
-from brokerlab.scenario import Broker
+from nats.js.api import StorageType
+
+from brokerlab.core.scenario import Broker
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PORTS = {6379, 4222}  # the machine's own brokers: ours must never land there
@@ -331,8 +331,8 @@ LAB = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from adapters.embedded import embedded_for
-    from brokerlab.scenario import Broker
+    from brokerlab.adapters.embedded import embedded_for
+    from brokerlab.core.scenario import Broker
 
     workdir = Path(sys.argv[1])
     redis_broker = embedded_for("redis-streams", Broker(kind="redis-streams"), workdir)

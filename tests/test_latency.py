@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from brokerlab.latency import HIGHEST_US, new_histogram, record, summarize
+from brokerlab.core.latency import HIGHEST_US, new_histogram, record, summarize
 
 PRECISION = 1e-3  # three significant digits
 

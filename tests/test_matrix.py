@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brokerlab.matrix import (
+from brokerlab.app.matrix import (
     COLUMNS,
     MatrixError,
     disagreements,
@@ -18,8 +18,8 @@ from brokerlab.matrix import (
     load_expectations,
     run_matrix,
 )
-from brokerlab.runner import RunOptions
-from brokerlab.scenario import load_scenario
+from brokerlab.app.runner import RunOptions
+from brokerlab.core.scenario import load_scenario
 
 CELLS = Path(__file__).resolve().parent.parent / "scenarios" / "faults"
 

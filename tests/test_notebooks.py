@@ -20,8 +20,8 @@ import nbformat
 import papermill
 import pytest
 
-from brokerlab.runner import RunOptions, run_scenario
-from brokerlab.scenario import parse_scenario
+from brokerlab.app.runner import RunOptions, run_scenario
+from brokerlab.core.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

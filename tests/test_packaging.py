@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from brokerlab import scenario as scenario_module
+from brokerlab.core import scenario as scenario_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from brokerlab.adapters import run_real
+from brokerlab.adapters.faults import FaultRefused, delay_as_latency
 from click.testing import CliRunner
 
-from adapters import run_real
-from adapters.faults import FaultRefused, delay_as_latency
-from brokerlab.checks import DeliveryCheck, check_delivery
-from brokerlab.scenario import Scenario, parse_scenario
-from brokerlab.trace import TargetResult
+from brokerlab.core.checks import DeliveryCheck, check_delivery
+from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.trace import TargetResult
 
 
 def _scenario(target: str, faults: list[dict[str, Any]], **overrides: Any) -> Scenario:

@@ -22,13 +22,13 @@ from click.testing import CliRunner
 from matplotlib import image
 from matplotlib.figure import Figure
 
-from brokerlab import figures, runner
+from brokerlab.app import figures, runner
+from brokerlab.app.compare import ComparisonRecord, compare
+from brokerlab.app.report import ReportError, build_report, relative_error
+from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.cli import main
-from brokerlab.compare import ComparisonRecord, compare
-from brokerlab.report import ReportError, build_report, relative_error
-from brokerlab.runner import RunOptions, RunRecord, run_scenario
-from brokerlab.scenario import Scenario, parse_scenario
-from brokerlab.trace import FaultWindow, TargetResult, Trace, build_timeline
+from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.trace import FaultWindow, TargetResult, Trace, build_timeline
 
 SMALL = {
     "name": "small",
@@ -58,7 +58,7 @@ PAUSE = FaultWindow("broker-pause", "broker", 0.2, 0.35)
 
 def _paused_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
     """The simulator's run with a broker pause recorded, until sim/ injects faults itself."""
-    from sim import simulate
+    from brokerlab.sim import simulate
 
     # the runner names a non-sim target's broker kind after the target; the model needs a real kind
     broker = scenario.broker.model_copy(update={"kind": SMALL["broker"]["kind"]})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters import run_real
-from brokerlab.checks import check_delivery
-from brokerlab.scenario import parse_scenario
+from brokerlab.adapters import run_real
+
+from brokerlab.core.checks import check_delivery
+from brokerlab.core.scenario import parse_scenario
 
 
 async def test_run_real_inside_a_running_event_loop(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from brokerlab.runner import RunOptions
-from brokerlab.scenario import parse_scenario
-from brokerlab.select import SelectionError, margin, rank, select
+from brokerlab.app.runner import RunOptions
+from brokerlab.app.select import SelectionError, margin, rank, select
+from brokerlab.core.scenario import parse_scenario
 
 USE_CASE = {
     "name": "events",

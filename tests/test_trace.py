@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brokerlab.trace import FaultWindow, build_timeline, make_deliveries, make_sends
+from brokerlab.core.trace import FaultWindow, build_timeline, make_deliveries, make_sends
 
 
 def _trace(t_sent: list[float], t_delivered: list[float]) -> tuple:

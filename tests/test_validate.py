@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brokerlab.scenario import ScenarioError, load_scenario, parse_scenario, scenario_to_yaml
+from brokerlab.core.scenario import ScenarioError, load_scenario, parse_scenario, scenario_to_yaml
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 

@@ -16,14 +16,14 @@ from typing import Any
 import psutil
 import pytest
 import redis
+from brokerlab.adapters import run_real
+from brokerlab.adapters.embedded import embedded_for
+from brokerlab.adapters.harness import RealBrokerError
+from brokerlab.adapters.registry import ADAPTERS, run_names
+from brokerlab.adapters.workers import WORKERS_ENV, run_workers, worker_count
 
-from adapters import run_real
-from adapters.embedded import embedded_for
-from adapters.harness import RealBrokerError
-from adapters.registry import ADAPTERS, run_names
-from adapters.workers import WORKERS_ENV, run_workers, worker_count
-from brokerlab.scenario import Scenario, parse_scenario
-from brokerlab.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA
+from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA
 
 TARGETS = ("redis-streams", "nats", "nats-jetstream")
 RATE = 600.0

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from brokerlab.scenario import Scenario, parse_scenario
-from brokerlab.trace import NO_KEY, TIMELINE_SCHEMA, Trace, empty, make_deliveries, make_sends
+from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.trace import NO_KEY, TIMELINE_SCHEMA, Trace, empty, make_deliveries, make_sends
 
 
 def sends_table(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sim.engine import Simulation
-from sim.models.log import LogModel
-from sim.models.pubsub import PubSubModel
-from sim.models.queue import QueueModel
+from brokerlab.sim.engine import Simulation
+from brokerlab.sim.models.log import LogModel
+from brokerlab.sim.models.pubsub import PubSubModel
+from brokerlab.sim.models.queue import QueueModel
 
 #: preset ``model`` name -> class
 MODELS: dict[str, type[Simulation]] = {

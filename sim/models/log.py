@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sim.engine import ACKED, Simulation
+from brokerlab.sim.engine import ACKED, Simulation
 
 
 class LogModel(Simulation):

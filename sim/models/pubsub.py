@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sim.engine import Simulation
+from brokerlab.sim.engine import Simulation
 
 
 class PubSubModel(Simulation):

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from sim.engine import ACKED, Simulation
+from brokerlab.sim.engine import ACKED, Simulation
 
 
 class QueueModel(Simulation):

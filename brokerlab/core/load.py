@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brokerlab.scenario import (
+from brokerlab.core.scenario import (
     Constant,
     Distribution,
     Empirical,
@@ -25,7 +25,7 @@ from brokerlab.scenario import (
     Steady,
     Uniform,
 )
-from brokerlab.trace import NO_KEY
+from brokerlab.core.trace import NO_KEY
 
 #: Independent random streams, one per purpose, so that changing one part of a scenario (say the
 #: processing time) does not reshuffle the arrivals of an otherwise identical run.

@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
-from brokerlab.scenario import BROKER_KINDS, Requirements
+from brokerlab.core.scenario import BROKER_KINDS, Requirements
 
 OrderingScope = Literal[
     "total-per-stream",

@@ -1,8 +1,8 @@
 """The analysis: one code path that turns any target's trace into the run's metrics and verdict.
 
-The simulator and every real broker write the same :class:`~brokerlab.trace.Trace`; this module
-is the only place that judges one. It runs the delivery checks (:mod:`brokerlab.checks`),
-summarises the four latencies (:mod:`brokerlab.latency`), measures throughput, and holds the
+The simulator and every real broker write the same :class:`~brokerlab.core.trace.Trace`; this module
+is the only place that judges one. It runs the delivery checks (:mod:`brokerlab.core.checks`),
+summarises the four latencies (:mod:`brokerlab.core.latency`), measures throughput, and holds the
 result against the scenario's requirements. The :class:`Analysis` it returns feeds metrics.json,
 the console summary, reports and notebooks alike, so they can never disagree.
 """
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brokerlab.checks import DeliveryCheck, check_delivery
-from brokerlab.latency import SUMMARY_FIELDS, LatencySummary, summarize
-from brokerlab.scenario import LATENCY_KINDS, Requirements, Scenario
-from brokerlab.trace import Trace
+from brokerlab.core.checks import DeliveryCheck, check_delivery
+from brokerlab.core.latency import SUMMARY_FIELDS, LatencySummary, summarize
+from brokerlab.core.scenario import LATENCY_KINDS, Requirements, Scenario
+from brokerlab.core.trace import Trace
 
 __all__ = [
     "Analysis",

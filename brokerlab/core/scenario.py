@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from brokerlab.units import parse_duration, parse_rate, parse_size
+from brokerlab.core.units import parse_duration, parse_rate, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from brokerlab import results
-from brokerlab.runner import RunOptions, RunRecord, run_scenario
-from brokerlab.scenario import Scenario
+from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.core import results
+from brokerlab.core.scenario import Scenario
 
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_JSON = "comparison.json"

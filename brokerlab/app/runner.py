@@ -7,7 +7,6 @@ are imported lazily, so the core stays free of them and ``brokerlab validate`` s
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import sys
 import time
@@ -17,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brokerlab import results
-from brokerlab.analysis import Analysis, analyze
-from brokerlab.scenario import Scenario, scenario_to_yaml
-from brokerlab.trace import TargetResult
+from brokerlab.core import results
+from brokerlab.core.analysis import Analysis, analyze
+from brokerlab.core.scenario import Scenario, scenario_to_yaml
+from brokerlab.core.trace import TargetResult
 
 Progress = Callable[[int, int], None]
 
@@ -41,7 +40,7 @@ TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
 
 
 def _run_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
-    from sim import simulate
+    from brokerlab.sim import simulate
 
     return simulate(scenario, seed, progress=options.progress)
 
@@ -60,7 +59,8 @@ def _session_url(scenario: Scenario, target: str) -> str | None:
     state = session_state_dir()
     if not (state / "brokers.json").exists():
         return None
-    embedded = importlib.import_module("adapters.embedded")
+    from brokerlab.adapters import embedded
+
     wanted = scenario.broker.persistence.model_dump(mode="json")
     for entry in embedded.brokers_status(state):
         if (
@@ -74,7 +74,9 @@ def _session_url(scenario: Scenario, target: str) -> str | None:
 
 def _real(target: str) -> TargetFn:
     def run(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
-        adapters = importlib.import_module("adapters")
+        from brokerlab import adapters
+        from brokerlab.adapters.faults import FaultRefused
+
         redis_url, nats_url = options.redis_url, options.nats_url
         given = redis_url if target == "redis-streams" else nats_url
         # A session broker is shared: faults that kill or pause a broker need the run's own.
@@ -84,7 +86,6 @@ def _real(target: str) -> TargetFn:
             redis_url = session
         elif session:
             nats_url = session
-        refused = importlib.import_module("adapters.faults").FaultRefused
         try:
             result = adapters.run_real(
                 scenario,
@@ -95,7 +96,7 @@ def _real(target: str) -> TargetFn:
                 nats_url=nats_url,
                 progress=options.progress,
             )
-        except refused as error:
+        except FaultRefused as error:
             raise TargetError(str(error)) from None
         if session:
             result.info["session_broker"] = session

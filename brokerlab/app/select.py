@@ -21,10 +21,10 @@ from typing import Any
 
 import pandas as pd
 
-from brokerlab import results
-from brokerlab.capabilities import judge
-from brokerlab.runner import TARGETS, RunOptions, run_scenario, scenario_digest
-from brokerlab.scenario import BROKER_KINDS, Scenario
+from brokerlab.app.capabilities import judge
+from brokerlab.app.runner import TARGETS, RunOptions, run_scenario, scenario_digest
+from brokerlab.core import results
+from brokerlab.core.scenario import BROKER_KINDS, Scenario
 
 RANKING_CSV = "ranking.csv"
 EVIDENCE_CSV = "evidence.csv"

@@ -1,7 +1,7 @@
 """The HTML report: one self-contained file that says which target meets the use case, and why.
 
 ``build_report`` reads run folders (and comparison folders, which expand to their target runs)
-exactly as they are on disk, draws the figures of :mod:`brokerlab.figures`, and writes one HTML
+exactly as they are on disk, draws the figures of :mod:`brokerlab.app.figures`, and writes one HTML
 file with the figures inlined as SVG and the CSS inlined too: no script, no font, no URL, so the
 file opens offline, attaches to a ticket, and still reads the same in five years. Figures are also
 written as PNG and SVG beside it (``figures/``) for slides and documents.
@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from brokerlab import figures, results
-from brokerlab.compare import ROWS as COMPARISON_ROWS
-from brokerlab.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
+from brokerlab.app import figures
+from brokerlab.app.compare import ROWS as COMPARISON_ROWS
+from brokerlab.core import results
+from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"

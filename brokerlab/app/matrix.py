@@ -19,9 +19,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from brokerlab import results
-from brokerlab.runner import RunOptions, run_scenario
-from brokerlab.scenario import load_scenario
+from brokerlab.app.runner import RunOptions, run_scenario
+from brokerlab.core import results
+from brokerlab.core.scenario import load_scenario
 
 MATRIX_CSV = "matrix.csv"
 MATRIX_JSON = "matrix.json"

@@ -23,8 +23,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from brokerlab.checks import check_delivery
-from brokerlab.trace import FaultWindow
+from brokerlab.core.checks import check_delivery
+from brokerlab.core.trace import FaultWindow
 
 #: Percentiles that label the "nines" axis of a spectrum: the x position is 1 / (1 - q).
 NINES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
