@@ -6,6 +6,12 @@ Redis and NATS clients.
 
 from __future__ import annotations
 
+if __name__ != "brokerlab.adapters":  # pragma: no cover - only when imported by its folder name
+    raise ImportError(
+        "adapters/ installs as brokerlab.adapters: import brokerlab.adapters (a second copy "
+        "loaded as 'adapters' would have its own module state)"
+    )
+
 from typing import Any
 
 __all__ = ["run_real"]

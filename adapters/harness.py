@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import numpy as np
@@ -43,7 +43,6 @@ import numpy as np
 from brokerlab.core.load import LoadPlan, draw, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import (
-    OUTCOMES,
     TargetResult,
     Trace,
     build_timeline,
@@ -51,9 +50,18 @@ from brokerlab.core.trace import (
     make_sends,
     msg_ids,
 )
+from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
 
-if TYPE_CHECKING:
-    from brokerlab.adapters.faults import FaultScheduler
+
+class FaultPlayer(Protocol):
+    """What the run needs of a fault timeline player (``faults.FaultScheduler``): started on the
+    run's clock with its clients, stopped at the end. A protocol, so the harness does not
+    import the fault module that imports it."""
+
+    def start(self, t0: float, clients: RunClients) -> None: ...
+
+    async def stop(self) -> None: ...
+
 
 #: Clock of the whole run (CLOCK_MONOTONIC on Linux, shared by every process on the host).
 now = time.monotonic
@@ -83,7 +91,7 @@ START_LEAD = 0.05
 #: Batches at least this long are marked completed with NumPy instead of one by one.
 VECTOR_MIN = 32
 
-ACKED, FAILED, UNKNOWN = (OUTCOMES.index(name) for name in ("acked", "failed", "unknown"))
+ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
 
 # --------------------------------------------------------------------------- payloads
 
@@ -890,7 +898,7 @@ async def run_harness(
     plan: LoadPlan,
     *,
     progress: Callable[[int, int], None] | None = None,
-    faults: FaultScheduler | None = None,
+    faults: FaultPlayer | None = None,
 ) -> TargetResult:
     """Play ``plan`` through ``adapter``, drain, and return the trace; always closes the adapter.
 
@@ -1036,7 +1044,7 @@ def _result(
     consumers: ConsumerGroup,
     t0: float,
     warnings: list[str],
-    faults: FaultScheduler | None = None,
+    faults: FaultPlayer | None = None,
 ) -> TargetResult:
     sends_table = sends.table(t0)
     deliveries_table = deliveries.table(t0)

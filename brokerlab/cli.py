@@ -297,7 +297,7 @@ def _cell(value: Any) -> str:
 def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **flags: Any) -> None:
     """Rank candidate brokers against SCENARIO's requirements, with the evidence for each."""
     from brokerlab.app.select import select as run_select
-    from brokerlab.core.scenario import BROKER_KINDS
+    from brokerlab.core.vocabulary import BROKER_KINDS
 
     chosen = _targets(candidates, BROKER_KINDS, "--candidates")
     parsed = _load_or_exit(scenario)

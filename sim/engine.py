@@ -28,13 +28,13 @@ from simpy.events import NORMAL, Event
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import (
-    OUTCOMES,
     FaultWindow,
     Trace,
     build_timeline,
     make_deliveries,
     make_sends,
 )
+from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
 NO_ROW = -1
@@ -556,7 +556,7 @@ class Simulation:
         t_sent = self.t_sent if self._sync else self.plan.t_intended.copy()
         sent = ~np.isnan(t_sent)
         self.counts["unsent"] = int(n - sent.sum())
-        acked, failed, unknown = (OUTCOMES.index(name) for name in ("acked", "failed", "unknown"))
+        acked, failed, unknown = (int(code) for code in OutcomeCode)
         if self.publish_acks:
             t_acked = self.t_acked.copy()
             t_acked[t_acked > self.end] = math.nan  # the ack was still on its way

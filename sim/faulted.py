@@ -38,10 +38,10 @@ from brokerlab.sim.presets import Preset
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
-from brokerlab.core.trace import OUTCOMES
+from brokerlab.core.vocabulary import OutcomeCode
 
 UP, PAUSED, DOWN = 0, 1, 2
-ACKED, FAILED, UNKNOWN = (OUTCOMES.index(name) for name in ("acked", "failed", "unknown"))
+ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
 
 #: (callback, argument, client, connection epoch) of something travelling on a connection
 Hop = tuple[Callable[[Any], None], Any, int, int]

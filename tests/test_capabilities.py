@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from brokerlab.app.capabilities import BrokerCapabilities, judge, load_capabilities
-from brokerlab.core.scenario import BROKER_KINDS, Requirements
+from brokerlab.core.scenario import Requirements
+from brokerlab.core.vocabulary import BROKER_KINDS
 
 VENDOR_DOMAINS = (
     "redis.io",

@@ -17,7 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
-from brokerlab.core.scenario import BROKER_KINDS, Requirements
+from brokerlab.core.scenario import Requirements
+from brokerlab.core.vocabulary import BROKER_KINDS
 
 OrderingScope = Literal[
     "total-per-stream",

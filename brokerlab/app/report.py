@@ -33,6 +33,7 @@ from brokerlab.app import figures
 from brokerlab.app.compare import ROWS as COMPARISON_ROWS
 from brokerlab.core import results
 from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
+from brokerlab.core.vocabulary import LATENCY_STATISTICS
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -47,7 +48,7 @@ RUN_FILES = (
 )
 #: The latency kinds drawn as figures (the table shows all four).
 DRAWN_LATENCIES = ("end_to_end", "publish")
-LATENCY_COLUMNS = ("p50", "p90", "p99", "p99_9", "max", "mean")
+LATENCY_COLUMNS = LATENCY_STATISTICS
 #: Above this relative error (real vs sim) a cell is highlighted: the model and reality disagree.
 DISAGREEMENT = 0.25
 

@@ -24,7 +24,8 @@ import pandas as pd
 from brokerlab.app.capabilities import judge
 from brokerlab.app.runner import TARGETS, RunOptions, run_scenario, scenario_digest
 from brokerlab.core import results
-from brokerlab.core.scenario import BROKER_KINDS, Scenario
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.vocabulary import BROKER_KINDS
 
 RANKING_CSV = "ranking.csv"
 EVIDENCE_CSV = "evidence.csv"

@@ -10,7 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-LATENCY_COLUMNS = ("p50", "p90", "p99", "p99_9", "max", "mean")
+from brokerlab.core.vocabulary import LATENCY_STATISTICS
+
+LATENCY_COLUMNS = LATENCY_STATISTICS
 
 
 def _ms(value: Any) -> str:

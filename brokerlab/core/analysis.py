@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from brokerlab.core.checks import DeliveryCheck, check_delivery
-from brokerlab.core.latency import SUMMARY_FIELDS, LatencySummary, summarize
-from brokerlab.core.scenario import LATENCY_KINDS, Requirements, Scenario
+from brokerlab.core.latency import LatencySummary, summarize
+from brokerlab.core.scenario import Requirements, Scenario
 from brokerlab.core.trace import Trace
+from brokerlab.core.vocabulary import LATENCY_KINDS, SUMMARY_FIELDS
 
 __all__ = [
     "Analysis",

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from brokerlab.core.vocabulary import PERCENTILES, SUMMARY_FIELDS
+
 #: Percentile name (as in metrics.json and scenario requirements) -> percentile.
-PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 #: The keys of one latency entry in metrics.json, in the order they are written.
-SUMMARY_FIELDS: tuple[str, ...] = ("mean", "p50", "p90", "p99", "p99_9", "max", "count")
 
 LOWEST_US = 1
 #: One hour: no sane latency is longer; longer values are clamped into the top bucket (the exact

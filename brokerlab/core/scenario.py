@@ -26,36 +26,18 @@ from pydantic import (
 )
 
 from brokerlab.core.units import parse_duration, parse_rate, parse_size
+from brokerlab.core.vocabulary import (
+    BROKER_KINDS,
+    FAULT_ACTIONS,
+    LATENCY_KINDS,
+    LATENCY_STATISTICS,
+    BrokerKind,
+    FaultAction,
+)
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Rate = Annotated[float, BeforeValidator(parse_rate)]
-
-#: Broker kinds and the semantics the simulator models them with. Real adapters exist for the
-#: first three; the others are simulator presets (see ``brokerlab/data/brokers.yaml``).
-BROKER_KINDS: tuple[str, ...] = (
-    "redis-streams",
-    "nats",
-    "nats-jetstream",
-    "kafka",
-    "rabbitmq",
-    "sqs",
-    "kinesis",
-    "event-hubs",
-    "eventstoredb",
-)
-
-FAULT_ACTIONS: tuple[str, ...] = (
-    "broker-kill",
-    "broker-pause",
-    "partition",
-    "latency",
-    "connection-reset",
-    "bandwidth",
-    "consumer-crash",
-    "producer-crash",
-    "slow-consumer",
-)
 
 
 class _Model(BaseModel):
@@ -326,7 +308,7 @@ def _service_time(value: Any) -> Any:
 class Broker(_Model):
     """The broker and its settings; real adapters turn these into real configuration."""
 
-    kind: str = Field(description="one of " + ", ".join(BROKER_KINDS))
+    kind: BrokerKind = Field(description="one of " + ", ".join(BROKER_KINDS))
     persistence: Annotated[Persistence, BeforeValidator(_persistence)] = Persistence()
     storage: Literal["memory", "file"] = "file"
     max_length: int = Field(0, ge=0, description="keep at most this many messages; 0 = no limit")
@@ -342,9 +324,9 @@ class Broker(_Model):
     service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
     servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
 
-    @field_validator("kind")
+    @field_validator("kind", mode="before")
     @classmethod
-    def _known_kind(cls, kind: str) -> str:
+    def _known_kind(cls, kind: Any) -> Any:
         if kind not in BROKER_KINDS:
             raise ValueError(f"unknown broker kind {kind!r}; use one of {', '.join(BROKER_KINDS)}")
         return kind
@@ -376,7 +358,7 @@ class Fault(_Model):
     """One entry of the fault timeline."""
 
     at: Duration
-    action: str
+    action: FaultAction
     duration: Duration = 0.0
     target: str = Field("broker", description="broker, consumer-N, producer-N, or all")
     delay: Duration | None = Field(None, description="latency: added one-way delay")
@@ -389,9 +371,9 @@ class Fault(_Model):
         "(simulator only; a real kill -9 keeps the OS page cache)",
     )
 
-    @field_validator("action")
+    @field_validator("action", mode="before")
     @classmethod
-    def _known_action(cls, action: str) -> str:
+    def _known_action(cls, action: Any) -> Any:
         if action not in FAULT_ACTIONS:
             raise ValueError(
                 f"unknown fault action {action!r}; use one of {', '.join(FAULT_ACTIONS)}"
@@ -413,9 +395,6 @@ class Fault(_Model):
 
 
 # --------------------------------------------------------------------------- requirements
-
-PERCENTILES = ("p50", "p90", "p99", "p99_9", "max", "mean")
-LATENCY_KINDS = ("end_to_end", "completion", "publish", "publish_delay")
 
 
 class Requirements(_Model):
@@ -440,8 +419,8 @@ class Requirements(_Model):
             if kind not in LATENCY_KINDS:
                 raise ValueError(f"unknown latency {kind!r}; use one of {', '.join(LATENCY_KINDS)}")
             for name in bounds:
-                if name not in PERCENTILES:
-                    known = ", ".join(PERCENTILES)
+                if name not in LATENCY_STATISTICS:
+                    known = ", ".join(LATENCY_STATISTICS)
                     raise ValueError(
                         f"unknown percentile {name!r} under {kind}; use one of {known}"
                     )

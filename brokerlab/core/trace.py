@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brokerlab.core.vocabulary import OUTCOMES
+
 SENDS_FILE = "sends.parquet"
 DELIVERIES_FILE = "deliveries.parquet"
 TIMELINE_FILE = "timeline.parquet"
@@ -53,7 +55,6 @@ TIMELINE_SCHEMA: dict[str, str] = {
     "faults": "string",
 }
 
-OUTCOMES = ("acked", "failed", "unknown")
 #: key value written when a message has no key
 NO_KEY = -1
 
