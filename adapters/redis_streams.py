@@ -114,24 +114,28 @@ async def open_raw_connection(
             handshake.append([b"AUTH", *([user.encode()] if user else []), password.encode()])
         if db != "0":
             handshake.append([b"SELECT", db.encode()])
-        if handshake:
-            try:
-                writer.write(b"".join(_command(args) for args in handshake))
-                parser = hiredis.Reader()
-                for _ in handshake:
+        # Always end with PING and wait for it, as redis-py's connect does with its own
+        # handshake: a server still loading its AOF answers -LOADING, and the connection counts
+        # as not made (the publish fails and is retried) instead of taking XADDs it holds.
+        handshake.append([b"PING"])
+        try:
+            writer.write(b"".join(_command(args) for args in handshake))
+            parser = hiredis.Reader()
+            for _ in handshake:
+                reply = parser.gets()
+                while reply is False:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        raise ConnectionResetError("closed by the broker during the handshake")
+                    parser.feed(data)
                     reply = parser.gets()
-                    while reply is False:
-                        data = await reader.read(READ_SIZE)
-                        if not data:
-                            raise ConnectionResetError("closed by the broker during the handshake")
-                        parser.feed(data)
-                        reply = parser.gets()
-                    if isinstance(reply, hiredis.ReplyError):
-                        # Server text such as "WRONGPASS invalid username-password pair".
-                        raise redis.AuthenticationError(str(reply))
-            except BaseException:
-                writer.transport.abort()
-                raise
+                if isinstance(reply, hiredis.ReplyError):
+                    # Server text such as "WRONGPASS invalid username-password pair" or
+                    # "LOADING Redis is loading the dataset in memory".
+                    raise redis.ConnectionError(str(reply))
+        except BaseException:
+            writer.transport.abort()
+            raise
     return reader, writer
 
 

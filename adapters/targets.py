@@ -144,9 +144,17 @@ _REGISTRY: dict[str, Target] = {}
 
 
 def register(target: Target) -> Target:
-    """Add a real target; its name must be new (and not ``sim``). Returns the record."""
+    """Add a real target; its name must be new (and not ``sim``). Returns the record.
+
+    A record whose adapter is a class (not a ``"module:Class"`` name, imported only when a run
+    needs it) is checked now: every fault it lists must have its adapter hooks.
+    """
     if target.name == "sim" or target.name in _REGISTRY:
         raise TargetError(f"a target named {target.name!r} is already registered")
+    if not isinstance(target.adapter, str):
+        missing = target.missing_hooks()
+        if missing:
+            raise TargetError(f"target {target.name!r} lists faults it cannot play: {missing}")
     _REGISTRY[target.name] = target
     return target
 

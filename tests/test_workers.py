@@ -93,9 +93,7 @@ def test_a_killed_worker_ends_the_run_with_a_clear_error_and_no_leftovers(tmp_pa
     with embedded_for(target, scenario.broker, tmp_path) as broker:
         began = time.monotonic()
         with pytest.raises(RealBrokerError, match=r"worker 1 \(pid \d+\) exited with code -9"):
-            asyncio.run(
-                run_workers(target, broker.url, scenario, 7, names, 2, on_start=on_start)
-            )
+            asyncio.run(run_workers(target, broker.url, scenario, 7, names, 2, on_start=on_start))
         assert time.monotonic() - began < 15.0  # long before the 20 s of sends
         with redis.Redis.from_url(broker.url) as client:
             assert client.exists(names.joined(":")) == 0
