@@ -52,8 +52,7 @@ from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
     ConnectionPool,
-    SSLConnection,
-    UnixDomainSocketConnection,
+    parse_url,
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -248,23 +247,15 @@ def _fail_all(link: _Link, error: BaseException) -> None:
 _LINEAR: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def linear_connection_class(url: str) -> type[AbstractConnection]:
-    """The connection class redis-py would pick for ``url`` (TCP, TLS or unix socket), with a
+def linear_connection_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (the connection class redis-py picks for a URL: TCP, TLS or unix socket) with a
     command packer that is linear in the number of arguments; handed to the pool when it is
-    created (its ``connection_class`` parameter).
+    created (its ``connection_class`` parameter, see :func:`connection_pool`).
 
     redis-py's ``pack_command`` re-joins its growing buffer for every argument below 6 kB, which
     made an XACK of 256 ids cost ~200 µs, most of a consumer's time under load. The subclass
     overrides that one public method and nothing else.
     """
-    scheme = urlsplit(url).scheme
-    base: type[AbstractConnection] = (
-        SSLConnection
-        if scheme == "rediss"
-        else UnixDomainSocketConnection
-        if scheme == "unix"
-        else Connection
-    )
     found = _LINEAR.get(base)
     if found is None:
 
@@ -283,6 +274,19 @@ def linear_connection_class(url: str) -> type[AbstractConnection]:
 
         found = _LINEAR[base] = type(base.__name__, (base,), {"pack_command": pack_command})
     return found
+
+
+def connection_pool(url: str, **options: Any) -> ConnectionPool:
+    """A redis-py pool for ``url`` whose connections pack commands linearly.
+
+    ``ConnectionPool.from_url`` lets the URL's own connection class (TLS, unix socket) win over
+    a ``connection_class`` argument, so the URL is parsed first (``parse_url``, what
+    ``from_url`` does) and the pool created with the subclass of the class the URL asks for.
+    """
+    parsed = parse_url(url)
+    base = parsed.pop("connection_class", Connection)
+    # As from_url: the URL's options win over the arguments.
+    return ConnectionPool(**{**options, **parsed}, connection_class=linear_connection_class(base))
 
 
 def _stream_entries(reply: Any, **_options: Any) -> list[Any]:
@@ -352,10 +356,8 @@ class RedisStreamsAdapter(BrokerAdapter):
         self.groups_recreated = 0
 
     def _pool(self, client: str, *, socket_timeout: float | None, retry: Retry) -> ConnectionPool:
-        url = self.url_for(client)
-        pool = ConnectionPool.from_url(
-            url,
-            connection_class=linear_connection_class(url),
+        pool = connection_pool(
+            self.url_for(client),
             socket_connect_timeout=SOCKET_TIMEOUT,
             socket_timeout=socket_timeout,
             retry=retry,
