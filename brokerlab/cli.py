@@ -309,6 +309,11 @@ def _verdict_markup(verdict: str) -> str:
     return f"[{colour}]{verdict}[/]" if colour else escape(verdict)
 
 
+def _text(value: Any) -> str:
+    """Optional text from a table cell: '' for None or NaN (pandas' missing value)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "-"
@@ -357,6 +362,8 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
         "target",
         "verdict",
         "failed requirements",
+        "unknown",
+        "not modelled",
         "worst margin",
         "mean margin",
     ):
@@ -364,26 +371,39 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
     for row in selection.ranking.itertuples():
         colour = VERDICT_COLOURS.get(row.verdict, "red")
         table.add_row(
-            str(row.rank),
+            f"{row.rank}=" if row.tie else str(row.rank),
             row.candidate,
             row.target + (" (reused)" if row.reused else ""),
             f"[{colour}]{row.verdict}[/]",
-            row.failed_requirements or "-",
+            escape(row.failed_requirements) or "-",
+            escape(row.unknown_requirements) or "-",
+            escape(row.not_modelled) or "-",
             _percent(row.worst_margin),
             _percent(row.mean_margin),
         )
     stdout.print(table)
+    if len(selection.ranking) and selection.ranking["tie"].any():
+        _print_plain(
+            stdout,
+            "'=' marks a tie: same failures, same judgement and the same margins (at 0.1%); "
+            "tied candidates are listed by name, not by preference",
+        )
     evidence = Table(title="evidence", title_justify="left")
-    for name in ("candidate", "requirement", "bound", "measured", "ok", "from"):
+    for name in ("candidate", "requirement", "bound", "measured", "judged", "from", "note"):
         evidence.add_column(name, overflow="fold")
+    status_colours = {"ok": "green", "fail": "red", "unknown": "yellow", "not modelled": "dim"}
     for row in selection.evidence.itertuples():
+        capability, source = _text(row.capability), _text(row.source)
+        measured = "; ".join(t for t in (_cell(row.measured), capability) if t not in ("", "-"))
+        sources = row.evidence + (f" ; {source}" if source not in ("", row.evidence) else "")
         evidence.add_row(
             row.candidate,
             row.requirement,
             _cell(row.bound),
-            _cell(row.measured),
-            "ok" if row.ok else "FAIL",
-            f"{row.kind}: {row.evidence}",
+            escape(measured or "-"),
+            f"[{status_colours.get(row.status, 'red')}]{row.status.replace('fail', 'FAIL')}[/]",
+            escape(f"{row.kind}: {sources}"),
+            escape(_text(row.note)),
         )
     stdout.print(evidence)
     _report_errors(selection.errors)
