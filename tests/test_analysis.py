@@ -406,3 +406,15 @@ def test_simulated_ack_before_and_consumer_crash_fails_max_lost():
     assert analysis.checks.lost + analysis.checks.unprocessed == 10
     assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [("max_lost", 10, False)]
     assert analysis.verdict == "fail"
+
+
+def test_throughput_without_a_window_after_warmup_is_inconclusive():
+    """Every message intended during warm-up: no window to measure throughput over, so the
+    requirement cannot tell (before: measured 0.0/s and failed)."""
+    sends, deliveries = clean_run(n=5)  # intended 0.0 .. 0.4
+    analysis = run(sends, deliveries, scenario_with({"throughput": "1/s"}, warmup="1s"))
+    throughput = analysis.requirements[0]
+    assert (throughput.name, throughput.measured, throughput.ok) == ("throughput", None, None)
+    assert throughput.note == "no measuring window after warm-up (no message, or a single instant)"
+    assert analysis.to_metrics()["throughput_per_s"]["delivered"] is None
+    assert analysis.verdict == "inconclusive"

@@ -299,7 +299,7 @@ def evaluate_requirements(
         if empty is not None:
             results.append(RequirementResult("throughput", bound, measured, None, empty))
         elif measured is None:
-            why = "the measuring window has no length (one instant after warm-up)"
+            why = "no measuring window after warm-up (no message, or a single instant)"
             results.append(RequirementResult("throughput", bound, None, None, why))
         else:
             results.append(RequirementResult("throughput", bound, measured, measured >= bound))
