@@ -49,6 +49,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import psutil
+
 from brokerlab.adapters.binaries import (
     BrokerError,
     BrokerUnavailable,
@@ -56,7 +57,6 @@ from brokerlab.adapters.binaries import (
     find_server,
 )
 from brokerlab.adapters.targets import ServerKind, server_kinds
-
 from brokerlab.core.scenario import Broker, Persistence
 
 __all__ = [

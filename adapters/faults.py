@@ -55,7 +55,6 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from brokerlab.adapters.harness.clock import now
 from brokerlab.adapters.proxy import FaultProxy
 from brokerlab.adapters.targets import Target
-
 from brokerlab.core.scenario import (
     Constant,
     Distribution,

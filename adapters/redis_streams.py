@@ -40,14 +40,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import hiredis
 import redis
 import redis.asyncio as aioredis
-from brokerlab.adapters.harness import (
-    BrokerAdapter,
-    PublishRejected,
-    PublishResults,
-    Received,
-    now,
-    stop_tasks,
-)
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -56,6 +48,15 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+
+from brokerlab.adapters.harness import (
+    BrokerAdapter,
+    PublishRejected,
+    PublishResults,
+    Received,
+    now,
+    stop_tasks,
+)
 
 #: Entries one XAUTOCLAIM call may move.
 CLAIM_COUNT = 100

@@ -31,7 +31,6 @@ from brokerlab.adapters.harness import (
 )
 from brokerlab.adapters.targets import Target, get_target, target_names, url_options
 from brokerlab.adapters.workers import WorkerCrew, worker_count
-
 from brokerlab.core.load import plan_load, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult

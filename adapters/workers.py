@@ -43,6 +43,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import numpy as np
+
 from brokerlab.adapters.harness import (
     CLOSE_TIMEOUT,
     FETCH_WAIT,
@@ -62,7 +63,6 @@ from brokerlab.adapters.harness import (
     send_budget,
 )
 from brokerlab.adapters.targets import Target, get_target
-
 from brokerlab.core.load import LoadPlan, plan_load, streams
 from brokerlab.core.scenario import OnOff, Scenario
 from brokerlab.core.trace import TargetResult

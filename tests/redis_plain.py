@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from brokerlab.adapters.harness import (
     BrokerAdapter,
     PublishRejected,

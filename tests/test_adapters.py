@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from brokerlab.adapters import run_real
 from brokerlab.adapters.harness import RealBrokerError, decode_payload, encode_payload, redact_url
-
 from brokerlab.core.scenario import Scenario, parse_scenario
 
 TARGETS = ("redis-streams", "nats", "nats-jetstream")
@@ -223,6 +223,7 @@ async def test_redis_producers_own_connection_honours_database_and_refuses_bad_a
     """The fast path's own connection (no redis-py internals) selects the URL's database and
     fails clearly, without the password, when the server refuses AUTH."""
     import redis
+
     from brokerlab.adapters.embedded import embedded_for
     from brokerlab.adapters.redis_streams import open_raw_connection
 

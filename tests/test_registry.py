@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from redis_plain import PlainRedisAdapter
+
 from brokerlab.adapters.harness import BrokerAdapter
 from brokerlab.adapters.targets import (
     REDIS_URL,
@@ -25,9 +28,6 @@ from brokerlab.adapters.targets import (
     targets,
     unregister,
 )
-from click.testing import CliRunner
-from redis_plain import PlainRedisAdapter
-
 from brokerlab.app.runner import TARGETS, RunOptions, run_scenario
 from brokerlab.app.runner import TargetError as RunTargetError
 from brokerlab.cli import main

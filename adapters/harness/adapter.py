@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from brokerlab.adapters.harness.redaction import Scrubber
-
 from brokerlab.core.scenario import Scenario
 
 #: How long one fetch waits for messages before the consumer loop checks for stop.

@@ -11,6 +11,7 @@ import contextlib
 from typing import Any
 
 import numpy as np
+
 from brokerlab.adapters.harness.adapter import (
     CLOSE_TIMEOUT,
     FETCH_BACKOFF,
@@ -21,7 +22,6 @@ from brokerlab.adapters.harness.adapter import (
 )
 from brokerlab.adapters.harness.clock import now, sleep_until
 from brokerlab.adapters.harness.recording import DeliveryLog
-
 from brokerlab.core.load import draw
 from brokerlab.core.scenario import Scenario
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from brokerlab.adapters.harness.adapter import (
     CLOSE_TIMEOUT,
     FETCH_BACKOFF,
@@ -29,7 +30,6 @@ from brokerlab.adapters.harness.adapter import (
 from brokerlab.adapters.harness.clock import now, sleep_until
 from brokerlab.adapters.harness.payload import encode_payload, payload_struct
 from brokerlab.adapters.harness.recording import ACKED, FAILED, UNKNOWN, SendLog
-
 from brokerlab.core.load import LoadPlan
 from brokerlab.core.scenario import Scenario
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from brokerlab.adapters.harness.adapter import Received
 from brokerlab.adapters.harness.payload import HEADER
-
 from brokerlab.core.load import LoadPlan
 from brokerlab.core.trace import make_deliveries, make_sends, msg_ids
 from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
 from brokerlab.adapters.harness.adapter import (
     CLOSE_TIMEOUT,
     FETCH_WAIT,
@@ -36,7 +37,6 @@ from brokerlab.adapters.harness.consumers import ConsumerGroup
 from brokerlab.adapters.harness.producers import MAX_BATCH, MAX_IN_FLIGHT, ProducerGroup
 from brokerlab.adapters.harness.recording import ACKED, DeliveryLog, SendLog, producer_major
 from brokerlab.adapters.harness.redaction import RealBrokerError
-
 from brokerlab.core.load import LoadPlan, draw, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import FaultWindow, TargetResult, Trace, build_timeline
