@@ -2,11 +2,15 @@
 
 A real target is a :class:`Target` registered here. The runner, the CLI (URL options, help
 text), multi-process runs, embedded brokers and fault checks all read these records, so adding a
-broker takes one adapter module and one :func:`register` call::
+broker takes one adapter module and one registry line: a record below, a :func:`register` call,
+or, from another package, an entry point in the ``brokerlab.targets`` group naming its record
+(loaded when this module is first imported, so the CLI shows its target and URL option)::
 
-    register(Target(name="my-broker", kind="rabbitmq", adapter="my_package.rabbit:RabbitAdapter",
+    TARGET = Target(name="my-broker", kind="rabbitmq", adapter="my_package.rabbit:RabbitAdapter",
                     url=UrlOption("--amqp-url", "BROKERLAB_AMQP_URL", "Use this RabbitMQ."),
-                    faults=NETWORK_FAULTS, single_process_rate=5_000))
+                    faults=NETWORK_FAULTS, single_process_rate=5_000)
+    register(TARGET)  # or, in pyproject.toml: [project.entry-points."brokerlab.targets"]
+                      #                        my-broker = "my_package.rabbit:TARGET"
 
 This module imports no client library: adapter classes are named as ``"module:Class"`` and
 imported when a run needs them, so ``brokerlab --help`` and ``brokerlab validate`` stay fast.
@@ -15,15 +19,15 @@ imported when a run needs them, so ``brokerlab --help`` and ``brokerlab validate
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from brokerlab.core.vocabulary import (
     BROKER_FAULTS,
-    CLIENT_FAULTS,
     FAULT_ACTIONS,
-    NETWORK_FAULTS,
     BrokerKind,
     FaultAction,
 )
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 #: strategies. A target with no server runs only on a broker given by URL.
 ServerKind = Literal["redis", "nats"]
 
-#: Every fault action: what a target that implements all the harness's crash hooks can play.
+#: Every fault action: what a target with an embedded server and all crash hooks can play.
 ALL_FAULTS: frozenset[FaultAction] = frozenset(FAULT_ACTIONS)
 
 #: The adapter hooks a fault needs besides publish / fetch / ack (see ``BrokerAdapter``).
@@ -82,7 +86,9 @@ class Target:
         url: the option and environment variable that name an existing broker.
         server: which server the lab starts itself when no URL is given (the embedded-server
             strategy); ``None``: a URL is required.
-        faults: the fault actions it can play; anything else is refused before a run starts.
+        faults: the fault actions it can play (none unless listed); anything else is refused
+            before a run starts. Broker faults need an embedded server (the lab only kills or
+            pauses its own broker); client crashes need the adapter's crash hooks.
         power_loss: whether a fault may ask for power loss (no real broker can: a ``kill -9``
             keeps the OS page cache).
         single_process_rate: offered messages/s up to which one process keeps up; above it a
@@ -98,7 +104,7 @@ class Target:
     single_process_rate: float
     worker_adapter: type[BrokerAdapter] | str | None = None
     server: ServerKind | None = None
-    faults: frozenset[FaultAction] = field(default=ALL_FAULTS)
+    faults: frozenset[FaultAction] = field(default=frozenset())
     power_loss: bool = False
     description: str = ""
 
@@ -106,6 +112,10 @@ class Target:
         unknown = sorted(set(self.faults) - ALL_FAULTS)
         if unknown:
             raise TargetError(f"target {self.name!r}: unknown fault actions {unknown}")
+        if self.server is None and self.faults & BROKER_FAULTS:
+            raise TargetError(
+                f"target {self.name!r}: broker faults need a server the lab starts (server=...)"
+            )
         if self.single_process_rate <= 0:
             raise TargetError(f"target {self.name!r}: single_process_rate must be positive")
 
@@ -213,7 +223,7 @@ REDIS_STREAMS = register(
         worker_adapter="brokerlab.adapters.redis_streams:RedisStreamsWorker",
         url=REDIS_URL,
         server="redis",
-        faults=BROKER_FAULTS | NETWORK_FAULTS | CLIENT_FAULTS,
+        faults=ALL_FAULTS,
         single_process_rate=40_000.0,
         description="Redis Streams: XADD, consumer group, XACK, XAUTOCLAIM",
     )
@@ -226,7 +236,7 @@ NATS = register(
         worker_adapter="brokerlab.adapters.nats_core:NatsCoreAdapter",  # creates nothing
         url=NATS_URL,
         server="nats",
-        faults=BROKER_FAULTS | NETWORK_FAULTS | CLIENT_FAULTS,
+        faults=ALL_FAULTS,
         single_process_rate=60_000.0,
         description="NATS core: subject, queue group, at most once",
     )
@@ -239,8 +249,39 @@ NATS_JETSTREAM = register(
         worker_adapter="brokerlab.adapters.nats_jetstream:NatsJetStreamWorker",
         url=NATS_URL,
         server="nats",
-        faults=BROKER_FAULTS | NETWORK_FAULTS | CLIENT_FAULTS,
+        faults=ALL_FAULTS,
         single_process_rate=5_000.0,
         description="NATS JetStream: stream, durable pull consumer, PubAcks",
     )
 )
+
+
+#: Entry-point group through which other packages register targets.
+ENTRY_POINTS = "brokerlab.targets"
+
+
+def load_entry_points() -> list[str]:
+    """Register the targets other installed packages declare (entry point group
+    :data:`ENTRY_POINTS`, each naming a :class:`Target`); returns their names.
+
+    A plugin that fails to load is skipped with a warning: one broken package must not take the
+    lab's other targets down.
+    """
+    names = []
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            target = entry.load()
+            if not isinstance(target, Target):
+                raise TargetError(f"{entry.value} is a {type(target).__name__}, not a Target")
+            if target.name not in _REGISTRY or _REGISTRY[target.name] is not target:
+                register(target)
+            names.append(target.name)
+        except Exception as error:
+            warnings.warn(
+                f"brokerlab: target plugin {entry.name!r} ({entry.value}) not loaded: {error}",
+                stacklevel=2,
+            )
+    return names
+
+
+load_entry_points()

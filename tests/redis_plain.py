@@ -1,5 +1,6 @@
 """A second Redis Streams adapter, plain redis-py without the fast path: the test that adding a
-broker takes one module (this one) and one registry line (in tests/test_registry.py).
+broker takes one module (this one, the adapter and its record) and one registry line
+(``register(TARGET)`` in tests/test_registry.py, or an entry point naming ``redis_plain:TARGET``).
 
 Deliberately simple: each batch is one redis-py pipeline of XADDs awaited in ``publish``, and
 consumers read with XREADGROUP and ack with XACK. Every client (control, producer-N,
@@ -23,6 +24,8 @@ from brokerlab.adapters.harness import (
     Received,
     now,
 )
+from brokerlab.adapters.targets import REDIS_URL, Target
+from brokerlab.core.vocabulary import NETWORK_FAULTS
 
 
 class PlainRedisAdapter(BrokerAdapter):
@@ -91,3 +94,16 @@ class PlainRedisAdapter(BrokerAdapter):
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+#: Its record: Redis Streams measured through plain redis-py, on the lab's own redis-server or
+#: the one --redis-url names; network faults and slow consumers, no crashes (no crash hooks).
+TARGET = Target(
+    name="redis-plain",
+    kind="redis-streams",
+    adapter=PlainRedisAdapter,
+    url=REDIS_URL,
+    server="redis",
+    faults=NETWORK_FAULTS | {"slow-consumer"},
+    single_process_rate=2_000.0,
+)

@@ -9,13 +9,14 @@ through the normal runner against a real redis-server the lab starts itself.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from redis_plain import PlainRedisAdapter
+from redis_plain import TARGET, PlainRedisAdapter
 
 from brokerlab.adapters.harness import BrokerAdapter
 from brokerlab.adapters.targets import (
@@ -34,7 +35,7 @@ from brokerlab.cli import main
 from brokerlab.core import results
 from brokerlab.core.checks import check_delivery
 from brokerlab.core.scenario import Scenario, parse_scenario
-from brokerlab.core.vocabulary import NETWORK_FAULTS
+from brokerlab.core.vocabulary import BROKER_FAULTS, CLIENT_FAULTS
 
 NAME = "redis-plain"
 
@@ -42,17 +43,7 @@ NAME = "redis-plain"
 @pytest.fixture
 def plain() -> Iterator[Target]:
     """The test adapter, registered for one test (and removed again)."""
-    record = register(
-        Target(
-            name=NAME,
-            kind="redis-streams",
-            adapter=PlainRedisAdapter,
-            url=REDIS_URL,
-            server="redis",
-            faults=NETWORK_FAULTS | {"slow-consumer"},  # no crash hooks in this adapter
-            single_process_rate=2_000.0,
-        )
-    )
+    record = register(TARGET)  # the one registry line
     yield record
     unregister(NAME)
 
@@ -147,11 +138,17 @@ def test_the_registry_knows_the_lab_targets_and_their_faults_have_adapter_hooks(
 
 
 def test_a_record_that_lists_faults_its_adapter_cannot_play_is_refused() -> None:
-    """Registering consumer crashes for an adapter without crash hooks fails at once."""
+    """Registering consumer crashes for an adapter without crash hooks fails at once, and so does
+    a record with broker faults but no server the lab could kill."""
     with pytest.raises(
         TargetError, match=r"consumer-crash needs PlainRedisAdapter\.close_consumer"
     ):
-        register(Target(NAME, "redis-streams", PlainRedisAdapter, REDIS_URL, 2_000.0))
+        register(
+            Target(NAME, "redis-streams", PlainRedisAdapter, REDIS_URL, 2_000.0, server="redis",
+                   faults=CLIENT_FAULTS)
+        )  # fmt: skip
+    with pytest.raises(TargetError, match="broker faults need a server the lab starts"):
+        Target(NAME, "redis-streams", PlainRedisAdapter, REDIS_URL, 2_000.0, faults=BROKER_FAULTS)
     assert NAME not in target_names()
 
 
@@ -162,3 +159,30 @@ def test_names_are_unique_and_unknown_names_are_clear(plain: Target) -> None:
     with pytest.raises(TargetError, match="redis-streams, nats, nats-jetstream, redis-plain"):
         get_target("kafkaesque")
     assert NAME in TARGETS and "sim" in TARGETS
+
+
+def test_an_installed_package_registers_a_target_with_one_entry_point(tmp_path: Path) -> None:
+    """An entry point in the ``brokerlab.targets`` group naming the record is enough: the CLI
+    lists the target (in a fresh process, as a user would run it)."""
+    import subprocess
+    import sys
+
+    dist = tmp_path / "redis_plain_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: redis-plain-plugin\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[brokerlab.targets]\nredis-plain = redis_plain:TARGET\n"
+    )
+    tests = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-m", "brokerlab.cli", "run", "--help"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(tests)])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "redis-plain" in done.stdout
+    assert "not loaded" not in done.stderr
