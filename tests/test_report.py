@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
 
 import numpy as np
@@ -391,6 +392,21 @@ def test_a_grouped_folder_that_is_no_comparison_is_refused(tmp_path: Path) -> No
     )  # fmt: skip
     with pytest.raises(ReportError, match="a selection folder; report the run folders inside"):
         build_report([tmp_path])
+
+
+def test_every_template_ships_with_the_package() -> None:
+    """pyproject's package-data covers every template file, so an installed lab can render."""
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["brokerlab"]
+    package = root / "brokerlab"
+    files = [p.relative_to(package) for p in (package / "templates").rglob("*") if p.is_file()]
+    assert {f"sections/{s.anchor}.html" for s in REPORT_SECTIONS} <= {
+        str(f.relative_to("templates")) for f in files
+    }
+    unshipped = [f for f in files if not any(PurePosixPath(f).match(g) for g in globs)]
+    assert not unshipped, f"templates missing from package-data: {unshipped}"
 
 
 # --------------------------------------------------------------------------- in a browser
