@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from markupsafe import Markup
+from matplotlib.figure import Figure
 
 from brokerlab.app import figures
 from brokerlab.app.compare import ROWS as COMPARISON_ROWS
@@ -409,7 +410,7 @@ class Canvas:
     folder: Path
     colors: dict[str, str]
 
-    def save(self, figure: Any, name: str) -> ShownFigure:
+    def save(self, figure: Figure, name: str) -> ShownFigure:
         """Save ``figure`` as PNG and SVG in the figures folder and return it for the page."""
         saved = figures.save_figure(figure, name, self.folder)
         # Matplotlib's own SVG drawn from our data (text as paths): markup, not user text.
