@@ -328,6 +328,25 @@ def _verdict_html(verdict: Any) -> str:
 # --------------------------------------------------------------------------- results
 
 
+def _load_table(runs: Mapping[str, RunResult]) -> pd.DataFrame:
+    rows = {}
+    for label, r in runs.items():
+        latency = r.metrics["latency_ms"]
+        rows[label] = {
+            "offered /s": r.metrics["throughput_per_s"]["offered"],
+            "utilisation": round(r.scenario.utilisation, 3),
+            "delivered /s": r.metrics["throughput_per_s"]["delivered"],
+            "end_to_end p50 ms": latency["end_to_end"]["p50"],
+            "end_to_end p99 ms": latency["end_to_end"]["p99"],
+            "end_to_end p99.9 ms": latency["end_to_end"]["p99_9"],
+            "completion p99 ms": latency["completion"]["p99"],
+            "verdict": r.verdict,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "run"
+    return table
+
+
 class RunResult:
     """One stored run: its folder, metrics.json, its trace as DataFrames, and figures.
 
@@ -562,6 +581,11 @@ class Runs(Mapping[str, RunResult]):
         of comparison.csv). ``.summary().T`` gives one row per run."""
         return comparison_table(self.metrics)
 
+    def load_table(self) -> pd.DataFrame:
+        """One row per run with what a rate sweep reads: offered and delivered rate,
+        utilisation of the consumers, end-to-end p50/p99/p99.9, completion p99 and verdict."""
+        return _load_table(self._runs)
+
     @property
     def plot(self) -> Plots:
         """The report's figures with one line (or panel) per run."""
@@ -612,7 +636,7 @@ class Comparison(Runs):
 
     def _repr_html_(self) -> str:
         failed = "".join(
-            f"<p>✗ <code>{html.escape(t)}</code> did not run: {html.escape(m)}</p>"
+            f"<p>✗ {html.escape(t)} did not run: {html.escape(m)}</p>"
             for t, m in self.errors.items()
         )
         return (
@@ -697,7 +721,7 @@ class Selection:
         ]
         parts.extend(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
         parts.extend(
-            f"<p>✗ <code>{html.escape(c)}</code> did not run: {html.escape(m)}</p>"
+            f"<p>✗ {html.escape(c)} did not run: {html.escape(m)}</p>"
             for c, m in self.errors.items()
         )
         return '<div class="brokerlab-selection">' + "".join(parts) + "</div>"
@@ -810,32 +834,12 @@ class Plots:
         """p50 and p99 end-to-end latency against each run's offered rate, utilisation on top:
         for runs of one scenario at several rates (a sweep). ``bound_ms`` draws a p99 bound;
         by default the scenario's own end_to_end p99 requirement."""
-        table = self.load_table()
+        table = _load_table(self._runs)
         if bound_ms is None and self._runs:
             first = next(iter(self._runs.values()))
             bound = first.scenario.requirements.latency.get("end_to_end", {}).get("p99")
             bound_ms = bound * 1000 if bound is not None else None
         return notebook.latency_by_load(table, bound_ms)
-
-    def load_table(self) -> pd.DataFrame:
-        """The table behind :meth:`latency_by_load`: per run, offered and delivered rate,
-        utilisation, end-to-end p50/p99/p99.9, completion p99 and verdict."""
-        rows = {}
-        for label, r in self._runs.items():
-            latency = r.metrics["latency_ms"]
-            rows[label] = {
-                "offered /s": r.metrics["throughput_per_s"]["offered"],
-                "utilisation": round(r.scenario.utilisation, 3),
-                "delivered /s": r.metrics["throughput_per_s"]["delivered"],
-                "end_to_end p50 ms": latency["end_to_end"]["p50"],
-                "end_to_end p99 ms": latency["end_to_end"]["p99"],
-                "end_to_end p99.9 ms": latency["end_to_end"]["p99_9"],
-                "completion p99 ms": latency["completion"]["p99"],
-                "verdict": r.verdict,
-            }
-        table = pd.DataFrame.from_dict(rows, orient="index")
-        table.index.name = "run"
-        return table
 
 
 class SelectionPlots(Plots):
