@@ -153,10 +153,12 @@ def side_by_side(evidence: pd.DataFrame, candidates: Sequence[str]) -> pd.DataFr
 
 # --------------------------------------------------------------------------- brokerlab lab
 
-#: The JupyterLab setting that makes a double-click open a .py file with jupytext's notebook
-#: view instead of the text editor (what ``jupytext-config set-default-viewer`` writes).
+#: JupyterLab settings of ``brokerlab lab``: a double-click opens a .py file with jupytext's
+#: notebook view instead of the text editor (what ``jupytext-config set-default-viewer``
+#: writes, here for this server only), and the lab does not fetch Jupyter's news feed.
 DEFAULT_VIEWERS = {
-    "@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}
+    "@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}},
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"},
 }
 
 
@@ -221,5 +223,7 @@ def lab_launch(root: Path, config_dir: Path, port: int, open_browser: bool) -> L
         f"--ServerApp.default_url=/lab/tree/{NOTEBOOKS_DIR}",
         f"--ServerApp.open_browser={open_browser}",
     ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers run as root; so may users
+        command.append("--ServerApp.allow_root=True")
     url = f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOKS_DIR}?token={token}"
     return LabLaunch(command, env, url)
