@@ -201,6 +201,7 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
 def test_brokers_up_status_down(tmp_path: Path) -> None:
     """`brokers up` starts live servers that `status` reports and `down` stops, leaving none."""
     import psutil
+
     from brokerlab.adapters.embedded import brokers_status
 
     env = {"BROKERLAB_STATE": str(tmp_path / "state")}
