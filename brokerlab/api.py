@@ -554,7 +554,10 @@ class Runs(Mapping[str, RunResult]):
     def __init__(self, runs: Mapping[str, RunResult] | Sequence[RunResult]):
         items = runs.items() if isinstance(runs, Mapping) else [(r.label, r) for r in runs]
         self._runs: dict[str, RunResult] = {}
-        for label, result in items:
+        for given, result in items:
+            label, n = given, 2
+            while label in self._runs:  # two runs of one target: keep both, told apart
+                label, n = f"{given} ({n})", n + 1
             if result.label != label:
                 result = RunResult(result.path, record=result._record, label=label)
             self._runs[label] = result

@@ -411,6 +411,9 @@ def test_runs_side_by_side_and_by_load(small: bl.Scenario, tmp_path: Path) -> No
         [round(r * mean / 2, 3) for r in (300, 600, 900)]
     )
     assert list(sweep.summary().columns) == ["300/s", "600/s", "900/s"]
+    assert list(bl.Runs([sweep["300/s"], sweep["600/s"]])) == ["300/s", "600/s"]
+    unlabelled = [bl.open(sweep["300/s"].path), bl.open(sweep["600/s"].path)]
+    assert list(bl.Runs(unlabelled)) == ["sim", "sim (2)"]
     figure = sweep.plot.latency_by_load()
     assert isinstance(figure, Figure)
     assert len(figure.axes[0].lines[0].get_xdata()) == 3
