@@ -92,7 +92,7 @@ def latency_by_load(points: pd.DataFrame, bound_ms: float | None = None) -> Figu
 
 def margin_chart(ranking: pd.DataFrame, title: str = "margin per candidate") -> Figure:
     """Worst margin per candidate (a selection's ranking) as horizontal bars in rank order:
-    green meets every requirement, red does not."""
+    green meets every requirement, red fails one, grey cannot tell (inconclusive)."""
     figure = Figure(figsize=(9.0, 1.4 + 0.45 * max(len(ranking), 1)), layout="constrained")
     ax = figure.subplots()
     labels = [
@@ -103,7 +103,8 @@ def margin_chart(ranking: pd.DataFrame, title: str = "margin per candidate") -> 
         100.0 * float(m) if m is not None and not math.isnan(float(m)) else 0.0
         for m in ranking.get("worst_margin", pd.Series(dtype="float64"))
     ]
-    colors = ["#2ca02c" if v == "pass" else "#d62728" for v in ranking.get("verdict", [])]
+    palette = {"pass": "#2ca02c", "fail": "#d62728"}  # inconclusive: grey
+    colors = [palette.get(str(v), "#9a9a9a") for v in ranking.get("verdict", [])]
     bars = ax.barh(range(len(ranking)), values, color=colors, height=0.6)
     notes = [
         f"{value:.1f}%" + (f" · fails {row.failed_requirements}" if row.failed else "")
