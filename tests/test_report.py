@@ -316,14 +316,20 @@ def test_inconclusive_is_never_shown_as_a_pass(faulty_run: RunRecord, tmp_path: 
 
 def test_undecided_and_verdict_badges_known_answers() -> None:
     """Only measured requirements with ok null make a run inconclusive; each verdict its badge."""
-    metrics = {"requirements": UNDECIDED, "verdict": "inconclusive"}
-    run = type("Run", (), {"requirements": UNDECIDED, "metrics": metrics})()
+    counts = {"sent": 10, "acked": 10, "unique": 10}
+    run = type("Run", (), {"metrics": {"requirements": UNDECIDED, "counts": counts}})()
     assert [(u.requirement, u.why) for u in undecided(run)] == [
         ("throughput", "nothing was delivered"),
         ("end_to_end p99", "the lab's client was the limit"),
     ]
-    no_note = type("Run", (), {"requirements": [{"name": "max_lost", "ok": None}]})()
-    assert [u.why for u in undecided(no_note)] == ["could not be measured"]
+    old = {"requirements": [{"name": "max_lost", "ok": None}], "counts": counts}
+    assert [u.why for u in undecided(type("Run", (), {"metrics": old})())] == [
+        "could not be measured"
+    ]
+    empty = {"requirements": [], "counts": {"sent": 5, "acked": 5, "unique": 0}}
+    assert [(u.requirement, u.why) for u in undecided(type("Run", (), {"metrics": empty})())] == [
+        ("run", "nothing was delivered")
+    ]
     assert verdict_badge("pass") == Badge("pass", "PASS")
     assert verdict_badge("fail") == Badge("fail", "FAIL")
     assert verdict_badge("inconclusive") == Badge("inconclusive", "INCONCLUSIVE")

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from brokerlab.app import figures
 from brokerlab.app.compare import ROWS as COMPARISON_ROWS
 from brokerlab.core import results
+from brokerlab.core.analysis import CAPABILITY_REQUIREMENTS, inconclusive_reasons
 from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
 from brokerlab.core.vocabulary import LATENCY_STATISTICS
 
@@ -56,9 +57,6 @@ DRAWN_LATENCIES = ("end_to_end", "publish")
 LATENCY_COLUMNS = LATENCY_STATISTICS
 #: Above this relative error (real vs sim) a cell is highlighted: the model and reality disagree.
 DISAGREEMENT = 0.25
-#: Requirements no run can measure: they read "n/a" and are judged from the capability table
-#: by ``select``; an unmeasured requirement of any other name makes a run inconclusive.
-CAPABILITY_REQUIREMENTS = frozenset({"replay", "max_message_size"})
 
 
 class ReportError(Exception):
@@ -370,19 +368,17 @@ def requirement_cell(req: dict[str, Any] | None, unit: str) -> Cell:
 
 @dataclass(frozen=True)
 class Undecided:
-    """A measured requirement a run could not judge, and why (metrics.json's ``note``)."""
+    """Why a run cannot tell: the requirement (or ``run`` for the whole run) and the reason."""
 
     requirement: str
     why: str
 
 
 def undecided(run: ReportedRun) -> list[Undecided]:
-    """The requirements that make a run inconclusive: measured kinds with ``ok`` null."""
-    return [
-        Undecided(str(req.get("name")), str(req.get("note") or "could not be measured"))
-        for req in run.requirements
-        if req.get("ok") is None and str(req.get("name")) not in CAPABILITY_REQUIREMENTS
-    ]
+    """What makes a run inconclusive, as the analysis says (measured requirements with ``ok``
+    null and their notes; a run with nothing acknowledged or delivered)."""
+    reasons = inconclusive_reasons(run.metrics)
+    return [Undecided(*reason.split(": ", 1)) for reason in reasons]
 
 
 def _lookup(metrics: dict[str, Any], path: Sequence[str]) -> Any:
