@@ -111,14 +111,16 @@ def _run_to_completion(coroutine: Coroutine[Any, Any, TargetResult]) -> TargetRe
 
     ``asyncio.run`` refuses to nest, so inside a running loop the run gets its own loop in a
     worker thread; embedded brokers are forked by their own spawner thread, so they still die
-    with the lab.
+    with the lab. Under the command line's Ctrl-C handling the run is the task Ctrl-C cancels.
     """
+    from brokerlab.adapters.embedded import interruptible
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        return asyncio.run(interruptible(coroutine))
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        return pool.submit(asyncio.run, interruptible(coroutine)).result()
 
 
 def run_real(
