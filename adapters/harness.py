@@ -226,10 +226,28 @@ class BrokerAdapter(ABC):
         self.info: dict[str, Any] = {"url": self.scrub.redacted_url}
         #: Harness-visible notes (e.g. messages a slow consumer dropped); already scrubbed.
         self.warnings: list[str] = []
+        #: Errors the run survived (retried or ignored), by what it was doing and error kind.
+        self.survived: dict[tuple[str, str], int] = {}
         #: Client name (``control``, ``producer-N``, ``consumer-N``) -> the URL that client
         #: connects to. Empty unless a fault run puts a proxy in front of each client; set
         #: before :meth:`setup`, so adapters create their connections in ``setup`` or later.
         self.client_urls: dict[str, str] = {}
+
+    def survived_error(self, doing: str, error: BaseException) -> None:
+        """Count an error the run carried on after, so the run's warnings show it.
+
+        ``doing`` says what failed and what that means, e.g. "reclaiming stuck entries
+        (retried next round)". Nothing the harness survives is dropped silently.
+        """
+        key = (doing, type(error).__name__)
+        self.survived[key] = self.survived.get(key, 0) + 1
+
+    def survived_warnings(self) -> list[str]:
+        """One warning per kind of survived error: ``errors while <doing>: Kind ×n, ...``."""
+        by_doing: dict[str, list[str]] = {}
+        for (doing, kind), count in sorted(self.survived.items()):
+            by_doing.setdefault(doing, []).append(f"{kind} ×{count}")
+        return [f"errors while {doing}: {', '.join(kinds)}" for doing, kinds in by_doing.items()]
 
     def url_for(self, client: str) -> str:
         """The URL one client connects to: its own fault proxy in a fault run, else the broker.
@@ -523,7 +541,8 @@ class ProducerGroup:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
+                self.adapter.survived_error("reconnecting a restarted producer (retried)", error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
 
@@ -771,9 +790,11 @@ class ConsumerGroup:
         if task is not None:
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.adapter.close_consumer(consumer)
+        except Exception as error:
+            self.adapter.survived_error("dropping a crashed consumer's connection", error)
 
     def restart(self, consumer: int) -> None:
         """Start a crashed consumer again, with the same index (and broker-side name)."""
@@ -953,9 +974,7 @@ async def run_harness(
         if faults is not None:
             await faults.stop()
         await stop_tasks([*tasks, *consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
+        await close_adapter(adapter)
     if progress is not None:
         progress(deliveries.completed, len(plan))
     result = _result(adapter, scenario, plan, sends, deliveries, consumers, t0, warnings, faults)
@@ -995,6 +1014,15 @@ class RunClients:
     def restart_producer(self, producer: int) -> None:
         """Start a crashed producer again; it catches up on what it missed."""
         self._producers.restart(producer)
+
+
+async def close_adapter(adapter: BrokerAdapter) -> None:
+    """``adapter.close()`` within :data:`CLOSE_TIMEOUT`; a failure is counted, never raised."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await adapter.close()
+    except Exception as error:
+        adapter.survived_error("tearing down (the run's broker objects may remain)", error)
 
 
 async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:
@@ -1055,6 +1083,7 @@ def _result(
     if behind and windows:
         behind += " (this run's faults, such as outages and producer crashes, delay sends too)"
     warnings = [*warnings, *([behind] if behind else []), *adapter.warnings]
+    warnings += adapter.survived_warnings()
     if consumers.error_kinds:
         kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(consumers.error_kinds.items()))
         warnings.append(f"consumer errors (retried): {kinds}")

@@ -57,6 +57,7 @@ from brokerlab.adapters.harness import (
     RunNames,
     Scrubber,
     SendLog,
+    close_adapter,
     hard_deadline,
     now,
     stop_tasks,
@@ -371,9 +372,7 @@ async def _play(
     finally:
         consumers.stopping = True
         await stop_tasks([*consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
+        await close_adapter(adapter)
     local_to_run = np.asarray(job.consumers, dtype="int32")
     return WorkerReport(
         producer=np.asarray(deliveries.producer, dtype="int64"),
@@ -385,7 +384,7 @@ async def _play(
         errors=np.asarray(consumers.errors, dtype="float64"),
         error_kinds=consumers.error_kinds,
         unexpected=deliveries.unexpected,
-        warnings=[*warnings, *adapter.warnings],
+        warnings=[*warnings, *adapter.warnings, *adapter.survived_warnings()],
     )
 
 
@@ -558,9 +557,7 @@ async def run_workers(
         finished = True
     finally:
         pool.end(grace=FINISH_TIMEOUT if finished else ABORT_GRACE)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
+        await close_adapter(adapter)
     result = _merge(adapter, scenario, plan, sends, pool.reports, t0, warnings)
     harness_info = result.info["harness"]
     assert isinstance(harness_info, dict)

@@ -215,3 +215,35 @@ def test_payload_carries_the_lab_ids_and_has_the_scenario_size() -> None:
     payload = encode_payload(3, 12345, -1, 1.25, 1000)
     assert len(payload) == 1000
     assert decode_payload(payload) == (3, 12345, -1, 1.25)
+
+
+def test_errors_the_reclaimer_survives_are_counted_in_the_warnings(tmp_path: Path) -> None:
+    """Redis killed for 2 s: each XAUTOCLAIM round that fails is counted, and the count shows
+    in run.json's warnings and in the console summary (it used to be swallowed silently)."""
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    from brokerlab.cli import main
+
+    scenario = tmp_path / "reclaimer.yaml"
+    scenario.write_text(
+        "name: reclaimer-errors\n"
+        "producers: {count: 1, rate: 100/s, duration: 4s}\n"
+        "broker: {kind: redis-streams, ack_timeout: 1s}\n"
+        "consumers: {count: 1, processing: 1ms}\n"
+        "faults: [{at: 1s, action: broker-kill, duration: 2s}]\n"
+        "drain_timeout: 5s\n"
+    )
+    out = tmp_path / "run"
+    command = ["run", str(scenario), "-t", "redis-streams", "--out", str(out), "-q"]
+    outcome = CliRunner().invoke(main, command, env={"BROKERLAB_REDIS_URL": None})
+    assert outcome.exit_code == 0, outcome.output
+    pattern = r"errors while reclaiming stuck entries \(retried next round\): \w*Error ×(\d+)"
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    counted = [re.search(pattern, warning) for warning in warnings]
+    counts = [int(match.group(1)) for match in counted if match]
+    # The reclaimer tries every 0.25 s (ack_timeout / 4); the broker is away for 2 s.
+    assert counts and counts[0] >= 1, warnings
+    assert re.search(pattern, " ".join(outcome.output.split())), outcome.output
