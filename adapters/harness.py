@@ -1107,6 +1107,7 @@ def _result(
             "max_batch": 1 if scenario.producers.confirm == "sync" else MAX_BATCH,
             "max_in_flight": 1 if scenario.producers.confirm == "sync" else MAX_IN_FLIGHT,
             "spin_window_s": SPIN_WINDOW,
+            "t0_monotonic": t0,  # the run clock's zero, for samples taken outside the harness
         },
     }
     return TargetResult(

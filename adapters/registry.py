@@ -27,6 +27,7 @@ from brokerlab.adapters.harness import (
     Scrubber,
     run_harness,
 )
+from brokerlab.adapters.monitor import RunMonitor
 from brokerlab.adapters.nats_core import NatsCoreAdapter
 from brokerlab.adapters.nats_jetstream import NatsJetStreamAdapter
 from brokerlab.adapters.redis_streams import RedisStreamsAdapter
@@ -92,6 +93,20 @@ async def run_real_async(
     faults or network delay plays in one process, its clients behind per-client fault proxies
     (:mod:`adapters.faults`); ``broker`` is the lab's own broker, which only then may be killed.
     """
+    async with RunMonitor(url, broker) as monitor:  # the lab's and the broker's CPU, loop lag
+        result = await _play(scenario, target, seed, url, progress, workers, broker)
+    return monitor.attach(result)
+
+
+async def _play(
+    scenario: Scenario,
+    target: str,
+    seed: int,
+    url: str,
+    progress: Callable[[int, int], None] | None,
+    workers: int | None,
+    broker: EmbeddedBroker | None,
+) -> TargetResult:
     factory = ADAPTERS[target]
     names = run_names(scenario)
     faulty = needs_proxies(scenario)
