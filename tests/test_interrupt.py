@@ -7,13 +7,15 @@ start, load, drain, teardown — and checks what the user relies on: the command
 which shells show as 130 too), no process it started (brokers, worker processes) is left, and
 the results folder holds complete runs only.
 
-The moments are stratified over a calibration run's own length, so every phase is hit whatever
-the machine's speed; the whole-run length is measured, never asserted.
+The moments are stratified over a calibration run's length, counted in phases seen from outside
+(start-up until a broker runs, the measurement while it runs, finishing after it stopped), so
+every phase is hit whatever the machine's speed; run lengths are measured, never asserted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -53,14 +55,26 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+#: Phases of a run as seen from outside: Python and the lab starting (until a broker runs), the
+#: measurement (a broker runs: its start, load, drain, its stop), and finishing (analysis,
+#: writing the results folder, the summary).
+PHASES = ("start-up", "measurement", "finishing")
+#: Moments start this late: before it, CPython itself is still initialising and handles Ctrl-C
+#: in its own way (a fatal "init_sys_streams" error with exit 1), before any lab code exists.
+INTERPRETER_START = 0.2
+BROKERS = frozenset({"redis-server", "nats-server"})
+
+
 @dataclass
 class Outcome:
     """What one interrupted (or uninterrupted) run did."""
 
     returncode: int
     exit_after: float  # seconds from SIGINT to exit (from start, without SIGINT)
+    phases: list[float]  # how long each phase lasted (until SIGINT or exit)
     children: dict[int, psutil.Process]  # every process seen under the lab
     at_signal: list[str]  # names of the lab's processes alive when SIGINT was sent
+    signalled: bool  # False when the run ended before its moment came
     stderr: str
 
 
@@ -76,39 +90,75 @@ def _start(scenario: Path, target: str, workers: str, results: Path) -> subproce
     )
 
 
-def _watch(lab: subprocess.Popen[str], until: float, seen: dict[int, psutil.Process]) -> list[str]:
-    """Record the lab's descendants (brokers, workers) until ``until`` or the lab's exit;
-    return the names of those alive at the end."""
-    alive: list[str] = []
-    while time.monotonic() < until and lab.poll() is None:
+class _Watcher:
+    """Polls the lab's descendants: records every process and when each phase began."""
+
+    def __init__(self, lab: subprocess.Popen[str]) -> None:
+        self.lab = lab
+        self.seen: dict[int, psutil.Process] = {}
+        self.alive: list[str] = []
+        self.began = [time.monotonic()]  # start of each phase reached so far
+
+    @property
+    def phase(self) -> int:
+        return len(self.began) - 1
+
+    def poll(self) -> bool:
+        """Look once; False when the lab has exited."""
+        if self.lab.poll() is not None:
+            return False
         alive = []
         with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(lab.pid).children(recursive=True):
-                seen.setdefault(child.pid, child)
+            for child in psutil.Process(self.lab.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
                 alive.append(_name(child))
-        time.sleep(0.02)
-    return alive
+        self.alive = alive
+        brokers = bool(BROKERS & set(alive))
+        if (self.phase == 0 and brokers) or (self.phase == 1 and not brokers):
+            self.began.append(time.monotonic())
+        return True
+
+    def until(self, phase: int, offset: float) -> bool:
+        """Wait until ``offset`` seconds into ``phase``; False if the lab exited first."""
+        while self.poll():
+            if self.phase >= phase and time.monotonic() >= self.began[phase] + offset:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def durations(self, end: float) -> list[float]:
+        marks = [*self.began, end]
+        return [b - a for a, b in itertools.pairwise(marks)]
 
 
-def _run(scenario: Path, target: str, workers: str, results: Path, moment: float | None) -> Outcome:
+def _run(
+    scenario: Path, target: str, workers: str, results: Path, moment: tuple[int, float] | None
+) -> Outcome:
     lab = _start(scenario, target, workers, results)
-    started = time.monotonic()
-    seen: dict[int, psutil.Process] = {}
-    at_signal: list[str] = []
-    if moment is None:
-        _watch(lab, started + 120.0, seen)
-        exit_after = time.monotonic() - started
-    else:
-        at_signal = _watch(lab, started + moment, seen)
-        interrupted = time.monotonic()
+    watcher = _Watcher(lab)
+    signalled = moment is not None and watcher.until(*moment)
+    at_signal = sorted(watcher.alive) if signalled else []
+    sent = time.monotonic()
+    if signalled:
         with contextlib.suppress(ProcessLookupError):
             lab.send_signal(signal.SIGINT)
-        _watch(lab, interrupted + PROMISE + 5.0, seen)
-        exit_after = time.monotonic() - interrupted
+    deadline = sent + (PROMISE + 5.0 if signalled else 120.0)
+    while watcher.poll() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ended = time.monotonic()
     if lab.poll() is None:
         lab.kill()
     _, stderr = lab.communicate(timeout=30)
-    return Outcome(int(lab.returncode), exit_after, seen, sorted(at_signal), stderr)
+    phases = watcher.durations(sent if signalled else ended)
+    return Outcome(
+        int(lab.returncode),
+        ended - (sent if signalled else watcher.began[0]),
+        phases,
+        watcher.seen,
+        at_signal,
+        signalled,
+        stderr,
+    )
 
 
 def _name(process: psutil.Process) -> str:
@@ -159,12 +209,29 @@ def _kill_leftovers(outcome: Outcome, results: Path) -> None:
                 process.kill()
 
 
+def _moment(share: float, phases: list[float]) -> tuple[int, float]:
+    """The phase and offset into it at ``share`` of a run whose phases lasted ``phases``."""
+    lengths = [max(phases[0] - INTERPRETER_START, 0.0), *phases[1:]]
+    position = share * sum(lengths)
+    for phase, length in enumerate(lengths):
+        if position < length or phase == len(lengths) - 1:
+            return phase, position + (INTERPRETER_START if phase == 0 else 0.0)
+        position -= length
+    raise AssertionError("unreachable")
+
+
 def _interrupt_at_random_moments(
     tmp_path: Path, moments: int, seed: int, configs: list[tuple[str, str]]
 ) -> list[str]:
-    """Interrupt ``moments`` runs spread over ``configs``; return one line per run."""
+    """Interrupt ``moments`` runs spread over ``configs``; return one line per run.
+
+    A calibration run of each configuration measures its phases; run ``i`` of ``n`` is
+    interrupted at a seeded random point of the ``i``-th ``n``-th of that length, counted in
+    phases (start-up, measurement, finishing), so a slower or faster machine still hits the
+    phase the moment was drawn in.
+    """
     rng = random.Random(seed)
-    lengths: dict[tuple[str, str], float] = {}
+    phases: dict[tuple[str, str], list[float]] = {}
     files: dict[str, Path] = {}
     for target, workers in configs:
         if target not in files:
@@ -173,28 +240,31 @@ def _interrupt_at_random_moments(
         results = tmp_path / f"calibration-{target}-{workers}"
         calibration = _run(files[target], target, workers, results, moment=None)
         assert calibration.returncode == 0, calibration.stderr
-        lengths[target, workers] = calibration.exit_after
+        assert len(calibration.phases) == len(PHASES), calibration.phases  # a broker was seen
+        phases[target, workers] = calibration.phases
     lines, failures = [], []
     for index in range(moments):
         target, workers = configs[index % len(configs)]
-        length = lengths[target, workers]
-        # Stratified: run i of n is interrupted somewhere in the i-th n-th of the run's length.
         share = (index + rng.random()) / moments
-        moment = share * length
+        phase, offset = _moment(share, phases[target, workers])
         results = tmp_path / f"run-{index}"
-        outcome = _run(files[target], target, workers, results, moment)
+        outcome = _run(files[target], target, workers, results, (phase, offset))
         left = _left_running(outcome, results)
         half = _half_written(results)
-        finished = outcome.returncode == 0  # the run ended before the signal: must be complete
-        ok_code = outcome.returncode in (130, -signal.SIGINT) or finished
+        if outcome.signalled:
+            ok_code = outcome.returncode in (130, -signal.SIGINT)
+            when = f"exit {outcome.returncode} {outcome.exit_after:.2f}s after SIGINT"
+        else:  # it ended before its moment: then it must have ended well
+            ok_code = outcome.returncode == 0
+            when = f"ended first with exit {outcome.returncode}"
         line = (
-            f"{target} workers={workers} at {moment:5.2f}s of {length:.1f}s ({share:4.0%}): "
-            f"exit {outcome.returncode} after {outcome.exit_after:.2f}s, "
-            f"running then: {outcome.at_signal or 'the lab alone'}; "
-            f"left {left}, half-written {half}"
+            f"{target} workers={workers}, {share:4.0%}: {PHASES[phase]} +{offset:.2f}s: {when}; "
+            f"running then {outcome.at_signal or ['the lab alone']}; left {left}; "
+            f"half-written {half}"
         )
         lines.append(line)
-        if not (outcome.exit_after <= PROMISE and ok_code and not left and not half):
+        prompt = not outcome.signalled or outcome.exit_after <= PROMISE
+        if not (prompt and ok_code and not left and not half):
             failures.append(f"{line}\n{outcome.stderr[-1500:]}")
         _kill_leftovers(outcome, results)
     print("\n".join(lines))
