@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from trace_builders import deliveries_table, scenario_with, sends_table
 
+from brokerlab.core.analysis import analyze
 from brokerlab.core.saturation import (
     LAGGING_P99_MS,
     SATURATED_CPU,
@@ -13,7 +15,7 @@ from brokerlab.core.saturation import (
     lab_limit,
     speed_bound,
 )
-from brokerlab.core.trace import TIMELINE_SCHEMA, ResourceSamples, empty, with_resources
+from brokerlab.core.trace import TIMELINE_SCHEMA, ResourceSamples, Trace, empty, with_resources
 
 FAILED = ["throughput", "end_to_end p99", "completion p50", "max_lost", "ordering per-key"]
 
@@ -107,3 +109,52 @@ def test_samples_fill_each_interval_with_the_worst_overlapping_window() -> None:
     assert np.isnan(filled["broker_cpu"].iloc[0]) and filled["broker_cpu"].iloc[2] == 10.0
     assert filled["loop_lag_ms"].iloc[2] == 3.0
     assert list(filled.columns) == list(TIMELINE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- in the analysis
+
+
+def _analysis_of(timeline_frame: pd.DataFrame, lost: bool = False):
+    """Ten messages each delivered 100 ms after their intended time (one lost if ``lost``),
+    held against end-to-end p99 ≤ 20 ms and no loss, with the given timeline."""
+
+    sends = sends_table([0] * 10, list(range(10)))
+    kept = range(9) if lost else range(10)
+    deliveries = deliveries_table(
+        [f"0:{i}" for i in kept], [sends["t_intended"][i] + 0.1 for i in kept]
+    )
+    scenario = scenario_with({"latency": {"end_to_end": {"p99": "20ms"}}, "max_lost": 0})
+    trace = Trace(sends=sends, deliveries=deliveries, timeline=timeline_frame)
+    return analyze(trace, scenario, target="redis-streams", seed=1, duration_s=1.0)
+
+
+def test_analysis_of_a_run_whose_lab_was_saturated_is_inconclusive_with_the_note() -> None:
+    """Missed latency bound while the lab's process was saturated: ok null with the note,
+    verdict inconclusive (not fail), and the warning says the figures reflect the lab's client."""
+    analysis = _analysis_of(timeline([98.0] * 40))
+    latency = next(r for r in analysis.requirements if r.name == "end_to_end p99")
+    assert latency.ok is None and latency.measured == pytest.approx(100.0, rel=0.01)
+    assert "lab's client was the limit" in str(latency.note)
+    assert analysis.verdict == "inconclusive"
+    assert any("end_to_end p99: not judged" in reason for reason in analysis.inconclusive_reasons)
+    assert any("reflect the lab's client" in warning for warning in analysis.warnings)
+    assert analysis.to_metrics()["requirements"][0]["note"] == latency.note
+
+
+def test_analysis_with_a_lab_within_its_means_leaves_the_failure_standing() -> None:
+    """The same missed bound with an idle lab (or no samples, as in the simulator) fails."""
+    for frame in (timeline([20.0] * 40), timeline([float("nan")] * 40, float("nan"))):
+        analysis = _analysis_of(frame)
+        latency = next(r for r in analysis.requirements if r.name == "end_to_end p99")
+        assert latency.ok is False and latency.note is None
+        assert analysis.verdict == "fail"
+        assert not any("lab's client" in warning for warning in analysis.warnings)
+
+
+def test_a_loss_still_fails_a_run_whose_lab_was_saturated() -> None:
+    """Saturation excuses speed, never loss: one lost message keeps the verdict fail."""
+    analysis = _analysis_of(timeline([98.0] * 40), lost=True)
+    by_name = {r.name: r for r in analysis.requirements}
+    assert by_name["max_lost"].ok is False
+    assert by_name["end_to_end p99"].ok is None
+    assert analysis.verdict == "fail"
