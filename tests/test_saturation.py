@@ -1,13 +1,19 @@
-"""The lab, not the broker, as the limit: known answers on hand-built timelines."""
+"""The lab, not the broker, as the limit: known answers on hand-built timelines, the analysis
+that uses them, and one real run whose lab is starved on purpose."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from trace_builders import deliveries_table, scenario_with, sends_table
 
-from brokerlab.core.analysis import analyze
+from brokerlab.cli import main
+from brokerlab.core.analysis import Analysis, analyze
 from brokerlab.core.saturation import (
     LAGGING_P99_MS,
     SATURATED_CPU,
@@ -114,10 +120,9 @@ def test_samples_fill_each_interval_with_the_worst_overlapping_window() -> None:
 # --------------------------------------------------------------------------- in the analysis
 
 
-def _analysis_of(timeline_frame: pd.DataFrame, lost: bool = False):
+def _analysis_of(timeline_frame: pd.DataFrame, lost: bool = False) -> Analysis:
     """Ten messages each delivered 100 ms after their intended time (one lost if ``lost``),
     held against end-to-end p99 ≤ 20 ms and no loss, with the given timeline."""
-
     sends = sends_table([0] * 10, list(range(10)))
     kept = range(9) if lost else range(10)
     deliveries = deliveries_table(
@@ -158,3 +163,43 @@ def test_a_loss_still_fails_a_run_whose_lab_was_saturated() -> None:
     assert by_name["max_lost"].ok is False
     assert by_name["end_to_end p99"].ok is None
     assert analysis.verdict == "fail"
+
+
+# --------------------------------------------------------------------------- a real starved lab
+
+STARVED = """\
+name: starved-lab
+description: far more than one lab process can send; the broker is not what is measured
+producers: {count: 1, rate: 200000/s, duration: 1s, size: 64B}
+broker: {kind: redis-streams}
+consumers: {count: 1, processing: 0s, prefetch: 256}
+requirements:
+  throughput: 200000/s
+  latency: {end_to_end: {p99: 5ms}}
+  max_lost: 1000000
+drain_timeout: 5s
+"""
+
+
+def test_a_real_run_with_a_starved_lab_says_so_and_is_inconclusive(tmp_path: Path) -> None:
+    """200k/s from one producer process on the lab's own Redis: the lab's process is saturated
+    (or its loop lags), so the missed throughput and latency bounds are not judged: verdict
+    inconclusive, and run.json and the console say the figures reflect the lab's client."""
+    scenario = tmp_path / "starved.yaml"
+    scenario.write_text(STARVED)
+    out = tmp_path / "run"
+    command = ["run", str(scenario), "-t", "redis-streams", "--out", str(out), "-q", "--check"]
+    outcome = CliRunner().invoke(main, command, env={"BROKERLAB_REDIS_URL": None})
+    assert outcome.exit_code == 4, outcome.output  # --check: inconclusive
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["verdict"] == "inconclusive"
+    by_name = {r["name"]: r for r in metrics["requirements"]}
+    for name in ("throughput", "end_to_end p99"):
+        assert by_name[name]["ok"] is None
+        assert "lab's client was the limit" in by_name[name]["note"]
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert any("reflect the lab's client" in warning for warning in warnings)
+    assert "reflect the lab's client" in " ".join(outcome.output.split())
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    assert timeline["lab_cpu"].notna().any() and timeline["loop_lag_ms"].notna().any()
+    assert timeline["broker_cpu"].notna().any()  # the lab started it: its pid is known
