@@ -75,6 +75,7 @@ class Outcome:
     children: dict[int, psutil.Process]  # every process seen under the lab
     at_signal: list[str]  # names of the lab's processes alive when SIGINT was sent
     signalled: bool  # False when the run ended before its moment came
+    phase: int  # the phase the run was in when SIGINT was sent (or when it ended)
     stderr: str
 
 
@@ -96,6 +97,7 @@ class _Watcher:
     def __init__(self, lab: subprocess.Popen[str]) -> None:
         self.lab = lab
         self.seen: dict[int, psutil.Process] = {}
+        self.names: dict[int, str] = {}
         self.alive: list[str] = []
         self.began = [time.monotonic()]  # start of each phase reached so far
 
@@ -111,10 +113,17 @@ class _Watcher:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.lab.pid).children(recursive=True):
                 self.seen.setdefault(child.pid, child)
-                alive.append(_name(child))
+                name = _name(child)  # the latest: a forked child is "python" until it execs
+                if name != "?":
+                    self.names[child.pid] = name
+                alive.append(name)
         self.alive = alive
-        brokers = bool(BROKERS & set(alive))
-        if (self.phase == 0 and brokers) or (self.phase == 1 and not brokers):
+        # The measurement ends when every broker seen has exited (not when one look at the
+        # process table missed it: a child exiting mid-scan makes a look come back short).
+        brokers = [self.seen[pid] for pid, name in self.names.items() if name in BROKERS]
+        started = self.phase == 0 and bool(brokers)
+        stopped = self.phase == 1 and not any(_running(p) for p in brokers)
+        if started or stopped:
             self.began.append(time.monotonic())
         return True
 
@@ -138,6 +147,7 @@ def _run(
     watcher = _Watcher(lab)
     signalled = moment is not None and watcher.until(*moment)
     at_signal = sorted(watcher.alive) if signalled else []
+    phase_at_signal = watcher.phase
     sent = time.monotonic()
     if signalled:
         with contextlib.suppress(ProcessLookupError):
@@ -157,6 +167,7 @@ def _run(
         watcher.seen,
         at_signal,
         signalled,
+        phase_at_signal,
         stderr,
     )
 
@@ -166,6 +177,13 @@ def _name(process: psutil.Process) -> str:
         return process.name()
     except psutil.Error:
         return "?"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _left_running(outcome: Outcome, results: Path) -> list[str]:
@@ -258,7 +276,8 @@ def _interrupt_at_random_moments(
             ok_code = outcome.returncode == 0
             when = f"ended first with exit {outcome.returncode}"
         line = (
-            f"{target} workers={workers}, {share:4.0%}: {PHASES[phase]} +{offset:.2f}s: {when}; "
+            f"{target} workers={workers}, {share:4.0%}: {PHASES[phase]} +{offset:.2f}s "
+            f"(in {PHASES[outcome.phase]}): {when}; "
             f"running then {outcome.at_signal or ['the lab alone']}; left {left}; "
             f"half-written {half}"
         )
