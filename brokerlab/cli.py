@@ -23,8 +23,11 @@ def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(130)
 
 
+# Only when this module is the program (the console script or ``python -m brokerlab.cli``), not
+# when a test or a notebook imports it; ``_Lab.invoke`` takes over once a command runs.
 _STARTING = (
-    threading.current_thread() is threading.main_thread()
+    (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "brokerlab")
+    and threading.current_thread() is threading.main_thread()
     and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 )
 if _STARTING:
@@ -201,12 +204,14 @@ class _Lab(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from brokerlab.adapters.embedded import interrupt_handling
 
-        with interrupt_handling(cleanup=_remove_own_stages):
-            try:
+        try:
+            if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            with interrupt_handling(cleanup=_remove_own_stages):
                 return super().invoke(ctx)
-            except KeyboardInterrupt:
-                err.print("interrupted")
-                sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _targets(value: str, known: Any, option: str) -> list[str]:
@@ -671,9 +676,6 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
         _lab_failure(error, debug)
     _print_plain(stdout, f"report: {path}")
 
-
-if _STARTING:  # loaded: Ctrl-C means KeyboardInterrupt again (see _Lab.invoke)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -59,9 +59,11 @@ def _default_sigint() -> None:
 #: measurement (a broker runs: its start, load, drain, its stop), and finishing (analysis,
 #: writing the results folder, the summary).
 PHASES = ("start-up", "measurement", "finishing")
-#: Moments start this late: before it, CPython itself is still initialising and handles Ctrl-C
-#: in its own way (a fatal "init_sys_streams" error with exit 1), before any lab code exists.
-INTERPRETER_START = 0.2
+#: Moments count from when the lab's own code runs: before that CPython itself is initialising
+#: and handles Ctrl-C in its own way (a fatal "init_sys_streams" error with exit 1, or death by
+#: SIGINT). The first library mapped from site-packages (the command's imports) marks it: the
+#: lab installs its start-up Ctrl-C handler before importing any.
+LAB_CODE_MARK = "site-packages"
 BROKERS = frozenset({"redis-server", "nats-server"})
 
 
@@ -99,7 +101,7 @@ class _Watcher:
         self.seen: dict[int, psutil.Process] = {}
         self.names: dict[int, str] = {}
         self.alive: list[str] = []
-        self.began = [time.monotonic()]  # start of each phase reached so far
+        self.began: list[float] = []  # start of each phase reached so far
 
     @property
     def phase(self) -> int:
@@ -109,6 +111,11 @@ class _Watcher:
         """Look once; False when the lab has exited."""
         if self.lab.poll() is not None:
             return False
+        if not self.began:
+            with contextlib.suppress(OSError):
+                if LAB_CODE_MARK in Path(f"/proc/{self.lab.pid}/maps").read_text():
+                    self.began.append(time.monotonic())
+            return True
         alive = []
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.lab.pid).children(recursive=True):
@@ -152,7 +159,7 @@ def _run(
     if signalled:
         with contextlib.suppress(ProcessLookupError):
             lab.send_signal(signal.SIGINT)
-    deadline = sent + (PROMISE + 5.0 if signalled else 120.0)
+    deadline = sent + (PROMISE + 5.0 if signalled else 180.0)
     while watcher.poll() and time.monotonic() < deadline:
         time.sleep(0.01)
     ended = time.monotonic()
@@ -162,7 +169,7 @@ def _run(
     phases = watcher.durations(sent if signalled else ended)
     return Outcome(
         int(lab.returncode),
-        ended - (sent if signalled else watcher.began[0]),
+        ended - (sent if signalled or not watcher.began else watcher.began[0]),
         phases,
         watcher.seen,
         at_signal,
@@ -229,11 +236,10 @@ def _kill_leftovers(outcome: Outcome, results: Path) -> None:
 
 def _moment(share: float, phases: list[float]) -> tuple[int, float]:
     """The phase and offset into it at ``share`` of a run whose phases lasted ``phases``."""
-    lengths = [max(phases[0] - INTERPRETER_START, 0.0), *phases[1:]]
-    position = share * sum(lengths)
-    for phase, length in enumerate(lengths):
-        if position < length or phase == len(lengths) - 1:
-            return phase, position + (INTERPRETER_START if phase == 0 else 0.0)
+    position = share * sum(phases)
+    for phase, length in enumerate(phases):
+        if position < length or phase == len(phases) - 1:
+            return phase, position
         position -= length
     raise AssertionError("unreachable")
 
@@ -277,7 +283,7 @@ def _interrupt_at_random_moments(
             when = f"ended first with exit {outcome.returncode}"
         line = (
             f"{target} workers={workers}, {share:4.0%}: {PHASES[phase]} +{offset:.2f}s "
-            f"(in {PHASES[outcome.phase]}): {when}; "
+            f"(in {PHASES[outcome.phase] if outcome.phase >= 0 else 'Python start-up'}): {when}; "
             f"running then {outcome.at_signal or ['the lab alone']}; left {left}; "
             f"half-written {half}"
         )
