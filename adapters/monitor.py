@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -46,8 +48,25 @@ SAMPLE_INTERVAL = 0.25
 LAG_TICK = 0.02
 #: How often the set of lab processes (worker processes come and go) is looked up again.
 CHILDREN_REFRESH = 1.0
+#: Broker servers the lab may start: children that are not lab processes.
+BROKER_NAMES = frozenset({"redis-server", "nats-server"})
 #: Host names that mean "this machine" in a broker URL.
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+def _child_pids() -> list[int]:
+    """This process's children: from /proc's per-thread lists (microseconds), else from psutil
+    (which reads every process on the machine: milliseconds of a stalled event loop)."""
+    lists = glob.glob(f"/proc/{os.getpid()}/task/*/children")
+    if not lists:
+        with contextlib.suppress(psutil.Error):
+            return [child.pid for child in psutil.Process().children()]
+        return []
+    pids: list[int] = []
+    for path in lists:
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(pid) for pid in Path(path).read_text().split()]
+    return pids
 
 
 def local_listener(url: str) -> int | None:
@@ -202,19 +221,16 @@ class RunMonitor:
         every :data:`CHILDREN_REFRESH` seconds."""
         if now >= self._next_children:
             self._next_children = now + CHILDREN_REFRESH
-            try:
-                children = psutil.Process().children()
-            except psutil.Error:
-                children = []
-            brokers = {self._broker_pid()}
+            broker = self._broker_pid()
             alive: dict[int, _CpuMeter] = {}
-            for child in children:
-                if child.pid in brokers:
-                    continue
-                with contextlib.suppress(psutil.Error):
-                    if child.name() in ("redis-server", "nats-server"):
-                        continue
-                    alive[child.pid] = self._children.get(child.pid) or _CpuMeter(child.pid)
+            for pid in _child_pids():
+                meter = self._children.get(pid)
+                if meter is None and pid != broker:
+                    with contextlib.suppress(psutil.Error):
+                        if psutil.Process(pid).name() not in BROKER_NAMES:
+                            meter = _CpuMeter(pid)
+                if meter is not None:
+                    alive[pid] = meter
             self._children = alive
         return list(self._children.values())
 
