@@ -323,21 +323,28 @@ async def interruptible(coroutine: Any) -> Any:
     """Await ``coroutine`` as the measurement Ctrl-C cancels (see :func:`interrupt_handling`).
 
     Cancelled by Ctrl-C, it raises ``KeyboardInterrupt`` once the coroutine's own teardown has
-    run; without :func:`interrupt_handling` it is a plain ``await`` (``asyncio.run`` then deals
-    with Ctrl-C in its own way).
+    run, and also when the coroutine finished anyway after Ctrl-C; without
+    :func:`interrupt_handling` it is a plain ``await`` (``asyncio.run`` then deals with Ctrl-C in
+    its own way).
     """
     global _current_run
     task = asyncio.current_task()
     assert task is not None
     previous, _current_run = _current_run, (asyncio.get_running_loop(), task)
     try:
-        return await coroutine
+        result = await coroutine
     except asyncio.CancelledError:
         if interrupted():
             raise KeyboardInterrupt from None
         raise
     finally:
         _current_run = previous
+    if interrupted():
+        # Ctrl-C came while the run was ending (during a blocking join, say) and its
+        # cancellation found nothing left to cancel, or a library swallowed it: the user still
+        # asked to stop, so the run is not kept.
+        raise KeyboardInterrupt
+    return result
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
