@@ -52,6 +52,7 @@ from rich.progress import (  # noqa: E402
 )
 from rich.table import Table  # noqa: E402
 
+from brokerlab.adapters.targets import target_names, url_options  # noqa: E402
 from brokerlab.core import results  # noqa: E402
 from brokerlab.core.scenario import ScenarioError, load_scenario  # noqa: E402
 
@@ -131,11 +132,10 @@ def run_flags(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Folder for results (default $BROKERLAB_RESULTS or ./results).",
         ),
-        click.option(
-            "--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis."
-        ),
-        click.option(
-            "--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS server."
+        # One per URL option of the registered real targets (--redis-url, --nats-url...).
+        *(
+            click.option(option.flag, option.key, default=None, envvar=option.env, help=option.help)
+            for option in url_options()
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks of lab failures."),
@@ -155,9 +155,8 @@ def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | N
         seed=flags["seed"],
         out=flags["out"],
         results_dir=results_dir,
-        redis_url=flags.get("redis_url"),
-        nats_url=flags.get("nats_url"),
         progress=progress,
+        urls={option.key: flags.get(option.key) for option in url_options()},
     )
 
 
@@ -277,7 +276,7 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     "-t",
     default="sim",
     show_default=True,
-    help="sim, redis-streams, nats, nats-jetstream",
+    help=", ".join(["sim", *target_names()]),
 )
 @click.option("--check", is_flag=True, help=_CHECK_HELP)
 @run_flags
@@ -304,7 +303,7 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option(
     "--targets",
-    default="sim,redis-streams,nats,nats-jetstream",
+    default=",".join(["sim", *target_names()]),
     show_default=True,
     help="Comma-separated targets to run side by side.",
 )
