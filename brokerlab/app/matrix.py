@@ -8,7 +8,8 @@ their scenarios differ only in the fault). Each cell is then judged against the 
 
 - ``inconclusive`` when the run cannot show anything: the fault never fired (no window recorded,
   or a warning that it failed to start or was not played), nothing was acknowledged or
-  delivered, the run or its control failed;
+  delivered, the drain was cut off while messages were still arriving (so "lost" may be
+  "late"), the run or its control failed;
 - ``mismatch`` when a count the table says is ``none`` is not 0, a count it says is ``some`` is
   0 with the fault or also above 0 in the control (then the fault did not cause it), or the
   control is not clean;
@@ -34,6 +35,7 @@ import yaml
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.scenario import Scenario, load_scenario, scenario_to_yaml
+from brokerlab.core.trace import Trace
 
 MATRIX_CSV = "matrix.csv"
 MATRIX_JSON = "matrix.json"
@@ -154,27 +156,34 @@ class Observation:
     warnings: tuple[str, ...] = ()
     error: str = ""
     path: str = ""
+    #: Set when the final drain ran out while messages were still arriving (see :func:`drain_cut`).
+    drain_cut: str = ""
 
     @classmethod
-    def from_run(cls, run: RunRecord) -> Observation:
+    def from_run(cls, run: RunRecord, drain_timeout: float) -> Observation:
+        trace = run.result.trace
         return cls(
             counts=dict(run.metrics.get("counts") or {}),
             windows=tuple(vars(w) for w in run.result.faults),
             warnings=tuple(run.result.warnings) + tuple(run.analysis.warnings),
             path=str(run.path),
+            drain_cut=drain_cut(trace.sends, trace.deliveries, drain_timeout),
         )
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Observation:
-        """A stored run folder (metrics.json and run.json), e.g. to judge earlier runs again."""
+        """A stored run folder (metrics.json, run.json, the trace), e.g. to judge runs again."""
         folder = Path(folder)
         metrics = json.loads((folder / results.METRICS_FILE).read_text(encoding="utf-8"))
         run = json.loads((folder / results.RUN_FILE).read_text(encoding="utf-8"))
+        played = yaml.safe_load((folder / results.SCENARIO_FILE).read_text(encoding="utf-8"))
+        trace = Trace.read(folder)
         return cls(
             counts=dict(metrics.get("counts") or {}),
             windows=tuple(run.get("faults") or ()),
             warnings=tuple(run.get("warnings") or ()),
             path=str(folder),
+            drain_cut=drain_cut(trace.sends, trace.deliveries, float(played["drain_timeout"])),
         )
 
     @classmethod
@@ -187,6 +196,36 @@ class Observation:
             return None
         value = self.counts.get(key)
         return None if value is None else int(value)
+
+
+#: How close to the drain's deadline (``drain_timeout`` after the last publish settled) the last
+#: delivery must come to say the drain was cut off; a broker that lost messages goes quiet long
+#: before it.
+DRAIN_MARGIN_S = 1.0
+
+
+def drain_cut(sends: pd.DataFrame, deliveries: pd.DataFrame, drain_timeout: float) -> str:
+    """Why a run's ``lost`` may only be late: the drain ended while deliveries still arrived.
+
+    The final drain lasts until every acknowledged message is delivered or ``drain_timeout``
+    after the last publish settled. A broker that lost messages delivers nothing more long
+    before that deadline; a consumer that is merely slow (a loaded machine) is still
+    delivering when the deadline cuts it off. Then "lost" cannot be told from "not yet
+    delivered". Returns the reason, or "" when the drain finished or went quiet first.
+    """
+    if not len(sends) or not len(deliveries):
+        return ""
+    settled = pd.concat([sends["t_sent"], sends["t_acked"]]).max(skipna=True)
+    last = deliveries["t_delivered"].max(skipna=True)
+    if pd.isna(settled) or pd.isna(last):
+        return ""
+    deadline = float(settled) + drain_timeout
+    if float(last) < deadline - min(DRAIN_MARGIN_S, drain_timeout / 10):
+        return ""
+    return (
+        f"the drain was cut off at about {deadline:.1f} s while messages were still being "
+        f"delivered (last at {float(last):.2f} s): undelivered messages may only be late"
+    )
 
 
 @dataclass(frozen=True)
@@ -218,6 +257,9 @@ def _not_measurable(run: Observation, what: str) -> list[str]:
         reasons.append(f"{what}: nothing was acknowledged")
     if not run.count("unique") and not run.count("delivered"):
         reasons.append(f"{what}: nothing was delivered")
+    undelivered = (run.count("lost") or 0) + (run.count("unprocessed") or 0)
+    if run.drain_cut and undelivered:
+        reasons.append(f"{what}: {undelivered} not delivered, but {run.drain_cut}")
     return reasons
 
 
@@ -418,7 +460,7 @@ def _play(
         raise
     except Exception as error:  # one broken cell must not hide the others
         return Observation.failed(error, final)
-    return replace(Observation.from_run(run), path=final)
+    return replace(Observation.from_run(run, scenario.drain_timeout), path=final)
 
 
 def _record(
