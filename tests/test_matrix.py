@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -285,22 +287,23 @@ def test_matrix_writes_one_record_per_cell_and_target(tmp_path: Path) -> None:
         assert record["lost"] is not None, record["note"]
         assert Path(record["run"], "metrics.json").is_file()
         assert Path(record["control_run"], "metrics.json").is_file()
-        assert record["control_lost"] == 0 and record["control_duplicates"] == 0, record
+        # Never a contradiction of the table; a real run on a loaded machine may be unable to
+        # tell (its consumer still draining at the deadline), and then says so.
+        assert record["status"] != "mismatch", record["reason"]
+        if record["status"] == "match" or record["target"] == "sim":
+            assert record["status"] == "match", record["reason"]
+            assert record["control_lost"] == 0 and record["control_duplicates"] == 0, record
+        else:
+            assert "drain was cut off" in record["reason"], record["reason"]
     frame = pd.read_csv(result.path / "matrix.csv")
     assert list(frame.columns) == list(COLUMNS)
     assert tuple(frame.columns[: len(ORIGINAL_COLUMNS)]) == ORIGINAL_COLUMNS
     real = {(r["config"], r["fault"]): r for r in records if r["target"] == "real"}
-    # Real runs match the table, or (on a loaded machine whose consumer could not drain in
-    # time) say why they cannot tell; they never contradict it.
-    for record in real.values():
-        assert record["status"] != "mismatch", record["reason"]
     durable = real[("redis-aof-always", "broker-kill")]
     if durable["status"] == "match":
         assert durable["lost"] == 0
-    else:
-        assert "drain was cut off" in durable["reason"], durable["reason"]
     crash = real[("nats-core", "consumer-crash")]
-    assert crash["lost"] > 0 and crash["control_lost"] == 0
+    assert crash["lost"] > 0
     assert set(result.grid().index) == {"redis-aof-always", "nats-core"}
     # The simulator agrees with the real broker on loss (none vs some) in these cells.
     for (config, fault), record in real.items():
@@ -327,3 +330,32 @@ def test_disagreements_compare_none_versus_some() -> None:
     assert list(differ["config"]) == ["a"]
     records["status"] = ["match", "inconclusive", "match", "match"]
     assert disagreements(records).empty
+
+
+def test_matrix_command_shows_a_cell_without_its_fault_as_inconclusive(tmp_path: Path) -> None:
+    """End to end on the simulator: the same cell with its fault deleted from the file is
+    inconclusive ('never fired'), not a match; the command lists it with its reason."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    shutil.copy(CELLS / "redis-none--broker-kill.yaml", cells / "redis-none--broker-kill.yaml")
+    text = (CELLS / "redis-none--broker-pause.yaml").read_text(encoding="utf-8")
+    cut = text.index("faults:")
+    end = text.index("requirements:")
+    (cells / "redis-none--broker-pause.yaml").write_text(text[:cut] + text[end:], "utf-8")
+    command = [sys.executable, "-m", "brokerlab.cli", "matrix", "--cells", str(cells)]
+    done = subprocess.run(
+        [*command, "--targets", "sim", "--results-dir", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())
+    assert "1 of 2 runs match the expectation table, 0 mismatch, 1 inconclusive" in out
+    assert "inconclusive: redis-none x broker-pause on sim: the broker-pause never fired" in out
+    (folder,) = (tmp_path / "results").iterdir()
+    frame = pd.read_csv(folder / "matrix.csv")
+    assert dict(zip(frame["fault"], frame["status"], strict=True)) == {
+        "broker-kill": "match",
+        "broker-pause": "inconclusive",
+    }
