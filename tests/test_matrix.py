@@ -359,3 +359,16 @@ def test_matrix_command_shows_a_cell_without_its_fault_as_inconclusive(tmp_path:
         "broker-kill": "match",
         "broker-pause": "inconclusive",
     }
+
+
+def test_lost_is_judged_with_the_unprocessed() -> None:
+    """Messages a crashed consumer took and never processed, never redelivered, are lost to the
+    business: a 'none' loss rule breaks on them, a 'some' rule is met by them."""
+    durable = _cell("jetstream-file", "consumer-crash")
+    taken = Observation(_counts(redelivered=1, unprocessed=4), _window("consumer-crash"))
+    judged = judge_cell(durable, taken, CLEAN)
+    assert judged.status == "mismatch"
+    assert "lost 0 (+4 unprocessed) with the fault, expected none" in judged.reason
+    crash = _cell("nats-core", "consumer-crash")
+    held = Observation(_counts(unprocessed=1), _window("consumer-crash"))
+    assert judge_cell(crash, held, CLEAN).matches

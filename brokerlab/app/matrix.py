@@ -81,12 +81,14 @@ COLUMNS = (
     "reason",
     "acked",
     "delivered",
+    "unprocessed",
     "fault_window",
     "control_lost",
     "control_duplicates",
     "control_out_of_order",
     "control_unknown",
     "control_redelivered",
+    "control_unprocessed",
     "control_run",
 )
 
@@ -197,6 +199,22 @@ class Observation:
         value = self.counts.get(key)
         return None if value is None else int(value)
 
+    def rule_value(self, key: str) -> int | None:
+        """The figure a rule judges: a count, except that ``lost`` is the business loss, lost
+        plus ``unprocessed`` (taken by a consumer that died with it, never redelivered)."""
+        value = self.count(key)
+        if key == "lost" and value is not None:
+            value += self.count("unprocessed") or 0
+        return value
+
+    def show(self, key: str) -> str:
+        """``key value`` as a reason says it, e.g. ``lost 300 (+126 unprocessed)``."""
+        value = self.count(key)
+        unprocessed = self.count("unprocessed") or 0
+        if key == "lost" and value is not None and unprocessed:
+            return f"lost {value} (+{unprocessed} unprocessed)"
+        return f"{key} {value}"
+
 
 #: How close to the drain's deadline (``drain_timeout`` after the last publish settled) the last
 #: delivery must come to say the drain was cut off; a broker that lost messages goes quiet long
@@ -300,11 +318,11 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
     rules = cell.rules()
     broken = []
     for key, rule in rules.items():
-        value = run.count(key)
+        value = run.rule_value(key)
         if value is None:
             doubts.append(f"the run has no {key} count")
         elif rule == "none" and value > 0:
-            broken.append(f"{key} {value} with the fault, expected none")
+            broken.append(f"{run.show(key)} with the fault, expected none")
     control_doubts = _control_doubts(control)
     if control is None or control_doubts:
         if broken:
@@ -313,7 +331,7 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
             "inconclusive", "; ".join([*control_doubts, "cannot show what the fault caused"])
         )
     for key, rule in rules.items():
-        value, without = run.count(key), control.count(key)
+        value, without = run.rule_value(key), control.rule_value(key)
         if rule != "some" or value is None:
             continue
         if value == 0:
@@ -322,7 +340,7 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
             doubts.append(f"the control has no {key} count")
         elif without > 0:
             broken.append(
-                f"{key} {value} with the fault but also {without} without it: "
+                f"{run.show(key)} with the fault but also {control.show(key)} without it: "
                 "not caused by the fault"
             )
     dirty = [f"{key} {control.count(key)}" for key in CLEAN_COUNTS if (control.count(key) or 0) > 0]
@@ -333,9 +351,7 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
     if doubts:
         return Judgement("inconclusive", "; ".join(doubts))
     caused = [
-        f"{key} {run.count(key)} vs 0 without the fault"
-        for key, rule in rules.items()
-        if rule == "some"
+        f"{run.show(key)} vs 0 without the fault" for key, rule in rules.items() if rule == "some"
     ]
     held = [key for key, rule in rules.items() if rule == "none"]
     said = [f"fault fired at {_window_text(run.windows, cell.fault)}"]
@@ -490,12 +506,14 @@ def _record(
         "reason": judgement.reason,
         "acked": counts.get("acked"),
         "delivered": counts.get("delivered"),
+        "unprocessed": counts.get("unprocessed"),
         "fault_window": _window_text(run.windows, cell.fault),
         "control_lost": others.get("lost"),
         "control_duplicates": others.get("duplicates"),
         "control_out_of_order": others.get("out_of_order"),
         "control_unknown": others.get("unknown"),
         "control_redelivered": others.get("redelivered"),
+        "control_unprocessed": others.get("unprocessed"),
         "control_run": control.path,
     }
 
