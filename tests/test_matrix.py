@@ -372,3 +372,18 @@ def test_lost_is_judged_with_the_unprocessed() -> None:
     crash = _cell("nats-core", "consumer-crash")
     held = Observation(_counts(unprocessed=1), _window("consumer-crash"))
     assert judge_cell(crash, held, CLEAN).matches
+
+
+def test_a_crash_between_messages_cannot_show_redelivery() -> None:
+    """A consumer crash that caught the consumer holding nothing gives the broker nothing to
+    redeliver: inconclusive. One that took a message the broker never gave back is a mismatch."""
+    crash = _cell("jetstream-memory", "consumer-crash")
+    assert crash.redelivered == "some"
+    empty_handed = Observation(_counts(), _window("consumer-crash"), cut_short=0)
+    judged = judge_cell(crash, empty_handed, CLEAN)
+    assert judged.status == "inconclusive"
+    assert "holding no message" in judged.reason
+    kept = Observation(_counts(unprocessed=1), _window("consumer-crash"), cut_short=1)
+    assert judge_cell(crash, kept, CLEAN).status == "mismatch"
+    redone = Observation(_counts(redelivered=1), _window("consumer-crash"), cut_short=0)
+    assert judge_cell(crash, redone, CLEAN).matches

@@ -9,7 +9,7 @@ their scenarios differ only in the fault). Each cell is then judged against the 
 - ``inconclusive`` when the run cannot show anything: the fault never fired (no window recorded,
   or a warning that it failed to start or was not played), nothing was acknowledged or
   delivered, the drain was cut off while messages were still arriving (so "lost" may be
-  "late"), the run or its control failed;
+  "late"), a consumer crash caught the consumer holding nothing, the run or its control failed;
 - ``mismatch`` when a count the table says is ``none`` is not 0, a count it says is ``some`` is
   0 with the fault or also above 0 in the control (then the fault did not cause it), or the
   control is not clean;
@@ -160,6 +160,8 @@ class Observation:
     path: str = ""
     #: Set when the final drain ran out while messages were still arriving (see :func:`drain_cut`).
     drain_cut: str = ""
+    #: Deliveries never processed to the end (their consumer died with them); None if unknown.
+    cut_short: int | None = None
 
     @classmethod
     def from_run(cls, run: RunRecord, drain_timeout: float) -> Observation:
@@ -170,6 +172,7 @@ class Observation:
             warnings=tuple(run.result.warnings) + tuple(run.analysis.warnings),
             path=str(run.path),
             drain_cut=drain_cut(trace.sends, trace.deliveries, drain_timeout),
+            cut_short=int(trace.deliveries["t_done"].isna().sum()),
         )
 
     @classmethod
@@ -186,6 +189,7 @@ class Observation:
             warnings=tuple(run.get("warnings") or ()),
             path=str(folder),
             drain_cut=drain_cut(trace.sends, trace.deliveries, float(played["drain_timeout"])),
+            cut_short=int(trace.deliveries["t_done"].isna().sum()),
         )
 
     @classmethod
@@ -296,6 +300,21 @@ def fault_fired(fault: str, run: Observation) -> list[str]:
     return reasons
 
 
+def _took_nothing(cell: Cell, run: Observation) -> bool:
+    """Whether a consumer crash hit between messages: nothing was in the consumer's hands.
+
+    Then a broker that redelivers has nothing to redeliver, and the run cannot show it does. A
+    broker that fails to redeliver still shows: the message the consumer died with is
+    unprocessed (or lost, if the crash came before its delivery was recorded).
+    """
+    return (
+        cell.fault == "consumer-crash"
+        and run.cut_short == 0
+        and not run.rule_value("lost")
+        and not run.count("redelivered")
+    )
+
+
 def _control_doubts(control: Observation | None) -> list[str]:
     if control is None:
         return ["no control run"]
@@ -334,7 +353,12 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
         value, without = run.rule_value(key), control.rule_value(key)
         if rule != "some" or value is None:
             continue
-        if value == 0:
+        if value == 0 and _took_nothing(cell, run):
+            doubts.append(
+                f"{key} 0, but the consumer crash caught the consumer holding no message (no "
+                "delivery cut short, none lost or redelivered): nothing for the broker to redo"
+            )
+        elif value == 0:
             broken.append(f"{key} 0 with the fault, expected some")
         elif without is None:
             doubts.append(f"the control has no {key} count")
