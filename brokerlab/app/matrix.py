@@ -586,22 +586,21 @@ def run_matrix(
             json.dumps(records, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         tally = frame["status"].value_counts()
-        results.write_json(
-            stage / results.RUN_FILE,
-            {
-                "kind": "matrix",
-                "run_id": final.name,
-                "scenario": "matrix",
-                "scenario_file": str(folder),
-                "targets": targets,
-                "seed": seed,
-                "started_at": started.isoformat(timespec="seconds"),
-                "verdict": f"{int(tally.get('match', 0))}/{len(frame)} match, "
+        results.write_manifest(
+            stage,
+            results.MatrixManifest(
+                run_id=final.name,
+                scenario="matrix",
+                scenario_file=str(folder),
+                targets=targets,
+                seed=seed,
+                started_at=started.isoformat(timespec="seconds"),
+                verdict=f"{int(tally.get('match', 0))}/{len(frame)} match, "
                 f"{int(tally.get('mismatch', 0))} mismatch, "
                 f"{int(tally.get('inconclusive', 0))} inconclusive",
-                "versions": results.package_versions(),
-                "host": results.host_info(),
-            },
+                versions=results.package_versions(),
+                host=results.host_info(),
+            ),
         )
     return MatrixResult(final, frame)
 
