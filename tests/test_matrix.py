@@ -223,7 +223,7 @@ def test_a_drain_cut_off_while_still_delivering_is_inconclusive() -> None:
     late = Observation(counts, _window("broker-kill"), drain_cut=drain_cut(sends, slow, 20.0))
     judged = judge_cell(durable, late, CLEAN)
     assert judged.status == "inconclusive"
-    assert "401 not delivered" in judged.reason
+    assert "401 lost or unprocessed" in judged.reason
     assert judge_cell(durable, replace(late, drain_cut=""), CLEAN).status == "mismatch"
 
 

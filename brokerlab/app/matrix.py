@@ -281,7 +281,7 @@ def _not_measurable(run: Observation, what: str) -> list[str]:
         reasons.append(f"{what}: nothing was delivered")
     undelivered = (run.count("lost") or 0) + (run.count("unprocessed") or 0)
     if run.drain_cut and undelivered:
-        reasons.append(f"{what}: {undelivered} not delivered, but {run.drain_cut}")
+        reasons.append(f"{what}: {undelivered} lost or unprocessed, but {run.drain_cut}")
     return reasons
 
 
