@@ -501,7 +501,10 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
             ),
         )
     grid = result.grid()
-    table = Table(title="guarantee matrix (lost, duplicates; ok = as DESIGN.md expects)")
+    table = Table(
+        title="guarantee matrix: status, lost and duplicates with the fault / in the fault-free "
+        "control (as DESIGN.md expects: match)"
+    )
     table.add_column("config")
     for fault in grid.columns:
         table.add_column(str(fault), overflow="fold")
@@ -509,10 +512,17 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
         table.add_row(str(config), *(str(v) for v in row))
     stdout.print(table)
     records = result.records
+    tally = result.tally()
     _print_plain(
         stdout,
-        f"{int(records['matches'].sum())} of {len(records)} runs match the expectation table",
+        f"{tally['match']} of {len(records)} runs match the expectation table, "
+        f"{tally['mismatch']} mismatch, {tally['inconclusive']} inconclusive",
     )
+    for status in ("mismatch", "inconclusive"):
+        for row in records[records["status"] == status].itertuples():
+            _print_plain(
+                stdout, f"{status}: {row.config} x {row.fault} on {row.target}: {row.reason}"
+            )
     differ = disagreements(records)
     if len(differ):
         _print_plain(stdout, "simulation and reality disagree on loss or duplicates in:")
