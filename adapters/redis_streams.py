@@ -478,6 +478,20 @@ class RedisStreamsAdapter(BrokerAdapter):
                 received.append((fields[1], delivery_no, entry_id))
         return received
 
+    async def backlog(self) -> dict[str, int] | None:
+        """The group's lag (entries never delivered to it) and pending list (delivered, not
+        acked), from XINFO GROUPS; None when the group is gone."""
+        for group in await self.client.xinfo_groups(self.key):
+            name = group.get("name")
+            if name in (self.group, self.group.encode()):
+                lag = group.get("lag")
+                return {
+                    "undelivered": int(lag) if lag is not None else -1,
+                    "unacked": int(group.get("pending") or 0),
+                    "stream_length": int(await self.client.xlen(self.key)),
+                }
+        return None
+
     async def _recreate_group(self, client: aioredis.Redis) -> None:
         """The broker lost the group (restart without persistence): create it again."""
         try:

@@ -170,6 +170,15 @@ class BrokerAdapter(ABC):
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
         """Acknowledge messages (handles from :meth:`fetch`)."""
 
+    async def backlog(self) -> dict[str, int] | None:
+        """What still sits at the broker for this run's consumers, when the broker can say
+        (e.g. ``{"undelivered": 12, "unacked": 3}``); None where it cannot.
+
+        Asked when a drain times out: messages still at the broker were not lost, only not
+        drained in time, and run.json's ``drain`` says so.
+        """
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Delete this run's broker objects and disconnect; must not raise."""

@@ -42,6 +42,10 @@ from brokerlab.core.trace import FaultWindow, TargetResult, Trace, build_timelin
 
 #: The harness "fell behind" when p99 publish delay exceeds this (seconds).
 BEHIND_P99 = 0.010
+#: How a drain ended (run.json ``drain.reason``): every acknowledged message completed ...
+DRAIN_COMPLETE = "complete"
+#: ... or the drain timeout came first, with ``drain.pending`` acknowledged messages not completed.
+DRAIN_TIMED_OUT = "timeout"
 #: Lead time between "everything connected" and the first intended send (one process).
 START_LEAD = 0.05
 
@@ -269,6 +273,7 @@ async def play(
     plan = crew.plan
     tasks: list[asyncio.Task[Any]] = []
     warnings: list[str] = []
+    drain: dict[str, Any] = {}
     t0 = now()
     try:
         try:
@@ -294,7 +299,9 @@ async def play(
         if progress is not None:
             tasks.append(asyncio.create_task(_report_progress(progress, crew, len(plan))))
         warnings += await crew.send(t0 + send_budget(scenario, plan))
-        await _drain(scenario, crew)
+        drain = await _drain(scenario, crew)
+        if drain["reason"] == DRAIN_TIMED_OUT:
+            drain["at_broker"] = await _backlog(adapter)
         await crew.finish()
     finally:
         crew.halt()
@@ -308,7 +315,34 @@ async def play(
         progress(crew.completed(), len(plan))
     report = crew.report()
     adapter.warnings += [w for w in report.warnings if w not in adapter.warnings]
-    return _result(adapter, scenario, crew, report, t0, warnings, faults)
+    if drain.get("reason") == DRAIN_TIMED_OUT:
+        at_broker = drain.get("at_broker")
+        still = (
+            f"; the broker still held {at_broker['undelivered']} undelivered and "
+            f"{at_broker['unacked']} unacknowledged entries for the group"
+            if at_broker
+            else ""
+        )
+        warnings.append(
+            f"the drain timed out after {drain['seconds']:.1f} s with {drain['pending']} "
+            f"acknowledged messages not yet completed{still}: they count as lost, but may "
+            "only be late (a consumer slower than the backlog needs); a longer drain_timeout "
+            "tells them apart"
+        )
+    result = _result(adapter, scenario, crew, report, t0, warnings, faults)
+    if drain:
+        result.info["drain"] = drain
+    return result
+
+
+async def _backlog(adapter: BrokerAdapter) -> dict[str, int] | None:
+    """The adapter's view of what is still at the broker (None if it cannot say or fails)."""
+    try:
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            return await adapter.backlog()
+    except Exception as error:
+        adapter.survived_error("asking the broker for the undrained backlog", error)
+        return None
 
 
 async def _report_progress(progress: Callable[[int, int], None], crew: Crew, total: int) -> None:
@@ -317,15 +351,24 @@ async def _report_progress(progress: Callable[[int, int], None], crew: Crew, tot
         await asyncio.sleep(TICK)
 
 
-async def _drain(scenario: Scenario, crew: Crew) -> None:
-    """Wait until every acknowledged message was delivered and completed, or the drain timeout."""
+async def _drain(scenario: Scenario, crew: Crew) -> dict[str, Any]:
+    """Wait until every acknowledged message was delivered and completed, or the drain timeout.
+
+    Returns how the drain ended, for run.json's ``drain``: ``reason`` (``complete`` or
+    ``timeout``), ``seconds`` it took, and ``pending``: acknowledged messages not completed at
+    its end. A timeout with messages pending is the one case where the checks' "lost" may only
+    mean "not yet delivered"; recording it lets a reader (and the verdict) tell the two apart.
+    """
     owed = producer_major(crew.plan)[crew.sends.outcome == ACKED]
     done = crew.done()
-    deadline = now() + scenario.drain_timeout
-    while now() < deadline:
+    start = now()
+    deadline = start + scenario.drain_timeout
+    while True:
         crew.check()
-        if done[owed].all():
-            return
+        pending = int(len(owed) - np.count_nonzero(done[owed]))
+        if pending == 0 or now() >= deadline:
+            reason = DRAIN_COMPLETE if pending == 0 else DRAIN_TIMED_OUT
+            return {"reason": reason, "seconds": round(now() - start, 3), "pending": pending}
         await asyncio.sleep(0.02)
 
 
