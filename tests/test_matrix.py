@@ -25,6 +25,7 @@ from brokerlab.app.matrix import (
     judge_cell,
     load_expectations,
     run_matrix,
+    still_at_broker,
 )
 from brokerlab.app.runner import RunOptions
 from brokerlab.core.scenario import load_scenario
@@ -225,6 +226,26 @@ def test_a_drain_cut_off_while_still_delivering_is_inconclusive() -> None:
     assert judged.status == "inconclusive"
     assert "401 lost or unprocessed" in judged.reason
     assert judge_cell(durable, replace(late, drain_cut=""), CLEAN).status == "mismatch"
+
+
+def test_a_drain_that_timed_out_with_entries_at_the_broker_is_not_loss() -> None:
+    """The harness's drain record (run.json target_info.drain): timed out with entries still at
+    the broker means late, so inconclusive; timed out with nothing there means really lost."""
+    late = {"reason": "timeout", "seconds": 20.0, "pending": 120}
+    held = {"drain": {**late, "at_broker": {"undelivered": 100, "unacked": 1}}}
+    gone = {"drain": {**late, "at_broker": {"undelivered": 0, "unacked": 0}}}
+    assert "120 acknowledged messages pending and 101 entries" in still_at_broker(held)
+    assert still_at_broker(gone) == ""
+    assert still_at_broker({"drain": {"reason": "timeout", "pending": 120}}) == ""  # cannot say
+    assert still_at_broker({"drain": {"reason": "complete", "seconds": 1.0, "pending": 0}}) == ""
+    assert still_at_broker({}) == ""
+    durable = _cell("redis-aof-always", "broker-kill")
+    counts = _counts(lost=120, unique=1680, delivered=1680)
+    run = Observation(counts, _window("broker-kill"), drain_cut=still_at_broker(held))
+    judged = judge_cell(durable, run, CLEAN)
+    assert judged.status == "inconclusive" and "101 entries still at the broker" in judged.reason
+    lost = Observation(counts, _window("broker-kill"), drain_cut=still_at_broker(gone))
+    assert judge_cell(durable, lost, CLEAN).status == "mismatch"
 
 
 def test_a_file_that_is_no_cell_is_refused(tmp_path: Path) -> None:

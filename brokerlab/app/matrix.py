@@ -171,7 +171,8 @@ class Observation:
             windows=tuple(vars(w) for w in run.result.faults),
             warnings=tuple(run.result.warnings) + tuple(run.analysis.warnings),
             path=str(run.path),
-            drain_cut=drain_cut(trace.sends, trace.deliveries, drain_timeout),
+            drain_cut=drain_cut(trace.sends, trace.deliveries, drain_timeout)
+            or still_at_broker(run.result.info),
             cut_short=int(trace.deliveries["t_done"].isna().sum()),
         )
 
@@ -188,7 +189,8 @@ class Observation:
             windows=tuple(run.get("faults") or ()),
             warnings=tuple(run.get("warnings") or ()),
             path=str(folder),
-            drain_cut=drain_cut(trace.sends, trace.deliveries, float(played["drain_timeout"])),
+            drain_cut=drain_cut(trace.sends, trace.deliveries, float(played["drain_timeout"]))
+            or still_at_broker(run.get("target_info") or {}),
             cut_short=int(trace.deliveries["t_done"].isna().sum()),
         )
 
@@ -247,6 +249,24 @@ def drain_cut(sends: pd.DataFrame, deliveries: pd.DataFrame, drain_timeout: floa
     return (
         f"the drain was cut off at about {deadline:.1f} s while messages were still being "
         f"delivered (last at {float(last):.2f} s): undelivered messages may only be late"
+    )
+
+
+def still_at_broker(info: Mapping[str, Any]) -> str:
+    """Why a run's ``lost`` may only be late, from the harness's own drain record (run.json
+    ``target_info.drain``): the drain timed out while the broker still held entries for the
+    consumers (undelivered or unacknowledged). A broker that lost them holds none. Returns the
+    reason, or "" when the drain completed, the broker held nothing, or could not say.
+    """
+    drain = info.get("drain") or {}
+    at_broker = drain.get("at_broker") or {}
+    held = max(0, int(at_broker.get("undelivered", 0))) + int(at_broker.get("unacked", 0))
+    if drain.get("reason") != "timeout" or not held:
+        return ""
+    return (
+        f"the drain timed out after {float(drain.get('seconds', 0)):.1f} s with "
+        f"{drain.get('pending')} acknowledged messages pending and {held} entries still at the "
+        "broker: undelivered messages may only be late"
     )
 
 
