@@ -23,7 +23,7 @@ import pandas as pd
 import simpy
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.sampling import is_zero, samples
-from simpy.events import NORMAL, Event
+from simpy.events import Timeout
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
@@ -43,19 +43,25 @@ ACKED = -2
 
 Progress = Callable[[int, int], None]
 
+#: How often the drain looks whether every acknowledged message is done (the harness's poll).
+DRAIN_TICK = 0.02
 
-class Call(Event):
-    """A timeout that calls ``fn(arg)`` when it fires: one heap entry, no process, no closure."""
+
+_timeout_init = Timeout.__init__
+
+
+class Call(Timeout):
+    """A timeout that calls ``fn(arg)`` when it fires: one heap entry, no process, no closure.
+
+    Built only from SimPy's public API: a :class:`~simpy.events.Timeout` subclass with one
+    callback appended (``Event.callbacks`` is the documented way to react to an event).
+    """
 
     def __init__(self, env: simpy.Environment, delay: float, fn: Callable[[Any], None], arg: Any):
-        # Inlined like simpy's own Timeout.__init__, for speed.
-        self.env = env
-        self.callbacks = [_fire]
-        self._value = None
-        self._ok = True
+        _timeout_init(self, env, delay)  # super().__init__, without the lookup on the hot path
         self.fn = fn
         self.arg = arg
-        env.schedule(self, NORMAL, delay)
+        self.callbacks.append(_fire)
 
 
 def _fire(event: Call) -> None:
@@ -146,10 +152,17 @@ class Simulation:
         #: a broker kill stops the ack timer; timer events of an older epoch are stale
         self._timer_epoch = 0
 
-        # Consumers: credit (free prefetch slots at the broker), local buffer, busy flag.
+        # Consumers: credit (free prefetch slots at the broker), the client library's buffer
+        # (arrived, not yet handed to the consumer: not delivered), the batch in hand (handed
+        # over, delivered, not yet processed) and a busy flag (processing or awaiting an ack).
         self.free = [consumers.prefetch] * count
         self.busy = [False] * count
         self.buffer: list[deque[int]] = [deque() for _ in range(count)]
+        self.hand: list[deque[int]] = [deque() for _ in range(count)]
+        #: the most messages a consumer's fetch hands over at once (the harness's fetch size)
+        self.batch = consumers.prefetch
+        #: ``finished[b]`` once some delivery of broker index ``b`` was processed (and acked)
+        self.finished = bytearray(n)
         #: waiting messages a consumer keeps before dropping new ones (fire-and-forget only)
         self.buffer_limit: int | None = None
 
@@ -177,6 +190,10 @@ class Simulation:
             "slow_consumer_drops": 0,
             "unsent": 0,
         }
+        #: the drain's end: every acknowledged message done (see :meth:`_drain_tick`), or ``end``
+        self._stop = self.env.event()
+        self._owed: list[int] | None = None
+        self._owed_at = 0
         self.progress = progress
         self._report_every = max(1, n // 100)
         self._report_at = self._report_every if progress else -1
@@ -213,6 +230,7 @@ class Simulation:
         """
         b = len(self.deliveries_of)
         self.deliveries_of.append(0)
+        self.finished.append(0)
         if self._track:
             self.pending.append(NO_ROW)
         if self.broker.retention:
@@ -241,15 +259,61 @@ class Simulation:
     # ------------------------------------------------------------------ run
 
     def run(self) -> None:
-        """Play the whole load plan, then drain until ``end``."""
+        """Play the whole load plan, then drain as the harness does.
+
+        The drain ends when every message whose publish was acknowledged has been processed
+        (and acked) by a consumer, checked every :data:`DRAIN_TICK` from the end of the plan, or
+        at ``end`` (``drain_timeout`` after the last intended send), whichever comes first;
+        ``end`` is then the time the run stopped.
+        """
         if self.n:
             if self._sync:
                 self._start_sync_producers()
             else:
                 Call(self.env, self.t_intended[0], self._send_async, 0)
-        self.env.run(until=self.end)
+        Call(self.env, self.plan.duration, self._drain_tick, None)
+        Call(self.env, self.end, self._stop_now, None)
+        self.env.run(until=self._stop)
+        self.end = self.env.now
         if self.progress:
             self.progress(self.n, self.n)
+
+    def _stop_now(self, _: Any) -> None:
+        if not self._stop.triggered:
+            self._stop.succeed()
+
+    def publishing(self) -> bool:
+        """Whether a producer still has sends or publish answers to wait for."""
+        if self._sync and self._sent < self.n:
+            return True
+        if not self.publish_acks:
+            return False
+        return bool(np.isnan(self.t_acked).any()) or bool(np.nanmax(self.t_acked) > self.env.now)
+
+    def owed(self) -> list[int]:
+        """Messages the drain waits for: those whose publish was acknowledged (all, fire and
+        forget: the harness counts a publish call that returned as acknowledged)."""
+        if not self.publish_acks:
+            return list(range(self.n))
+        return np.flatnonzero(self.t_acked <= self.env.now).tolist()
+
+    def _drain_tick(self, _: Any) -> None:
+        # Like the harness's drain loop: from the moment the producers are done, look every
+        # DRAIN_TICK whether every acknowledged message is done. Completion only grows, so a
+        # pointer walks the owed list once over the whole drain.
+        if self._owed is None:
+            if self.publishing():
+                Call(self.env, DRAIN_TICK, self._drain_tick, None)
+                return
+            self._owed = self.owed()
+        owed, finished, at = self._owed, self.finished, self._owed_at
+        while at < len(owed) and finished[owed[at]]:
+            at += 1
+        self._owed_at = at
+        if at == len(owed):
+            self._stop_now(None)
+        else:
+            Call(self.env, DRAIN_TICK, self._drain_tick, None)
 
     @property
     def events(self) -> int:
@@ -433,36 +497,109 @@ class Simulation:
     # ------------------------------------------------------------------ consumers
 
     def _received(self, r: int) -> None:
+        """Delivery row ``r`` reached its consumer's client library (not yet delivered)."""
         c = self.row_consumer[r]
         buffer = self.buffer[c]
         if self.buffer_limit is not None and len(buffer) >= self.buffer_limit:
             # Slow consumer: the client library drops it; the row keeps t_delivered NaN.
             self.counts["slow_consumer_drops"] += 1
             return
-        self.row_t_delivered[r] = self.env.now
-        if self._ack_before:
-            self._to_broker(c, self._acked, r)
         if self.busy[c]:
             buffer.append(r)
+            return
+        # An idle consumer's buffer is empty: its handler takes this one at once.
+        self.busy[c] = True
+        self.row_t_delivered[r] = self.env.now
+        if self._ack_before:
+            self._ack_batch(c, r)
         else:
-            self.busy[c] = True
             self._start(c, r)
+
+    def _fetch(self, c: int) -> None:
+        """Consumer ``c``'s handler takes a batch from its buffer: the moment of delivery.
+
+        As the harness's fetch: up to ``prefetch`` waiting messages at once, all delivered now,
+        then processed one after the other; with ``ack: before`` the batch is acked first and
+        processing waits for the ack's reply.
+        """
+        buffer = self.buffer[c]
+        now = self.env.now
+        r = buffer.popleft()
+        self.row_t_delivered[r] = now
+        if buffer and self.batch > 1:
+            hand = self.hand[c]
+            for _ in range(min(self.batch - 1, len(buffer))):
+                more = buffer.popleft()
+                self.row_t_delivered[more] = now
+                hand.append(more)
+        if self._ack_before:
+            self._ack_batch(c, r)
+        else:
+            self._start(c, r)
+
+    def _ack_batch(self, c: int, r: int) -> None:
+        """``ack: before``: ack the batch (first row ``r``), start ``r`` once the reply is back."""
+        rows = [r, *self.hand[c]]
+        if self._net is None:
+            for row in rows:
+                self._acked(row)
+            self._start(c, r)
+            return
+        for row in rows[:-1]:
+            self._to_broker(c, self._acked, row)
+        self._to_broker(c, self._acked_early, (rows[-1], r))
+
+    def _acked_early(self, rows: tuple[int, int]) -> None:
+        last, first = rows
+        self._acked(last)
+        self._to_client(self.row_consumer[first], self._begin, first)
+
+    def _begin(self, r: int) -> None:
+        self._start(self.row_consumer[r], r)
+
+    def _to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
+        """A reply from the broker to ``consumer`` (same link as its deliveries)."""
+        if self._net is None:
+            fn(r)
+        else:
+            self._hop(self._consumer_down + consumer, fn, r)
 
     def _start(self, c: int, r: int) -> None:
         """Consumer ``c`` starts processing delivery row ``r`` (faults change how long it takes)."""
         Call(self.env, next(self._processing), self._processed, r)
 
     def _processed(self, r: int) -> None:
+        if self._ack_after:
+            # The ack and the next fetch travel together; the consumer waits for the ack's
+            # reply before it counts the message done and takes the next (as the harness does).
+            if self._net is None:
+                self._released(r)
+                self._done(r)
+            else:
+                self._to_broker(self.row_consumer[r], self._ack_reached, r)
+            return
+        self._done(r)
+        if self.consumer_acks:
+            self._to_broker(self.row_consumer[r], self._released, r)
+
+    def _ack_reached(self, r: int) -> None:
+        self._released(r)
+        self._to_client(self.row_consumer[r], self._done, r)
+
+    def _done(self, r: int) -> None:
+        """Row ``r`` is processed and, with ``ack: after``, acked: ``t_done``; take the next."""
         self.row_t_done[r] = self.env.now
-        c = self.row_consumer[r]
-        buffer = self.buffer[c]
-        if buffer:
-            self._start(c, buffer.popleft())
+        self.finished[self.row_msg[r]] = 1
+        self._next(self.row_consumer[r])
+
+    def _next(self, c: int) -> None:
+        hand = self.hand[c]
+        if hand:
+            self._start(c, hand.popleft())
+        elif self.buffer[c]:
+            self._fetch(c)
         else:
             self.busy[c] = False
-        if self.consumer_acks:
-            # The ack (mode "after") and the next fetch travel together to the broker.
-            self._to_broker(c, self._released, r)
 
     def _released(self, r: int) -> None:
         if self._ack_after:
@@ -573,6 +710,9 @@ class Simulation:
         ``faults`` are the fault windows the timeline's ``faults`` column marks.
         """
         msg, consumer, number, t_delivered, t_done = self._delivery_columns()
+        first = np.full(self.n, np.inf)
+        np.minimum.at(first, msg, t_delivered)
+        first[np.isinf(first)] = math.nan
         self.forget()
         t_sent, t_acked, codes, attempts = self._send_columns()
         plan = self.plan
@@ -596,5 +736,5 @@ class Simulation:
         return Trace(
             sends=sends,
             deliveries=deliveries,
-            timeline=build_timeline(sends, deliveries, faults or []),
+            timeline=build_timeline(sends, deliveries, faults or [], first=np.round(first, 6)),
         )

@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 from brokerlab.sim.engine import Call, Progress, Simulation
-from brokerlab.sim.faults import RECONNECT_DELAY, Entry, kept_on_kill, resolve_entries
+from brokerlab.sim.faults import (
+    ACK_REPLY_WAIT,
+    RECONNECT_DELAY,
+    Entry,
+    kept_on_kill,
+    resolve_entries,
+)
 from brokerlab.sim.presets import Preset
 
 from brokerlab.core.load import LoadPlan, streams
@@ -82,6 +88,7 @@ class FaultMixin(Simulation):
         self._crashed = [False] * clients
         self._epoch = [0] * clients
         self._life = [0] * scenario.consumers.count  # a crash voids processing in progress
+        self._awaiting = [-1] * scenario.consumers.count  # row whose ack reply a consumer awaits
         self._effects: list[list[Entry]] = [[] for _ in range(clients)]  # hop faults
         self._slow: list[list[Entry]] = [[] for _ in range(scenario.consumers.count)]
         self._tx_free = [0.0] * len(self._link_free)  # bandwidth: when a link's sender is free
@@ -98,6 +105,7 @@ class FaultMixin(Simulation):
         self._backoff = settings.retry_backoff
         self._timeout = settings.publish_timeout
         self.attempts = [0] * n
+        self._unsettled = n  # messages whose publish is not over (answered or given up)
         self.live = [0] * n  # the attempt whose answer the producer waits for; 0 = none
         self.uncertain = [False] * n  # some attempt ended without an answer
         self.sent_ok = [False] * n  # fire-and-forget: a publish went out on a live connection
@@ -143,6 +151,23 @@ class FaultMixin(Simulation):
                 if end is not None:
                     Call(self.env, entry.end, getattr(self, end), entry)
         super().run()
+
+    # ------------------------------------------------------------------ drain
+
+    def publishing(self) -> bool:
+        """Some publish is not over yet (answer, retry) beyond a producer that stays crashed."""
+        if self._unsettled <= 0:
+            return False
+        crashed = [p for p in range(self.producers) if self._crashed[p]]
+        if not crashed:
+            return True
+        never = np.isin(self.plan.producer, crashed) & (np.asarray(self.attempts) == 0)
+        return self._unsettled > int(np.count_nonzero(never))
+
+    def owed(self) -> list[int]:
+        if self.publish_acks:
+            return np.flatnonzero(~np.isnan(self.t_acked)).tolist()
+        return np.flatnonzero(self.sent_ok).tolist()
 
     # ------------------------------------------------------------------ network
 
@@ -265,6 +290,7 @@ class FaultMixin(Simulation):
                 Call(self.env, self._timeout, self._on_publish_timer, 0)
         else:
             self.sent_ok[i] = True  # fire-and-forget: the call succeeded, whatever follows
+            self._unsettled -= 1
         self._send_hop(p, p, self._size[i], self._publish_arrived, (i, a), True)
 
     def _publish_arrived(self, token: tuple[int, int]) -> None:
@@ -347,6 +373,7 @@ class FaultMixin(Simulation):
 
     def _settled(self, i: int) -> None:
         """Message ``i`` is done (acked or given up): a sync producer sends its next one."""
+        self._unsettled -= 1
         if self._sync:
             following = self._following[i]
             if following >= 0:
@@ -391,14 +418,56 @@ class FaultMixin(Simulation):
         c = self.row_consumer[r]
         if life != self._life[c]:
             return  # the consumer crashed while processing: t_done stays NaN
-        self.row_t_done[r] = self.env.now
-        buffer = self.buffer[c]
-        if buffer:
-            self._start(c, buffer.popleft())
-        else:
-            self.busy[c] = False
+        if self._ack_after:
+            self._await_reply(c, r, self._done)
+            self._to_broker(c, self._ack_reached, r)
+            return
+        self._done(r)
         if self.consumer_acks:
             self._to_broker(c, self._released, r)
+
+    def _ack_batch(self, c: int, r: int) -> None:
+        rows = [r, *self.hand[c]]
+        self._await_reply(c, r, self._begin)
+        for row in rows[:-1]:
+            self._to_broker(c, self._acked, row)
+        self._to_broker(c, self._acked_early, (rows[-1], r))
+
+    def _await_reply(self, c: int, r: int, then: Callable[[int], None]) -> None:
+        """Consumer ``c`` waits for the reply to its ack of row ``r``, then calls ``then(r)``.
+
+        Like the harness, it gives up waiting after :data:`~sim.faults.ACK_REPLY_WAIT` (a lost
+        connection, a paused or dead broker) and goes on; the broker redelivers what it missed.
+        """
+        self._awaiting[c] = r
+        Call(self.env, ACK_REPLY_WAIT, self._reply_overdue, (r, self._life[c], then))
+
+    def _reply_overdue(self, job: tuple[int, int, Callable[[int], None]]) -> None:
+        r, life, then = job
+        c = self.row_consumer[r]
+        if life == self._life[c] and self._awaiting[c] == r:
+            self._awaiting[c] = -1
+            then(r)
+
+    def _to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
+        link = self._consumer_down + consumer
+        self._send_hop(self.producers + consumer, link, 0, self._replied, (fn, r), False)
+
+    def _replied(self, reply: tuple[Callable[[int], None], int]) -> None:
+        fn, r = reply
+        c = self.row_consumer[r]
+        if self._awaiting[c] == r:
+            self._awaiting[c] = -1
+            fn(r)
+
+    def _begin(self, r: int) -> None:
+        c = self.row_consumer[r]
+        if self.busy[c]:  # not emptied by a crash since the batch was taken
+            self._start(c, r)
+
+    def _done(self, r: int) -> None:
+        self.finished[self._message(self.row_msg[r])] = 1  # a copy finishes its message
+        super()._done(r)
 
     def _drop_consumer(self, c: int) -> None:
         """The connection dropped: the broker stops sending; what was in flight is lost."""
@@ -425,7 +494,7 @@ class FaultMixin(Simulation):
         # one (it processes and acks those on the new connection).
         if not self._connected[self.producers + c]:
             return
-        held = len(self.buffer[c]) + self.busy[c]
+        held = len(self.buffer[c]) + len(self.hand[c]) + self.busy[c]
         self.free[c] = max(self._prefetch - held, 0)
         members: list[int] | None = getattr(self, "members", None)
         if members is not None and c not in members:
@@ -471,7 +540,11 @@ class FaultMixin(Simulation):
             self._drop_consumer(c)
             self._crashed[self.producers + c] = True
             self._life[c] += 1
+            self._awaiting[c] = -1
             self.busy[c] = False
+            # The batch in hand was delivered and is never done; what the client library still
+            # buffered was never delivered: lost for NATS core, redelivered by acking brokers.
+            self.hand[c].clear()
             self.buffer[c].clear()
 
     def _producer_crash(self, entry: Entry) -> None:

@@ -17,6 +17,10 @@ from brokerlab.core.trace import FaultWindow
 #: retry connecting every few tens of milliseconds; a fixed delay keeps runs reproducible).
 RECONNECT_DELAY = 0.05
 
+#: A consumer waits this long for the reply to an ack before it goes on without it (the
+#: harness's per-call grace): a lost connection or a stopped broker does not stall it forever.
+ACK_REPLY_WAIT = 5.0
+
 #: Actions that act on the broker process; the rest act on clients or on their network hops.
 BROKER_ACTIONS = ("broker-kill", "broker-pause")
 #: Actions that act on the hops between clients and the broker.

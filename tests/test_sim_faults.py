@@ -176,18 +176,26 @@ def test_acked_brokers_redeliver_what_a_crashed_consumer_held(kind: str) -> None
 def test_broker_pause_with_retries_duplicates_on_redis() -> None:
     """Pause past publish_timeout, retry same-id: Redis has no dedup, the copies are delivered."""
     checks = check(make({"kind": "redis-streams"}, PAUSE, producers=RETRY_SAME_ID))
-    assert checks.duplicates > 300 and checks.redelivered == 0 and checks.lost == 0
+    assert checks.duplicates > 300 and checks.lost == 0
     assert checks.recovered > 0  # gave up (unknown), yet delivered
+    # Redeliveries are only what the consumers held when the pause began (2 x prefetch 5): they
+    # wait for their acks' replies until the resume, past those deliveries' 1 s ack timeout.
+    assert checks.redelivered <= 2 * 5
 
 
 def test_broker_pause_with_retries_is_deduplicated_by_jetstream_msg_id() -> None:
-    """The same retries against JetStream with a dedup window: no duplicates at all."""
+    """The same retries against JetStream with a dedup window: no message is stored twice
+    (each has one first delivery); the few duplicates are redeliveries of what the consumers
+    held when the pause began (as on Redis)."""
     scenario = make(
         {"kind": "nats-jetstream", "dedup_window": "2min"}, PAUSE, producers=RETRY_SAME_ID
     )
     result = simulate(scenario, 1)
     checks = check_delivery(result.trace.sends, result.trace.deliveries)
-    assert checks.duplicates == 0 and checks.lost == 0
+    deliveries = result.trace.deliveries
+    copies = deliveries[deliveries["delivery_no"] == 1].groupby("msg_id").size()
+    assert copies.max() == 1 and checks.lost == 0
+    assert checks.duplicates <= 2 * 5
     assert result.info["deduplicated"] > 300
 
 
