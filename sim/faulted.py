@@ -89,6 +89,7 @@ class FaultMixin(Simulation):
         self._epoch = [0] * clients
         self._life = [0] * scenario.consumers.count  # a crash voids processing in progress
         self._awaiting = [-1] * scenario.consumers.count  # row whose ack reply a consumer awaits
+        self._then: list[Callable[[int], None]] = [self._done] * scenario.consumers.count
         self._effects: list[list[Entry]] = [[] for _ in range(clients)]  # hop faults
         self._slow: list[list[Entry]] = [[] for _ in range(scenario.consumers.count)]
         self._tx_free = [0.0] * len(self._link_free)  # bandwidth: when a link's sender is free
@@ -419,6 +420,9 @@ class FaultMixin(Simulation):
         if life != self._life[c]:
             return  # the consumer crashed while processing: t_done stays NaN
         if self._ack_after:
+            if not self._connected[self.producers + c]:
+                self._done(r)  # the ack call fails at once without a connection
+                return
             self._await_reply(c, r, self._done)
             self._to_broker(c, self._ack_reached, r)
             return
@@ -427,6 +431,9 @@ class FaultMixin(Simulation):
             self._to_broker(c, self._released, r)
 
     def _ack_batch(self, c: int, r: int) -> None:
+        if not self._connected[self.producers + c]:
+            self._start(c, r)  # the ack call fails at once without a connection
+            return
         rows = [r, *self.hand[c]]
         self._await_reply(c, r, self._begin)
         for row in rows[:-1]:
@@ -440,6 +447,7 @@ class FaultMixin(Simulation):
         connection, a paused or dead broker) and goes on; the broker redelivers what it missed.
         """
         self._awaiting[c] = r
+        self._then[c] = then
         Call(self.env, ACK_REPLY_WAIT, self._reply_overdue, (r, self._life[c], then))
 
     def _reply_overdue(self, job: tuple[int, int, Callable[[int], None]]) -> None:
@@ -474,6 +482,9 @@ class FaultMixin(Simulation):
         self._connected[self.producers + c] = False
         self._epoch[self.producers + c] += 1
         self.free[c] = 0
+        r = self._awaiting[c]
+        if r >= 0:  # the ack call fails at once on a dead connection: the consumer goes on
+            Call(self.env, 0.0, self._reply_overdue, (r, self._life[c], self._then[c]))
         members: list[int] | None = getattr(self, "members", None)
         if members is not None and c in members:
             members.remove(c)
@@ -494,7 +505,8 @@ class FaultMixin(Simulation):
         # one (it processes and acks those on the new connection).
         if not self._connected[self.producers + c]:
             return
-        held = len(self.buffer[c]) + len(self.hand[c]) + self.busy[c]
+        # A consumer awaiting an ack's reply sent that message's credit on the old connection.
+        held = len(self.buffer[c]) + len(self.hand[c]) + (self.busy[c] and self._awaiting[c] < 0)
         self.free[c] = max(self._prefetch - held, 0)
         members: list[int] | None = getattr(self, "members", None)
         if members is not None and c not in members:

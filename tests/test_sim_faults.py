@@ -159,6 +159,17 @@ def test_nats_core_consumer_crash_loses_messages_without_duplicates() -> None:
     assert result.info["no_interest"] > 0
 
 
+def test_nats_core_crash_counts_only_the_batch_in_hand_as_delivered() -> None:
+    """What a crashed subscriber's client library still buffered was never handed to its handler:
+    not delivered, lost. Only the batch its handler had taken (at most prefetch 5) shows as
+    delivered and never done, as in the harness. (It used to show the whole buffer, hundreds.)"""
+    result = simulate(make({"kind": "nats"}, CONSUMER_CRASH, consumers={"count": 1}), 1)
+    deliveries = result.trace.deliveries
+    died = deliveries[deliveries["t_done"].isna()]
+    assert 1 <= len(died) <= 5 and (died["t_delivered"] < 1.0).all()
+    assert (deliveries["t_done"].notna() | (deliveries["t_delivered"] < 1.0)).all()
+
+
 @pytest.mark.parametrize("kind", ["nats-jetstream", "redis-streams", "rabbitmq", "kafka"])
 def test_acked_brokers_redeliver_what_a_crashed_consumer_held(kind: str) -> None:
     """Consumer crash on a log or queue: no loss; its unacked deliveries come back (redelivered)."""
