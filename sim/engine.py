@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import simpy
+from brokerlab.sim.events import Call
 from brokerlab.sim.presets import Preset
+from brokerlab.sim.process import BrokerProcess
 from brokerlab.sim.sampling import is_zero, samples
-from simpy.events import Timeout
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
@@ -45,27 +46,6 @@ Progress = Callable[[int, int], None]
 
 #: How often the drain looks whether every acknowledged message is done (the harness's poll).
 DRAIN_TICK = 0.02
-
-
-_timeout_init = Timeout.__init__
-
-
-class Call(Timeout):
-    """A timeout that calls ``fn(arg)`` when it fires: one heap entry, no process, no closure.
-
-    Built only from SimPy's public API: a :class:`~simpy.events.Timeout` subclass with one
-    callback appended (``Event.callbacks`` is the documented way to react to an event).
-    """
-
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable[[Any], None], arg: Any):
-        _timeout_init(self, env, delay)  # super().__init__, without the lookup on the hot path
-        self.fn = fn
-        self.arg = arg
-        self.callbacks.append(_fire)
-
-
-def _fire(event: Call) -> None:
-    event.fn(event.arg)
 
 
 class Simulation:
@@ -90,6 +70,8 @@ class Simulation:
         plan: LoadPlan,
         seed: int,
         progress: Progress | None = None,
+        *,
+        process: type[BrokerProcess] = BrokerProcess,
     ):
         self.env = simpy.Environment()
         self.scenario = scenario
@@ -115,10 +97,9 @@ class Simulation:
         self._deliver_time = None if is_zero(deliver) else samples(deliver, rngs["service"])
         self._processing = samples(consumers.processing, rngs["processing"])
 
-        # Broker servers: parallel, FIFO, shared by publish and delivery work.
-        self._servers = broker.servers
-        self._busy_servers = 0
-        self._server_queue: deque[tuple[float, Callable[[int], None], int]] = deque()
+        #: the broker process (its servers; a faulted run's can stop): chosen by the caller
+        self.process = process(self.env, broker.servers)
+        self._serve = self.process.serve
 
         # Links: producer p up/down, consumer c down/up; value = when the link is next free.
         producers, count = scenario.producers.count, consumers.count
@@ -403,21 +384,6 @@ class Simulation:
         else:
             self._hop(self._consumer_up + consumer, fn, r)
 
-    def _serve(self, duration: float, fn: Callable[[int], None], arg: int) -> None:
-        if self._busy_servers < self._servers:
-            self._busy_servers += 1
-            Call(self.env, duration, self._served, (fn, arg))
-        else:
-            self._server_queue.append((duration, fn, arg))
-
-    def _served(self, job: tuple[Callable[[int], None], int]) -> None:
-        if self._server_queue:
-            duration, fn, arg = self._server_queue.popleft()
-            Call(self.env, duration, self._served, (fn, arg))
-        else:
-            self._busy_servers -= 1
-        job[0](job[1])
-
     # ------------------------------------------------------------------ dispatch
 
     def offer(self, lane: int) -> None:
@@ -637,6 +603,8 @@ class Simulation:
     def _on_timer(self, epoch: int) -> None:
         if epoch != self._timer_epoch:
             return  # armed before a broker kill
+        if not self.process.timer_due():
+            return  # a paused broker runs it on resume
         deadlines, pending, row_msg = self._deadlines, self.pending, self.row_msg
         now = self.env.now
         while deadlines:

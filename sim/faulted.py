@@ -41,12 +41,12 @@ from brokerlab.sim.faults import (
     resolve_entries,
 )
 from brokerlab.sim.presets import Preset
+from brokerlab.sim.process import FaultedBrokerProcess
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.vocabulary import OutcomeCode
 
-UP, PAUSED, DOWN = 0, 1, 2
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
 
 #: (callback, argument, client, connection epoch) of something travelling on a connection
@@ -64,7 +64,8 @@ class FaultMixin(Simulation):
         seed: int,
         progress: Progress | None = None,
     ):
-        super().__init__(scenario, preset, plan, seed, progress)
+        super().__init__(scenario, preset, plan, seed, progress, process=FaultedBrokerProcess)
+        self.broker_process: FaultedBrokerProcess = self.process  # type: ignore[assignment]
         # The engine binds zero-cost shortcuts on the instance; faults need every step.
         for shortcut in ("_arrive", "_publish", "_to_consumer"):
             self.__dict__.pop(shortcut, None)
@@ -75,12 +76,7 @@ class FaultMixin(Simulation):
         clients = producers + scenario.consumers.count
         self._prefetch = scenario.consumers.prefetch
 
-        # The broker process.
-        self.broker_state = UP
-        self._broker_epoch = 0  # bumped by a kill: service completions of before are void
-        self._broker_started = 0.0  # periodic syncs count from the (re)start
-        self._held: list[tuple[Callable[[Any], None], Any]] = []  # work waiting out a pause
-        self._timer_held = False  # the ack timer came due during a pause
+        # What a kill of the broker process keeps.
         self._kept = kept_on_kill(preset)
 
         # Clients: producers 0..P-1, then consumers. Epoch = which connection is current.
@@ -214,54 +210,20 @@ class FaultMixin(Simulation):
             fn(arg)
 
     def _at_broker_hop(self, hop: Hop) -> None:
+        # Through the broker process's gate: now, after a pause, or never (killed).
+        self.process.receive(self._at_broker_now, hop)
+
+    def _at_broker_now(self, hop: Hop) -> None:
         fn, arg, client, epoch = hop
-        if epoch != self._epoch[client]:
-            return
-        if self.broker_state == PAUSED:
-            self._held.append((self._at_broker_hop, hop))
-        elif self.broker_state == UP:
+        if epoch == self._epoch[client]:  # else it was in flight when the connection dropped
             fn(arg)
-
-    def _at_broker(self, fn: Callable[[Any], None], arg: Any) -> None:
-        """Broker work: now if up, after the pause if paused, never if down."""
-        if self.broker_state == UP:
-            fn(arg)
-        elif self.broker_state == PAUSED:
-            self._held.append((fn, arg))
-
-    def _serve(self, duration: float, fn: Callable[[Any], None], arg: Any) -> None:
-        if self._busy_servers < self._servers:
-            self._busy_servers += 1
-            Call(self.env, duration, self._served, (fn, arg, self._broker_epoch))
-        else:
-            self._server_queue.append((duration, fn, arg))
-
-    def _served(self, job: Any) -> None:
-        fn, arg, epoch = job
-        if epoch != self._broker_epoch:
-            return  # the broker was killed mid-operation
-        if self.broker_state == PAUSED:
-            self._held.append((self._served, job))  # a stopped process finishes after resume
-            return
-        if self._server_queue:
-            duration, next_fn, next_arg = self._server_queue.popleft()
-            Call(self.env, duration, self._served, (next_fn, next_arg, epoch))
-        else:
-            self._busy_servers -= 1
-        fn(arg)
-
-    def _on_timer(self, epoch: int) -> None:
-        if self.broker_state == PAUSED and epoch == self._timer_epoch:
-            self._timer_held = True  # redelivery waits out the pause (see _broker_resume)
-            return
-        super()._on_timer(epoch)
 
     # ------------------------------------------------------------------ producers
 
     def _publish(self, i: int) -> None:
         # First attempt of message i, when the plan (or a sync producer's last ack) says.
         p = self.producer_of[i]
-        if not self._connected[p] and (self._crashed[p] or self.broker_state != DOWN):
+        if not self._connected[p] and (self._crashed[p] or not self.process.down):
             # A crashed producer sends on restart; a reconnecting one once connected. Both keep
             # the message's t_intended, so publish_delay shows the gap.
             self._parked[p].append(i)
@@ -367,7 +329,7 @@ class FaultMixin(Simulation):
         p = self.producer_of[i]
         if self._crashed[p]:
             self._settled(i)  # the retry died with the producer
-        elif not self._connected[p] and self.broker_state != DOWN:
+        elif not self._connected[p] and not self.process.down:
             self._parked[p].append(i)
         else:
             self._attempt(i)
@@ -489,7 +451,7 @@ class FaultMixin(Simulation):
         if members is not None and c in members:
             members.remove(c)
         if self._requeue_on_disconnect:
-            self._at_broker(self._give_back, c)
+            self.process.receive(self._give_back, c)
 
     def _give_back(self, c: int | None) -> None:
         """Brokers without an ack timer (Kafka rebalance, RabbitMQ channel close) make a lost
@@ -517,7 +479,7 @@ class FaultMixin(Simulation):
 
     def _client_up(self, client: int) -> None:
         """A client (re)connects, if it is alive and the broker is there."""
-        if self.broker_state == DOWN or self._crashed[client] or self._connected[client]:
+        if self.process.down or self._crashed[client] or self._connected[client]:
             return
         self._connected[client] = True
         if client < self.producers:
@@ -525,7 +487,7 @@ class FaultMixin(Simulation):
             for i in parked:
                 self._attempt(i)
         else:
-            self._at_broker(self._consumer_joined, client - self.producers)
+            self.process.receive(self._consumer_joined, client - self.producers)
 
     def _reconnect(self, entry: Entry) -> None:
         for p in entry.producers:
@@ -586,14 +548,9 @@ class FaultMixin(Simulation):
     # ------------------------------------------------------------------ the broker process
 
     def _broker_kill(self, entry: Entry) -> None:
-        self.broker_state = DOWN
-        self._broker_epoch += 1
+        self.broker_process.kill()
         self._timer_epoch += 1  # the ack timer dies with the process
         self._timer_set = False
-        self._timer_held = False
-        self._busy_servers = 0
-        self._server_queue.clear()
-        self._held.clear()
         for p in range(self.producers):
             if self._connected[p]:
                 self._drop_producer(p)
@@ -621,18 +578,15 @@ class FaultMixin(Simulation):
         if not power_loss:
             return
         assert isinstance(kept, float)
-        started = self._broker_started
-        synced = started + math.floor((self.env.now - started) / kept) * kept
+        synced = self.broker_process.synced_since(kept)
         t_store = self._t_store
         self.lose_stored(lambda b: t_store[b] > synced)
         if self._dedup:
             self._dedup_at = [math.nan if t > synced else t for t in self._dedup_at]
 
     def _broker_restart(self, entry: Entry) -> None:
-        if self.broker_state != DOWN:
+        if not self.broker_process.restart():
             return
-        self.broker_state = UP
-        self._broker_started = self.env.now
         if self._requeue_on_disconnect:
             self._give_back(None)
         if self._deadlines and not self._timer_set:
@@ -643,20 +597,15 @@ class FaultMixin(Simulation):
         Call(self.env, RECONNECT_DELAY, self._reconnect_all, None)
 
     def _broker_pause(self, entry: Entry) -> None:
-        if self.broker_state == UP:
-            self.broker_state = PAUSED
+        self.broker_process.pause()
 
     def _broker_resume(self, entry: Entry) -> None:
-        if self.broker_state != PAUSED:
-            return
-        self.broker_state = UP
-        held, self._held = self._held, []
+        held, timer = self.broker_process.resume()
         for fn, arg in held:  # in arrival order, as TCP delivers it
             fn(arg)
         # The ack timer last: acks that reached the broker's socket during the pause count as
         # in time, so only deliveries still unacked after the backlog are redelivered.
-        if self._timer_held:
-            self._timer_held = False
+        if timer:
             self._on_timer(self._timer_epoch)
 
     # ------------------------------------------------------------------ trace
