@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import simpy
 from brokerlab.sim.events import Call
+from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess
 from brokerlab.sim.sampling import is_zero, samples
@@ -72,6 +73,7 @@ class Simulation:
         progress: Progress | None = None,
         *,
         process: type[BrokerProcess] = BrokerProcess,
+        network: type[Network] = Network,
     ):
         self.env = simpy.Environment()
         self.scenario = scenario
@@ -101,12 +103,13 @@ class Simulation:
         self.process = process(self.env, broker.servers)
         self._serve = self.process.serve
 
-        # Links: producer p up/down, consumer c down/up; value = when the link is next free.
+        # The network (links per connection direction): chosen by the caller.
         producers, count = scenario.producers.count, consumers.count
-        self._producer_down = producers
-        self._consumer_down = 2 * producers
-        self._consumer_up = 2 * producers + count
-        self._link_free = [0.0] * (2 * producers + 2 * count)
+        self.network = network(self.env, self._net, producers, count)
+        self._producer_down = self.network.producer_down
+        self._consumer_down = self.network.consumer_down
+        self._consumer_up = self.network.consumer_up
+        self._hop = self.network.hop
 
         # Sends, recorded by message index.
         self._sync = scenario.producers.confirm == "sync" and self.publish_acks
@@ -354,7 +357,7 @@ class Simulation:
             t_ack = (
                 now
                 if self._net is None
-                else self._link_time(self._producer_down + self.producer_of[i])
+                else self.network.arrival(self._producer_down + self.producer_of[i])
             )
             self.t_acked[i] = t_ack
             if self._sync:
@@ -365,18 +368,6 @@ class Simulation:
         self.stored(i)
 
     # ------------------------------------------------------------------ network and servers
-
-    def _link_time(self, link: int) -> float:
-        """Arrival time of something sent now over ``link`` (FIFO: never before the previous)."""
-        assert self._net is not None
-        t = self.env.now + next(self._net)
-        if t < self._link_free[link]:
-            t = self._link_free[link]
-        self._link_free[link] = t
-        return t
-
-    def _hop(self, link: int, fn: Callable[[int], None], arg: int) -> None:
-        Call(self.env, self._link_time(link) - self.env.now, fn, arg)
 
     def _to_broker(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
         if self._net is None:

@@ -40,6 +40,7 @@ from brokerlab.sim.faults import (
     kept_on_kill,
     resolve_entries,
 )
+from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import FaultedBrokerProcess
 
@@ -48,9 +49,6 @@ from brokerlab.core.scenario import Scenario
 from brokerlab.core.vocabulary import OutcomeCode
 
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
-
-#: (callback, argument, client, connection epoch) of something travelling on a connection
-Hop = tuple[Callable[[Any], None], Any, int, int]
 
 
 class FaultMixin(Simulation):
@@ -64,13 +62,24 @@ class FaultMixin(Simulation):
         seed: int,
         progress: Progress | None = None,
     ):
-        super().__init__(scenario, preset, plan, seed, progress, process=FaultedBrokerProcess)
+        super().__init__(
+            scenario,
+            preset,
+            plan,
+            seed,
+            progress,
+            process=FaultedBrokerProcess,
+            network=FaultedNetwork,
+        )
         self.broker_process: FaultedBrokerProcess = self.process  # type: ignore[assignment]
+        self.network: FaultedNetwork = self.network  # type: ignore[assignment]
         # The engine binds zero-cost shortcuts on the instance; faults need every step.
         for shortcut in ("_arrive", "_publish", "_to_consumer"):
             self.__dict__.pop(shortcut, None)
         self.entries, _ = resolve_entries(scenario)
-        self._rng = streams(seed)["faults"]
+        # NATS core: a partitioned subscriber's messages are dropped (the server cannot write
+        # to it and drops past its limits), not delivered late as on the acked brokers.
+        self.network.attach(self.process, streams(seed)["faults"], self.model == "pubsub")
         n = self.n
         self.producers = producers = scenario.producers.count
         clients = producers + scenario.consumers.count
@@ -79,19 +88,12 @@ class FaultMixin(Simulation):
         # What a kill of the broker process keeps.
         self._kept = kept_on_kill(preset)
 
-        # Clients: producers 0..P-1, then consumers. Epoch = which connection is current.
-        self._connected = [True] * clients
+        # Clients: producers 0..P-1, then consumers (their connections are the network's).
         self._crashed = [False] * clients
-        self._epoch = [0] * clients
         self._life = [0] * scenario.consumers.count  # a crash voids processing in progress
         self._awaiting = [-1] * scenario.consumers.count  # row whose ack reply a consumer awaits
         self._then: list[Callable[[int], None]] = [self._done] * scenario.consumers.count
-        self._effects: list[list[Entry]] = [[] for _ in range(clients)]  # hop faults
         self._slow: list[list[Entry]] = [[] for _ in range(scenario.consumers.count)]
-        self._tx_free = [0.0] * len(self._link_free)  # bandwidth: when a link's sender is free
-        # NATS core: a partitioned subscriber's messages are dropped (the server cannot write
-        # to it and drops past its limits), not delivered late as on the acked brokers.
-        self._drop_when_cut = self.model == "pubsub"
         self._requeue_on_disconnect = self._track and not preset.redelivery
 
         # Publish attempts, per message.
@@ -136,9 +138,9 @@ class FaultMixin(Simulation):
             if action in ("partition", "latency", "bandwidth"):
                 # Hop faults need no event: a hop checks them when it is sent.
                 for p in entry.producers:
-                    self._effects[p].append(entry)
+                    self.network.effects[p].append(entry)
                 for c in entry.consumers:
-                    self._effects[consumers_from + c].append(entry)
+                    self.network.effects[consumers_from + c].append(entry)
             elif action == "slow-consumer":
                 for c in entry.consumers:
                     self._slow[c].append(entry)
@@ -168,62 +170,12 @@ class FaultMixin(Simulation):
 
     # ------------------------------------------------------------------ network
 
-    def _send_hop(
-        self, client: int, link: int, size: int, fn: Callable[[Any], None], arg: Any, up: bool
-    ) -> None:
-        """Send ``arg`` on ``client``'s connection over ``link``; ``fn(arg)`` runs on arrival."""
-        if not self._connected[client]:
-            return  # no connection to send on
-        env = self.env
-        now = env.now
-        delay = next(self._net) if self._net is not None else 0.0
-        t = now + delay
-        for entry in self._effects[client]:
-            if not entry.start <= now < entry.end:
-                continue
-            fault = entry.fault
-            if fault.action == "latency":
-                assert fault.delay is not None
-                extra = fault.delay
-                if fault.jitter:
-                    extra += self._rng.uniform(-fault.jitter, fault.jitter)
-                t += max(extra, 0.0)
-            elif fault.action == "bandwidth":
-                # Serialisation: bytes leave one after another at the limit (FIFO).
-                assert fault.bandwidth
-                start = max(now, self._tx_free[link])
-                self._tx_free[link] = start + size / fault.bandwidth
-                t = max(t, self._tx_free[link] + delay)
-            else:  # partition: like the lab's proxy, hold the bytes and deliver after it heals
-                if self._drop_when_cut and not up:
-                    return
-                t = max(t, entry.end + delay)
-        if t < self._link_free[link]:
-            t = self._link_free[link]  # TCP keeps order
-        self._link_free[link] = t
-        arrive = self._at_broker_hop if up else self._at_client_hop
-        Call(env, t - now, arrive, (fn, arg, client, self._epoch[client]))
-
-    def _at_client_hop(self, hop: Hop) -> None:
-        fn, arg, client, epoch = hop
-        if epoch == self._epoch[client]:  # else it was in flight when the connection dropped
-            fn(arg)
-
-    def _at_broker_hop(self, hop: Hop) -> None:
-        # Through the broker process's gate: now, after a pause, or never (killed).
-        self.process.receive(self._at_broker_now, hop)
-
-    def _at_broker_now(self, hop: Hop) -> None:
-        fn, arg, client, epoch = hop
-        if epoch == self._epoch[client]:  # else it was in flight when the connection dropped
-            fn(arg)
-
     # ------------------------------------------------------------------ producers
 
     def _publish(self, i: int) -> None:
         # First attempt of message i, when the plan (or a sync producer's last ack) says.
         p = self.producer_of[i]
-        if not self._connected[p] and (self._crashed[p] or not self.process.down):
+        if not self.network.connected[p] and (self._crashed[p] or not self.process.down):
             # A crashed producer sends on restart; a reconnecting one once connected. Both keep
             # the message's t_intended, so publish_delay shows the gap.
             self._parked[p].append(i)
@@ -239,7 +191,7 @@ class FaultMixin(Simulation):
             self.t_sent[i] = now
         else:
             self.counts["retried"] += 1
-        if not self._connected[p]:
+        if not self.network.connected[p]:
             # Only while the broker is down: connection refused, so nothing was sent.
             self.counts["refused"] += 1
             self._attempt_failed(i, uncertain=False)
@@ -254,7 +206,7 @@ class FaultMixin(Simulation):
         else:
             self.sent_ok[i] = True  # fire-and-forget: the call succeeded, whatever follows
             self._unsettled -= 1
-        self._send_hop(p, p, self._size[i], self._publish_arrived, (i, a), True)
+        self.network.send(p, p, self._size[i], self._publish_arrived, (i, a), True)
 
     def _publish_arrived(self, token: tuple[int, int]) -> None:
         if self._publish_time is None:
@@ -287,7 +239,7 @@ class FaultMixin(Simulation):
 
     def _send_ack(self, i: int, a: int) -> None:
         p = self.producer_of[i]
-        self._send_hop(p, self._producer_down + p, 0, self._ack_arrived, (i, a), False)
+        self.network.send(p, self.network.producer_down + p, 0, self._ack_arrived, (i, a), False)
 
     def _ack_arrived(self, token: tuple[int, int]) -> None:
         i, a = token
@@ -329,7 +281,7 @@ class FaultMixin(Simulation):
         p = self.producer_of[i]
         if self._crashed[p]:
             self._settled(i)  # the retry died with the producer
-        elif not self._connected[p] and not self.process.down:
+        elif not self.network.connected[p] and not self.process.down:
             self._parked[p].append(i)
         else:
             self._attempt(i)
@@ -346,8 +298,7 @@ class FaultMixin(Simulation):
 
     def _drop_producer(self, p: int) -> None:
         """The connection dropped: every attempt waiting for an ack is unknown now."""
-        self._connected[p] = False
-        self._epoch[p] += 1
+        self.network.drop(p)
         waiting, self._waiting[p] = self._waiting[p], {}
         for i in waiting:
             self.live[i] = 0
@@ -358,11 +309,13 @@ class FaultMixin(Simulation):
     def _to_consumer(self, r: int) -> None:
         c = self.row_consumer[r]
         size = self._size[self._message(self.row_msg[r])]
-        self._send_hop(self.producers + c, self._consumer_down + c, size, self._received, r, False)
+        self.network.send(
+            self.producers + c, self.network.consumer_down + c, size, self._received, r, False
+        )
 
     def _to_broker(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
-        link = self._consumer_up + consumer
-        self._send_hop(self.producers + consumer, link, 0, fn, r, True)
+        link = self.network.consumer_up + consumer
+        self.network.send(self.producers + consumer, link, 0, fn, r, True)
 
     def _processing_time(self, c: int) -> float:
         duration = next(self._processing)
@@ -382,7 +335,7 @@ class FaultMixin(Simulation):
         if life != self._life[c]:
             return  # the consumer crashed while processing: t_done stays NaN
         if self._ack_after:
-            if not self._connected[self.producers + c]:
+            if not self.network.connected[self.producers + c]:
                 self._done(r)  # the ack call fails at once without a connection
                 return
             self._await_reply(c, r, self._done)
@@ -393,7 +346,7 @@ class FaultMixin(Simulation):
             self._to_broker(c, self._released, r)
 
     def _ack_batch(self, c: int, r: int) -> None:
-        if not self._connected[self.producers + c]:
+        if not self.network.connected[self.producers + c]:
             self._start(c, r)  # the ack call fails at once without a connection
             return
         rows = [r, *self.hand[c]]
@@ -420,8 +373,8 @@ class FaultMixin(Simulation):
             then(r)
 
     def _to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
-        link = self._consumer_down + consumer
-        self._send_hop(self.producers + consumer, link, 0, self._replied, (fn, r), False)
+        link = self.network.consumer_down + consumer
+        self.network.send(self.producers + consumer, link, 0, self._replied, (fn, r), False)
 
     def _replied(self, reply: tuple[Callable[[int], None], int]) -> None:
         fn, r = reply
@@ -441,8 +394,7 @@ class FaultMixin(Simulation):
 
     def _drop_consumer(self, c: int) -> None:
         """The connection dropped: the broker stops sending; what was in flight is lost."""
-        self._connected[self.producers + c] = False
-        self._epoch[self.producers + c] += 1
+        self.network.drop(self.producers + c)
         self.free[c] = 0
         r = self._awaiting[c]
         if r >= 0:  # the ack call fails at once on a dead connection: the consumer goes on
@@ -465,7 +417,7 @@ class FaultMixin(Simulation):
     def _consumer_joined(self, c: int) -> None:
         # A new connection gets fresh credit, minus what the consumer still holds from the old
         # one (it processes and acks those on the new connection).
-        if not self._connected[self.producers + c]:
+        if not self.network.connected[self.producers + c]:
             return
         # A consumer awaiting an ack's reply sent that message's credit on the old connection.
         held = len(self.buffer[c]) + len(self.hand[c]) + (self.busy[c] and self._awaiting[c] < 0)
@@ -479,9 +431,9 @@ class FaultMixin(Simulation):
 
     def _client_up(self, client: int) -> None:
         """A client (re)connects, if it is alive and the broker is there."""
-        if self.process.down or self._crashed[client] or self._connected[client]:
+        if self.process.down or self._crashed[client] or self.network.connected[client]:
             return
-        self._connected[client] = True
+        self.network.connected[client] = True
         if client < self.producers:
             parked, self._parked[client] = self._parked[client], []
             for i in parked:
@@ -496,15 +448,15 @@ class FaultMixin(Simulation):
             self._client_up(self.producers + c)
 
     def _reconnect_all(self, _: Any) -> None:
-        for client in range(len(self._connected)):
+        for client in range(len(self.network.connected)):
             self._client_up(client)
 
     def _connection_reset(self, entry: Entry) -> None:
         for p in entry.producers:
-            if self._connected[p]:
+            if self.network.connected[p]:
                 self._drop_producer(p)
         for c in entry.consumers:
-            if self._connected[self.producers + c]:
+            if self.network.connected[self.producers + c]:
                 self._drop_consumer(c)
         Call(self.env, RECONNECT_DELAY, self._reconnect, entry)
 
@@ -524,8 +476,7 @@ class FaultMixin(Simulation):
     def _producer_crash(self, entry: Entry) -> None:
         for p in entry.producers:
             self._crashed[p] = True
-            self._connected[p] = False
-            self._epoch[p] += 1
+            self.network.drop(p)
             waiting, self._waiting[p] = self._waiting[p], {}
             for i in waiting:  # never learns the answer: unknown, and no retry
                 self.live[i] = 0
@@ -552,10 +503,10 @@ class FaultMixin(Simulation):
         self._timer_epoch += 1  # the ack timer dies with the process
         self._timer_set = False
         for p in range(self.producers):
-            if self._connected[p]:
+            if self.network.connected[p]:
                 self._drop_producer(p)
         for c in range(len(self.free)):
-            if self._connected[self.producers + c]:
+            if self.network.connected[self.producers + c]:
                 self._drop_consumer(c)
         self._lose_unsaved(entry.fault.power_loss)
 
