@@ -21,11 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import simpy
-from brokerlab.sim.events import Call
-from brokerlab.sim.network import Network
-from brokerlab.sim.presets import Preset
-from brokerlab.sim.process import BrokerProcess
-from brokerlab.sim.sampling import is_zero, samples
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
@@ -37,6 +32,11 @@ from brokerlab.core.trace import (
     make_sends,
 )
 from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
+from brokerlab.sim.events import Call
+from brokerlab.sim.network import Network
+from brokerlab.sim.presets import Preset
+from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.sampling import is_zero, samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
 NO_ROW = -1

@@ -32,6 +32,10 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
+from brokerlab.core.load import LoadPlan, streams
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.vocabulary import OutcomeCode
 from brokerlab.sim.engine import Call, Progress, Simulation
 from brokerlab.sim.faults import (
     ACK_REPLY_WAIT,
@@ -43,10 +47,6 @@ from brokerlab.sim.faults import (
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import FaultedBrokerProcess
-
-from brokerlab.core.load import LoadPlan, streams
-from brokerlab.core.scenario import Scenario
-from brokerlab.core.vocabulary import OutcomeCode
 
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
 

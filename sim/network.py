@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+
 from brokerlab.sim.events import Call
 from brokerlab.sim.faults import Entry
 from brokerlab.sim.process import BrokerProcess

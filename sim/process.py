@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import simpy
+
 from brokerlab.sim.events import Call
 
 #: (callback, argument) of a piece of broker work
