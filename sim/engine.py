@@ -334,6 +334,14 @@ class Simulation:
             self._report(self._sent)
         self._publish(i)
 
+    def producer_free(self, i: int) -> None:
+        """Message ``i``'s publish is over: a confirm-sync producer sends its next one when due."""
+        following = self._following[i]
+        if following >= 0:
+            now = self.env.now
+            t_next = max(self.t_intended[following], now)
+            Call(self.env, t_next - now, self._send_sync, following)
+
     def _report(self, done: int) -> None:
         assert self.progress is not None
         self.progress(done, self.n)

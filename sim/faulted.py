@@ -25,8 +25,6 @@ about connections, publish attempts and a broker that can stop:
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -35,7 +33,6 @@ import numpy as np
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
-from brokerlab.core.vocabulary import OutcomeCode
 from brokerlab.sim.engine import Call, Progress, Simulation
 from brokerlab.sim.faults import (
     ACK_REPLY_WAIT,
@@ -47,8 +44,8 @@ from brokerlab.sim.faults import (
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import FaultedBrokerProcess
-
-ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
+from brokerlab.sim.publisher import Broker as PublisherBroker
+from brokerlab.sim.publisher import RetryingPublisher
 
 
 class FaultMixin(Simulation):
@@ -80,7 +77,6 @@ class FaultMixin(Simulation):
         # NATS core: a partitioned subscriber's messages are dropped (the server cannot write
         # to it and drops past its limits), not delivered late as on the acked brokers.
         self.network.attach(self.process, streams(seed)["faults"], self.model == "pubsub")
-        n = self.n
         self.producers = producers = scenario.producers.count
         clients = producers + scenario.consumers.count
         self._prefetch = scenario.consumers.prefetch
@@ -96,38 +92,25 @@ class FaultMixin(Simulation):
         self._slow: list[list[Entry]] = [[] for _ in range(scenario.consumers.count)]
         self._requeue_on_disconnect = self._track and not preset.redelivery
 
-        # Publish attempts, per message.
-        settings = scenario.producers
-        self._retry = settings.retry != "none"
-        self._same_id = settings.retry == "same-id"
-        self._max_attempts = settings.max_attempts
-        self._backoff = settings.retry_backoff
-        self._timeout = settings.publish_timeout
-        self.attempts = [0] * n
-        self._unsettled = n  # messages whose publish is not over (answered or given up)
-        self.live = [0] * n  # the attempt whose answer the producer waits for; 0 = none
-        self.uncertain = [False] * n  # some attempt ended without an answer
-        self.sent_ok = [False] * n  # fire-and-forget: a publish went out on a live connection
-        self.t_sent = np.full(n, math.nan)
-        self._waiting: list[dict[int, int]] = [{} for _ in range(producers)]  # i -> attempt
-        self._parked: list[list[int]] = [[] for _ in range(producers)]
-        self._publish_deadlines: deque[tuple[float, int, int]] = deque()
-        self._publish_timer = False
+        # Publish attempts, retries, dedup and stored copies.
+        self.publisher = RetryingPublisher(
+            self.env,
+            scenario,
+            preset,
+            plan,
+            self.network,
+            self.process,
+            PublisherBroker(
+                service=self._publish_time,
+                store=self.stored,
+                add_copy=self.add_copy,
+                settled=self.producer_free if self._sync else None,
+            ),
+            self.counts,
+            self.publish_acks,
+        )
+        self._publish = self.publisher.publish  # type: ignore[method-assign]
         self._size: list[int] = plan.size.tolist()
-
-        # Stored copies: broker index -> message, store time (for power loss), dedup.
-        self._stored_once = [False] * n
-        self._copy_of: list[int] = []  # broker index n + k -> message
-        self._t_store = [math.nan] * n
-        broker = preset.broker
-        # As the harness does: message ids go out with same-id retries or an explicit window, and
-        # a window of 0 leaves the broker's own default (JetStream: 2 minutes).
-        self._window = broker.dedup_window or preset.dedup_default_window
-        ids_sent = broker.dedup_window > 0 or self._same_id
-        self._dedup = preset.dedup and ids_sent and self._window > 0
-        self._dedup_at = [math.nan] * n if self._dedup else []
-
-        self.counts.update(deduplicated=0, retried=0, refused=0, timed_out=0)
 
     # ------------------------------------------------------------------ timeline
 
@@ -154,161 +137,16 @@ class FaultMixin(Simulation):
     # ------------------------------------------------------------------ drain
 
     def publishing(self) -> bool:
-        """Some publish is not over yet (answer, retry) beyond a producer that stays crashed."""
-        if self._unsettled <= 0:
-            return False
-        crashed = [p for p in range(self.producers) if self._crashed[p]]
-        if not crashed:
-            return True
-        never = np.isin(self.plan.producer, crashed) & (np.asarray(self.attempts) == 0)
-        return self._unsettled > int(np.count_nonzero(never))
+        return self.publisher.publishing()
 
     def owed(self) -> list[int]:
-        if self.publish_acks:
-            return np.flatnonzero(~np.isnan(self.t_acked)).tolist()
-        return np.flatnonzero(self.sent_ok).tolist()
-
-    # ------------------------------------------------------------------ network
-
-    # ------------------------------------------------------------------ producers
-
-    def _publish(self, i: int) -> None:
-        # First attempt of message i, when the plan (or a sync producer's last ack) says.
-        p = self.producer_of[i]
-        if not self.network.connected[p] and (self._crashed[p] or not self.process.down):
-            # A crashed producer sends on restart; a reconnecting one once connected. Both keep
-            # the message's t_intended, so publish_delay shows the gap.
-            self._parked[p].append(i)
-            return
-        self._attempt(i)
-
-    def _attempt(self, i: int) -> None:
-        p = self.producer_of[i]
-        a = self.attempts[i] + 1
-        self.attempts[i] = a
-        now = self.env.now
-        if a == 1:
-            self.t_sent[i] = now
-        else:
-            self.counts["retried"] += 1
-        if not self.network.connected[p]:
-            # Only while the broker is down: connection refused, so nothing was sent.
-            self.counts["refused"] += 1
-            self._attempt_failed(i, uncertain=False)
-            return
-        if self.publish_acks:
-            self.live[i] = a
-            self._waiting[p][i] = a
-            self._publish_deadlines.append((now + self._timeout, i, a))
-            if not self._publish_timer:
-                self._publish_timer = True
-                Call(self.env, self._timeout, self._on_publish_timer, 0)
-        else:
-            self.sent_ok[i] = True  # fire-and-forget: the call succeeded, whatever follows
-            self._unsettled -= 1
-        self.network.send(p, p, self._size[i], self._publish_arrived, (i, a), True)
-
-    def _publish_arrived(self, token: tuple[int, int]) -> None:
-        if self._publish_time is None:
-            self._store_copy(token)
-        else:
-            self._serve(next(self._publish_time), self._store_copy, token)
-
-    def _store_copy(self, token: tuple[int, int]) -> None:
-        """The broker writes an attempt: dedup, then a new copy unless it is the first."""
-        i, a = token
-        now = self.env.now
-        if self._dedup and (a == 1 or self._same_id):
-            seen = self._dedup_at[i]
-            if seen == seen and now - seen <= self._window:  # seen is not NaN
-                self.counts["deduplicated"] += 1  # acked, not stored again (PubAck duplicate)
-                self._send_ack(i, a)
-                return
-            self._dedup_at[i] = now
-        if self._stored_once[i]:
-            b = self.add_copy(i)
-            self._copy_of.append(i)
-            self._t_store.append(now)
-        else:
-            self._stored_once[i] = True
-            b = i
-            self._t_store[i] = now
-        if self.publish_acks:
-            self._send_ack(i, a)
-        self.stored(b)
-
-    def _send_ack(self, i: int, a: int) -> None:
-        p = self.producer_of[i]
-        self.network.send(p, self.network.producer_down + p, 0, self._ack_arrived, (i, a), False)
-
-    def _ack_arrived(self, token: tuple[int, int]) -> None:
-        i, a = token
-        if self.live[i] != a:
-            return  # the producer gave up on this attempt (timeout); a late reply is ignored
-        self.live[i] = 0
-        del self._waiting[self.producer_of[i]][i]
-        self.t_acked[i] = self.env.now
-        self._settled(i)
-
-    def _on_publish_timer(self, _: int) -> None:
-        # One timer walks the deadlines in send order (all have the same timeout).
-        deadlines, live = self._publish_deadlines, self.live
-        now = self.env.now
-        while deadlines:
-            deadline, i, a = deadlines[0]
-            if live[i] != a:
-                deadlines.popleft()
-                continue
-            if deadline > now + 1e-12:
-                Call(self.env, deadline - now, self._on_publish_timer, 0)
-                return
-            deadlines.popleft()
-            live[i] = 0
-            del self._waiting[self.producer_of[i]][i]
-            self.counts["timed_out"] += 1
-            self._attempt_failed(i, uncertain=True)
-        self._publish_timer = False
-
-    def _attempt_failed(self, i: int, uncertain: bool) -> None:
-        if uncertain:
-            self.uncertain[i] = True
-        if self._retry and self.attempts[i] < self._max_attempts:
-            Call(self.env, self._backoff, self._retry_publish, i)
-        else:
-            self._settled(i)
-
-    def _retry_publish(self, i: int) -> None:
-        p = self.producer_of[i]
-        if self._crashed[p]:
-            self._settled(i)  # the retry died with the producer
-        elif not self.network.connected[p] and not self.process.down:
-            self._parked[p].append(i)
-        else:
-            self._attempt(i)
-
-    def _settled(self, i: int) -> None:
-        """Message ``i`` is done (acked or given up): a sync producer sends its next one."""
-        self._unsettled -= 1
-        if self._sync:
-            following = self._following[i]
-            if following >= 0:
-                now = self.env.now
-                t_next = max(self.t_intended[following], now)
-                Call(self.env, t_next - now, self._send_sync, following)
-
-    def _drop_producer(self, p: int) -> None:
-        """The connection dropped: every attempt waiting for an ack is unknown now."""
-        self.network.drop(p)
-        waiting, self._waiting[p] = self._waiting[p], {}
-        for i in waiting:
-            self.live[i] = 0
-            self._attempt_failed(i, uncertain=True)
+        return self.publisher.owed()
 
     # ------------------------------------------------------------------ consumers
 
     def _to_consumer(self, r: int) -> None:
         c = self.row_consumer[r]
-        size = self._size[self._message(self.row_msg[r])]
+        size = self._size[self.publisher.message(self.row_msg[r])]
         self.network.send(
             self.producers + c, self.network.consumer_down + c, size, self._received, r, False
         )
@@ -389,7 +227,7 @@ class FaultMixin(Simulation):
             self._start(c, r)
 
     def _done(self, r: int) -> None:
-        self.finished[self._message(self.row_msg[r])] = 1  # a copy finishes its message
+        self.finished[self.publisher.message(self.row_msg[r])] = 1  # a copy finishes its message
         super()._done(r)
 
     def _drop_consumer(self, c: int) -> None:
@@ -431,13 +269,13 @@ class FaultMixin(Simulation):
 
     def _client_up(self, client: int) -> None:
         """A client (re)connects, if it is alive and the broker is there."""
-        if self.process.down or self._crashed[client] or self.network.connected[client]:
+        producer = client < self.producers
+        crashed = self.publisher.crashed[client] if producer else self._crashed[client]
+        if self.process.down or crashed or self.network.connected[client]:
             return
         self.network.connected[client] = True
-        if client < self.producers:
-            parked, self._parked[client] = self._parked[client], []
-            for i in parked:
-                self._attempt(i)
+        if producer:
+            self.publisher.connected(client)
         else:
             self.process.receive(self._consumer_joined, client - self.producers)
 
@@ -454,7 +292,7 @@ class FaultMixin(Simulation):
     def _connection_reset(self, entry: Entry) -> None:
         for p in entry.producers:
             if self.network.connected[p]:
-                self._drop_producer(p)
+                self.publisher.drop(p)
         for c in entry.consumers:
             if self.network.connected[self.producers + c]:
                 self._drop_consumer(c)
@@ -475,23 +313,11 @@ class FaultMixin(Simulation):
 
     def _producer_crash(self, entry: Entry) -> None:
         for p in entry.producers:
-            self._crashed[p] = True
-            self.network.drop(p)
-            waiting, self._waiting[p] = self._waiting[p], {}
-            for i in waiting:  # never learns the answer: unknown, and no retry
-                self.live[i] = 0
-                self.uncertain[i] = True
-                self._settled(i)
-            parked, self._parked[p] = self._parked[p], []
-            for i in parked:
-                if self.attempts[i]:
-                    self._settled(i)  # a retry waiting to reconnect dies with the process
-                else:
-                    self._parked[p].append(i)
+            self.publisher.crash(p)
 
     def _client_restart(self, entry: Entry) -> None:
         for p in entry.producers:
-            self._crashed[p] = False
+            self.publisher.restart(p)
         for c in entry.consumers:
             self._crashed[self.producers + c] = False
         self._reconnect(entry)
@@ -504,7 +330,7 @@ class FaultMixin(Simulation):
         self._timer_set = False
         for p in range(self.producers):
             if self.network.connected[p]:
-                self._drop_producer(p)
+                self.publisher.drop(p)
         for c in range(len(self.free)):
             if self.network.connected[self.producers + c]:
                 self._drop_consumer(c)
@@ -523,17 +349,14 @@ class FaultMixin(Simulation):
             return
         if kept == "memory":
             self.lose_all()
-            if self._dedup:
-                self._dedup_at = [math.nan] * self.n  # the dedup table is rebuilt from storage
+            self.publisher.forget_dedup()  # the dedup table is rebuilt from (empty) storage
             return
         if not power_loss:
             return
         assert isinstance(kept, float)
         synced = self.broker_process.synced_since(kept)
-        t_store = self._t_store
-        self.lose_stored(lambda b: t_store[b] > synced)
-        if self._dedup:
-            self._dedup_at = [math.nan if t > synced else t for t in self._dedup_at]
+        self.lose_stored(self.publisher.stored_after(synced))
+        self.publisher.forget_dedup(synced)
 
     def _broker_restart(self, entry: Entry) -> None:
         if not self.broker_process.restart():
@@ -561,31 +384,16 @@ class FaultMixin(Simulation):
 
     # ------------------------------------------------------------------ trace
 
-    def _message(self, b: int) -> int:
-        return b if b < self.n else self._copy_of[b - self.n]
-
     def _delivery_columns(self) -> tuple[np.ndarray, ...]:
         msg, *rest = super()._delivery_columns()
-        if self._copy_of:
-            copy_of = np.asarray(self._copy_of, dtype="int64")
+        copy_of = self.publisher.copy_of
+        if copy_of:
             copies = msg >= self.n
-            msg[copies] = copy_of[msg[copies] - self.n]
+            msg[copies] = np.asarray(copy_of, dtype="int64")[msg[copies] - self.n]
         return (msg, *rest)
 
     def _send_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        attempts = np.asarray(self.attempts, dtype="int16")
-        self.counts["unsent"] = int(np.count_nonzero(attempts == 0))
-        t_acked = self.t_acked.copy()
-        if self.publish_acks:
-            acked = ~np.isnan(t_acked)
-            unknown = np.asarray(self.uncertain) | (np.asarray(self.live) > 0)
-        else:
-            acked = np.asarray(self.sent_ok)
-            unknown = np.zeros(self.n, dtype=bool)
-        codes = np.where(acked, ACKED, np.where(unknown, UNKNOWN, FAILED))
-        t_sent = self.t_sent.copy()
-        t_sent[attempts == 0] = math.nan  # parked by a crash that lasted to the end
-        return t_sent, t_acked, codes, attempts
+        return self.publisher.columns()
 
 
 #: timeline action -> (method at ``at``, method at ``at + duration`` or None)
