@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from brokerlab.sim.events import Call
 from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.publisher import RetryingPublisher
 from brokerlab.sim.sampling import is_zero, samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
@@ -47,6 +48,27 @@ Progress = Callable[[int, int], None]
 
 #: How often the drain looks whether every acknowledged message is done (the harness's poll).
 DRAIN_TICK = 0.02
+
+
+class ConsumerSteps(Protocol):
+    """The consumer steps a fault layer takes over (``brokerlab.sim.faulted.FaultedConsumers``)."""
+
+    def to_consumer(self, r: int) -> None: ...
+    def to_broker(self, consumer: int, fn: Callable[[Any], None], r: Any) -> None: ...
+    def to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None: ...
+    def start(self, c: int, r: int) -> None: ...
+    def processed(self, job: Any) -> None: ...
+    def ack_batch(self, c: int, r: int) -> None: ...
+    def done(self, r: int) -> None: ...
+
+
+class FaultLayer(Protocol):
+    """What the engine calls on a fault layer (see :class:`brokerlab.sim.faulted.FaultLayer`)."""
+
+    publisher: RetryingPublisher
+    consumers: ConsumerSteps
+
+    def schedule(self) -> None: ...
 
 
 class Simulation:
@@ -74,10 +96,12 @@ class Simulation:
         *,
         process: type[BrokerProcess] = BrokerProcess,
         network: type[Network] = Network,
+        faults: Callable[[Simulation], FaultLayer] | None = None,
     ):
         self.env = simpy.Environment()
         self.scenario = scenario
         self.preset = preset
+        self.seed = seed
         self.broker = broker = preset.broker
         self.plan = plan
         self.n = n = len(plan)
@@ -95,9 +119,9 @@ class Simulation:
         )
         # None means "always zero": that step is skipped and schedules no event.
         self._net = None if is_zero(net) else samples(net, rngs["network"])
-        self._publish_time = None if is_zero(publish) else samples(publish, rngs["service"])
+        self.publish_time = None if is_zero(publish) else samples(publish, rngs["service"])
         self._deliver_time = None if is_zero(deliver) else samples(deliver, rngs["service"])
-        self._processing = samples(consumers.processing, rngs["processing"])
+        self.processing_times = samples(consumers.processing, rngs["processing"])
 
         #: the broker process (its servers; a faulted run's can stop): chosen by the caller
         self.process = process(self.env, broker.servers)
@@ -112,23 +136,23 @@ class Simulation:
         self._hop = self.network.hop
 
         # Sends, recorded by message index.
-        self._sync = scenario.producers.confirm == "sync" and self.publish_acks
+        self.sync = scenario.producers.confirm == "sync" and self.publish_acks
         self.t_sent = np.full(n, math.nan)
         self.t_acked = np.full(n, math.nan)
         self.t_stored: list[float] = [0.0] * n if broker.retention else []
 
         # Consumer acks, pending entries and redelivery.
         self.ack_mode = consumers.ack
-        self._track = self.consumer_acks and self.ack_mode != "none"
-        self._ack_after = self._track and self.ack_mode == "after"
-        self._ack_before = self._track and self.ack_mode == "before"
-        self._ack_timeout = broker.ack_timeout if self._track and preset.redelivery else None
+        self.track = self.consumer_acks and self.ack_mode != "none"
+        self.ack_after = self.track and self.ack_mode == "after"
+        self._ack_before = self.track and self.ack_mode == "before"
+        self._ack_timeout = broker.ack_timeout if self.track and preset.redelivery else None
         self.max_deliveries = broker.max_deliveries
-        self.pending: list[int] = [NO_ROW] * n if self._track else []
+        self.pending: list[int] = [NO_ROW] * n if self.track else []
         self.deliveries_of = [0] * n
         self.in_flight = 0
         self._cap: int | None = (
-            broker.max_ack_pending if self._track and preset.max_ack_pending else None
+            broker.max_ack_pending if self.track and preset.max_ack_pending else None
         )
         self._capped = False
         self._deadlines: deque[tuple[float, int]] = deque()
@@ -182,13 +206,28 @@ class Simulation:
         self._report_every = max(1, n // 100)
         self._report_at = self._report_every if progress else -1
 
+        self.done = self.finish
+        #: the fault layer (None in a fault-free run, whose path has no fault checks at all)
+        self.faults: FaultLayer | None = None
+        if faults is not None:
+            self.faults = layer = faults(self)
+            # The layer's collaborators take over these steps; the engine calls them as its own.
+            self._publish = layer.publisher.publish  # type: ignore[method-assign]
+            self._to_consumer = layer.consumers.to_consumer  # type: ignore[method-assign]
+            self._to_broker = layer.consumers.to_broker  # type: ignore[method-assign]
+            self._to_client = layer.consumers.to_client  # type: ignore[method-assign]
+            self._start = layer.consumers.start  # type: ignore[method-assign]
+            self._processed = layer.consumers.processed  # type: ignore[method-assign]
+            self._ack_batch = layer.consumers.ack_batch  # type: ignore[method-assign]
+            self.done = layer.consumers.done
+            return
         # Skip steps that are always zero by binding straight to the step after them: a publish
         # with no network delay and no service time is stored in the same callback as its send.
-        if self._publish_time is None:
+        if self.publish_time is None:
             self._arrive = self._store  # type: ignore[method-assign]
         if self._net is None:
             self._publish = self._arrive  # type: ignore[method-assign]
-            self._to_consumer = self._received  # type: ignore[method-assign]
+            self._to_consumer = self.received  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ hooks for the models
 
@@ -215,7 +254,7 @@ class Simulation:
         b = len(self.deliveries_of)
         self.deliveries_of.append(0)
         self.finished.append(0)
-        if self._track:
+        if self.track:
             self.pending.append(NO_ROW)
         if self.broker.retention:
             self.t_stored.append(0.0)
@@ -251,10 +290,12 @@ class Simulation:
         ``end`` is then the time the run stopped.
         """
         if self.n:
-            if self._sync:
+            if self.sync:
                 self._start_sync_producers()
             else:
                 Call(self.env, self.t_intended[0], self._send_async, 0)
+        if self.faults is not None:
+            self.faults.schedule()
         Call(self.env, self.plan.duration, self._drain_tick, None)
         Call(self.env, self.end, self._stop_now, None)
         self.env.run(until=self._stop)
@@ -268,7 +309,9 @@ class Simulation:
 
     def publishing(self) -> bool:
         """Whether a producer still has sends or publish answers to wait for."""
-        if self._sync and self._sent < self.n:
+        if self.faults is not None:
+            return self.faults.publisher.publishing()
+        if self.sync and self._sent < self.n:
             return True
         if not self.publish_acks:
             return False
@@ -277,6 +320,8 @@ class Simulation:
     def owed(self) -> list[int]:
         """Messages the drain waits for: those whose publish was acknowledged (all, fire and
         forget: the harness counts a publish call that returned as acknowledged)."""
+        if self.faults is not None:
+            return self.faults.publisher.owed()
         if not self.publish_acks:
             return list(range(self.n))
         return np.flatnonzero(self.t_acked <= self.env.now).tolist()
@@ -354,10 +399,10 @@ class Simulation:
             self._hop(self.producer_of[i], self._arrive, i)
 
     def _arrive(self, i: int) -> None:
-        if self._publish_time is None:
+        if self.publish_time is None:
             self._store(i)
         else:
-            self._serve(next(self._publish_time), self._store, i)
+            self._serve(next(self.publish_time), self._store, i)
 
     def _store(self, i: int) -> None:
         if self.publish_acks:
@@ -368,7 +413,7 @@ class Simulation:
                 else self.network.arrival(self._producer_down + self.producer_of[i])
             )
             self.t_acked[i] = t_ack
-            if self._sync:
+            if self.sync:
                 following = self._following[i]
                 if following >= 0:
                     t_next = max(self.t_intended[following], t_ack)
@@ -434,7 +479,7 @@ class Simulation:
         self.row_msg[r] = i
         self.row_consumer[r] = c
         self.row_number[r] = number
-        if self._track:
+        if self.track:
             if self.pending[i] < 0:
                 self.in_flight += 1
             self.pending[i] = r
@@ -455,13 +500,13 @@ class Simulation:
 
     def _to_consumer(self, r: int) -> None:
         if self._net is None:
-            self._received(r)
+            self.received(r)
         else:
-            self._hop(self._consumer_down + self.row_consumer[r], self._received, r)
+            self._hop(self._consumer_down + self.row_consumer[r], self.received, r)
 
     # ------------------------------------------------------------------ consumers
 
-    def _received(self, r: int) -> None:
+    def received(self, r: int) -> None:
         """Delivery row ``r`` reached its consumer's client library (not yet delivered)."""
         c = self.row_consumer[r]
         buffer = self.buffer[c]
@@ -507,19 +552,19 @@ class Simulation:
         rows = [r, *self.hand[c]]
         if self._net is None:
             for row in rows:
-                self._acked(row)
+                self.acked(row)
             self._start(c, r)
             return
         for row in rows[:-1]:
-            self._to_broker(c, self._acked, row)
-        self._to_broker(c, self._acked_early, (rows[-1], r))
+            self._to_broker(c, self.acked, row)
+        self._to_broker(c, self.acked_early, (rows[-1], r))
 
-    def _acked_early(self, rows: tuple[int, int]) -> None:
+    def acked_early(self, rows: tuple[int, int]) -> None:
         last, first = rows
-        self._acked(last)
-        self._to_client(self.row_consumer[first], self._begin, first)
+        self.acked(last)
+        self._to_client(self.row_consumer[first], self.begin, first)
 
-    def _begin(self, r: int) -> None:
+    def begin(self, r: int) -> None:
         self._start(self.row_consumer[r], r)
 
     def _to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
@@ -531,33 +576,35 @@ class Simulation:
 
     def _start(self, c: int, r: int) -> None:
         """Consumer ``c`` starts processing delivery row ``r`` (faults change how long it takes)."""
-        Call(self.env, next(self._processing), self._processed, r)
+        Call(self.env, next(self.processing_times), self._processed, r)
 
     def _processed(self, r: int) -> None:
-        if self._ack_after:
+        if self.ack_after:
             # The ack and the next fetch travel together; the consumer waits for the ack's
             # reply before it counts the message done and takes the next (as the harness does).
             if self._net is None:
-                self._released(r)
-                self._done(r)
+                self.released(r)
+                self.done(r)
             else:
-                self._to_broker(self.row_consumer[r], self._ack_reached, r)
+                self._to_broker(self.row_consumer[r], self.ack_reached, r)
             return
-        self._done(r)
+        self.done(r)
         if self.consumer_acks:
-            self._to_broker(self.row_consumer[r], self._released, r)
+            self._to_broker(self.row_consumer[r], self.released, r)
 
-    def _ack_reached(self, r: int) -> None:
-        self._released(r)
-        self._to_client(self.row_consumer[r], self._done, r)
+    def ack_reached(self, r: int) -> None:
+        self.released(r)
+        self._to_client(self.row_consumer[r], self.done, r)
 
-    def _done(self, r: int) -> None:
-        """Row ``r`` is processed and, with ``ack: after``, acked: ``t_done``; take the next."""
+    def finish(self, r: int) -> None:
+        """Row ``r`` is processed and, with ``ack: after``, acked: ``t_done``; take the next.
+
+        The engine calls it as ``self.done`` (a fault layer may put its own step first)."""
         self.row_t_done[r] = self.env.now
         self.finished[self.row_msg[r]] = 1
-        self._next(self.row_consumer[r])
+        self.take_next(self.row_consumer[r])
 
-    def _next(self, c: int) -> None:
+    def take_next(self, c: int) -> None:
         hand = self.hand[c]
         if hand:
             self._start(c, hand.popleft())
@@ -566,16 +613,16 @@ class Simulation:
         else:
             self.busy[c] = False
 
-    def _released(self, r: int) -> None:
-        if self._ack_after:
-            self._acked(r)
+    def released(self, r: int) -> None:
+        if self.ack_after:
+            self.acked(r)
         c = self.row_consumer[r]
         self.free[c] += 1
         self.credit(c)
 
     # ------------------------------------------------------------------ acks and redelivery
 
-    def _acked(self, r: int) -> None:
+    def acked(self, r: int) -> None:
         i = self.row_msg[r]
         if self.pending[i] >= 0:
             self.in_flight -= 1
@@ -599,6 +646,21 @@ class Simulation:
             self._timer_set = True
             Call(self.env, self._ack_timeout, self._on_timer, self._timer_epoch)
 
+    def stop_ack_timer(self) -> None:
+        """The broker process died: its ack timer with it (pending deadlines stay recorded)."""
+        self._timer_epoch += 1
+        self._timer_set = False
+
+    def restart_ack_timer(self) -> None:
+        """The broker is back: deadlines already past redeliver at once, the rest in time."""
+        if self._deadlines and not self._timer_set:
+            self._timer_set = True
+            Call(self.env, 0.0, self._on_timer, self._timer_epoch)
+
+    def run_ack_timer(self) -> None:
+        """Run the ack timer now (it came due while the broker was paused)."""
+        self._on_timer(self._timer_epoch)
+
     def _on_timer(self, epoch: int) -> None:
         if epoch != self._timer_epoch:
             return  # armed before a broker kill
@@ -615,10 +677,10 @@ class Simulation:
                 Call(self.env, deadline - now, self._on_timer, epoch)
                 return
             deadlines.popleft()
-            self._expire(r)
+            self.expire(r)
         self._timer_set = False
 
-    def _expire(self, r: int) -> None:
+    def expire(self, r: int) -> None:
         i = self.row_msg[r]
         self.pending[i] = NO_ROW
         self.in_flight -= 1
@@ -657,7 +719,7 @@ class Simulation:
     def _send_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``t_sent``, ``t_acked``, outcome codes and attempts, one entry per message."""
         n = self.n
-        t_sent = self.t_sent if self._sync else self.plan.t_intended.copy()
+        t_sent = self.t_sent if self.sync else self.plan.t_intended.copy()
         sent = ~np.isnan(t_sent)
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (int(code) for code in OutcomeCode)
@@ -677,11 +739,16 @@ class Simulation:
         ``faults`` are the fault windows the timeline's ``faults`` column marks.
         """
         msg, consumer, number, t_delivered, t_done = self._delivery_columns()
+        if self.faults is not None:
+            msg = self.faults.publisher.messages(msg)
         first = np.full(self.n, np.inf)
         np.minimum.at(first, msg, t_delivered)
         first[np.isinf(first)] = math.nan
         self.forget()
-        t_sent, t_acked, codes, attempts = self._send_columns()
+        if self.faults is not None:
+            t_sent, t_acked, codes, attempts = self.faults.publisher.columns()
+        else:
+            t_sent, t_acked, codes, attempts = self._send_columns()
         plan = self.plan
         # Categorical codes, not strings: half a million outcome strings cost a tenth of a second.
         outcome = pd.Categorical.from_codes(codes, categories=OUTCOMES)

@@ -127,6 +127,13 @@ class RetryingPublisher:
         """The planned message a broker index stores (itself, or the message it is a copy of)."""
         return b if b < self.n else self.copy_of[b - self.n]
 
+    def messages(self, b: np.ndarray) -> np.ndarray:
+        """:meth:`message` for a column of broker indices (the deliveries' ``msg``)."""
+        if self.copy_of:
+            copies = b >= self.n
+            b[copies] = np.asarray(self.copy_of, dtype="int64")[b[copies] - self.n]
+        return b
+
     def publishing(self) -> bool:
         """Some publish is not over yet (answer, retry) beyond a producer that stays crashed."""
         if self.unsettled <= 0:
