@@ -9,6 +9,12 @@ simulation (SimPy's clock, heap and deterministic event order) at a few microsec
 A broker model (``sim/models``) subclasses :class:`Simulation` and fills three hooks:
 ``stored(i)`` (a publish reached the broker's storage), ``take(lane)`` (next message a consumer
 of that lane may receive) and ``requeue(i)`` (an unacked delivery timed out).
+
+The broker process (``sim/process.py``) and the network (``sim/network.py``) are collaborators
+given at construction, as Ciw is given node and server classes; a run with faults also gets a
+fault layer (``sim/faulted.py``: a retrying publisher, faulted consumers, the timeline) whose
+steps the engine calls through :class:`FaultLayer`. A fault-free run gets the plain process and
+network and no layer, so its path has no fault checks at all.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
-import simpy
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
@@ -32,7 +37,7 @@ from brokerlab.core.trace import (
     make_sends,
 )
 from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
-from brokerlab.sim.events import Call
+from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess
@@ -98,7 +103,7 @@ class Simulation:
         network: type[Network] = Network,
         faults: Callable[[Simulation], FaultLayer] | None = None,
     ):
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.scenario = scenario
         self.preset = preset
         self.seed = seed
@@ -346,9 +351,8 @@ class Simulation:
 
     @property
     def events(self) -> int:
-        """Events scheduled in the run (SimPy numbers every event it schedules)."""
-        counter = getattr(self.env, "_eid", None)
-        return next(counter) if counter is not None else -1
+        """Events the engine scheduled in the run."""
+        return self.env.scheduled
 
     # ------------------------------------------------------------------ producers
 

@@ -11,6 +11,14 @@ from simpy.events import Timeout
 _timeout_init = Timeout.__init__
 
 
+class Clock(simpy.Environment):
+    """SimPy's environment, counting the events the engine schedules (``info["events"]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+
+
 class Call(Timeout):
     """A timeout that calls ``fn(arg)`` when it fires: one heap entry, no process, no closure.
 
@@ -18,8 +26,9 @@ class Call(Timeout):
     callback appended (``Event.callbacks`` is the documented way to react to an event).
     """
 
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable[[Any], None], arg: Any):
+    def __init__(self, env: Clock, delay: float, fn: Callable[[Any], None], arg: Any):
         _timeout_init(self, env, delay)  # super().__init__, without the lookup on the hot path
+        env.scheduled += 1
         self.fn = fn
         self.arg = arg
         self.callbacks.append(_fire)
@@ -29,4 +38,4 @@ def _fire(event: Call) -> None:
     event.fn(event.arg)
 
 
-__all__ = ["Call"]
+__all__ = ["Call", "Clock"]

@@ -1,7 +1,7 @@
 """The scenario's fault timeline, resolved for the simulator: who each entry hits, and durability.
 
 This module only reads the timeline (which clients an entry affects, what a broker kill keeps,
-what cannot be played); :mod:`sim.faulted` plays it inside the engine.
+what cannot be played); :mod:`brokerlab.sim.faulted` plays it on the engine's collaborators.
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import simpy
 
-from brokerlab.sim.events import Call
+from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.faults import Entry
 from brokerlab.sim.process import BrokerProcess
 
@@ -28,9 +27,7 @@ class Network:
     """Links numbered producer up ``p``, producer down ``P + p``, consumer down ``2P + c``,
     consumer up ``2P + C + c``; ``delays`` draws each hop's delay (None: always zero)."""
 
-    def __init__(
-        self, env: simpy.Environment, delays: Iterator[float] | None, producers: int, consumers: int
-    ):
+    def __init__(self, env: Clock, delays: Iterator[float] | None, producers: int, consumers: int):
         self.env = env
         self.delays = delays
         self.producer_down = producers
@@ -67,9 +64,7 @@ class FaultedNetwork(Network):
     reaches the broker goes through the broker process's gate (:meth:`BrokerProcess.receive`).
     """
 
-    def __init__(
-        self, env: simpy.Environment, delays: Iterator[float] | None, producers: int, consumers: int
-    ):
+    def __init__(self, env: Clock, delays: Iterator[float] | None, producers: int, consumers: int):
         super().__init__(env, delays, producers, consumers)
         clients = producers + consumers
         self.connected = [True] * clients

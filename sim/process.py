@@ -15,9 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import simpy
-
-from brokerlab.sim.events import Call
+from brokerlab.sim.events import Call, Clock
 
 #: (callback, argument) of a piece of broker work
 Work = tuple[Callable[[Any], None], Any]
@@ -26,7 +24,7 @@ Work = tuple[Callable[[Any], None], Any]
 class BrokerProcess:
     """A broker that never stops: ``servers`` parallel FIFO servers shared by all its work."""
 
-    def __init__(self, env: simpy.Environment, servers: int):
+    def __init__(self, env: Clock, servers: int):
         self.env = env
         self.servers = servers
         self.busy = 0
@@ -79,7 +77,7 @@ class FaultedBrokerProcess(BrokerProcess):
     business (:meth:`synced_since` says which writes a power loss takes).
     """
 
-    def __init__(self, env: simpy.Environment, servers: int):
+    def __init__(self, env: Clock, servers: int):
         super().__init__(env, servers)
         self.state = UP
         #: bumped by a kill: service completions started before it are void

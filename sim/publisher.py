@@ -25,12 +25,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import simpy
 
 from brokerlab.core.load import LoadPlan
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.vocabulary import OutcomeCode
-from brokerlab.sim.events import Call
+from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess
@@ -57,7 +56,7 @@ class RetryingPublisher:
 
     def __init__(
         self,
-        env: simpy.Environment,
+        env: Clock,
         scenario: Scenario,
         preset: Preset,
         plan: LoadPlan,
