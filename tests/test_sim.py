@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,12 +10,13 @@ import pandas as pd
 import pytest
 
 from brokerlab.core.analysis import analyze
-from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.scenario import Scenario, load_scenario, parse_scenario
 from brokerlab.core.trace import FaultWindow, Trace
 from brokerlab.sim import simulate
 from brokerlab.sim.engine import DRAIN_TICK
 from brokerlab.sim.presets import resolve
 
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 MS = 1e-3
 US = 1.01e-6  # the trace keeps microseconds; allow one rounding step
 
@@ -552,3 +554,16 @@ def test_drain_waits_the_whole_timeout_for_a_message_that_never_completes() -> N
     assert result.info["slow_consumer_drops"] > 0
     last_intended = result.trace.sends["t_intended"].max()
     assert result.info["end_s"] == pytest.approx(last_intended + 3.0)
+
+
+def test_quickstart_with_seed_7_is_pinned() -> None:
+    """The same scenario and seed give the same figures across refactors of the engine: these
+    are the figures of the simulator before its fault layer became collaborators."""
+    trace = simulate(load_scenario(SCENARIOS / "quickstart.yaml"), 7).trace
+    rows = trace.deliveries.merge(trace.sends, on="msg_id")
+    assert len(trace.sends) == len(rows) == 4805
+    assert (rows["t_done"] - rows["t_intended"]).mean() == pytest.approx(
+        1.35813631633715e-3, rel=1e-12
+    )
+    assert rows["t_done"].max() == pytest.approx(10.001225, abs=1e-9)
+    assert rows["t_delivered"].sum() == pytest.approx(24439.116136, abs=1e-6)
