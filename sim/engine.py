@@ -583,18 +583,20 @@ class Simulation:
         Call(self.env, next(self.processing_times), self._processed, r)
 
     def _processed(self, r: int) -> None:
-        if self.ack_after:
+        if self._net is None:
+            # The ack's round trip takes no time: done now, and the ack (mode "after") and the
+            # next fetch reach the broker in the same instant.
+            self.finish(r)
+            if self.consumer_acks:
+                self.released(r)
+        elif self.ack_after:
             # The ack and the next fetch travel together; the consumer waits for the ack's
             # reply before it counts the message done and takes the next (as the harness does).
-            if self._net is None:
-                self.released(r)
-                self.done(r)
-            else:
-                self._to_broker(self.row_consumer[r], self.ack_reached, r)
-            return
-        self.done(r)
-        if self.consumer_acks:
-            self._to_broker(self.row_consumer[r], self.released, r)
+            self._to_broker(self.row_consumer[r], self.ack_reached, r)
+        else:
+            self.finish(r)
+            if self.consumer_acks:
+                self._to_broker(self.row_consumer[r], self.released, r)
 
     def ack_reached(self, r: int) -> None:
         self.released(r)
@@ -606,9 +608,7 @@ class Simulation:
         The engine calls it as ``self.done`` (a fault layer may put its own step first)."""
         self.row_t_done[r] = self.env.now
         self.finished[self.row_msg[r]] = 1
-        self.take_next(self.row_consumer[r])
-
-    def take_next(self, c: int) -> None:
+        c = self.row_consumer[r]
         hand = self.hand[c]
         if hand:
             self._start(c, hand.popleft())
