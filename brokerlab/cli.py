@@ -487,7 +487,7 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
 @click.option("--targets", default="sim,real", show_default=True, help="sim, real, or both.")
 @run_flags
 def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
-    """Run the guarantee matrix (broker configs x faults) and check it against DESIGN.md."""
+    """Run the guarantee matrix (broker configs x faults) and check it against the expectation table."""
     from brokerlab.app.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
 
     chosen = _targets(targets, MATRIX_TARGETS, "--targets")
@@ -503,7 +503,7 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
     grid = result.grid()
     table = Table(
         title="guarantee matrix: status, lost and duplicates with the fault / in the fault-free "
-        "control (as DESIGN.md expects: match)"
+        "control (as the expectation table says: match)"
     )
     table.add_column("config")
     for fault in grid.columns:
