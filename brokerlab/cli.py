@@ -487,7 +487,7 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
 @click.option("--targets", default="sim,real", show_default=True, help="sim, real, or both.")
 @run_flags
 def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
-    """Run the guarantee matrix (broker configs x faults) and check it against the expectation table."""
+    """Run the guarantee matrix (broker configs x faults) against the expectation table."""
     from brokerlab.app.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
 
     chosen = _targets(targets, MATRIX_TARGETS, "--targets")

@@ -42,7 +42,7 @@ Z = 3.0
 #: the model error the statistical checks must be able to catch
 DETECT = 0.05
 
-#: scenario -> (mean completion s, relative tolerance at 500k) from queueing theory (README: reference scenarios)
+#: scenario -> (mean completion s, relative tolerance at 500k) from queueing theory
 MEANS = {"mm1": (5.000e-3, 0.04), "mmc": (1.7455e-3, 0.04), "md1": (3.000e-3, 0.04)}
 #: M/M/1 sojourn time is exponential with mean 5 ms: p99 = -ln(0.01) * 5 ms
 MM1_P99 = -math.log(0.01) * 5e-3
@@ -164,7 +164,7 @@ def test_md1_is_faster_than_mm1_with_the_same_mean_service() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MEANS))
 def test_reference_table_at_full_length_seed_1(name: str) -> None:
-    """The reference table (README): 500,000 messages, seed 1, within 3 batch-means standard errors of
+    """The reference table: 500,000 messages, seed 1, within 3 batch-means standard errors of
     theory, the band under 5% of the mean."""
     expected, _ = MEANS[name]
     done = completion(reference(name), seed=1)
