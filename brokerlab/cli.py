@@ -559,6 +559,94 @@ def sweep(
     _print_plain(stdout, f"sweep: {result.path}")
 
 
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--find",
+    "find",
+    required=True,
+    type=click.Choice(["rate", "consumers", "partitions", "catch-up"]),
+    help="rate: highest rate meeting every requirement; consumers/partitions: fewest that do; "
+    "catch-up: time to recover from a consumer outage.",
+)
+@click.option("--target", "-t", default="sim", show_default=True, help="Where to play it.")
+@click.option("--outage", default=None, help="catch-up: how long every consumer is down (30s).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds near the edge.")
+@click.option(
+    "--keep-up",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Also require delivered >= this x offered (0: requirements only).",
+)
+@click.option(
+    "--tolerance", type=float, default=0.02, show_default=True, help="rate: bisection resolution."
+)
+@click.option("--workers", type=int, default=None, help="Local Dask workers (1 = in process).")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:PORT).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The capacity folder.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
+@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
+@click.option("--quiet", "-q", is_flag=True, help="Do not print each step.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def capacity(
+    scenario: Path,
+    find: str,
+    target: str,
+    outage: str | None,
+    seeds: int,
+    keep_up: float,
+    tolerance: float,
+    workers: int | None,
+    scheduler: str | None,
+    out: Path | None,
+    quiet: bool,
+    debug: bool,
+    **flags: Any,
+) -> None:
+    """Answer a capacity question about SCENARIO and write DIR/capacity.json.
+
+    Every evaluated point is a run folder under DIR/runs/; the answer is printed in one line.
+    """
+    from brokerlab.app.capacity import CapacityError, check_question, find_capacity
+    from brokerlab.app.sweep import SweepError
+    from brokerlab.core.units import parse_duration
+
+    parsed = _load_or_exit(scenario)
+    outage_s = None
+    if outage is not None:
+        try:
+            outage_s = parse_duration(outage)
+        except ValueError as error:
+            _usage_error(f"--outage: {error}")
+        if not outage_s > 0:
+            _usage_error("--outage: must be longer than zero")
+    try:
+        check_question(parsed, find, target, outage_s)
+    except CapacityError as error:
+        _usage_error(str(error))
+    options = _run_options({**flags, "seed": None, "out": None})
+    with _failures(debug, SweepError):
+        result = find_capacity(
+            parsed,
+            find,
+            target=target,
+            out=out,
+            seeds=seeds,
+            outage=outage_s,
+            keep_up=keep_up,
+            tolerance=tolerance,
+            workers=workers,
+            scheduler=scheduler,
+            options=options,
+            source=str(scenario),
+            on_step=None if quiet else _note,
+        )
+    _print_plain(stdout, result.answer)
+    _print_plain(stdout, f"capacity: {result.path / 'capacity.json'}")
+
+
 def _state_dir() -> Path:
     from brokerlab.app.runner import session_state_dir
 
