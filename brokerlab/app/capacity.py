@@ -488,10 +488,10 @@ def find_capacity(
     options = options or runner.RunOptions()
     placement = choose_placement(workers, scheduler)
     out = out or options.results_dir / _default_name(scenario, find)
-    out.mkdir(parents=True, exist_ok=True)
     seed_list = seeds_for(scenario, seeds)
     path = PATHS.get(find, "drain_timeout")
     with Executor(placement) as executor:
+        out.mkdir(parents=True, exist_ok=True)  # inputs checked, cluster reached: now write
         search = _Search(
             scenario, path, target, seed_list, out, executor, options, keep_up, source, on_step
         )

@@ -480,7 +480,7 @@ class Executor:
                 self.client = self._stack.enter_context(Client(cluster))
             else:
                 self.client = self._stack.enter_context(
-                    Client(self.placement.address, timeout="20s")
+                    Client(self.placement.address, timeout="10s")
                 )
         except OSError as error:
             self._stack.close()
@@ -887,17 +887,20 @@ def run_sweep(
             if on_progress:
                 on_progress(done_points, len(points))
 
-    out.mkdir(parents=True, exist_ok=True)
-    runs_dir = out / RUNS_DIR
-    runs_dir.mkdir(exist_ok=True)
-    (out / results.SCENARIO_FILE).write_text(
-        yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
     clock = time.perf_counter()
     with Executor(placement) as executor:
+        # Only now, with the inputs checked and the cluster reached, is anything written.
+        out.mkdir(parents=True, exist_ok=True)
+        runs_dir = out / RUNS_DIR
+        runs_dir.mkdir(exist_ok=True)
+        (out / results.SCENARIO_FILE).write_text(
+            yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
         if on_note:
-            on_note(f"{len(points)} points × {len(tasks) // len(points)} runs, simulator runs "
-                    f"{placement.describe()}")  # fmt: skip
+            on_note(
+                f"{len(points)} points × {len(tasks) // len(points)} runs, simulator runs "
+                f"{placement.describe()}"
+            )
         outcomes = run_tasks(
             tasks, runs_dir, executor, options, source=source, on_done=on_done, on_note=on_note
         )
