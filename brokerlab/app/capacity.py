@@ -65,7 +65,7 @@ MAX_BRACKET_STEPS = 12
 #: The largest count the consumers / partitions searches try.
 MAX_COUNT = 4096
 #: How many times catch-up lengthens the run after the outage when the lag is still high.
-CATCH_UP_EXTENSIONS = 4
+CATCH_UP_EXTENSIONS = 3
 
 
 class CapacityError(SweepError):
@@ -325,9 +325,12 @@ def catch_up_scenario(scenario: Scenario, outage: float, after: float) -> tuple[
 
 
 def lag_series(trace: Trace, step: float) -> tuple[np.ndarray, np.ndarray]:
-    """Consumer lag (messages sent that no consumer has received yet) at the end of each
-    ``step``: the timeline's backlog at a finer grain."""
-    timeline = build_timeline(trace.sends, trace.deliveries, interval=step)
+    """Consumer lag at the end of each ``step``: messages sent that no consumer has received yet,
+    as the timeline's backlog counts it, at a finer grain, leaving out messages never delivered
+    (dropped by max length or retention, or lost): a broker does not count what it dropped as
+    lag, and they would keep the lag high forever."""
+    sends = trace.sends[trace.sends["msg_id"].isin(trace.deliveries["msg_id"])]
+    timeline = build_timeline(sends, trace.deliveries, interval=step)
     return timeline["t_end"].to_numpy(), timeline["backlog"].to_numpy()
 
 
@@ -559,6 +562,11 @@ def _answer(
         return f"{where}: no answer: {detail}"
     if find == "rate":
         return f"{where}: highest rate meeting every requirement: {_fmt(value)}/s ({detail})"
+    if find == "partitions" and value == 1 and target == "sim":
+        detail += (
+            "; note: the simulator lets every consumer read a single partition, where a real "
+            "partitioned broker gives it to one consumer"
+        )
     if find in ("consumers", "partitions"):
         return (
             f"{where}: fewest {find} meeting every requirement at "
