@@ -781,7 +781,17 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
     Figures are also saved as PNG and SVG in a figures/ folder beside the report.
     """
     from brokerlab.app.report import ReportError, build_report
+    from brokerlab.app.sweep_report import SweepReportError, build_sweep_report, is_sweep_folder
 
+    if len(folders) == 1 and is_sweep_folder(folders[0]):
+        try:
+            path = build_sweep_report(folders[0], output)
+        except SweepReportError as error:
+            _usage_error(str(error))
+        except Exception as error:
+            _lab_failure(error, debug)
+        _print_plain(stdout, f"report: {path}")
+        return
     try:
         path = build_report(list(folders), output)
     except ReportError as error:

@@ -125,6 +125,7 @@ def test_catch_up_after_an_outage_matches_the_fluid_model(tmp_path: Path) -> Non
     assert saved["find"] == "catch-up" and saved["dropped"] == 0
     assert all(p["peak_lag"] == pytest.approx(lam * outage, rel=0.1) for p in saved["per_seed"])
     assert "nothing was dropped" in saved["answer"]
+    assert (tmp_path / "figures" / "catch-up-s1.png").is_file()
 
 
 def test_catch_up_says_what_max_length_dropped(tmp_path: Path) -> None:

@@ -333,3 +333,35 @@ def test_unreachable_scheduler_is_a_usage_error(tmp_path: Path) -> None:
         "--scheduler", f"tcp://127.0.0.1:{port}",
     )  # fmt: skip
     assert both.returncode == 2 and "give one" in both.stderr
+
+
+def test_report_of_a_two_dimensional_sweep(tmp_path: Path) -> None:
+    """`brokerlab report SWEEP_DIR` writes one self-contained page with the latency, delivered
+    and pass/fail figures inline, their PNG/SVG files, and every run linked."""
+    out = tmp_path / "sweep"
+    axes = [parse_vary("producers.rate=300/s,600/s,950/s"), parse_vary("consumers.count=1,2")]
+    run_sweep(small(4000), axes, seeds=2, out=out, workers=1)
+    done = brokerlab("report", str(out))
+    assert done.returncode == 0, done.stderr
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("<svg") == 3
+    assert "<script" not in page and "src=" not in page  # nothing to fetch
+    assert "±" in page and "knee" in page
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == sorted(
+        f"{n}.{e}" for n in ("latency", "delivered", "pass-map-sim") for e in ("png", "svg")
+    )
+    for run in pd.read_csv(out / SWEEP_CSV)["run"]:
+        assert f"href='{run}/'" in page
+    # 950/s on one consumer fails the 25 ms p99, two consumers pass everywhere
+    assert "0/2" in page and "2/2" in page
+
+
+def test_knee_of_a_hockey_stick() -> None:
+    from brokerlab.app.sweep_figures import knee
+
+    rates = [100, 200, 300, 400, 500, 600, 700, 800, 900]
+    p99 = [1 / (1000 - r) for r in rates]  # M/M/1 shape
+    assert rates[knee(rates, p99)] in (700, 800)
+    assert knee([1, 2, 3], [1, 2, 3]) is None  # a straight line has no knee
+    assert knee([1, 2], [1, 5]) is None

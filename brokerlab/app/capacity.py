@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from brokerlab.app import runner
+from brokerlab.app import runner, sweep_figures
 from brokerlab.app.sweep import (
     Axis,
     Executor,
@@ -375,6 +375,12 @@ def _find_catch_up(
             times, lag = lag_series(trace, step)
             seconds, normal = recovery_time(times, lag, start, end, scenario.producers.warmup)
             metrics = results_metrics(folder)
+            figure = sweep_figures.catch_up(
+                times, lag, (start, end), seconds, normal,
+                title=f"consumer lag, {format_duration(outage)} outage at "
+                f"{_fmt(scenario.producers.rate)}/s (seed {seed})",
+            )  # fmt: skip
+            sweep_figures.save(figure, search.out / "figures", f"catch-up-s{seed}")
             per_seed.append(
                 {
                     "seed": seed,
