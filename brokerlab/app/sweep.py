@@ -265,6 +265,13 @@ def build_points(base: Scenario, axes: Sequence[Axis]) -> list[Point]:
     return points
 
 
+def with_values(scenario: Scenario, values: dict[str, Any]) -> Scenario:
+    """``scenario`` with fields set by path (``{"producers.rate": "1200/s"}``), in the
+    scenario's units, validated like a file (SweepError names the path and the reason)."""
+    settings = [(Axis(path, (value,), "set"), value) for path, value in values.items()]
+    return _apply(scenario.model_dump(mode="json"), settings)
+
+
 # --------------------------------------------------------------------------- sweep files
 
 
