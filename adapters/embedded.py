@@ -49,13 +49,13 @@ from types import FrameType, TracebackType
 from typing import Any, Literal
 
 import psutil
+
 from brokerlab.adapters.binaries import (
     BrokerError,
     BrokerUnavailable,
     ServerBinary,
     find_server,
 )
-
 from brokerlab.core.scenario import Broker, Persistence
 
 __all__ = [

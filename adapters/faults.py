@@ -53,7 +53,6 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from brokerlab.adapters.harness import now
 from brokerlab.adapters.proxy import FaultProxy
-
 from brokerlab.core.scenario import (
     Constant,
     Distribution,

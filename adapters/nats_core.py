@@ -25,9 +25,10 @@ from importlib.metadata import version
 from typing import Any
 
 import nats
-from brokerlab.adapters.harness import BrokerAdapter, Received, Scrubber
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from brokerlab.adapters.harness import BrokerAdapter, Received, Scrubber
 
 #: Client library and version, for run.json.
 CLIENT = f"nats-py {version('nats-py')}"

@@ -26,15 +26,6 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from brokerlab.adapters.harness import (
-    MAX_IN_FLIGHT,
-    BrokerAdapter,
-    PublishRejected,
-    PublishResults,
-    Received,
-    now,
-)
-from brokerlab.adapters.nats_core import CLIENT, CONNECT_TIMEOUT, PENDING_BYTES, NatsConnections
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -45,6 +36,16 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+
+from brokerlab.adapters.harness import (
+    MAX_IN_FLIGHT,
+    BrokerAdapter,
+    PublishRejected,
+    PublishResults,
+    Received,
+    now,
+)
+from brokerlab.adapters.nats_core import CLIENT, CONNECT_TIMEOUT, PENDING_BYTES, NatsConnections
 
 #: Timeout of JetStream API requests (stream and consumer management).
 API_TIMEOUT = 10.0

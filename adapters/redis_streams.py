@@ -35,6 +35,10 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+
 from brokerlab.adapters.harness import (
     BrokerAdapter,
     PublishRejected,
@@ -43,9 +47,6 @@ from brokerlab.adapters.harness import (
     now,
     stop_tasks,
 )
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
 
 #: Entries one XAUTOCLAIM call may move.
 CLAIM_COUNT = 100

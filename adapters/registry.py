@@ -31,7 +31,6 @@ from brokerlab.adapters.nats_core import NatsCoreAdapter
 from brokerlab.adapters.nats_jetstream import NatsJetStreamAdapter
 from brokerlab.adapters.redis_streams import RedisStreamsAdapter
 from brokerlab.adapters.workers import run_workers, worker_count
-
 from brokerlab.core.load import plan_load
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult

@@ -41,6 +41,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import numpy as np
+
 from brokerlab.adapters import harness
 from brokerlab.adapters.harness import (
     ACKED,
@@ -64,7 +65,6 @@ from brokerlab.adapters.harness import (
 from brokerlab.adapters.nats_core import NatsCoreAdapter
 from brokerlab.adapters.nats_jetstream import API_TIMEOUT, NatsJetStreamAdapter
 from brokerlab.adapters.redis_streams import RedisStreamsAdapter
-
 from brokerlab.core.load import LoadPlan, draw, plan_load, streams
 from brokerlab.core.scenario import OnOff, Scenario
 from brokerlab.core.trace import TargetResult

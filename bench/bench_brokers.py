@@ -42,7 +42,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brokerlab.adapters.registry import run_real_async
-
 from brokerlab.core.scenario import Scenario, parse_scenario
 
 REPEATS = 3
@@ -215,8 +214,9 @@ async def bare_jetstream_inbox(url: str, messages: int = CEILING_MESSAGES) -> fl
     inbox subscription counting PubAcks, at most ``harness.MAX_IN_FLIGHT`` outstanding. A
     reference, not a goal: it shows the harness's own cost on the adapter's client path."""
     import nats
-    from brokerlab.adapters.harness import MAX_IN_FLIGHT
     from nats.js.api import StorageType, StreamConfig
+
+    from brokerlab.adapters.harness import MAX_IN_FLIGHT
 
     client = await nats.connect(url)
     js = client.jetstream()

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import ciw
 import numpy as np
-from brokerlab.sim import simulate
 
 from brokerlab.core.scenario import Scenario, load_scenario
+from brokerlab.sim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 MM1 = ROOT / "scenarios" / "mm1.yaml"

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 2 bad input (a scenario, a flag, a results folder), 1 a failure of the lab
 itself (a bug, or a broker that could not be started), with a message, never a bare traceback for
-a user's mistake.
+a user's mistake. With ``--check`` (``run``, ``compare``) a finished run also says its verdict:
+3 fail, 4 inconclusive.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,6 +32,21 @@ from brokerlab.core import results
 from brokerlab.core.scenario import ScenarioError, load_scenario
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+#: ``--check``: a verdict of fail, or of inconclusive, as the exit code (for pipelines).
+EXIT_VERDICT_FAIL, EXIT_VERDICT_INCONCLUSIVE = 3, 4
+
+_CHECK_HELP = "Exit 3 if a verdict is fail, 4 if inconclusive (and none fails), else 0."
+
+
+def _verdict_exit(verdicts: list[str]) -> int:
+    """The ``--check`` exit code for some verdicts: the worst decides, fail before inconclusive
+    (a measured failure is the stronger finding: the use case is known not to be met)."""
+    if "fail" in verdicts:
+        return EXIT_VERDICT_FAIL
+    if "inconclusive" in verdicts:
+        return EXIT_VERDICT_INCONCLUSIVE
+    return EXIT_OK
+
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default, so ids
 # and paths are never cut.
@@ -199,8 +216,9 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     show_default=True,
     help="sim, redis-streams, nats, nats-jetstream",
 )
+@click.option("--check", is_flag=True, help=_CHECK_HELP)
 @run_flags
-def run(scenario: Path, target: str, **flags: Any) -> None:
+def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
     """Run SCENARIO on one target and write results/RUN_ID/ (or exactly --out)."""
     from brokerlab.app.runner import TARGETS, TargetError, run_scenario
     from brokerlab.app.summary import print_summary
@@ -215,6 +233,8 @@ def run(scenario: Path, target: str, **flags: Any) -> None:
         record = run_scenario(parsed, target, _run_options(flags, progress), source=str(scenario))
     warnings = list(record.result.warnings) + record.analysis.warnings
     print_summary(stdout, record.metrics, str(record.path), warnings)
+    if check:
+        sys.exit(_verdict_exit([record.metrics["verdict"]]))
 
 
 @main.command()
@@ -226,11 +246,13 @@ def run(scenario: Path, target: str, **flags: Any) -> None:
     help="Comma-separated targets to run side by side.",
 )
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
+@click.option("--check", is_flag=True, help=_CHECK_HELP + " A target that did not run: 1.")
 @run_flags
-def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None:
+def compare(scenario: Path, targets: str, no_report: bool, check: bool, **flags: Any) -> None:
     """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
     from brokerlab.app.compare import compare as run_compare
     from brokerlab.app.runner import TARGETS
+    from brokerlab.app.summary import verdict_line
 
     chosen = _targets(targets, TARGETS, "--targets")
     parsed = _load_or_exit(scenario)
@@ -247,8 +269,14 @@ def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None
     for target in record.table.columns:
         table.add_column(target, justify="right")
     for label, row in record.table.iterrows():
-        table.add_row(str(label), *(_cell(v) for v in row))
+        cells = [_cell(v) for v in row]
+        if label == "verdict":
+            cells = [_verdict_markup(v) for v in cells]
+        table.add_row(str(label), *cells)
     stdout.print(table)
+    for target, run_record in record.runs.items():
+        if run_record.metrics["verdict"] != "pass":
+            stdout.print(f"{escape(target)}: {verdict_line(run_record.metrics)}")
     _report_errors(record.errors)
     _print_plain(stdout, f"comparison: {record.path}")
     if not no_report and record.runs:
@@ -256,7 +284,9 @@ def compare(scenario: Path, targets: str, no_report: bool, **flags: Any) -> None
 
         with _failures(flags["debug"]):
             _print_plain(stdout, f"report: {build_report([record.path])}")
-    sys.exit(EXIT_FAILURE if record.errors else EXIT_OK)
+    if record.errors:
+        sys.exit(EXIT_FAILURE)  # an incomplete comparison: its worst verdict is not known
+    sys.exit(_verdict_exit([r.metrics["verdict"] for r in record.runs.values()]) if check else 0)
 
 
 def _percent(value: float | None) -> str:
@@ -269,6 +299,19 @@ def _report_errors(errors: dict[str, str]) -> None:
     for name, message in errors.items():
         err.print(f"[red]{name} failed:[/] ", end="")
         _print_plain(err, message)
+
+
+def _verdict_markup(verdict: str) -> str:
+    """A verdict coloured as the run summary colours it (other words, e.g. "?", plain)."""
+    from brokerlab.app.summary import VERDICT_COLOURS
+
+    colour = VERDICT_COLOURS.get(verdict)
+    return f"[{colour}]{verdict}[/]" if colour else escape(verdict)
+
+
+def _text(value: Any) -> str:
+    """Optional text from a table cell: '' for None or NaN (pandas' missing value)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def _cell(value: Any) -> str:
@@ -297,6 +340,7 @@ def _cell(value: Any) -> str:
 def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **flags: Any) -> None:
     """Rank candidate brokers against SCENARIO's requirements, with the evidence for each."""
     from brokerlab.app.select import select as run_select
+    from brokerlab.app.summary import VERDICT_COLOURS
     from brokerlab.core.vocabulary import BROKER_KINDS
 
     chosen = _targets(candidates, BROKER_KINDS, "--candidates")
@@ -318,33 +362,48 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
         "target",
         "verdict",
         "failed requirements",
+        "unknown",
+        "not modelled",
         "worst margin",
         "mean margin",
     ):
         table.add_column(name)
     for row in selection.ranking.itertuples():
-        colour = "green" if row.verdict == "pass" else "red"
+        colour = VERDICT_COLOURS.get(row.verdict, "red")
         table.add_row(
-            str(row.rank),
+            f"{row.rank}=" if row.tie else str(row.rank),
             row.candidate,
             row.target + (" (reused)" if row.reused else ""),
             f"[{colour}]{row.verdict}[/]",
-            row.failed_requirements or "-",
+            escape(row.failed_requirements) or "-",
+            escape(row.unknown_requirements) or "-",
+            escape(row.not_modelled) or "-",
             _percent(row.worst_margin),
             _percent(row.mean_margin),
         )
     stdout.print(table)
+    if len(selection.ranking) and selection.ranking["tie"].any():
+        _print_plain(
+            stdout,
+            "'=' marks a tie: same failures, same judgement and the same margins (at 0.1%); "
+            "tied candidates are listed by name, not by preference",
+        )
     evidence = Table(title="evidence", title_justify="left")
-    for name in ("candidate", "requirement", "bound", "measured", "ok", "from"):
+    for name in ("candidate", "requirement", "bound", "measured", "judged", "from", "note"):
         evidence.add_column(name, overflow="fold")
+    status_colours = {"ok": "green", "fail": "red", "unknown": "yellow", "not modelled": "dim"}
     for row in selection.evidence.itertuples():
+        capability, source = _text(row.capability), _text(row.source)
+        measured = "; ".join(t for t in (_cell(row.measured), capability) if t not in ("", "-"))
+        sources = row.evidence + (f" ; {source}" if source not in ("", row.evidence) else "")
         evidence.add_row(
             row.candidate,
             row.requirement,
             _cell(row.bound),
-            _cell(row.measured),
-            "ok" if row.ok else "FAIL",
-            f"{row.kind}: {row.evidence}",
+            escape(measured or "-"),
+            f"[{status_colours.get(row.status, 'red')}]{row.status.replace('fail', 'FAIL')}[/]",
+            escape(f"{row.kind}: {sources}"),
+            escape(_text(row.note)),
         )
     stdout.print(evidence)
     _report_errors(selection.errors)
@@ -758,7 +817,9 @@ def list_(scenarios_dir: Path, results_dir: Path | None) -> None:
         table.add_column(name)
     for item in runs:
         table.add_row(
-            item.run_id, item.kind, item.scenario, item.target, item.started_at, item.verdict
+            *(escape(v) for v in (item.run_id, item.kind, item.scenario, item.target)),
+            escape(item.started_at),
+            _verdict_markup(item.verdict),
         )
     stdout.print(table)
     if not runs:

@@ -21,8 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import simpy
-from brokerlab.sim.presets import Preset
-from brokerlab.sim.sampling import is_zero, samples
 from simpy.events import NORMAL, Event
 
 from brokerlab.core.load import LoadPlan, streams
@@ -35,6 +33,8 @@ from brokerlab.core.trace import (
     make_sends,
 )
 from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
+from brokerlab.sim.presets import Preset
+from brokerlab.sim.sampling import is_zero, samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
 NO_ROW = -1

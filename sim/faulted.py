@@ -32,13 +32,13 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from brokerlab.sim.engine import Call, Progress, Simulation
-from brokerlab.sim.faults import RECONNECT_DELAY, Entry, kept_on_kill, resolve_entries
-from brokerlab.sim.presets import Preset
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.vocabulary import OutcomeCode
+from brokerlab.sim.engine import Call, Progress, Simulation
+from brokerlab.sim.faults import RECONNECT_DELAY, Entry, kept_on_kill, resolve_entries
+from brokerlab.sim.presets import Preset
 
 UP, PAUSED, DOWN = 0, 1, 2
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)

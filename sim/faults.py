@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brokerlab.sim.presets import Preset
-
 from brokerlab.core.scenario import Fault, Scenario
 from brokerlab.core.trace import FaultWindow
+from brokerlab.sim.presets import Preset
 
 #: Clients reconnect this long after a broker restart or a connection reset (client libraries
 #: retry connecting every few tens of milliseconds; a fixed delay keeps runs reproducible).

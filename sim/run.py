@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from brokerlab.core.load import plan_load
+from brokerlab.core.scenario import Scenario
+from brokerlab.core.trace import TargetResult
 from brokerlab.sim.engine import Progress
 from brokerlab.sim.faulted import faulted
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import Preset, resolve
-
-from brokerlab.core.load import plan_load
-from brokerlab.core.scenario import Scenario
-from brokerlab.core.trace import TargetResult
 
 
 def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) -> TargetResult:

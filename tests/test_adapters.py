@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from brokerlab.adapters import run_real
 from brokerlab.adapters.harness import RealBrokerError, decode_payload, encode_payload, redact_url
-
 from brokerlab.core.scenario import Scenario, parse_scenario
 
 TARGETS = ("redis-streams", "nats", "nats-jetstream")

@@ -11,6 +11,7 @@ import pytest
 from trace_builders import deliveries_table, scenario_with, sends_table, trace_of
 
 from brokerlab.core.analysis import Analysis, analyze, latency_table
+from brokerlab.core.scenario import parse_scenario
 from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, Trace, empty
 
 NAN = math.nan
@@ -137,39 +138,162 @@ def test_loss_duplicates_and_reordering_are_held_against_their_bounds():
     assert analysis.verdict == "fail"
 
 
-def test_requirements_without_data_are_not_met():
-    """Nothing delivered: throughput 0, latency and count requirements fail rather than pass."""
+def test_requirements_without_data_cannot_tell():
+    """Acked but nothing delivered: throughput, latency, duplicates and ordering have no data,
+    so they read ok None with the reason; loss is measured (2 acked, none delivered) and fails.
+
+    Before: throughput, latency, duplicates and ordering read False ("not met") on no data."""
     sends = sends_table([0, 0], [0, 1])
     scenario = scenario_with(
         {
             "throughput": "1/s",
             "latency": {"end_to_end": {"p99": "1s"}},
-            "max_lost": None,
+            "max_lost": 0,
             "max_duplicates": 0,
             "ordering": "per-key",
         }
     )
     analysis = run(sends, empty(DELIVERIES_SCHEMA), scenario)
-    assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [
-        ("throughput", 0.0, False),
-        ("end_to_end p99", None, False),
-        ("max_duplicates", None, False),
-        ("ordering per-key", None, False),
+    assert [(r.name, r.measured, r.ok, r.note) for r in analysis.requirements] == [
+        ("throughput", 0.0, None, "nothing was delivered"),
+        ("end_to_end p99", None, None, "nothing was delivered"),
+        ("max_lost", 2, False, None),
+        ("max_duplicates", None, None, "nothing was delivered"),
+        ("ordering per-key", None, None, "nothing was delivered"),
     ]
+    assert analysis.verdict == "fail"  # a measured failure outweighs what cannot be told
+
+
+def test_nothing_delivered_without_a_failed_requirement_is_inconclusive():
+    """Acked, nothing delivered, loss allowed: nothing failed, nothing passed: inconclusive."""
+    sends = sends_table([0, 0], [0, 1])
+    scenario = scenario_with({"max_lost": None, "max_duplicates": 0})
+    analysis = run(sends, empty(DELIVERIES_SCHEMA), scenario)
+    assert [(r.name, r.ok) for r in analysis.requirements] == [("max_duplicates", None)]
+    assert analysis.verdict == "inconclusive"
+    assert analysis.inconclusive_reasons == ["max_duplicates: nothing was delivered"]
+
+
+def test_broker_down_for_the_whole_run_is_inconclusive_not_pass():
+    """All 600 publishes failed, nothing acked or delivered, max_lost: 0.
+
+    Known answer: before, max_lost measured 0 lost (nothing was promised) and the verdict was
+    pass; now max_lost reads ok None, 'nothing was acknowledged', verdict inconclusive."""
+    n = 600
+    sends = sends_table([0] * n, range(n), t_acked=[NAN] * n, outcome=["failed"] * n)
+    analysis = run(sends, empty(DELIVERIES_SCHEMA), scenario_with({"max_lost": 0}))
+    reason = "nothing was acknowledged (600 publishes failed, 0 unknown)"
+    metrics = analysis.to_metrics()
+    assert metrics["requirements"] == [
+        {"name": "max_lost", "bound": 0, "measured": None, "ok": None, "note": reason}
+    ]
+    assert metrics["verdict"] == "inconclusive"
+    assert analysis.inconclusive_reasons == [f"max_lost: {reason}"]
+    assert any("nothing was acknowledged" in w for w in analysis.warnings)
+
+
+def test_broker_down_leaves_every_measured_requirement_unjudged():
+    """The same dead broker under latency, loss and duplicate bounds: each reads ok None with
+    the reason (before: latency and duplicates 'not met', so the verdict was fail)."""
+    n = 600
+    sends = sends_table([0] * n, range(n), t_acked=[NAN] * n, outcome=["failed"] * n)
+    scenario = scenario_with(
+        {"latency": {"end_to_end": {"p99": "100ms"}}, "max_lost": 0, "max_duplicates": 0}
+    )
+    analysis = run(sends, empty(DELIVERIES_SCHEMA), scenario)
+    reason = "nothing was acknowledged (600 publishes failed, 0 unknown)"
+    assert [(r.name, r.measured, r.ok, r.note) for r in analysis.requirements] == [
+        ("end_to_end p99", None, None, reason),
+        ("max_lost", None, None, reason),
+        ("max_duplicates", None, None, reason),
+    ]
+    assert analysis.verdict == "inconclusive"
+
+
+def test_empty_run_without_requirements_is_inconclusive():
+    """Nothing acked and no requirement stated: still never a pass; the reason is the run."""
+    n = 5
+    sends = sends_table([0] * n, range(n), t_acked=[NAN] * n, outcome=["unknown"] * n)
+    analysis = run(sends, empty(DELIVERIES_SCHEMA), scenario_with({"max_lost": None}))
+    assert analysis.requirements == ()
+    assert analysis.verdict == "inconclusive"
+    assert analysis.inconclusive_reasons == [
+        "run: nothing was acknowledged (0 publishes failed, 5 unknown)"
+    ]
+
+
+def test_a_latency_bound_without_samples_after_warmup_is_inconclusive():
+    """Every delivered message was intended during warm-up: the p99 bound has no sample."""
+    sends, deliveries = clean_run(n=5)  # intended 0.0 .. 0.4
+    scenario = scenario_with({"latency": {"completion": {"p99": "1s"}}}, warmup="1s")
+    analysis = run(sends, deliveries, scenario)
+    (latency, lost) = analysis.requirements
+    assert (latency.name, latency.ok) == ("completion p99", None)
+    assert latency.note == "no message intended after warm-up was processed to the end"
+    assert lost.ok is True
+    assert analysis.verdict == "inconclusive"
+
+
+def test_max_lost_holds_against_lost_plus_unprocessed():
+    """Ack before processing and a consumer crash holding 10 messages: 0 lost, 10 unprocessed.
+
+    Known answer: before, max_lost: 0 measured 0 and passed; now it measures 10 and fails."""
+    n = 30
+    t = np.arange(n) * 0.01
+    sends = sends_table([0] * n, range(n), t_intended=t)
+    done = t + 0.002
+    done[10:20] = NAN  # taken by the consumer that crashed, acked before processing
+    deliveries = deliveries_table([f"0:{i}" for i in range(n)], t + 0.001, t_done=done)
+    analysis = run(sends, deliveries, scenario_with({"max_lost": 0}))
+    counts = analysis.to_metrics()["counts"]
+    assert (counts["lost"], counts["unprocessed"]) == (0, 10)
+    (lost,) = analysis.requirements
+    assert lost.to_dict() == {
+        "name": "max_lost",
+        "bound": 0,
+        "measured": 10,
+        "ok": False,
+        "note": "0 lost + 10 unprocessed",
+    }
+    assert analysis.verdict == "fail"
+    assert any("10 messages were taken by a consumer" in w for w in analysis.warnings)
+
+
+def test_unexpected_deliveries_fail_the_verdict():
+    """An id delivered that was never sent is a bug: a failed requirement the lab adds.
+
+    Known answer: before, one stray id among clean deliveries passed (a warning only)."""
+    sends, deliveries = clean_run(n=3)
+    strays = deliveries_table(["9:1"], [0.5])
+    analysis = run(sends, pd.concat([deliveries, strays], ignore_index=True))
+    assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [
+        ("max_lost", 0, True),
+        ("unexpected deliveries", 1, False),
+    ]
+    assert "9:1" in analysis.requirements[-1].note
     assert analysis.verdict == "fail"
 
 
 def test_capabilities_a_run_cannot_measure_do_not_decide_the_verdict():
-    """replay and max_message_size are listed with measured and ok None; the run still passes."""
+    """replay and max_message_size are listed with measured and ok None ("n/a", with a note
+    that select judges them); they neither fail the run nor make it inconclusive."""
     sends, deliveries = clean_run()
     scenario = scenario_with({"replay": True, "max_message_size": "1MB"})
     analysis = run(sends, deliveries, scenario)
+    note = "a run cannot show this; `brokerlab select` judges it from the capability table"
     assert [r.to_dict() for r in analysis.requirements] == [
         {"name": "max_lost", "bound": 0, "measured": 0, "ok": True},
-        {"name": "replay", "bound": True, "measured": None, "ok": None},
-        {"name": "max_message_size", "bound": 1_000_000, "measured": None, "ok": None},
+        {"name": "replay", "bound": True, "measured": None, "ok": None, "note": note},
+        {
+            "name": "max_message_size",
+            "bound": 1_000_000,
+            "measured": None,
+            "ok": None,
+            "note": note,
+        },
     ]
     assert analysis.verdict == "pass"
+    assert analysis.inconclusive_reasons == []
 
 
 def test_metrics_have_exactly_the_contract_keys_and_are_json():
@@ -193,6 +317,7 @@ def test_metrics_have_exactly_the_contract_keys_and_are_json():
         "delivered",
         "unique",
         "lost",
+        "unprocessed",
         "duplicates",
         "out_of_order",
         "redelivered",
@@ -210,12 +335,14 @@ def test_metrics_have_exactly_the_contract_keys_and_are_json():
 
 
 def test_empty_run_gives_nulls_not_nan():
-    """A run with no messages still yields strict JSON: null latencies, zero counts, a fail."""
+    """A run with no messages still yields strict JSON: null latencies, zero counts, and the
+    verdict inconclusive (before: fail, though nothing was measured)."""
     metrics = run(empty(SENDS_SCHEMA), empty(DELIVERIES_SCHEMA)).to_metrics()
     assert metrics["latency_ms"]["end_to_end"]["p99"] is None
     assert metrics["latency_ms"]["end_to_end"]["count"] == 0
     assert metrics["counts"]["sent"] == 0
-    assert metrics["verdict"] == "fail"  # max_lost 0 has nothing to judge: not met
+    assert metrics["verdict"] == "inconclusive"  # max_lost 0 has nothing to judge
+    assert metrics["requirements"][0]["note"] == "nothing was sent"
     json.dumps(metrics, allow_nan=False)
 
 
@@ -250,3 +377,44 @@ def test_a_trace_read_back_from_parquet_gives_the_same_metrics(tmp_path):
     after = analyze(Trace.read(tmp_path), scenario_with(), target="sim", seed=1, duration_s=1.0)
     assert after.to_metrics() == before.to_metrics()
     assert after.checks == before.checks
+
+
+def test_simulated_ack_before_and_consumer_crash_fails_max_lost():
+    """End to end in the simulator: ack before processing, a consumer crash while it holds
+    prefetched messages. Known answer (seed 1): lost 0, unprocessed 10 (the 10 it held), so
+    max_lost: 0 fails; before, the same run reported lost 0 and passed."""
+    from brokerlab.sim import simulate
+
+    scenario = parse_scenario(
+        {
+            "name": "ack-before-crash",
+            "producers": {"rate": "250/s", "duration": "4s", "arrival": "constant"},
+            "broker": {"kind": "redis-streams", "ack_timeout": "1s"},
+            "consumers": {"count": 1, "processing": "5ms", "prefetch": 10, "ack": "before"},
+            "faults": [
+                {"at": "2s", "action": "consumer-crash", "target": "consumer-0", "duration": "1s"}
+            ],
+            "requirements": {"max_lost": 0},
+            "drain_timeout": "6s",
+        }
+    )
+    result = simulate(scenario, seed=1)
+    analysis = analyze(result.trace, scenario, target="sim", seed=1, duration_s=6.0)
+    # the 10 it held are unprocessed (delivered, never done), however a model counts a message
+    # still in the consumer's buffer: the business loss is 10 either way
+    assert analysis.checks.unprocessed > 0
+    assert analysis.checks.lost + analysis.checks.unprocessed == 10
+    assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [("max_lost", 10, False)]
+    assert analysis.verdict == "fail"
+
+
+def test_throughput_without_a_window_after_warmup_is_inconclusive():
+    """Every message intended during warm-up: no window to measure throughput over, so the
+    requirement cannot tell (before: measured 0.0/s and failed)."""
+    sends, deliveries = clean_run(n=5)  # intended 0.0 .. 0.4
+    analysis = run(sends, deliveries, scenario_with({"throughput": "1/s"}, warmup="1s"))
+    throughput = analysis.requirements[0]
+    assert (throughput.name, throughput.measured, throughput.ok) == ("throughput", None, None)
+    assert throughput.note == "no measuring window after warm-up (no message, or a single instant)"
+    assert analysis.to_metrics()["throughput_per_s"]["delivered"] is None
+    assert analysis.verdict == "inconclusive"

@@ -112,3 +112,17 @@ def test_unknown_kind_is_refused():
     """Judging a broker the table does not know is an error, not a silent pass."""
     with pytest.raises(KeyError):
         judge(Requirements(replay=True), "mqtt")
+
+
+def test_an_unverified_fact_neither_passes_nor_fails():
+    """Kafka's delivery fact is unverified: max_duplicates reads unknown (ok None), the table's
+    finding kept apart; a verified fact still decides (JetStream's, ok True).
+    Before: the unverified finding counted as ok True."""
+    strict = Requirements(max_lost=0, max_duplicates=0)
+    kafka = _verdict(strict, "kafka", "max_duplicates")
+    assert (kafka.verified, kafka.ok, kafka.status, kafka.finding) == (False, None, "unknown", True)
+    assert kafka.to_dict()["status"] == "unknown"
+    jetstream = _verdict(strict, "nats-jetstream", "max_duplicates")
+    assert (jetstream.ok, jetstream.status) == (True, "ok")
+    sqs_replay = _verdict(Requirements(replay=True), "sqs", "replay")
+    assert (sqs_replay.status, sqs_replay.finding) == ("unknown", False)

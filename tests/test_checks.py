@@ -25,6 +25,7 @@ def test_clean_run_counts_every_message_once():
         "delivered": 3,
         "unique": 3,
         "lost": 0,
+        "unprocessed": 0,
         "duplicates": 0,
         "out_of_order": 0,
         "redelivered": 0,
@@ -176,6 +177,44 @@ def test_first_done_is_the_earliest_finished_attempt():
     check = check_delivery(sends, deliveries)
     np.testing.assert_allclose(check.first_delivered, [0.1, 0.2])
     np.testing.assert_allclose(check.first_done, [0.5, NAN])
+
+
+def test_taken_and_never_finished_is_unprocessed_not_lost():
+    """Ack before processing, consumer crash: delivered, no t_done, never redelivered.
+
+    Known answer: 2 of 3 messages die in the consumer's hands, so unprocessed 2 and lost 0
+    (before this count existed the run showed no loss at all)."""
+    sends = sends_table([0, 0, 0], [0, 1, 2])
+    deliveries = deliveries_table(["0:0", "0:1", "0:2"], [0.1, 0.2, 0.3], t_done=[0.15, NAN, NAN])
+    check = check_delivery(sends, deliveries)
+    assert (check.lost, check.unprocessed, check.unique) == (0, 2, 3)
+    assert check.unprocessed_ids == ("0:1", "0:2")
+    assert check.counts()["unprocessed"] == 2
+
+
+def test_redelivered_and_processed_later_is_not_unprocessed():
+    """A message whose first attempt died but whose redelivery finished is fine."""
+    sends = sends_table([0], [0])
+    deliveries = deliveries_table(["0:0", "0:0"], [0.1, 0.5], delivery_no=[1, 2], t_done=[NAN, 0.6])
+    check = check_delivery(sends, deliveries)
+    assert (check.unprocessed, check.duplicates) == (0, 1)
+
+
+def test_redelivered_but_never_finished_is_unprocessed_once():
+    """Every attempt died: one unprocessed message, however many attempts it had."""
+    sends = sends_table([0, 0], [0, 1])
+    deliveries = deliveries_table(
+        ["0:0", "0:0", "0:1"], [0.1, 0.5, 0.2], delivery_no=[1, 2, 1], t_done=[NAN, NAN, 0.3]
+    )
+    assert check_delivery(sends, deliveries).unprocessed == 1
+
+
+def test_unexpected_ids_are_never_unprocessed():
+    """A stray id that never finished is unexpected only: unprocessed counts sent messages."""
+    sends = sends_table([0], [0])
+    deliveries = deliveries_table(["0:0", "7:7"], [0.1, 0.2], t_done=[0.15, NAN])
+    check = check_delivery(sends, deliveries)
+    assert (check.unprocessed, check.unexpected) == (0, 1)
 
 
 def test_no_deliveries_loses_every_acked_message():

@@ -14,6 +14,7 @@ import pytest
 
 from brokerlab.core import results
 from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA, TIMELINE_SCHEMA
+from brokerlab.core.vocabulary import VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +173,7 @@ def test_list_shows_scenarios_and_runs(tmp_path: Path, small: Path) -> None:
     assert listing.returncode == 0
     assert "scenarios/small.yaml" in listing.stdout
     (run,) = results.list_runs(tmp_path / "results")
-    assert run.scenario == "small" and run.target == "sim" and run.verdict in ("pass", "fail")
+    assert run.scenario == "small" and run.target == "sim" and run.verdict in VERDICTS
     assert run.run_id in listing.stdout
 
 
@@ -201,6 +202,7 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
 def test_brokers_up_status_down(tmp_path: Path) -> None:
     """`brokers up` starts live servers that `status` reports and `down` stops, leaving none."""
     import psutil
+
     from brokerlab.adapters.embedded import brokers_status
 
     env = {"BROKERLAB_STATE": str(tmp_path / "state")}
@@ -260,3 +262,116 @@ def test_a_killed_run_leaves_no_broker_and_no_result(tmp_path: Path) -> None:
     small.write_text(SMALL, encoding="utf-8")
     assert brokerlab("run", str(small), "-q", cwd=tmp_path).returncode == 0
     assert not list(results_dir.glob(".*.partial-*")), "the killed run's staging folder remains"
+
+
+def _scenario_file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_check_turns_the_verdict_into_the_exit_code(tmp_path: Path, small: Path) -> None:
+    """`run --check`: 0 pass, 3 fail, 4 inconclusive; without --check a finished run exits 0."""
+    failing = _scenario_file(tmp_path, "failing", SMALL.replace("p99: 1s", "p99: 1us"))
+    # warm-up longer than the run: no latency sample to hold the p99 bound against
+    blind = _scenario_file(tmp_path, "blind", SMALL.replace("keys: 4}", "keys: 4, warmup: 5s}"))
+    assert brokerlab("run", str(small), "-q", "--check", cwd=tmp_path).returncode == 0
+    assert brokerlab("run", str(failing), "-q", cwd=tmp_path).returncode == 0
+    failed = brokerlab("run", str(failing), "-q", "--check", cwd=tmp_path)
+    assert failed.returncode == 3, failed.stderr
+    assert "verdict: fail (not met: end_to_end p99)" in failed.stdout
+    unsure = brokerlab("run", str(blind), "-q", "--check", cwd=tmp_path)
+    assert unsure.returncode == 4, unsure.stderr
+    assert (
+        "verdict: inconclusive (cannot tell: end_to_end p99: no message intended after warm-up "
+        "was delivered)" in unsure.stdout
+    )
+    assert "cannot tell" in unsure.stdout  # the requirement's row says it too
+    listing = brokerlab("list", cwd=tmp_path)
+    assert {run.verdict for run in results.list_runs(tmp_path / "results")} == {
+        "pass",
+        "fail",
+        "inconclusive",
+    }
+    assert "inconclusive" in listing.stdout
+
+
+def test_compare_check_exits_with_the_worst_verdict(tmp_path: Path) -> None:
+    """`compare --check`: 3 when a target's verdict is fail, 4 when one is inconclusive, and the
+    inconclusive target's reason is printed under the table."""
+    failing = _scenario_file(tmp_path, "failing", SMALL.replace("p99: 1s", "p99: 1us"))
+    blind = _scenario_file(tmp_path, "blind", SMALL.replace("keys: 4}", "keys: 4, warmup: 5s}"))
+    flags = ("--targets", "sim", "--no-report", "-q", "--check")
+    assert brokerlab("compare", str(failing), *flags, cwd=tmp_path).returncode == 3
+    unsure = brokerlab("compare", str(blind), *flags, cwd=tmp_path)
+    assert unsure.returncode == 4, unsure.stderr
+    assert "sim: verdict: inconclusive (cannot tell: end_to_end p99" in unsure.stdout
+    assert brokerlab("compare", str(blind), *flags[:-1], cwd=tmp_path).returncode == 0
+
+
+def test_worst_verdict_decides_fail_before_inconclusive() -> None:
+    """Several verdicts give one exit code: any fail 3, else any inconclusive 4, else 0."""
+    from brokerlab.cli import _verdict_exit
+
+    assert _verdict_exit(["pass", "inconclusive", "fail"]) == 3
+    assert _verdict_exit(["inconclusive", "pass"]) == 4
+    assert _verdict_exit(["pass", "pass"]) == 0
+
+
+BROKER_DOWN = """
+name: broker-down
+producers: {count: 1, rate: 200/s, duration: 3s, arrival: constant, publish_timeout: 200ms}
+broker: {kind: redis-streams}
+consumers: {count: 1, processing: 1ms}
+faults:
+  - {at: 0s, action: broker-kill, duration: 10s}
+requirements: {max_lost: 0}
+drain_timeout: 2s
+"""
+
+
+def test_a_broker_down_for_the_whole_run_is_inconclusive(tmp_path: Path) -> None:
+    """Real Redis killed at t=0 and not back before the end: all 600 publishes fail, nothing is
+    acknowledged or delivered. Before: verdict pass (0 lost of 0 promised); now inconclusive,
+    exit 4 with --check, and the summary says why."""
+    scenario = _scenario_file(tmp_path, "down", BROKER_DOWN)
+    done = brokerlab("run", str(scenario), "-t", "redis-streams", "-q", "--check", cwd=tmp_path)
+    assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]
+    (folder,) = (tmp_path / "results").iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    counts = metrics["counts"]
+    assert (counts["sent"], counts["acked"], counts["unique"]) == (600, 0, 0)
+    assert counts["failed"] + counts["unknown"] == 600
+    assert metrics["verdict"] == "inconclusive"
+    (max_lost,) = metrics["requirements"]
+    assert (max_lost["name"], max_lost["measured"], max_lost["ok"]) == ("max_lost", None, None)
+    assert max_lost["note"].startswith("nothing was acknowledged")
+    assert "verdict: inconclusive (cannot tell: max_lost: nothing was acknowledged" in done.stdout
+
+
+ACK_BEFORE_CRASH = """
+name: ack-before-crash
+producers: {count: 1, rate: 250/s, duration: 4s, arrival: constant}
+broker: {kind: redis-streams, ack_timeout: 1s}
+consumers: {count: 1, processing: 5ms, prefetch: 10, ack: before}
+faults:
+  - {at: 2s, action: consumer-crash, target: consumer-0, duration: 1s}
+requirements: {max_lost: 0}
+drain_timeout: 6s
+"""
+
+
+def test_ack_before_and_a_consumer_crash_fail_max_lost_on_real_redis(tmp_path: Path) -> None:
+    """Real Redis Streams, ack before processing, the consumer crashes holding its prefetched
+    batch: those messages were XACKed, so nobody reclaims them. Before: lost 0, pass; now
+    unprocessed > 0 counts against max_lost: 0, verdict fail, exit 3 with --check."""
+    scenario = _scenario_file(tmp_path, "crash", ACK_BEFORE_CRASH)
+    done = brokerlab("run", str(scenario), "-t", "redis-streams", "-q", "--check", cwd=tmp_path)
+    assert done.returncode == 3, done.stdout[-3000:] + done.stderr[-3000:]
+    (folder,) = (tmp_path / "results").iterdir()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    counts = metrics["counts"]
+    assert counts["lost"] == 0 and 0 < counts["unprocessed"] <= 10
+    (max_lost,) = metrics["requirements"]
+    assert max_lost["measured"] == counts["unprocessed"] and max_lost["ok"] is False
+    assert metrics["verdict"] == "fail"

@@ -23,6 +23,8 @@ import nats
 import psutil
 import pytest
 import redis
+from nats.js.api import StorageType
+
 from brokerlab.adapters import embedded
 from brokerlab.adapters.binaries import BrokerUnavailable, find_nats_server, find_redis_server
 from brokerlab.adapters.embedded import (
@@ -34,8 +36,6 @@ from brokerlab.adapters.embedded import (
     connect_urls,
     embedded_for,
 )
-from nats.js.api import StorageType
-
 from brokerlab.core.scenario import Broker
 
 REPO = Path(__file__).resolve().parents[1]

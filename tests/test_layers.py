@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,12 @@ PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-buil
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project built as users install it (a wheel), unpacked."""
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools leaves a build/ folder in the tree it builds.
+    source = out / "source"
+    skip = shutil.ignore_patterns(".*", "build", "results", "__pycache__", "*.egg-info")
+    shutil.copytree(ROOT, source, ignore=skip)
     subprocess.run(
-        [*PIP_WHEEL, "--wheel-dir", str(out), str(ROOT)],
+        [*PIP_WHEEL, "--wheel-dir", str(out), str(source)],
         check=True,
         capture_output=True,
     )

@@ -13,9 +13,10 @@ import nats
 import pytest
 import redis
 import redis.asyncio as aioredis
-from brokerlab.adapters.proxy import FaultProxy, ThreadedFaultProxy
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from brokerlab.adapters.proxy import FaultProxy, ThreadedFaultProxy
 
 REDIS = ("127.0.0.1", 6379)
 NATS = ("127.0.0.1", 4222)

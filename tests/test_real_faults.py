@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokerlab.adapters import run_real
-from brokerlab.adapters.faults import FaultRefused, delay_as_latency
 from click.testing import CliRunner
 
+from brokerlab.adapters import run_real
+from brokerlab.adapters.faults import FaultRefused, delay_as_latency
 from brokerlab.core.checks import DeliveryCheck, check_delivery
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import TargetResult

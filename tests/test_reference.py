@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from brokerlab.sim import simulate
-from brokerlab.sim.sampling import CHUNK
 
 from brokerlab.core.load import draw, plan_load, streams
 from brokerlab.core.scenario import Scenario, load_scenario
+from brokerlab.sim import simulate
+from brokerlab.sim.sampling import CHUNK
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 BATCH = 5_000

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from brokerlab.adapters import run_real
-
 from brokerlab.core.checks import check_delivery
 from brokerlab.core.scenario import parse_scenario
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import permutations
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from brokerlab.app.runner import RunOptions
-from brokerlab.app.select import SelectionError, margin, rank, select
+from brokerlab.app.select import (
+    SelectionError,
+    evidence_rows,
+    evidence_table,
+    has_profile,
+    margin,
+    rank,
+    select,
+)
 from brokerlab.core.scenario import parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
 
 USE_CASE = {
     "name": "events",
@@ -38,23 +49,89 @@ def test_margin_is_relative_headroom() -> None:
     assert margin("replay", True, None) is None
 
 
+def _evidence(rows: list[tuple[str, str, str, float | None]]) -> pd.DataFrame:
+    """Evidence rows (candidate, requirement, status, margin) as select writes them."""
+    return evidence_table(
+        [
+            {"candidate": c, "requirement": r, "status": status, "margin": m}
+            for c, r, status, m in rows
+        ]
+    )
+
+
+def _runs(*candidates: str) -> dict[str, dict]:
+    return {c: {"target": "sim", "run": c, "reused": False} for c in candidates}
+
+
 def test_rank_puts_fewer_failures_first_then_more_headroom() -> None:
     """A passing candidate ranks above a failing one; among equals, more headroom wins."""
     rows = [
-        ("a", "x", True, 0.1),
-        ("a", "y", True, 0.2),
-        ("b", "x", True, 0.6),
-        ("b", "y", True, 0.7),
-        ("c", "x", False, -0.2),
-        ("d", "x", True, 0.1),  # same tightest bound as a, more headroom elsewhere
-        ("d", "y", True, 0.9),
+        ("a", "x", "ok", 0.1),
+        ("a", "y", "ok", 0.2),
+        ("b", "x", "ok", 0.6),
+        ("b", "y", "ok", 0.7),
+        ("c", "x", "fail", -0.2),
+        ("d", "x", "ok", 0.1),  # same tightest bound as a, more headroom elsewhere
+        ("d", "y", "ok", 0.9),
     ]
-    evidence = pd.DataFrame(rows, columns=["candidate", "requirement", "ok", "margin"])
-    runs = {c: {"target": "sim", "run": c, "reused": False} for c in ("c", "a", "b", "d")}
-    ranking = rank(evidence, runs)
+    ranking = rank(_evidence(rows), _runs("c", "a", "b", "d"))
     assert list(ranking["candidate"]) == ["b", "d", "a", "c"]
+    assert list(ranking["rank"]) == [1, 2, 3, 4]
     assert list(ranking["verdict"]) == ["pass", "pass", "pass", "fail"]
     assert ranking.loc[3, "failed_requirements"] == "x"
+    assert not ranking["tie"].any()
+
+
+def test_ties_share_a_rank_and_are_listed_by_name() -> None:
+    """Identical evidence is a tie: same rank, tie True, listed by name whatever the input
+    order. Before: ranks 1 and 2 in the order the candidates were given."""
+    rows = [
+        ("zeta", "x", "ok", 0.05),
+        ("alpha", "x", "ok", 0.05),
+        ("mid", "x", "ok", 0.0504),  # equal at the 0.1 % the tables print
+        ("last", "x", "fail", -1.0),
+    ]
+    ranking = rank(_evidence(rows), _runs("zeta", "last", "mid", "alpha"))
+    assert list(zip(ranking["rank"], ranking["candidate"], ranking["tie"], strict=True)) == [
+        (1, "alpha", True),
+        (1, "mid", True),
+        (1, "zeta", True),
+        (4, "last", False),
+    ]
+
+
+def test_ranking_never_depends_on_the_listing_order() -> None:
+    """Every permutation of the candidates gives the same table, row for row."""
+    rows = [
+        ("a", "x", "ok", 0.2),
+        ("b", "x", "ok", 0.2),
+        ("c", "x", "unknown", None),
+        ("c", "y", "ok", 0.4),
+        ("d", "x", "fail", -0.1),
+        ("e", "x", "ok", 0.3),
+    ]
+    evidence = _evidence(rows)
+    tables = [rank(evidence, _runs(*order)) for order in permutations("abcde")]
+    for table in tables[1:]:
+        pd.testing.assert_frame_equal(table, tables[0])
+    assert list(tables[0]["candidate"]) == ["e", "a", "b", "c", "d"]
+    assert list(tables[0]["rank"]) == [1, 2, 2, 4, 5]
+
+
+def test_unknown_requirements_are_not_failures() -> None:
+    """An unknown requirement (unverified fact, or a run that could not tell) is no failure: the
+    candidate is inconclusive, ranked after those fully judged but before any that fail."""
+    rows = [
+        ("sure", "x", "ok", 0.1),
+        ("unsure", "x", "ok", 0.5),
+        ("unsure", "replay", "unknown", None),
+        ("bad", "x", "fail", -0.1),
+    ]
+    ranking = rank(_evidence(rows), _runs("bad", "unsure", "sure"))
+    assert list(ranking["candidate"]) == ["sure", "unsure", "bad"]
+    unsure = ranking.iloc[1]
+    assert (unsure["verdict"], unsure["failed"], unsure["unknown"]) == ("inconclusive", 0, 1)
+    assert unsure["unknown_requirements"] == "replay"
 
 
 def test_select_ranks_with_evidence_and_reuses_runs(tmp_path: Path) -> None:
@@ -67,10 +144,13 @@ def test_select_ranks_with_evidence_and_reuses_runs(tmp_path: Path) -> None:
     assert set(ranking["candidate"]) == set(candidates)
     assert ranking.iloc[-1]["candidate"] == "nats"  # no replay, no durability
     assert "replay" in ranking.iloc[-1]["failed_requirements"]
-    assert ranking.iloc[0]["verdict"] == "pass"
+    # simulated without a performance profile: throughput and latency are not judged
+    assert ranking.iloc[0]["verdict"] == "inconclusive"
+    assert ranking.iloc[0]["not_modelled"] == "throughput, end_to_end p99"
     nats_replay = first.evidence.query("candidate == 'nats' and requirement == 'replay'")
-    assert not nats_replay["ok"].iloc[0] and nats_replay["evidence"].iloc[0].startswith("https://")
-    measured = first.evidence.query("kind == 'run'")
+    assert nats_replay["ok"].iloc[0] is False
+    assert nats_replay["evidence"].iloc[0].startswith("https://")
+    measured = first.evidence[first.evidence["kind"].str.startswith("run")]
     assert (measured["evidence"].map(lambda p: Path(p, "metrics.json").is_file())).all()
     for name in ("ranking.csv", "evidence.csv", "selection.json", "run.json"):
         assert (first.path / name).is_file()
@@ -104,6 +184,7 @@ def test_select_command_prints_ranking(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "ranking" in done.stdout and "selection:" in done.stdout
+    assert "not modelled" in done.stdout and "(every candidate)" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "brokerlab.cli", "select", str(path), "--candidates", "mq"],
         capture_output=True,
@@ -111,3 +192,107 @@ def test_select_command_prints_ranking(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "mq" in bad.stderr
+
+
+def _metrics(*requirements: tuple[str, object, object, bool | None]) -> dict:
+    """A metrics.json ``requirements`` list as a run writes it: (name, bound, measured, ok)."""
+    return {
+        "requirements": [
+            {"name": n, "bound": b, "measured": m, "ok": ok} for n, b, m, ok in requirements
+        ]
+    }
+
+
+def test_one_requirement_is_judged_once() -> None:
+    """NATS core losing 3 messages against max_lost: 0 is one failed requirement, not two: the
+    run's count and the capability table (no durable option) share one row.
+    Before: two rows (run and capability), failed 2."""
+    scenario = parse_scenario({**USE_CASE, "requirements": {"max_lost": 0}})
+    rows = evidence_rows("nats", _metrics(("max_lost", 0, 3, False)), Path("run"), scenario)
+    assert [(r["requirement"], r["status"], r["kind"]) for r in rows] == [
+        ("max_lost", "fail", "run + capability")
+    ]
+    assert rows[0]["measured"] == 3 and rows[0]["capability"] == "durable options: none"
+    ranking = rank(evidence_table(rows), {"nats": {"target": "sim", "run": "r", "reused": 0}})
+    assert ranking.loc[0, "failed"] == 1
+
+
+def test_unverified_capability_facts_are_unknown() -> None:
+    """SQS's replay fact is unverified: the requirement reads unknown (ok None), with the table's
+    finding in the note, and is no failure. Kafka's unverified delivery fact decides nothing
+    next to a run that measured no duplicates: ok, with the note."""
+    needs = {"replay": True, "max_duplicates": 0, "max_lost": None}
+    scenario = parse_scenario({**USE_CASE, "requirements": needs})
+    capability_only = _metrics(("replay", True, None, None))
+    (replay,) = [
+        r
+        for r in evidence_rows("sqs", capability_only, Path("run"), scenario)
+        if r["requirement"] == "replay"
+    ]
+    assert (replay["status"], replay["ok"], replay["kind"]) == (
+        "unknown",
+        None,
+        "capability (unverified)",
+    )
+    assert "unverified (would fail)" in replay["note"]
+    runs = {"sqs": {"target": "sim", "run": "r", "reused": False}}
+    ranking = rank(evidence_table([replay]), runs)
+    assert (ranking.loc[0, "failed"], ranking.loc[0, "verdict"]) == (0, "inconclusive")
+    measured = _metrics(("max_duplicates", 0, 0, True), ("replay", True, None, None))
+    rows = {r["requirement"]: r for r in evidence_rows("kafka", measured, Path("r"), scenario)}
+    assert rows["max_duplicates"]["status"] == "ok"
+    assert rows["max_duplicates"]["kind"] == "run + capability (unverified)"
+    assert "unverified" in rows["max_duplicates"]["note"]
+
+
+SPEED = {"throughput": "300/s", "latency": {"end_to_end": {"p99": "500ms"}}, "max_lost": 0}
+SPEED_METRICS = _metrics(
+    ("throughput", 300.0, 330.0, True),
+    ("end_to_end p99", 500.0, 400.0, True),
+    ("max_lost", 0, 0, True),
+)
+
+
+def test_simulated_speed_is_not_judged_without_a_profile(monkeypatch) -> None:
+    """A simulated candidate whose preset has no performance profile: throughput and latency
+    read 'not modelled' and give no margin; the same figures from a real run are judged; a
+    preset that carries a profile is judged too."""
+    scenario = parse_scenario({**USE_CASE, "requirements": SPEED})
+    assert not has_profile("kafka")  # no shipped preset has one yet
+    simulated = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), scenario, "sim")
+    assert [(r["requirement"], r["status"], r["margin"]) for r in simulated] == [
+        ("throughput", "not modelled", None),
+        ("end_to_end p99", "not modelled", None),
+        ("max_lost", "ok", None),
+    ]
+    real = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), scenario, "redis-streams")
+    assert [r["status"] for r in real] == ["ok", "ok", "ok"]
+    assert real[0]["margin"] == pytest.approx(0.1) and real[1]["margin"] == pytest.approx(0.2)
+
+    import brokerlab.app.select as selection
+
+    profiled = {"redis-streams": {"model": "log", "profile": "default"}}
+    monkeypatch.setattr(selection, "presets", lambda: profiled)
+    assert has_profile("redis-streams")
+    judged = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), scenario, "sim")
+    assert [r["status"] for r in judged] == ["ok", "ok", "ok"]
+
+
+def test_payments_ranking_is_the_same_whatever_the_candidate_order(tmp_path: Path) -> None:
+    """`select payments.yaml --sim-only`: kafka and nats-jetstream simulate identically, so they
+    tie, in every listing order, and the notes say speed is not modelled for any candidate.
+    Before: kafka ranked 1 when listed first, nats-jetstream ranked 1 when listed first."""
+    from brokerlab.core.scenario import load_scenario
+
+    scenario = load_scenario(ROOT / "scenarios" / "usecases" / "payments.yaml")
+    seen = set()
+    for order in permutations(["kafka", "nats-jetstream", "redis-streams"]):
+        chosen = select(scenario, list(order), RunOptions(results_dir=tmp_path), real=False)
+        ranking = chosen.ranking
+        seen.add(tuple(zip(ranking["rank"], ranking["candidate"], ranking["tie"], strict=True)))
+        assert any("(every candidate)" in note and "not modelled" in note for note in chosen.notes)
+        assert list(chosen.evidence["candidate"].drop_duplicates()) == list(ranking["candidate"])
+    (only,) = seen
+    tied = {candidate for rank_, candidate, tie in only if rank_ == 1}
+    assert {"kafka", "nats-jetstream"} <= tied
+    assert all(tie for rank_, _, tie in only if rank_ == 1)

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from brokerlab.sim import simulate
-from brokerlab.sim.presets import resolve
 
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import FaultWindow, Trace
+from brokerlab.sim import simulate
+from brokerlab.sim.presets import resolve
 
 MS = 1e-3
 US = 1.01e-6  # the trace keeps microseconds; allow one rounding step

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from brokerlab.sim import simulate
 
 from brokerlab.core.analysis import analyze
 from brokerlab.core.checks import DeliveryCheck, check_delivery
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import FaultWindow, TargetResult
+from brokerlab.sim import simulate
 
 KILL = {"at": "1.5s", "action": "broker-kill", "duration": "0.5s"}
 PAUSE = {"at": "1s", "action": "broker-pause", "duration": "1s"}

@@ -16,12 +16,12 @@ from typing import Any
 import psutil
 import pytest
 import redis
+
 from brokerlab.adapters import run_real
 from brokerlab.adapters.embedded import embedded_for
 from brokerlab.adapters.harness import RealBrokerError
 from brokerlab.adapters.registry import ADAPTERS, run_names
 from brokerlab.adapters.workers import WORKERS_ENV, run_workers, worker_count
-
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA
 

@@ -182,20 +182,35 @@ def load_capabilities() -> dict[str, BrokerCapabilities]:
     return table
 
 
+CapabilityStatus = Literal["ok", "fail", "unknown"]
+
+
 @dataclass(frozen=True)
 class CapabilityVerdict:
     """One capability-type requirement held against the table.
 
     ``name`` and ``bound`` match the run's requirement records (``replay``, ``max_message_size``,
     ``ordering per-key``, ``max_lost``, ``max_duplicates``), so a selection can join the two.
+
+    ``finding`` is what the table's fact says; ``ok`` is that finding only when the fact was
+    checked against its source (``verified``), else None: an unverified fact neither passes nor
+    fails a candidate, it is ``unknown`` (:attr:`status`) and shown as such.
     """
 
     name: str
     bound: bool | int | str
     capability: str
-    ok: bool
+    ok: bool | None
     source: str
     verified: bool
+    finding: bool
+
+    @property
+    def status(self) -> CapabilityStatus:
+        """``ok``, ``fail``, or ``unknown`` for a fact nobody has checked yet."""
+        if self.ok is None:
+            return "unknown"
+        return "ok" if self.ok else "fail"
 
     def to_dict(self) -> dict[str, object]:
         """A plain record for JSON and tables."""
@@ -204,15 +219,19 @@ class CapabilityVerdict:
             "bound": self.bound,
             "capability": self.capability,
             "ok": self.ok,
+            "status": self.status,
+            "finding": self.finding,
             "source": self.source,
             "verified": self.verified,
         }
 
 
 def _verdict(
-    name: str, bound: bool | int | str, fact: _Fact, capability: str, ok: bool
+    name: str, bound: bool | int | str, fact: _Fact, capability: str, finding: bool
 ) -> CapabilityVerdict:
-    return CapabilityVerdict(name, bound, capability, ok, str(fact.source.url), fact.verified)
+    ok = finding if fact.verified else None
+    url = str(fact.source.url)
+    return CapabilityVerdict(name, bound, capability, ok, url, fact.verified, finding)
 
 
 def _size_verdict(bound: int, size: MaxMessageSize) -> CapabilityVerdict:
@@ -243,7 +262,9 @@ def judge(requirements: Requirements, kind: str) -> list[CapabilityVerdict]:
     - ``max_duplicates: 0`` needs exactly-once processing, or at-most-once delivery when loss is
       allowed (at-most-once trades duplicates for loss, so it cannot meet both bounds at zero).
 
-    Capabilities are what a broker *can* be configured for; measured runs say what it did.
+    Capabilities are what a broker *can* be configured for; measured runs say what it did. A
+    rule resting on a fact marked ``verified: false`` gives ``ok`` None (status ``unknown``): the
+    table's finding is kept for reading, but it decides nothing.
     """
     table = load_capabilities()
     if kind not in table:

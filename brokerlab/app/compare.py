@@ -30,6 +30,7 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("acked", ("counts", "acked")),
     ("delivered", ("counts", "delivered")),
     ("lost", ("counts", "lost")),
+    ("unprocessed", ("counts", "unprocessed")),
     ("duplicates", ("counts", "duplicates")),
     ("out_of_order", ("counts", "out_of_order")),
     ("redelivered", ("counts", "redelivered")),

@@ -24,8 +24,11 @@ import pandas as pd
 from brokerlab.app.capabilities import judge
 from brokerlab.app.runner import TARGETS, RunOptions, run_scenario, scenario_digest
 from brokerlab.core import results
+from brokerlab.core.analysis import CAPABILITY_REQUIREMENTS
+from brokerlab.core.checks import COUNT_KEYS
 from brokerlab.core.scenario import Scenario
-from brokerlab.core.vocabulary import BROKER_KINDS
+from brokerlab.core.vocabulary import BROKER_KINDS, LATENCY_KINDS
+from brokerlab.sim.presets import presets
 
 RANKING_CSV = "ranking.csv"
 EVIDENCE_CSV = "evidence.csv"
@@ -33,6 +36,22 @@ SELECTION_JSON = "selection.json"
 
 #: Requirement names whose bound is a floor; every other run requirement is a ceiling.
 AT_LEAST = frozenset({"throughput"})
+
+#: The columns of evidence.csv: one row per candidate and requirement.
+EVIDENCE_COLUMNS = (
+    "candidate",
+    "requirement",
+    "bound",
+    "measured",
+    "capability",
+    "status",
+    "ok",
+    "margin",
+    "kind",
+    "evidence",
+    "source",
+    "note",
+)
 
 DEFAULT_CANDIDATES = ("redis-streams", "nats", "nats-jetstream", "kafka", "rabbitmq", "sqs")
 
@@ -66,59 +85,144 @@ def target_for(candidate: str, real: bool) -> str:
     return candidate if real and candidate in TARGETS else "sim"
 
 
+def is_performance(name: str) -> bool:
+    """Whether a requirement is about speed (throughput, a latency bound): what the simulator
+    can only predict with a performance profile of the broker."""
+    return name == "throughput" or name.split(" ", 1)[0] in LATENCY_KINDS
+
+
+def has_profile(kind: str) -> bool:
+    """Whether the simulator's preset for ``kind`` carries a performance profile (what the
+    broker costs per publish, delivery and ack). Without one a simulated broker is ideal, so its
+    latency and throughput say nothing about the real product."""
+    profile = (presets().get(kind) or {}).get("profile")
+    return profile not in (None, False, "", "none")
+
+
+def _combine(run: str | None, capability: str | None) -> str:
+    """One requirement's status from its two sources (each ``ok``, ``fail``, ``unknown``,
+    ``not modelled`` or None when the source says nothing).
+
+    Any known failure fails it. A run that could not tell leaves it unknown (the capability says
+    what the broker can do, not what it did). An unverified capability decides nothing: it only
+    makes the requirement unknown when nothing else judged it.
+    """
+    parts = {run, capability}
+    if "fail" in parts:
+        return "fail"
+    if run == "unknown":
+        return "unknown"
+    if "ok" in parts:
+        return "ok"
+    if capability == "unknown":
+        return "unknown"
+    return "not modelled"
+
+
 def evidence_rows(
-    candidate: str, metrics: dict[str, Any], run_path: Path, scenario: Scenario
+    candidate: str,
+    metrics: dict[str, Any],
+    run_path: Path,
+    scenario: Scenario,
+    target: str = "sim",
 ) -> list[dict[str, Any]]:
-    """Every requirement of one candidate: measured by its run, or judged by the table."""
-    rows: list[dict[str, Any]] = []
+    """Every requirement of one candidate, judged once: its run's measurement and the
+    capability table's verdict for the same requirement share one row.
+
+    ``status`` is ``ok``, ``fail``, ``unknown`` (the run could not tell, or the only fact is
+    unverified) or ``not modelled`` (a speed requirement of a simulated candidate whose preset
+    has no performance profile); ``ok`` is True / False for the first two, None otherwise.
+    """
+    unmodelled = target == "sim" and not has_profile(candidate)
+    measured = {
+        r["name"]: r for r in metrics["requirements"] if r["name"] not in CAPABILITY_REQUIREMENTS
+    }
     capability = {v.name: v for v in judge(scenario.requirements, candidate)}
-    for requirement in metrics["requirements"]:
-        name = requirement["name"]
-        if requirement["ok"] is not None:
-            rows.append(
-                {
-                    "candidate": candidate,
-                    "requirement": name,
-                    "bound": requirement["bound"],
-                    "measured": requirement["measured"],
-                    "ok": requirement["ok"],
-                    "margin": margin(name, requirement["bound"], requirement["measured"]),
-                    "kind": "run",
-                    "evidence": str(run_path),
-                }
-            )
-    for verdict in capability.values():
+    rows: list[dict[str, Any]] = []
+    for name in [*measured, *(n for n in capability if n not in measured)]:
+        run, fact = measured.get(name), capability.get(name)
+        run_status: str | None = None
+        notes: list[str] = []
+        if run is not None:
+            if unmodelled and is_performance(name):
+                run_status = "not modelled"
+                notes.append("simulated without a performance profile: not judged")
+            else:
+                run_status = {True: "ok", False: "fail", None: "unknown"}[run["ok"]]
+                if run.get("note"):
+                    notes.append(str(run["note"]))
+        if fact is not None and not fact.verified:
+            finding = "would pass" if fact.finding else "would fail"
+            notes.append(f"capability fact unverified ({finding}): decides nothing")
+        status = _combine(run_status, fact.status if fact is not None else None)
+        judged_by_run = run_status in ("ok", "fail")
+        kinds = [k for k, present in (("run", run is not None), ("capability", fact)) if present]
+        kind = " + ".join(kinds) + ("" if fact is None or fact.verified else " (unverified)")
         rows.append(
             {
                 "candidate": candidate,
-                "requirement": verdict.name,
-                "bound": verdict.bound,
-                "measured": verdict.capability,
-                "ok": verdict.ok,
-                "margin": None,
-                "kind": "capability" if verdict.verified else "capability (unverified)",
-                "evidence": verdict.source,
+                "requirement": name,
+                "bound": run["bound"] if run is not None else fact.bound,  # type: ignore[union-attr]
+                "measured": run["measured"] if run is not None else None,
+                "capability": fact.capability if fact is not None else None,
+                "status": status,
+                "ok": {"ok": True, "fail": False}.get(status),
+                "margin": margin(name, run["bound"], run["measured"]) if judged_by_run else None,
+                "kind": kind,
+                "evidence": str(run_path) if run is not None else fact.source,  # type: ignore[union-attr]
+                "source": fact.source if fact is not None else None,
+                "note": "; ".join(notes) or None,
             }
         )
     return rows
 
 
+def evidence_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Evidence rows as a table; values keep their own types (a bound of 0 stays 0, a missing
+    note stays None), only ``margin`` is a float column."""
+    table = pd.DataFrame(rows, columns=list(EVIDENCE_COLUMNS), dtype=object)
+    table["margin"] = table["margin"].astype("float64")
+    return table
+
+
+#: Margins that agree to this many decimals (0.1 %, the precision the tables print) are a tie.
+MARGIN_DECIMALS = 3
+
+
+def _names(rows: pd.DataFrame, status: str) -> list[str]:
+    return list(rows.loc[rows["status"] == status, "requirement"])
+
+
 def rank(evidence: pd.DataFrame, runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per candidate, best first: fewest failures, then the largest worst margin, then
-    the largest mean margin (when the tightest bound ties, e.g. every candidate keeps up with the
-    offered rate, the headroom on the other requirements decides)."""
+    """One row per candidate, best first, in an order that never depends on the order the
+    candidates were listed in:
+
+    1. fewest failed requirements;
+    2. then a candidate the evidence fully judges (``pass``) before one it cannot
+       (``inconclusive``: unknown or not modelled requirements, never counted as failures);
+    3. then the largest worst margin, then the largest mean margin (when the tightest bound
+       ties, e.g. every candidate keeps up with the offered rate, the other headroom decides),
+       margins compared at 0.1 %.
+
+    Candidates equal on all three share a rank (``tie`` is True) and are listed by name.
+    """
     rows = []
     for candidate, info in runs.items():
         mine = evidence[evidence["candidate"] == candidate]
-        failed = mine[~mine["ok"].astype(bool)]
-        margins = [m for m in mine["margin"] if m is not None and not math.isnan(m)]
+        failed, unknown = _names(mine, "fail"), _names(mine, "unknown")
+        unmodelled = _names(mine, "not modelled")
+        margins = [float(m) for m in mine["margin"] if m is not None and not math.isnan(m)]
+        verdict = "fail" if failed else "inconclusive" if unknown or unmodelled else "pass"
         rows.append(
             {
                 "candidate": candidate,
                 "target": info["target"],
-                "verdict": "pass" if failed.empty else "fail",
+                "verdict": verdict,
                 "failed": len(failed),
-                "failed_requirements": ", ".join(failed["requirement"]),
+                "failed_requirements": ", ".join(failed),
+                "unknown": len(unknown),
+                "unknown_requirements": ", ".join(unknown),
+                "not_modelled": ", ".join(unmodelled),
                 "worst_margin": min(margins) if margins else None,
                 "mean_margin": sum(margins) / len(margins) if margins else None,
                 "run": info["run"],
@@ -126,17 +230,40 @@ def rank(evidence: pd.DataFrame, runs: dict[str, dict[str, Any]]) -> pd.DataFram
             }
         )
     table = pd.DataFrame(rows)
-    order = table.assign(
-        _worst=table["worst_margin"].astype("float64").fillna(-math.inf),
-        _mean=table["mean_margin"].astype("float64").fillna(-math.inf),
-    ).sort_values(["failed", "_worst", "_mean"], ascending=[True, False, False], kind="stable")
-    ranked = order.drop(columns=["_worst", "_mean"]).reset_index(drop=True)
-    ranked.insert(0, "rank", range(1, len(ranked) + 1))
-    return ranked
+    if table.empty:
+        return table
+    key = pd.DataFrame(
+        {
+            "failed": table["failed"],
+            "judged": (table["verdict"] == "inconclusive").astype(int),
+            "worst": -_rounded(table["worst_margin"]),
+            "mean": -_rounded(table["mean_margin"]),
+        }
+    )
+    keys = list(key.itertuples(index=False, name=None))
+    table.insert(0, "rank", [1 + sum(other < mine for other in keys) for mine in keys])
+    table.insert(1, "tie", [keys.count(mine) > 1 for mine in keys])
+    return table.sort_values(["rank", "candidate"], kind="stable").reset_index(drop=True)
+
+
+def _rounded(margins: pd.Series) -> pd.Series:
+    """Margins at the precision ties are judged by; no margin at all ranks below any margin."""
+    return margins.astype("float64").round(MARGIN_DECIMALS).fillna(-math.inf)
+
+
+def _current_metrics(path: Path) -> bool:
+    """Whether a run's metrics.json was judged by today's rules (it has every count key, e.g.
+    ``unprocessed``, which ``max_lost`` now holds against), so reusing it judges it the same."""
+    try:
+        counts = json.loads(path.read_text(encoding="utf-8")).get("counts", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(counts, dict) and all(key in counts for key in COUNT_KEYS)
 
 
 def find_reusable(results_dir: Path, digest: str, target: str, seed: int) -> Path | None:
-    """The newest complete run of exactly this scenario, target and seed, if one exists."""
+    """The newest complete run of exactly this scenario, target and seed, if one exists (and
+    was analysed with every count the verdict now uses)."""
     found: tuple[str, Path] | None = None
     # Runs stand alone in results/ or inside comparison and selection folders.
     run_files = [
@@ -155,7 +282,7 @@ def find_reusable(results_dir: Path, digest: str, target: str, seed: int) -> Pat
             and run.get("target") == target
             and run.get("scenario_sha256") == digest
             and run.get("seed") == seed
-            and (run_file.parent / results.METRICS_FILE).is_file()
+            and _current_metrics(run_file.parent / results.METRICS_FILE)
         ):
             started = str(run.get("started_at", ""))
             if found is None or started >= found[0]:
@@ -229,21 +356,14 @@ def select(
                 "run": str(run_path),
                 "reused": previous is not None,
             }
-            rows.extend(evidence_rows(candidate, metrics, run_path, as_run))
-        evidence = pd.DataFrame(
-            rows,
-            columns=[
-                "candidate",
-                "requirement",
-                "bound",
-                "measured",
-                "ok",
-                "margin",
-                "kind",
-                "evidence",
-            ],
-        )
+            rows.extend(evidence_rows(candidate, metrics, run_path, as_run, target))
+        evidence = evidence_table(rows)
         ranking = rank(evidence, runs) if runs else pd.DataFrame()
+        if len(ranking):  # evidence in rank order too, so no listing order shows through
+            order = {name: i for i, name in enumerate(ranking["candidate"])}
+            evidence = evidence.sort_values(
+                "candidate", key=lambda c: c.map(order), kind="stable"
+            ).reset_index(drop=True)
         notes = _notes(scenario, runs)
         ranking.to_csv(folder / RANKING_CSV, index=False)
         evidence.to_csv(folder / EVIDENCE_CSV, index=False)
@@ -268,7 +388,7 @@ def select(
                 "started_at": started.isoformat(timespec="seconds"),
                 "real": real,
                 "errors": errors,
-                "verdict": f"best: {ranking['candidate'].iloc[0]}" if len(ranking) else "none",
+                "verdict": _best(ranking),
                 "versions": results.package_versions(),
                 "host": results.host_info(),
             },
@@ -276,17 +396,36 @@ def select(
     return Selection(final, ranking, evidence, errors, notes)
 
 
+def _best(ranking: pd.DataFrame) -> str:
+    """The selection's one-line verdict for listings: the top candidate, or the tied ones."""
+    if not len(ranking):
+        return "none"
+    top = ranking.loc[ranking["rank"] == 1, "candidate"]
+    return "best: " + " = ".join(top) + (" (tie)" if len(top) > 1 else "")
+
+
 def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ...]:
-    """What a reader must keep in mind when real and simulated candidates share one ranking."""
-    targets = {info["target"] for info in runs.values()}
-    if "sim" not in targets or targets == {"sim"}:
-        return ()
-    service = scenario.broker.service_time
-    costless = service.publish.mean == 0 and service.deliver.mean == 0
-    if costless and scenario.network.delay.mean == 0:
-        return (
-            "simulated candidates carry no broker or network cost (the scenario sets no "
-            "broker.service_time or network.delay), so their latencies are lower bounds next to "
-            "the real brokers'; the ranking's verdicts stand, its latency margins favour them",
+    """What a reader must keep in mind about the ranking: which candidates were not judged on
+    speed (simulated without a performance profile), and ties."""
+    notes: list[str] = []
+    speed = [
+        name
+        for name, stated in (
+            ("throughput", scenario.requirements.throughput is not None),
+            ("latency", bool(scenario.requirements.latency)),
         )
-    return ()
+        if stated
+    ]
+    unprofiled = sorted(
+        c for c, info in runs.items() if info["target"] == "sim" and not has_profile(c)
+    )
+    if speed and unprofiled:
+        every = " (every candidate)" if len(unprofiled) == len(runs) else ""
+        notes.append(
+            f"{' and '.join(speed)} are not modelled for the simulated candidates "
+            f"{', '.join(unprofiled)}{every}: their presets carry no performance profile, so the "
+            "simulator plays an ideal broker; those requirements read 'not modelled', are not "
+            "judged, and the verdicts and ranking rest on loss, duplicates, ordering and "
+            "capabilities (run them on the real broker, or calibrate a profile, to judge speed)"
+        )
+    return tuple(notes)

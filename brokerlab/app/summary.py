@@ -8,8 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from brokerlab.core.analysis import CAPABILITY_REQUIREMENTS, inconclusive_reasons
 from brokerlab.core.vocabulary import LATENCY_STATISTICS
 
 LATENCY_COLUMNS = LATENCY_STATISTICS
@@ -42,15 +44,49 @@ def counts_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+#: How each verdict is coloured on the terminal.
+VERDICT_COLOURS = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
+
+
+def judgement(requirement: dict[str, Any]) -> str:
+    """One requirement's state in words: ``ok``, ``FAIL``, ``cannot tell`` (a measured
+    requirement this run gave no data for) or ``n/a`` (a capability a run cannot show)."""
+    if requirement["ok"] is True:
+        return "ok"
+    if requirement["ok"] is False:
+        return "FAIL"
+    return "n/a" if requirement["name"] in CAPABILITY_REQUIREMENTS else "cannot tell"
+
+
 def requirements_table(metrics: dict[str, Any]) -> Table:
-    """Requirement by requirement, with the measured value and the verdict."""
+    """Requirement by requirement, with the measured value, the judgement and why."""
     table = Table(title=f"requirements: {metrics['verdict'].upper()}", title_justify="left")
-    for name in ("requirement", "bound", "measured", "ok"):
+    for name in ("requirement", "bound", "measured", "ok", "note"):
         table.add_column(name)
+    colours = {"ok": "green", "FAIL": "red", "cannot tell": "yellow", "n/a": "dim"}
     for req in metrics["requirements"]:
-        ok = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[req["ok"]]
-        table.add_row(req["name"], str(req["bound"]), str(req["measured"]), ok)
+        said = judgement(req)
+        measured = "-" if req["measured"] is None else str(req["measured"])
+        table.add_row(
+            req["name"],
+            str(req["bound"]),
+            measured,
+            f"[{colours[said]}]{said}[/]",
+            escape(req.get("note") or ""),
+        )
     return table
+
+
+def verdict_line(metrics: dict[str, Any]) -> str:
+    """The verdict, and for anything but a pass, which requirements decided it and why."""
+    verdict = metrics["verdict"]
+    line = f"verdict: [{VERDICT_COLOURS.get(verdict, 'red')}]{verdict}[/]"
+    if verdict == "fail":
+        failed = [req["name"] for req in metrics["requirements"] if req["ok"] is False]
+        line += escape(f" (not met: {', '.join(failed)})") if failed else ""
+    elif verdict == "inconclusive":
+        line += escape(f" (cannot tell: {'; '.join(inconclusive_reasons(metrics))})")
+    return line
 
 
 def print_summary(
@@ -70,8 +106,7 @@ def print_summary(
     )
     if metrics["requirements"]:
         console.print(requirements_table(metrics))
-    verdict = metrics["verdict"]
-    colour = "green" if verdict == "pass" else "red"
-    console.print(f"verdict: [{colour}]{verdict}[/]   results: {path}")
+    console.print(verdict_line(metrics))
+    console.print(f"results: {escape(path)}")
     for warning in warnings or []:
         console.print(f"[yellow]warning:[/] {warning}")

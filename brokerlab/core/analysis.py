@@ -9,7 +9,7 @@ the console summary, reports and notebooks alike, so they can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from brokerlab.core.trace import Trace
 from brokerlab.core.vocabulary import LATENCY_KINDS, SUMMARY_FIELDS
 
 __all__ = [
+    "CAPABILITY_REQUIREMENTS",
+    "UNEXPECTED",
     "Analysis",
     "DeliveryCheck",
     "RequirementResult",
@@ -29,6 +31,8 @@ __all__ = [
     "analyze",
     "check_delivery",
     "evaluate_requirements",
+    "inconclusive_reasons",
+    "judge_verdict",
     "latency_table",
     "measure_latency",
     "measure_throughput",
@@ -52,23 +56,94 @@ class Throughput:
         return {"offered": self.offered, "sent": self.sent, "delivered": self.delivered}
 
 
+#: Requirements a run cannot show: listed with ok None ("n/a"); ``brokerlab select`` judges them
+#: from the capability table. Every other requirement is measured, and a measured requirement
+#: the run could not measure makes the verdict inconclusive.
+CAPABILITY_REQUIREMENTS = frozenset({"replay", "max_message_size"})
+
+#: The requirement the lab adds (it is no scenario field) when ids were delivered that were never
+#: sent: always a bug, so it fails the verdict whatever the scenario allows.
+UNEXPECTED = "unexpected deliveries"
+
+_CAPABILITY_NOTE = "a run cannot show this; `brokerlab select` judges it from the capability table"
+
+
 @dataclass(frozen=True)
 class RequirementResult:
     """One requirement held against the run.
 
     ``bound`` and ``measured`` are in the unit the name implies (ms for latencies, messages per
-    second for throughput, messages for counts). ``ok`` is None for what a run cannot measure
-    (replay, message size: judged from a capability table), and False when the run gave no data.
+    second for throughput, messages for counts). ``ok`` is None when the run cannot tell: a
+    capability a run cannot show (replay, message size), or a measured requirement this run gave
+    no data for (nothing acknowledged, nothing delivered, no latency sample); ``note`` says why.
     """
 
     name: str
     bound: float | int | bool | None
     measured: float | int | None
     ok: bool | None
+    note: str | None = None
+
+    @property
+    def measurable(self) -> bool:
+        """Whether a run measures this requirement (else a capability table judges it)."""
+        return self.name not in CAPABILITY_REQUIREMENTS
 
     def to_dict(self) -> dict[str, Any]:
-        """One entry of the ``requirements`` list in metrics.json."""
-        return {"name": self.name, "bound": self.bound, "measured": self.measured, "ok": self.ok}
+        """One entry of the ``requirements`` list in metrics.json (``note`` only when there is
+        one, so the four contract keys stay exactly as they were)."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "bound": self.bound,
+            "measured": self.measured,
+            "ok": self.ok,
+        }
+        if self.note is not None:
+            entry["note"] = self.note
+        return entry
+
+
+def inconclusive_reasons(metrics: dict[str, Any]) -> list[str]:
+    """Why a run's verdict cannot be pass, read from metrics.json alone (empty when it can be).
+
+    Each measured requirement with ``ok`` null gives ``"name: note"``; a run that had nothing
+    acknowledged or nothing delivered says so even when no requirement asked about it. The
+    console summary and the reports show these reasons beside an ``inconclusive`` verdict.
+    """
+    reasons = [
+        f"{req['name']}: {req.get('note') or 'could not be measured'}"
+        for req in metrics.get("requirements", [])
+        if req.get("ok") is None and req.get("name") not in CAPABILITY_REQUIREMENTS
+    ]
+    empty = _empty_run(metrics.get("counts", {}))
+    if empty and not any(empty in reason for reason in reasons):
+        reasons.append(f"run: {empty}")
+    return reasons
+
+
+def judge_verdict(metrics: dict[str, Any]) -> str:
+    """``fail`` if a requirement was missed; else ``inconclusive`` if the run cannot tell
+    (:func:`inconclusive_reasons`); else ``pass``. A missed requirement outweighs the unknown
+    ones: one measured failure is enough to know the use case is not met."""
+    if any(req.get("ok") is False for req in metrics.get("requirements", [])):
+        return "fail"
+    return "inconclusive" if inconclusive_reasons(metrics) else "pass"
+
+
+def _empty_run(counts: dict[str, Any]) -> str | None:
+    """Why a run has no data to judge by, or None: nothing sent, acknowledged or delivered.
+
+    ``counts`` is metrics.json's ``counts`` (a message is acknowledged when the broker confirmed
+    it, or, fire-and-forget, when the publish call succeeded).
+    """
+    if not counts.get("sent"):
+        return "nothing was sent"
+    if not counts.get("acked"):
+        failed, unknown = counts.get("failed", 0), counts.get("unknown", 0)
+        return f"nothing was acknowledged ({failed} publishes failed, {unknown} unknown)"
+    if not counts.get("unique"):
+        return "nothing was delivered"
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,17 +163,22 @@ class Analysis:
 
     @property
     def verdict(self) -> str:
-        """``pass`` when every requirement the run could judge was met, else ``fail``."""
-        return "pass" if all(r.ok for r in self.requirements if r.ok is not None) else "fail"
+        """``pass``, ``fail`` or ``inconclusive``: see :func:`judge_verdict`."""
+        return judge_verdict(self.to_metrics(with_verdict=False))
+
+    @property
+    def inconclusive_reasons(self) -> list[str]:
+        """Why the run cannot pass (empty when it can): see :func:`inconclusive_reasons`."""
+        return inconclusive_reasons(self.to_metrics(with_verdict=False))
 
     @property
     def unexpected(self) -> int:
         """Delivered ids that were never sent: always a bug, reported apart from the counts."""
         return self.checks.unexpected
 
-    def to_metrics(self) -> dict[str, Any]:
+    def to_metrics(self, *, with_verdict: bool = True) -> dict[str, Any]:
         """The metrics.json object: exactly the contract's keys, JSON-ready (None for null)."""
-        return {
+        metrics: dict[str, Any] = {
             "target": self.target,
             "scenario": self.scenario,
             "seed": self.seed,
@@ -107,8 +187,10 @@ class Analysis:
             "latency_ms": {kind: self.latency[kind].to_dict() for kind in LATENCY_KINDS},
             "throughput_per_s": self.throughput.to_dict(),
             "requirements": [r.to_dict() for r in self.requirements],
-            "verdict": self.verdict,
         }
+        if with_verdict:
+            metrics["verdict"] = judge_verdict(metrics)
+        return metrics
 
 
 def measure_latency(
@@ -158,8 +240,8 @@ def measure_throughput(
     """
     t_intended = sends["t_intended"].to_numpy(dtype="float64")
     window = t_intended >= warmup
-    if not window.any():
-        return Throughput(offered=offered, sent=0.0, delivered=0.0)
+    if not window.any():  # nothing intended after warm-up: no window to measure over
+        return Throughput(offered=offered, sent=None, delivered=None)
     start = float(t_intended[window].min())
     t_sent = sends["t_sent"].to_numpy(dtype="float64")[window]
     t_first = checks.first_delivered[window]
@@ -171,9 +253,22 @@ def measure_throughput(
     )
 
 
-def _at_most(name: str, bound: float | int, measured: float | int | None) -> RequirementResult:
-    """A "no more than" requirement; no measurement means not met."""
-    return RequirementResult(name, bound, measured, measured is not None and measured <= bound)
+#: Why a latency kind can have no sample in a run that did send, acknowledge and deliver.
+_NO_LATENCY = {
+    "end_to_end": "no message intended after warm-up was delivered",
+    "completion": "no message intended after warm-up was processed to the end",
+    "publish": "no publish was acknowledged with a time (fire-and-forget publishes are untimed)",
+    "publish_delay": "no message intended after warm-up was sent",
+}
+
+
+def _at_most(
+    name: str, bound: float | int, measured: float | int | None, why_none: str
+) -> RequirementResult:
+    """A "no more than" requirement; no measurement means the run cannot tell (``why_none``)."""
+    if measured is None:
+        return RequirementResult(name, bound, None, None, why_none)
+    return RequirementResult(name, bound, measured, measured <= bound)
 
 
 def evaluate_requirements(
@@ -184,35 +279,62 @@ def evaluate_requirements(
 ) -> tuple[RequirementResult, ...]:
     """One result per requirement the scenario states, in a stable order.
 
-    Count requirements need data to mean anything: loss needs something sent, duplicates and
-    ordering need something delivered; without it they are not met (measured None), because an
-    empty run must never pass. Replay and message size are listed with ok None: a run cannot
-    show them, a capability table judges them.
+    A requirement needs data to mean anything, and a run without it cannot tell (ok None, with a
+    note): loss needs something acknowledged (nothing promised, nothing to lose); throughput needs
+    something acknowledged and delivered; duplicates and ordering need something delivered; a
+    latency bound needs samples. An empty run therefore never passes, and a broker that was down
+    all along is not judged on the numbers it never produced. ``max_lost`` holds against lost +
+    unprocessed (taken by a consumer, never processed to the end). Replay and message size are
+    listed with ok None: a run cannot show them, a capability table judges them. Ids delivered
+    that were never sent add a failed ``unexpected deliveries`` requirement: always a bug.
     """
+    counts = checks.counts()
+    empty = _empty_run(counts)
+    nothing_acked = empty if not checks.acked else None
+    nothing_delivered = empty if not checks.unique else None
     results: list[RequirementResult] = []
     if requirements.throughput is not None:
+        bound = requirements.throughput
         measured = throughput.delivered
-        ok = measured is not None and measured >= requirements.throughput
-        results.append(RequirementResult("throughput", requirements.throughput, measured, ok))
+        if empty is not None:
+            results.append(RequirementResult("throughput", bound, measured, None, empty))
+        elif measured is None:
+            why = "no measuring window after warm-up (no message, or a single instant)"
+            results.append(RequirementResult("throughput", bound, None, None, why))
+        else:
+            results.append(RequirementResult("throughput", bound, measured, measured >= bound))
     for kind, bounds in requirements.latency.items():
         for statistic, seconds in bounds.items():
             bound_ms = round(seconds * 1000.0, 6)
-            results.append(_at_most(f"{kind} {statistic}", bound_ms, latency[kind].get(statistic)))
-    delivered_any = checks.unique > 0
+            why = empty or _NO_LATENCY[kind]
+            results.append(
+                _at_most(f"{kind} {statistic}", bound_ms, latency[kind].get(statistic), why)
+            )
     if requirements.max_lost is not None:
-        lost = checks.lost if checks.sent > 0 else None
-        results.append(_at_most("max_lost", requirements.max_lost, lost))
+        gone = None if nothing_acked else checks.lost + checks.unprocessed
+        result = _at_most("max_lost", requirements.max_lost, gone, nothing_acked or "")
+        if checks.unprocessed and gone is not None:
+            result = replace(result, note=f"{checks.lost} lost + {checks.unprocessed} unprocessed")
+        results.append(result)
     if requirements.max_duplicates is not None:
-        duplicates = checks.duplicates if delivered_any else None
-        results.append(_at_most("max_duplicates", requirements.max_duplicates, duplicates))
+        duplicates = None if nothing_delivered else checks.duplicates
+        results.append(
+            _at_most(
+                "max_duplicates", requirements.max_duplicates, duplicates, nothing_delivered or ""
+            )
+        )
     if requirements.ordering == "per-key":
-        out_of_order = checks.out_of_order if delivered_any else None
-        results.append(_at_most("ordering per-key", 0, out_of_order))
+        out_of_order = None if nothing_delivered else checks.out_of_order
+        results.append(_at_most("ordering per-key", 0, out_of_order, nothing_delivered or ""))
+    if checks.unexpected:
+        examples = ", ".join(checks.unexpected_ids[:5])
+        why = f"ids delivered that were never sent (e.g. {examples}): a bug, never allowed"
+        results.append(RequirementResult(UNEXPECTED, 0, checks.unexpected, False, why))
     if requirements.replay:
-        results.append(RequirementResult("replay", True, None, None))
+        results.append(RequirementResult("replay", True, None, None, _CAPABILITY_NOTE))
     if requirements.max_message_size is not None:
         size = requirements.max_message_size
-        results.append(RequirementResult("max_message_size", size, None, None))
+        results.append(RequirementResult("max_message_size", size, None, None, _CAPABILITY_NOTE))
     return tuple(results)
 
 
@@ -225,8 +347,16 @@ def _warnings(checks: DeliveryCheck, latency: dict[str, LatencySummary]) -> list
             f"{checks.unexpected} delivered ids were never sent (e.g. {examples}): "
             "a bug in the broker, adapter or harness"
         )
-    if checks.sent and not checks.delivered:
+    if checks.sent and not checks.acked:
+        warnings.append("nothing was acknowledged: the broker confirmed no publish")
+    elif checks.sent and not checks.delivered:
         warnings.append("nothing was delivered")
+    if checks.unprocessed:
+        examples = ", ".join(checks.unprocessed_ids[:5])
+        warnings.append(
+            f"{checks.unprocessed} messages were taken by a consumer and never processed to the "
+            f"end, nor delivered again (e.g. {examples}): they count against max_lost"
+        )
     if checks.sent and latency["end_to_end"].count == 0 and checks.delivered:
         warnings.append("no delivered message after warm-up: latency percentiles are empty")
     for kind, summary in latency.items():

@@ -6,6 +6,10 @@ judges the simulator and every real broker:
 
 - lost: the broker acknowledged the message (or, fire-and-forget, the publish call succeeded:
   outcome ``acked`` with no ``t_acked``) and no consumer ever received it;
+- unprocessed: a consumer received the message but no delivery of it was ever processed to the
+  end (no ``t_done`` on any attempt): e.g. acked before processing, then the consumer crashed,
+  so the broker never offers it again. For the business it is as gone as a lost message, which
+  is why ``max_lost`` holds against lost + unprocessed;
 - duplicates: deliveries beyond the first of a message (at-least-once allows them; we count);
 - redelivered: deliveries the broker itself marked as repeats (``delivery_no > 1``); a publish
   retried without a dedup id gives a duplicate that the broker does not mark;
@@ -36,6 +40,7 @@ COUNT_KEYS: tuple[str, ...] = (
     "delivered",
     "unique",
     "lost",
+    "unprocessed",
     "duplicates",
     "out_of_order",
     "redelivered",
@@ -60,12 +65,14 @@ class DeliveryCheck:
     delivered: int
     unique: int
     lost: int
+    unprocessed: int
     duplicates: int
     out_of_order: int
     redelivered: int
     unexpected: int
     recovered: int
     lost_ids: tuple[str, ...] = ()
+    unprocessed_ids: tuple[str, ...] = ()
     duplicate_ids: tuple[str, ...] = ()
     out_of_order_ids: tuple[str, ...] = ()
     unexpected_ids: tuple[str, ...] = ()
@@ -129,9 +136,10 @@ def _out_of_order(sends: pd.DataFrame, message: np.ndarray) -> np.ndarray:
 def check_delivery(sends: pd.DataFrame, deliveries: pd.DataFrame) -> DeliveryCheck:
     """Check a drained run's deliveries against its sends (see the module docstring).
 
-    Counts are per message (``unique``, ``lost``, ``out_of_order``, ``unexpected`` are distinct
-    ids) except ``delivered``, ``duplicates`` and ``redelivered``, which count delivery rows of
-    messages that were sent; deliveries of unexpected ids are only counted as unexpected.
+    Counts are per message (``unique``, ``lost``, ``unprocessed``, ``out_of_order``,
+    ``unexpected`` are distinct ids) except ``delivered``, ``duplicates`` and ``redelivered``,
+    which count delivery rows of messages that were sent; deliveries of unexpected ids are only
+    counted as unexpected.
     """
     n_sends = len(sends)
     outcome = sends["outcome"]
@@ -164,6 +172,8 @@ def check_delivery(sends: pd.DataFrame, deliveries: pd.DataFrame) -> DeliveryChe
     deliveries_per_message = np.bincount(message[known], minlength=n_sends)
     was_delivered = deliveries_per_message > 0
     lost = acked & ~was_delivered
+    # every attempt ended without t_done (fmin gave NaN): taken, never finished, never retried
+    unprocessed = was_delivered & np.isnan(first_done)
     duplicated = deliveries_per_message > 1
 
     by_first_delivery = np.lexsort((first_row, t_delivered[first_row]))
@@ -183,12 +193,14 @@ def check_delivery(sends: pd.DataFrame, deliveries: pd.DataFrame) -> DeliveryChe
         delivered=delivered,
         unique=unique,
         lost=int(lost.sum()),
+        unprocessed=int(unprocessed.sum()),
         duplicates=delivered - unique,
         out_of_order=len(late),
         redelivered=int(np.count_nonzero(delivery_no[known] > 1)),
         unexpected=len(unexpected_ids),
         recovered=int((unknown & was_delivered).sum()),
         lost_ids=_examples(ids, np.flatnonzero(lost)),
+        unprocessed_ids=_examples(ids, np.flatnonzero(unprocessed)),
         duplicate_ids=_examples(ids, np.flatnonzero(duplicated)),
         # in the order they were (late) delivered, which is how a reader would look for them
         out_of_order_ids=_examples(ids, late),
