@@ -48,6 +48,7 @@ from brokerlab.app.sweep import (
     seeds_for,
 )
 from brokerlab.core import results
+from brokerlab.core.analysis import inconclusive_reasons
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import Trace, build_timeline
 from brokerlab.core.units import format_duration
@@ -131,7 +132,8 @@ def _seed_evidence(outcome: Outcome, keep_up: float, out: Path) -> tuple[bool, d
     reasons = [f"{r['name']} missed" for r in missed]
     verdict = metrics["verdict"]
     if verdict == "inconclusive":
-        why.append("verdict inconclusive: counted as not meeting the requirements")
+        unknown = "; ".join(inconclusive_reasons(metrics)) or "the run could not tell"
+        why.append(f"verdict inconclusive ({unknown}): counted as not meeting the requirements")
         reasons.append("inconclusive")
     offered = metrics["throughput_per_s"]["offered"]
     delivered = metrics["throughput_per_s"]["delivered"] or 0.0

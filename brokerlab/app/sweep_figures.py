@@ -120,7 +120,8 @@ def delivered_vs_offered(table: pd.DataFrame, paths: Sequence[str]) -> Figure:
     figure = Figure(figsize=_WIDE, layout="constrained")
     axes = figure.add_subplot()
     top = 0.0
-    for n, (label, group) in enumerate(_groups(table, _OFFERED, [_OFFERED, *paths])):
+    others = [p for p in paths if p != _RATE]  # the offered rate is the x axis already
+    for n, (label, group) in enumerate(_groups(table, _OFFERED, [_OFFERED, *others])):
         data = _series(group, _OFFERED, _DELIVERED)
         axes.errorbar(data["x"], data["mean"], yerr=data["half"].fillna(0), marker="o", ms=3,
                       color=_PALETTE[n % len(_PALETTE)], capsize=2, label=label)  # fmt: skip
@@ -190,12 +191,14 @@ def sweep_figures(table: pd.DataFrame, paths: Sequence[str]) -> dict[str, Figure
     figures: dict[str, Figure] = {}
     if table["error"].notna().all() if "error" in table else table.empty:
         return figures
-    figures["latency"] = latency_vs_load(table, paths)
+    # Paths given a single value (e.g. a fixed message count) are settings, not dimensions.
+    varying = [p for p in paths if p in table and table[p].nunique() > 1] or list(paths)
+    figures["latency"] = latency_vs_load(table, varying)
     if _OFFERED in table:
-        figures["delivered"] = delivered_vs_offered(table, paths)
-    if len(paths) == 2:
+        figures["delivered"] = delivered_vs_offered(table, varying)
+    if len(varying) == 2:
         for target in sorted(set(table["target"])):
-            figures[f"pass-map-{target}"] = pass_map(table, paths[0], paths[1], target)
+            figures[f"pass-map-{target}"] = pass_map(table, varying[0], varying[1], target)
     return figures
 
 

@@ -123,6 +123,9 @@ def build_sweep_report(folder: Path, output: Path | None = None) -> Path:
     figures_dir = output.parent / "figures"
     summary = summarize(table, paths)
     parts = []
+    for stale in ("latency.*", "delivered.*", "pass-map-*"):  # from an earlier report
+        for path in figures_dir.glob(stale):
+            path.unlink()
     for name, figure in sweep_figures.sweep_figures(table, paths).items():
         sweep_figures.save(figure, figures_dir, name)
         parts.append(f"<div class=figure>{sweep_figures.svg_text(figure)}</div>")
