@@ -28,18 +28,20 @@ from brokerlab.core.scenario import load_scenario
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def once(points: int, messages: int, workers: int) -> tuple[float, pd.DataFrame]:
-    """Wall time of one whole sweep from an empty folder, and its table."""
+def once(points: int, messages: int, workers: int) -> tuple[float, float, pd.DataFrame]:
+    """Wall time and this process's CPU time of one whole sweep from an empty folder, and its
+    table. With ``--workers 1`` the CPU time is the whole cost (every point runs here), which
+    other load on the machine changes far less than the wall time."""
     scenario = load_scenario(ROOT / "scenarios" / "mm1.yaml")
     axes = [
         parse_vary(f"producers.rate=200/s..950/s:{points}"),
         parse_vary(f"producers.messages={messages}"),
     ]
     with tempfile.TemporaryDirectory(prefix="brokerlab-bench-sweep-") as folder:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = run_sweep(scenario, axes, out=Path(folder) / "sweep", workers=workers)
-        elapsed = time.perf_counter() - start
-    return elapsed, result.table
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return elapsed, cpu, result.table
 
 
 def main() -> None:
@@ -53,11 +55,14 @@ def main() -> None:
           f"{args.repeats} repetitions, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     times: dict[int, list[float]] = {1: [], args.workers: []}
+    cpu_serial: list[float] = []
     tables: dict[int, pd.DataFrame] = {}
     for repeat in range(args.repeats):
         for workers in (1, args.workers):  # interleaved, so load changes hit both alike
-            elapsed, table = once(args.points, args.messages, workers)
+            elapsed, cpu, table = once(args.points, args.messages, workers)
             times[workers].append(elapsed)
+            if workers == 1:
+                cpu_serial.append(cpu)
             tables[workers] = table.drop(columns=["run"])
             print(f"  repeat {repeat + 1}: --workers {workers}: {elapsed:6.1f} s "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
@@ -66,7 +71,8 @@ def main() -> None:
     speedup = serial / parallel
     goal = 1.7
     print(f"--workers 1           median {serial:6.1f} s  "
-          f"({serial / args.points:.2f} s per point)")  # fmt: skip
+          f"({serial / args.points:.2f} s per point; "
+          f"CPU {statistics.median(cpu_serial) / args.points:.2f} s per point)")  # fmt: skip
     print(f"--workers {args.workers} (Dask)    median {parallel:6.1f} s  "
           f"({parallel / args.points:.2f} s per point)")  # fmt: skip
     print(

@@ -573,7 +573,7 @@ def sweep(
     Writes one run folder per point under DIR/runs/ (reused when the same scenario, target and
     seed already ran there) and DIR/sweep.csv + DIR/sweep.parquet, one row per run.
     """
-    from brokerlab.app.sweep import SweepError, load_sweep_inputs, run_sweep
+    from brokerlab.app.sweep import SweepError, default_out, load_sweep_inputs, run_sweep
 
     try:
         parsed, axes, seed_count, chosen, out, source = load_sweep_inputs(
@@ -585,23 +585,32 @@ def sweep(
         _print_plain(err, error.render())
         sys.exit(EXIT_USAGE)
     options = _run_options({**flags, "seed": None, "out": None})
+    out = out or default_out(parsed, options.results_dir)
     with (
         _point_progress(f"{parsed.name} sweep", enabled=not quiet) as progress,
         _failures(debug, SweepError),
     ):
-        result = run_sweep(
-            parsed,
-            axes,
-            seeds=seed_count,
-            targets=chosen,
-            out=out,
-            workers=workers,
-            scheduler=scheduler,
-            options=options,
-            source=source,
-            on_progress=progress,
-            on_note=_note,
-        )
+        try:
+            result = run_sweep(
+                parsed,
+                axes,
+                seeds=seed_count,
+                targets=chosen,
+                out=out,
+                workers=workers,
+                scheduler=scheduler,
+                options=options,
+                source=source,
+                on_progress=progress,
+                on_note=_note,
+            )
+        except KeyboardInterrupt:
+            _print_plain(
+                err,
+                f"interrupted: finished runs are kept in {out / 'runs'}; "
+                "the same command resumes the sweep",
+            )
+            sys.exit(130)
     _print_sweep_summary(
         result.summary,
         result.paths,
