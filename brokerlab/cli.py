@@ -585,7 +585,7 @@ def sweep(
         _print_plain(err, error.render())
         sys.exit(EXIT_USAGE)
     options = _run_options({**flags, "seed": None, "out": None})
-    out = out or default_out(parsed, options.results_dir)
+    out = out or default_out(parsed, options.results_dir, axes, seed_count, chosen)
     with (
         _point_progress(f"{parsed.name} sweep", enabled=not quiet) as progress,
         _failures(debug, SweepError),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import itertools
 import json
@@ -833,10 +834,27 @@ def seeds_for(scenario: Scenario, seeds: int | None) -> list[int]:
     return [scenario.seed + i for i in range(count)]
 
 
-def default_out(scenario: Scenario, results_dir: Path) -> Path:
-    """``results/YYYYmmdd-HHMMSS-NAME-sweep``."""
+def default_out(
+    scenario: Scenario,
+    results_dir: Path,
+    axes: Sequence[Axis],
+    seeds: int | None,
+    targets: Sequence[str],
+) -> Path:
+    """``results/NAME-sweep-FINGERPRINT``: the same sweep (scenario, axes, seeds, targets) finds
+    the same folder, so running an interrupted sweep's command again resumes it."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", scenario.name).strip("-") or "sweep"
-    return results_dir / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{name}-sweep"
+    described = json.dumps(
+        {
+            "scenario": scenario.model_dump(mode="json"),
+            "vary": [[axis.path, [str(v) for v in axis.values]] for axis in axes],
+            "seeds": seeds,
+            "targets": list(targets),
+        },
+        sort_keys=True,
+    )
+    fingerprint = hashlib.sha256(described.encode("utf-8")).hexdigest()[:10]
+    return results_dir / f"{name}-sweep-{fingerprint}"
 
 
 def plan_sweep(
@@ -875,7 +893,7 @@ def run_sweep(
     options = options or runner.RunOptions()
     tasks = plan_sweep(scenario, axes, seeds, targets)
     placement = choose_placement(workers, scheduler)
-    out = out or default_out(scenario, options.results_dir)
+    out = out or default_out(scenario, options.results_dir, axes, seeds, targets)
     if out.exists() and not out.is_dir():
         raise results.ResultsError(f"{out}: exists and is not a folder")
     paths = [axis.path for axis in axes]
