@@ -513,10 +513,10 @@ class Executor:
             return
         from dask.distributed import as_completed
 
+        # pure=False: a fresh key per submission, so a step of a capacity search never gets an
+        # earlier step's result back from the scheduler's memory.
         futures = {
-            self.client.submit(
-                play_point, *job, pure=False, key=f"point-{index}-{os.getpid()}"
-            ): index
+            self.client.submit(play_point, *job, pure=False): index
             for index, job in enumerate(jobs)
         }
         for future in as_completed(futures):
