@@ -212,3 +212,16 @@ def test_cli_prints_the_answer_in_one_line(tmp_path: Path) -> None:
     first, second = done.stdout.strip().splitlines()
     assert first.startswith("theory on sim: fewest consumers") and ": 5 (" in first
     assert second.endswith(CAPACITY_FILE)
+
+
+def test_a_search_on_a_local_cluster_agrees_with_the_serial_one(tmp_path: Path) -> None:
+    """The seeds of each step run in parallel on Dask; the answer and evidence are the same."""
+    sc = scenario(
+        producers={"rate": "3200/s", "messages": 5000},
+        requirements={"latency": {"completion": {"mean": "1.4ms"}}},
+    )
+    serial = find_capacity(sc, "consumers", out=tmp_path / "serial", seeds=2, workers=1)
+    local = find_capacity(sc, "consumers", out=tmp_path / "local", seeds=2, workers=2)
+    assert local.extra["placement"] == "local"
+    assert local.value == serial.value == 5
+    assert [p.to_dict() for p in local.points] == [p.to_dict() for p in serial.points]
