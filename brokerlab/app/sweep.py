@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -472,10 +473,19 @@ class Executor:
     def __enter__(self) -> Executor:
         if self.placement.kind == "serial":
             return self
+        import dask
         from dask.distributed import Client, LocalCluster
 
         try:
             if self.placement.kind == "local":
+                # On Linux the local workers are forked from this process, which has already
+                # imported the lab: they start in about a second instead of a dozen (a spawned
+                # worker imports pandas, pyarrow and brokerlab again), and a script needs no
+                # `__main__` guard. Elsewhere fork is unsafe (macOS frameworks): spawn.
+                method = "fork" if sys.platform.startswith("linux") else "spawn"
+                self._stack.enter_context(
+                    dask.config.set({"distributed.worker.multiprocessing-method": method})
+                )
                 cluster = self._stack.enter_context(
                     LocalCluster(
                         n_workers=self.placement.workers,
@@ -495,6 +505,14 @@ class Executor:
             raise SweepError(
                 f"--scheduler: cannot reach a Dask scheduler at {self.placement.address}: {error}"
             ) from None
+        except RuntimeError as error:
+            self._stack.close()
+            raise RuntimeError(
+                f"could not start {self.placement.workers} local Dask workers ({error}); where "
+                "they start as new Python processes (spawn, outside Linux) they import the "
+                "calling script, which then needs `if __name__ == '__main__':` around its work; "
+                "or run in this process with --workers 1 (workers=1)"
+            ) from error
         return self
 
     def __exit__(self, *exc: object) -> None:
