@@ -873,5 +873,57 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
     _print_plain(stdout, f"report: {path}")
 
 
+@main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve on this port (default: a free one).",
+)
+@click.option("--no-browser", is_flag=True, help="Do not open a browser; open the printed URL.")
+def lab(port: int | None, no_browser: bool) -> None:
+    """Start JupyterLab on notebooks/, the .py notebooks opening as notebooks on double-click.
+
+    Serves the repository (notebooks/, scenarios/, results/) on 127.0.0.1 with jupytext's
+    notebook view as the default viewer of Python files, for this server only: your own
+    JupyterLab settings and other servers are not changed. Ctrl-C stops it and its kernels.
+    """
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+
+    from brokerlab.app.notebook import NOTEBOOKS_DIR, LabError, find_lab_root, free_port, lab_launch
+
+    try:
+        root = find_lab_root()
+    except LabError as error:
+        _usage_error(str(error))
+    if port is not None:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                _usage_error(f"--port {port}: the port is in use; choose another or leave it out")
+    with tempfile.TemporaryDirectory(prefix="brokerlab-lab-") as config:
+        launch = lab_launch(root, Path(config), port or free_port(), open_browser=not no_browser)
+        _print_plain(stdout, f"JupyterLab on {root / NOTEBOOKS_DIR}: {launch.url}")
+        sys.stdout.flush()
+        server = subprocess.Popen(launch.command, env=launch.env, cwd=root)
+        # SIGTERM (a service manager, a test) stops the server the way Ctrl-C does: JupyterLab
+        # shuts its kernels down on SIGTERM, so nothing is left running.
+        signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+        try:
+            code = server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+            try:
+                code = server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                code = server.wait()
+    sys.exit(0 if code in (0, -signal.SIGTERM) else code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

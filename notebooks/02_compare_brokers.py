@@ -24,7 +24,8 @@
 # durability options) comes from the lab's capability table, each fact with its vendor source.
 #
 # Everything is stored in one selection folder under `results_dir` (`ranking.csv`,
-# `evidence.csv`, one run folder per candidate). A relative path is looked up from the kernel's
+# `evidence.csv`, one run folder per candidate). The notebook uses only the lab's Python API
+# (`import brokerlab as bl`, see `docs/api.md`). A relative path is looked up from the kernel's
 # folder, then from `notebooks/`, then from the repository.
 
 # %% tags=["parameters"]
@@ -41,20 +42,14 @@ seed = 1
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
 import json
-import math
 import sys
-from typing import Any
 
 import pandas as pd
 from IPython.display import Markdown, display
-from matplotlib.figure import Figure
 
-from brokerlab.app.notebook import lab_path, results_path
-from brokerlab.app.runner import RunOptions
-from brokerlab.app.select import select
-from brokerlab.core.scenario import load_scenario
-from brokerlab.core.units import format_duration, parse_duration
+import brokerlab as bl
 
+results = results_dir or None  # None: $BROKERLAB_RESULTS, else results/
 print(f"kernel: {sys.executable}")
 
 # %% [markdown]
@@ -67,19 +62,13 @@ print(f"kernel: {sys.executable}")
 # the scenario as written.
 
 # %%
-scenario_file = lab_path(scenario_path)
-results = results_path(results_dir)
-scenario = load_scenario(scenario_file)
+scenario = bl.load(scenario_path)
 if duration:
-    producers = scenario.producers.model_copy(
-        update={"duration": parse_duration(duration), "messages": None}
-    )
-    scenario = scenario.model_copy(update={"producers": producers})
+    scenario = scenario.with_(duration=duration)
 requirements = scenario.requirements.model_dump(mode="json")
 display(Markdown(f"**{scenario.name}** — {scenario.description}"))
 print(
-    f"load: {scenario.producers.rate:g}/s offered for "
-    f"{format_duration(scenario.producers.duration or 0)} "
+    f"load: {scenario.producers.rate:g}/s offered for {scenario.producers.duration or 0:g} s "
     f"({scenario.producers.total_messages} messages)"
 )
 display(
@@ -97,19 +86,10 @@ display(
 
 # %%
 names = [name.strip() for name in candidates.split(",") if name.strip()]
-selection = select(
-    scenario,
-    names,
-    RunOptions(seed=seed, results_dir=results),
-    real=real,
-    reuse=reuse,
-    source=str(scenario_file),
-)
-print(f"selection folder: {selection.path}")
+selection = bl.select(scenario, names, real=real, reuse=reuse, seed=seed, results_dir=results)
 for candidate, error in selection.errors.items():
     print(f"{candidate} did not run: {error}")
-ranking = selection.ranking
-display(ranking)
+display(selection)
 
 # %% [markdown]
 # ## How to read the ranking
@@ -135,46 +115,8 @@ display(ranking)
 
 
 # %%
-def margin_chart(table: pd.DataFrame) -> Figure:
-    """Worst margin per candidate as horizontal bars in rank order: green passes, red fails."""
-    figure = Figure(figsize=(9.0, 1.4 + 0.45 * max(len(table), 1)), layout="constrained")
-    ax = figure.subplots()
-    labels = [
-        f"{row.rank}. {row.candidate} ({'simulated' if row.target == 'sim' else 'real'})"
-        for row in table.itertuples()
-    ]
-    values = [
-        100.0 * float(m) if m is not None and not math.isnan(float(m)) else 0.0
-        for m in table["worst_margin"]
-    ]
-    colors = ["#2ca02c" if v == "pass" else "#d62728" for v in table["verdict"]]
-    bars = ax.barh(range(len(table)), values, color=colors, height=0.6)
-    notes = [
-        f"{value:.1f}%" + (f" · fails {row.failed_requirements}" if row.failed else "")
-        for value, row in zip(values, table.itertuples(), strict=True)
-    ]
-    ax.bar_label(bars, labels=notes, padding=4, fontsize=8)
-    if values and max(abs(v) for v in values) > 300:  # a loss of many messages: keep the others
-        ax.set_xscale("symlog", linthresh=100)
-    ax.axvline(0, color="#333333", linewidth=0.8)
-    ax.set_yticks(range(len(table)), labels)
-    ax.invert_yaxis()
-    ax.margins(x=0.35)
-    ax.set_xlabel("worst margin: headroom of the tightest measured requirement (%)")
-    ax.grid(True, axis="x", color="#d9d9d9", linewidth=0.7)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(
-        f"{scenario.name}: margin per candidate (green meets every requirement)",
-        loc="left",
-        fontsize=11,
-    )
-    return figure
-
-
-if len(ranking):
-    display(margin_chart(ranking))
+if len(selection.ranking):
+    display(selection.plot.margins())
 else:
     print("no candidate produced a run")
 
@@ -186,28 +128,7 @@ else:
 # `evidence` is the vendor documentation page, and "unverified" marks a fact not yet checked
 # against it). First side by side (✓ met, ✗ not met, `*` unverified), then in full.
 
-
 # %%
-def cell(row: Any) -> str:
-    """One verdict as a short text: mark, measured value, and * when unverified."""
-    mark = {True: "✓", False: "✗"}.get(row.ok, "?")
-    measured = row.measured
-    if isinstance(measured, float):
-        measured = f"{measured:.4g}"
-    return f"{mark} {measured}" + (" *" if "unverified" in row.kind else "")
-
-
-evidence = selection.evidence
-if len(evidence):
-    side_by_side = (
-        evidence.assign(
-            source=evidence["kind"].str.split(" ").str[0],
-            verdict=[cell(row) for row in evidence.itertuples()],
-        )
-        .pivot_table(
-            index=["source", "requirement"], columns="candidate", values="verdict", aggfunc="first"
-        )
-        .reindex(columns=list(ranking["candidate"]))
-    )
-    display(side_by_side)
-display(evidence)
+if len(selection.evidence):
+    display(selection.side_by_side())
+display(selection.evidence)

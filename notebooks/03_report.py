@@ -40,76 +40,54 @@ seed = 1
 # %matplotlib inline
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
-import json
 import sys
 
-import pandas as pd
 from IPython.display import FileLink, Image, Markdown, display
 
-from brokerlab.app.compare import COMPARISON_CSV, compare
-from brokerlab.app.notebook import lab_path, results_path
-from brokerlab.app.report import FIGURES_DIR, build_report
-from brokerlab.app.runner import RunOptions
-from brokerlab.core.results import METRICS_FILE, RUN_FILE
-from brokerlab.core.scenario import load_scenario
+import brokerlab as bl
 
 print(f"kernel: {sys.executable}")
 
 # %% [markdown]
 # ## The runs to report on
 #
-# A folder from the parameters, or — when `run_dir` is empty — a fresh comparison of the
-# scenario on `targets`, shortened to `messages` messages.
+# A folder from the parameters, opened as it is on disk (`bl.open`), or — when `run_dir` is
+# empty — a fresh comparison of the scenario on `targets`, shortened to `messages` messages.
 
 # %%
 if run_dir:
-    folder = lab_path(run_dir)
+    result = bl.open(run_dir)
 else:
-    scenario_file = lab_path(scenario_path)
-    scenario = load_scenario(scenario_file)
-    producers = scenario.producers.model_copy(update={"messages": int(messages), "duration": None})
-    scenario = scenario.model_copy(update={"producers": producers})
     wanted = [t.strip() for t in targets.split(",") if t.strip()]
-    comparison = compare(
-        scenario,
+    result = bl.compare(
+        bl.load(scenario_path).with_(messages=messages),
         wanted,
-        RunOptions(
-            seed=seed,
-            results_dir=results_path(results_dir),
-        ),
-        source=str(scenario_file),
+        seed=seed,
+        results_dir=results_dir or None,
     )
-    for target, error in comparison.errors.items():
+    for target, error in result.errors.items():
         print(f"{target} did not run: {error}")
-    folder = comparison.path
-provenance = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-print(f"{provenance.get('kind', 'run')} folder: {folder}")
+print(f"{type(result).__name__} folder: {result.path}")
 
 # %% [markdown]
 # ## Build the report
 #
-# `build_report` writes one HTML file (figures inlined as SVG, no scripts, no links: it opens
+# `bl.report` writes one HTML file (figures inlined as SVG, no scripts, no links: it opens
 # offline and attaches to a ticket) and the figures as PNG and SVG files.
 
 # %%
-report = build_report([folder], lab_path(output) if output else None)
-figures_dir = report.parent / FIGURES_DIR
-display(Markdown(f"Report: `{report}`  \nFigures: `{figures_dir}`"))
-display(FileLink(str(report)))
+report = bl.report(result, output=output or None)
+display(Markdown(f"Report: `{report.path}`  \nFigures: `{report.figures_dir}`"))
+display(FileLink(str(report.path)))
 
 # %% [markdown]
 # ## The main numbers
 #
 # For a comparison, one column per target (the same table as `comparison.csv`); for one run,
-# its requirements and verdict from `metrics.json`.
+# its main numbers, requirements and verdict (`metrics.json`); for a selection, its ranking.
 
 # %%
-if provenance.get("kind") == "comparison":
-    display(pd.read_csv(folder / COMPARISON_CSV, index_col="metric"))
-else:
-    metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
-    display(Markdown(f"**Verdict: {metrics['verdict']}** ({metrics['target']})"))
-    display(pd.DataFrame(metrics["requirements"]).set_index("name"))
+display(result)
 
 # %% [markdown]
 # ## The report's figures
@@ -118,9 +96,8 @@ else:
 # documents, the SVG files scale without blur.
 
 # %%
-pictures = sorted(figures_dir.glob("*.png"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-for picture in pictures:
+for picture in report.figures:
     svg = picture.with_suffix(".svg").name
     display(Markdown(f"**{picture.stem}** — `{picture.name}`, `{svg}`"))
     display(Image(filename=str(picture)))
-print(f"{len(pictures)} figures in {figures_dir}")
+print(f"{len(report.figures)} figures in {report.figures_dir}")

@@ -7,6 +7,7 @@ embedded ones, as users get them.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -84,6 +85,30 @@ def test_notebooks_are_jupytext_percent_files() -> None:
         first, second = notebook.cells[0], notebook.cells[1]
         assert first.cell_type == "markdown", name
         assert second.cell_type == "code" and second.metadata.get("tags") == ["parameters"], name
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebooks_use_only_the_public_api(name: str) -> None:
+    """A notebook imports the lab only as `import brokerlab as bl` and defines no helpers: what
+    it needs is in the API, where it is typed, documented and tested."""
+    notebook = jupytext.read(NOTEBOOKS / name)
+    code = "\n".join(
+        "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+    )
+    lab_imports, helpers = [], []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            lab_imports += [
+                (a.name, a.asname) for a in node.names if a.name.split(".")[0] == "brokerlab"
+            ]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("brokerlab"):
+            lab_imports.append((node.module, None))
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            helpers.append(node.name)
+    assert lab_imports == [("brokerlab", "bl")]
+    assert helpers == []
 
 
 def test_no_ipynb_is_tracked_by_git() -> None:

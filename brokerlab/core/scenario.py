@@ -10,7 +10,8 @@ reason, through :class:`ScenarioError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -458,6 +459,141 @@ class Scenario(_Model):
                         f"{role}s, numbered from 0"
                     )
         return self
+
+    # ----------------------------------------------------------------- what-ifs (public API)
+
+    @property
+    def utilisation(self) -> float:
+        """Offered load over what the consumers can process: ``rate × mean processing time ÷
+        consumers``. Queueing grows without bound as it nears 1, so it is the first number to
+        read when sizing consumers."""
+        return self.producers.rate * self.consumers.processing.mean / self.consumers.count
+
+    def with_(self, paths: Mapping[str, Any] | None = None, **changes: Any) -> Scenario:
+        """A copy with some fields changed, validated exactly as a scenario file is.
+
+        Scenarios are immutable, and a what-if must not skip the checks a file gets: the
+        scenario is turned back into data, changed, and validated again, so a bad value raises
+        the same :class:`ScenarioError`, with its field path, as the same value in a file.
+
+        Keywords are shorthands (``rate``, ``messages``, ``duration``, ``warmup``, ``consumers``
+        (a count), ``processing``, ``prefetch``, ``kind``, ``partitions``, ``persistence``),
+        top-level fields (``faults``, ``seed``, ``name``, ``requirements`` …) or dotted field
+        paths (``**{"broker.partitions": 4}``, ``"faults[0].at"``); ``paths`` takes dotted
+        paths as a mapping. Values are written as in a file (``"1200/s"``, ``"2ms"``).
+        ``processing_mean`` rescales the processing-time distribution to a new mean, keeping
+        its shape (a scenario with no processing time gets an exponential one). Setting one of
+        ``messages`` / ``duration`` clears the other.
+        """
+        return _changed(self, {**(paths or {}), **changes})
+
+
+#: Keyword shorthands of :meth:`Scenario.with_`: the knobs a what-if turns most.
+WITH_SHORTHANDS: dict[str, str] = {
+    "rate": "producers.rate",
+    "messages": "producers.messages",
+    "duration": "producers.duration",
+    "warmup": "producers.warmup",
+    "consumers": "consumers.count",
+    "processing": "consumers.processing",
+    "prefetch": "consumers.prefetch",
+    "kind": "broker.kind",
+    "partitions": "broker.partitions",
+    "persistence": "broker.persistence",
+}
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_FIELD_PATH = re.compile(r"[^.\[\]]+(\[\d+\])*(\.[^.\[\]]+(\[\d+\])*)*")
+
+
+def _plain(value: Any) -> Any:
+    """Scenario parts (models) as the plain data a file holds, so they validate like one."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> str | None:
+    """Write ``value`` at a dotted path (``broker.partitions``, ``faults[0].at``) of scenario
+    data; returns why not when the path cannot lead to a field."""
+    if not _FIELD_PATH.fullmatch(path):
+        return "not a field path (write it as section.field, or faults[0].at for a list item)"
+    parts: list[str | int] = [
+        int(index) if index else name for name, index in _PATH_PART.findall(path)
+    ]
+    node: Any = data
+    for depth, part in enumerate(parts):
+        where = _field_path(tuple(parts[:depth])) or "the scenario"
+        if isinstance(part, int) and not isinstance(node, list):
+            return f"{where} is not a list"
+        if isinstance(part, int) and part >= len(node):
+            return f"{where} has {len(node)} items, numbered from 0"
+        if isinstance(part, str) and not isinstance(node, dict):
+            return f"{where} is not a section, so it has no field {part!r}"
+        if depth == len(parts) - 1:
+            node[part] = value
+            return None
+        if isinstance(node, dict) and node.get(part) is None:
+            node[part] = {}  # an optional section not written yet
+        node = node[part]
+    return None
+
+
+def _scaled(distribution: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A time distribution (as data) with every time in it multiplied by ``factor``."""
+    return {
+        name: value
+        if name == "dist"
+        else [v * factor for v in value]
+        if isinstance(value, list)
+        else value * factor
+        for name, value in distribution.items()
+    }
+
+
+def _changed(scenario: Scenario, changes: dict[str, Any]) -> Scenario:
+    """:meth:`Scenario.with_`: change the scenario's data and validate it as a file."""
+    source = f"{scenario.name} (with_)"
+    data = scenario.model_dump(mode="json")
+    mean = changes.pop("processing_mean", None)
+    problems: list[tuple[str, str]] = []
+    written: set[str] = set()
+    for key, value in changes.items():
+        whole_section = key == "consumers" and isinstance(value, dict | BaseModel)
+        path = key if whole_section else WITH_SHORTHANDS.get(key, key)
+        why = _set_path(data, path, _plain(value))
+        if why:
+            problems.append((path, why))
+        written.add(path)
+    producers = data.get("producers")
+    if isinstance(producers, dict):  # one of messages / duration says how long: keep one
+        for given, other in (("messages", "duration"), ("duration", "messages")):
+            alone = f"producers.{given}" in written and f"producers.{other}" not in written
+            if alone and producers.get(given) is not None:
+                producers[other] = None
+    if mean is not None:
+        try:
+            wanted = parse_duration(mean)
+        except ValueError as error:
+            problems.append(("consumers.processing.mean", str(error)))
+        else:
+            consumers = data.setdefault("consumers", {})
+            try:
+                current: Distribution | None = Consumers.model_validate(consumers).processing
+            except ValidationError:
+                current = None  # the other changes broke it: parse_scenario says how
+            if current is not None and current.mean > 0 and wanted > 0:
+                consumers["processing"] = _scaled(
+                    current.model_dump(mode="json"), wanted / current.mean
+                )
+            else:
+                consumers["processing"] = {"dist": "exponential", "mean": wanted}
+    if problems:
+        raise ScenarioError(source, problems)
+    return parse_scenario(data, source)
 
 
 class ScenarioError(Exception):
