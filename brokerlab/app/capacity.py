@@ -25,6 +25,8 @@ run again), played through the sweep machinery, so seeds of one step run in para
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -211,6 +213,10 @@ class _Search:
         return ok
 
 
+def _all_seeds(seeds: Sequence[int]) -> str:
+    return "the one seed tried" if len(seeds) == 1 else f"all {len(seeds)} seeds"
+
+
 def _fmt(value: float) -> str:
     return f"{value:,.6g}" if isinstance(value, float) else str(value)
 
@@ -270,8 +276,8 @@ def _find_rate(search: _Search, tolerance: float, max_steps: int) -> tuple[Any, 
     failed_at_bad = [p for p in search.points if p.value == bad]
     seeds_failed = sum(not s["ok"] for s in failed_at_bad[-1].seeds) if failed_at_bad else 0
     uncertainty = (
-        f"the edge lies between {_fmt(good)}/s (every requirement held on all "
-        f"{len(search.seeds)} seeds) and {_fmt(bad)}/s (failed on {seeds_failed} of "
+        f"the edge lies between {_fmt(good)}/s (every requirement held on "
+        f"{_all_seeds(search.seeds)}) and {_fmt(bad)}/s (failed on {seeds_failed} of "
         f"{len(failed_at_bad[-1].seeds) if failed_at_bad else 0} seeds tried); "
         f"bisection resolution {tolerance:.0%}"
     )
@@ -304,7 +310,7 @@ def _find_count(search: _Search, start: int, what: str) -> tuple[Any, str, dict]
             passing = middle
         else:
             failing = middle
-    detail = f"{passing} meet the requirements on all {len(search.seeds)} seeds" + (
+    detail = f"{passing} meet the requirements on {_all_seeds(search.seeds)}" + (
         f"; {failing} do not" if failing else "; 1 is the least there can be"
     )
     return passing, detail, {"fails_at": failing or None}
@@ -434,14 +440,16 @@ def _find_catch_up(
             extra,
         )
     mean = float(np.mean(values))
-    spread = f"{min(values):.2f}–{max(values):.2f} s over {len(values)} seeds"
+    spread = (
+        f"{min(values):.2f}–{max(values):.2f} s over {len(values)} seeds"
+        if len(values) > 1
+        else "one seed"
+    )
     extra.update(catch_up_s=round(mean, 3), catch_up_max_s=max(values))
     return round(mean, 3), f"{spread}; {dropped}", extra
 
 
 def results_metrics(folder: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((folder / results.METRICS_FILE).read_text(encoding="utf-8"))
 
 
@@ -498,7 +506,15 @@ def find_capacity(
         raise CapacityError(f"--tolerance: {tolerance}: between 0 and 1")
     options = options or runner.RunOptions()
     placement = choose_placement(workers, scheduler)
-    out = out or options.results_dir / _default_name(scenario, find)
+    question = {
+        "find": find,
+        "target": target,
+        "seeds": seeds,
+        "outage": outage,
+        "keep_up": keep_up,
+        "tolerance": tolerance,
+    }
+    out = out or options.results_dir / _default_name(scenario, find, question)
     seed_list = seeds_for(scenario, seeds)
     path = PATHS.get(find, "drain_timeout")
     with Executor(placement) as executor:
@@ -586,10 +602,14 @@ def _answer(
     )
 
 
-def _default_name(scenario: Scenario, find: str) -> str:
-    from datetime import UTC, datetime
-
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{scenario.name}-capacity-{find}"
+def _default_name(scenario: Scenario, find: str, question: dict[str, Any]) -> str:
+    """``NAME-capacity-FIND-FINGERPRINT``: the same question finds the same folder, so asking
+    it again reuses every run already made."""
+    described = json.dumps(
+        {"scenario": scenario.model_dump(mode="json"), **question}, sort_keys=True, default=str
+    )
+    fingerprint = hashlib.sha256(described.encode("utf-8")).hexdigest()[:10]
+    return f"{scenario.name}-capacity-{find}-{fingerprint}"
 
 
 def _jsonable(value: Any) -> Any:
