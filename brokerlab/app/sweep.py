@@ -17,6 +17,7 @@ its brokers and CPUs, and two at once would measure each other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -685,13 +686,7 @@ def run_tasks(
             folder = task.folder(runs_dir)
             if folder.exists():
                 shutil.rmtree(folder)
-            point_options = runner.RunOptions(
-                seed=task.seed,
-                out=folder,
-                results_dir=options.results_dir,
-                redis_url=options.redis_url,
-                nats_url=options.nats_url,
-            )
+            point_options = dataclasses.replace(options, seed=task.seed, out=folder, progress=None)
             try:
                 record = runner.run_scenario(
                     task.point.scenario, task.target, point_options, source
