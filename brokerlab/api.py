@@ -1,10 +1,11 @@
 """The public API: ``import brokerlab as bl``, for notebooks and scripts.
 
 The CLI's verbs as functions that return result objects instead of printing: load a scenario,
-change it (:meth:`Scenario.with_`), simulate or run it, compare targets, select a broker, make a
-report, open a stored run. Every result is stored exactly as the CLI stores it (a run folder
-under the results folder), so what a notebook made can be reported on, reused, or opened again
-with :func:`open`; a result object reads its folder lazily (metrics first, the trace when asked).
+change it (:meth:`Scenario.with_`), simulate or run it, compare targets, select a broker, sweep
+fields across seeds, answer a capacity question, make a report, open a stored folder. Every
+result is stored exactly as the CLI stores it (a folder under the results folder), so what a
+notebook made can be reported on, reused, or opened again with :func:`open`; a result object
+reads its folder lazily (metrics first, the trace when asked).
 
 Results share one shape: ``.path`` (the folder), ``.metrics`` (metrics.json), ``.summary()``
 (a DataFrame of the main numbers), ``.plot.<figure>()`` (matplotlib Figures, the very figures of
