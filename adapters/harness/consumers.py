@@ -24,9 +24,6 @@ from brokerlab.adapters.harness.recording import DeliveryLog
 from brokerlab.core.load import draw
 from brokerlab.core.scenario import Scenario
 
-#: Most oversleep a consumer may owe back (seconds): a longer stall is lost, not replayed fast.
-MAX_OVERSLEPT = 0.05
-
 
 class ConsumerGroup:
     """Competing consumers: fetch, record, process (drawn time), ack as the scenario says."""
@@ -54,9 +51,6 @@ class ConsumerGroup:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         #: Processing time multiplier per consumer while a slow-consumer fault is on.
         self.slowdown: dict[int, float] = {}
-        #: Per consumer: how late its last processing waits woke up (seconds), taken off the next
-        #: wait (see :meth:`_process`).
-        self.overslept: dict[int, float] = {}
 
     def start(self, consumer: int, reconnect: bool = False) -> None:
         """Run one consumer as a task (after connecting again, for a restart after a crash)."""
@@ -82,7 +76,6 @@ class ConsumerGroup:
         """Kill one consumer mid-message: its task is cancelled wherever it is, nothing is acked,
         and its connection is dropped. Deliveries it held keep ``t_done`` empty."""
         task = self.tasks.pop(consumer, None)
-        self.overslept.pop(consumer, None)
         if task is not None:
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
@@ -147,7 +140,7 @@ class ConsumerGroup:
             waiting: list[int] = []  # rows processed, waiting for their ack
             for i, (_payload, _no, handle) in enumerate(received):
                 if times[i] > 0:
-                    await self._process(consumer, times[i])
+                    await sleep_until(now() + times[i])
                 waiting.append(i)
                 if mode == "after":
                     to_ack.append(handle)
@@ -166,20 +159,6 @@ class ConsumerGroup:
                     self._finish(first_row, positions, waiting)
                     waiting = []
             log.unexpected += positions.count(-1)
-
-    async def _process(self, consumer: int, seconds: float) -> None:
-        """Spend ``seconds`` processing one message, without adding the OS's wake-up lag to it.
-
-        On a loaded machine a sleep wakes late (several ms with 2 cores and a load of 10). Added
-        to every message, that lag made a 5 ms consumer a 7-8 ms one and the run measured the
-        client machine rather than the scenario's consumer. What a wait overslept is owed back:
-        the next wait is that much shorter (or skipped), so over a run each consumer processes
-        at the scenario's pace whenever the machine can keep up at all. The debt is capped so a
-        long stall does not turn into a burst of zero-time processing.
-        """
-        target = now() + seconds - self.overslept.get(consumer, 0.0)
-        await sleep_until(target)
-        self.overslept[consumer] = min(MAX_OVERSLEPT, max(0.0, now() - target))
 
     def _finish(self, first_row: int, positions: list[int], rows: list[int]) -> None:
         """Rows of one fetched batch processed to the end (and acked, or their ack sent)."""
