@@ -34,6 +34,8 @@ class RunOptions:
     redis_url: str | None = None
     nats_url: str | None = None
     progress: Progress | None = None
+    #: the simulator's performance profile, overriding ``broker.profile`` (``--profile``)
+    profile: str | None = None
 
 
 TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
@@ -41,8 +43,12 @@ TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
 
 def _run_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
     from brokerlab.sim import simulate
+    from brokerlab.sim.profile import ProfileError
 
-    return simulate(scenario, seed, progress=options.progress)
+    try:
+        return simulate(scenario, seed, progress=options.progress)
+    except ProfileError as error:
+        raise TargetError(str(error)) from None
 
 
 def session_state_dir() -> Path:
@@ -157,6 +163,10 @@ def run_scenario(
         raise TargetError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
     seed = options.seed if options.seed is not None else scenario.seed
     scenario = for_target(scenario, target)
+    if options.profile and target == "sim":
+        # The scenario as run says which profile was used (scenario.yaml, reuse digests).
+        broker = scenario.broker.model_copy(update={"profile": options.profile})
+        scenario = scenario.model_copy(update={"broker": broker})
     started = datetime.now(UTC)
     run_id = results.new_run_id(scenario.name, target, seed, started)
     final = results.choose_run_dir(options.results_dir, run_id, options.out)
@@ -191,6 +201,8 @@ def run_scenario(
                 "warnings": list(result.warnings) + analysis.warnings,
                 "unexpected": analysis.unexpected,
                 "faults": [vars(w) for w in result.faults],
+                # the performance profile the simulator charged; null for a real broker
+                "profile": _jsonable(result.info.get("profile")),
             },
         )
     return RunRecord(final, target, metrics, analysis, result, wall)

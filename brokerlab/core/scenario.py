@@ -324,6 +324,12 @@ class Broker(_Model):
     )
     service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
     servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
+    profile: str = Field(
+        "auto",
+        min_length=1,
+        description="simulator performance profile: auto (this machine's calibration, else the "
+        "shipped default), default, none (ideal broker, no costs) or a profile file",
+    )
 
     @field_validator("kind", mode="before")
     @classmethod
