@@ -17,6 +17,7 @@ and servers, the consumer's time per message), so every model and preset pays th
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -32,12 +33,11 @@ from brokerlab.core.scenario import (
     Constant,
     Distribution,
     Empirical,
-    Rate,
     Scenario,
     TimeDistribution,
     _field_path,
 )
-from brokerlab.core.units import parse_rate
+from brokerlab.core.units import parse_rate, parse_size
 from brokerlab.core.vocabulary import BROKER_KINDS
 
 #: Shipped default profiles, one per broker kind.
@@ -129,8 +129,18 @@ class ClientCost(_Model):
     )
 
 
-def _quota_rate(value: Any) -> Any:
-    return None if value is None else parse_rate(value)
+def _byte_rate(value: Any) -> Any:
+    """``200MB/s``, ``1MiB/s`` (bytes per second) or a plain rate (``1000/s``, a number)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().endswith("/s"):
+        head = value.strip()[:-2].strip()
+        if head and not head.replace(".", "", 1).isdigit():
+            return float(parse_size(head))
+    return parse_rate(value)
+
+
+ByteRate = Annotated[float | None, BeforeValidator(_byte_rate)]
 
 
 class Quota(_Model):
@@ -138,12 +148,8 @@ class Quota(_Model):
     publishes over them are throttled."""
 
     unit: Literal["shard", "partition", "throughput-unit", "queue"] = "queue"
-    messages: Annotated[float | None, BeforeValidator(_quota_rate)] = Field(
-        None, description="publishes per second per unit"
-    )
-    bytes: Annotated[float | None, BeforeValidator(_quota_rate)] = Field(
-        None, description="published bytes per second per unit"
-    )
+    messages: ByteRate = Field(None, description="publishes per second per unit")
+    bytes: ByteRate = Field(None, description="published bytes per second per unit")
 
 
 class Profile(_Model):
@@ -166,7 +172,7 @@ class Profile(_Model):
     consume: Consume = Consume()
     client: ClientCost = ClientCost()
     parallelism: int = Field(1, ge=1, description="broker operations served at once")
-    bandwidth: Rate | None = Field(None, description="broker bytes per second (size cost)")
+    bandwidth: ByteRate = Field(None, description="broker bytes per second (size cost)")
     batching: TimeDistribution = Field(
         Constant(value=0.0), description="producer linger before a batch leaves (Kafka linger.ms)"
     )
@@ -228,7 +234,10 @@ def load_profile(path: str | Path) -> Profile:
 
 @cache
 def _shipped(kind: str) -> Profile | None:
-    path = PROFILES_DIR / f"{kind}.yaml"
+    from brokerlab.sim.presets import PRESETS_FILE, presets
+
+    pointer = (presets().get(kind) or {}).get("profile")
+    path = PRESETS_FILE.parent / pointer if pointer else PROFILES_DIR / f"{kind}.yaml"
     return load_profile(path) if path.exists() else None
 
 
@@ -330,18 +339,17 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     processing plus the client's per-message cost plus, when it acks after processing, the ack's
     round trip (the harness waits for the reply before taking the next message; with no
     processing time a batch is acked at once, so the round trip is shared by ``prefetch``).
-    Publish quotas cap the publish rate at ``units × quota`` (throttled publishes queue).
+    Producer batching (``linger``) is publish latency that does not use broker capacity.
+    Publish quotas cap the publish rate at ``units × quota`` with one server per provisioned unit
+    (``broker.throughput_units``, else ``broker.partitions``): throttled publishes queue there,
+    which approximates a client retrying after ThrottlingException / ServerBusy.
     """
     broker, consumers = scenario.broker, scenario.consumers
     size = _mean(scenario.producers.size)
     per_byte = 1.0 / profile.bandwidth if profile.bandwidth else 0.0
     half_rtt = scaled(profile.round_trip, 0.5)
     hop = add(half_rtt, profile.client.publish, scenario.network.delay)
-    publish = add(
-        getattr(profile.publish, broker.persistence.mode),
-        profile.batching,
-        Constant(value=size * per_byte),
-    )
+    work = add(getattr(profile.publish, broker.persistence.mode), Constant(value=size * per_byte))
     acks = consumers.ack != "none" and broker.kind != "nats"
     fsync = 0.0
     if broker.persistence.mode == "always" and profile.durable_writes_per_delivery:
@@ -352,27 +360,33 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         profile.ack if acks else Constant(value=0.0),
         Constant(value=size * per_byte + fsync),
     )
-    servers = broker.servers if "servers" in broker.model_fields_set else profile.parallelism
+    # A scenario's own servers and service times (anything but the defaults) win over the profile.
+    own_servers = broker.servers != 1
+    servers = broker.servers if own_servers else profile.parallelism
+    linger = _mean(profile.batching)
+    publish = add(work, profile.batching)
+    if linger > 0 and not own_servers:
+        # A batch waiting to leave the producer is latency, not broker work: add servers so the
+        # broker's ceiling stays parallelism / (publish + delivery work).
+        busy = _mean(work) + _mean(deliver)
+        servers = max(servers, math.ceil(servers * (busy + linger) / busy) if busy else servers)
     if profile.quota is not None:
-        units = broker.partitions
-        ceilings = [
-            q * units for q in (profile.quota.messages, profile.quota.bytes) if q is not None
-        ]
+        units = broker.throughput_units or broker.partitions
+        per_unit = [q for q in (profile.quota.messages,) if q is not None]
         if profile.quota.bytes:
-            ceilings[-1] = profile.quota.bytes * units / max(size, 1.0)
-        if ceilings:
-            # A throttled publish waits its turn: the publish step cannot go faster than the quota.
-            floor = 1.0 / min(ceilings)
+            per_unit.append(profile.quota.bytes / max(size, 1.0))
+        if per_unit:
+            # Each provisioned unit takes at most its quota: one server per unit whose publish
+            # step lasts at least 1 / quota, so publishes over the quota wait (the time a
+            # throttled client spends retrying) and the ceiling is units x quota.
+            floor = 1.0 / min(per_unit)
             if _mean(publish) < floor:
                 publish = add(publish, Constant(value=floor - _mean(publish)))
-                servers = 1
+            servers = units
     service: dict[str, Any] = dict(broker.service_time)
-    explicit = (
-        broker.service_time.model_fields_set if "service_time" in broker.model_fields_set else set()
-    )
-    if "publish" not in explicit:
+    if _mean(broker.service_time.publish) == 0:
         service["publish"] = publish
-    if "deliver" not in explicit:
+    if _mean(broker.service_time.deliver) == 0:
         service["deliver"] = deliver
     per_message = [consumers.processing, profile.client.consume]
     processes = _mean(consumers.processing) > 0

@@ -324,6 +324,12 @@ class Broker(_Model):
     )
     service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
     servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
+    throughput_units: int | None = Field(
+        None,
+        ge=1,
+        description="provisioned capacity units of a managed service (Event Hubs throughput "
+        "units); a profile's quota holds per unit; unset: one unit per partition (Kinesis shards)",
+    )
     profile: str = Field(
         "auto",
         min_length=1,
