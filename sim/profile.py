@@ -104,9 +104,9 @@ class Provenance(_Model):
 class PublishCost(_Model):
     """Broker work per publish by ``broker.persistence.mode`` (an fsync per write costs more)."""
 
-    none: TimeDistribution = Constant(value=0.0)
-    periodic: TimeDistribution = Constant(value=0.0)
-    always: TimeDistribution = Constant(value=0.0)
+    none: TimeDistribution = Constant(dist="constant", value=0.0)
+    periodic: TimeDistribution = Constant(dist="constant", value=0.0)
+    always: TimeDistribution = Constant(dist="constant", value=0.0)
 
 
 class Consume(_Model):
@@ -120,10 +120,10 @@ class Consume(_Model):
 class ClientCost(_Model):
     """The client library's own time per message on each side (serialising, syscalls, dispatch)."""
 
-    publish: TimeDistribution = Constant(value=0.0)
-    consume: TimeDistribution = Constant(value=0.0)
+    publish: TimeDistribution = Constant(dist="constant", value=0.0)
+    consume: TimeDistribution = Constant(dist="constant", value=0.0)
     timer: TimeDistribution = Field(
-        Constant(value=0.0),
+        Constant(dist="constant", value=0.0),
         description="how late a consumer wakes from a processing wait (charged per message "
         "with processing time; a busy machine wakes sleepers late)",
     )
@@ -158,11 +158,16 @@ class Profile(_Model):
     kind: str
     provenance: Provenance
     round_trip: TimeDistribution = Field(
-        Constant(value=0.0), description="client to broker and back, client stacks included"
+        Constant(dist="constant", value=0.0),
+        description="client to broker and back, client stacks included",
     )
     publish: PublishCost = PublishCost()
-    deliver: TimeDistribution = Field(Constant(value=0.0), description="broker work per delivery")
-    ack: TimeDistribution = Field(Constant(value=0.0), description="broker work per ack")
+    deliver: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0), description="broker work per delivery"
+    )
+    ack: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0), description="broker work per ack"
+    )
     durable_writes_per_delivery: float = Field(
         0.0,
         ge=0,
@@ -174,7 +179,8 @@ class Profile(_Model):
     parallelism: int = Field(1, ge=1, description="broker operations served at once")
     bandwidth: ByteRate = Field(None, description="broker bytes per second (size cost)")
     batching: TimeDistribution = Field(
-        Constant(value=0.0), description="producer linger before a batch leaves (Kafka linger.ms)"
+        Constant(dist="constant", value=0.0),
+        description="producer linger before a batch leaves (Kafka linger.ms)",
     )
     quota: Quota | None = None
 
@@ -307,7 +313,7 @@ def add(*dists: Distribution) -> Distribution:
     moving = [d for d in dists if not (isinstance(d, Constant))]
     shift = sum(float(d.value) for d in dists if isinstance(d, Constant))
     if not moving:
-        return Constant(value=shift)
+        return Constant(dist="constant", value=shift)
     if len(moving) == 1 and shift == 0:
         return moving[0]
     rng = np.random.default_rng(_SUM_SEED)
@@ -349,7 +355,10 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     per_byte = 1.0 / profile.bandwidth if profile.bandwidth else 0.0
     half_rtt = scaled(profile.round_trip, 0.5)
     hop = add(half_rtt, profile.client.publish, scenario.network.delay)
-    work = add(getattr(profile.publish, broker.persistence.mode), Constant(value=size * per_byte))
+    work = add(
+        getattr(profile.publish, broker.persistence.mode),
+        Constant(dist="constant", value=size * per_byte),
+    )
     acks = consumers.ack != "none" and broker.kind != "nats"
     fsync = 0.0
     if broker.persistence.mode == "always" and profile.durable_writes_per_delivery:
@@ -357,8 +366,8 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         fsync = max(extra, 0.0) * profile.durable_writes_per_delivery
     deliver = add(
         profile.deliver,
-        profile.ack if acks else Constant(value=0.0),
-        Constant(value=size * per_byte + fsync),
+        profile.ack if acks else Constant(dist="constant", value=0.0),
+        Constant(dist="constant", value=size * per_byte + fsync),
     )
     # A scenario's own servers and service times (anything but the defaults) win over the profile.
     own_servers = broker.servers != 1
@@ -381,7 +390,7 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
             # throttled client spends retrying) and the ceiling is units x quota.
             floor = 1.0 / min(per_unit)
             if _mean(publish) < floor:
-                publish = add(publish, Constant(value=floor - _mean(publish)))
+                publish = add(publish, Constant(dist="constant", value=floor - _mean(publish)))
             servers = units
     service: dict[str, Any] = dict(broker.service_time)
     if _mean(broker.service_time.publish) == 0:

@@ -292,8 +292,9 @@ def test_a_quota_throttles_publishes_per_provisioned_unit(tmp_path: Path) -> Non
 
 
 def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
-    """A 5 ms linger adds 5 ms to every publish but leaves the broker's ceiling where it was."""
-    base = {"publish": {"none": "1ms"}, "deliver": "1ms", "parallelism": 1}
+    """A 5 ms linger adds 5 ms to every publish but leaves the broker's ceiling where it was
+    (servers are added in whole numbers: 4 x (2 + 5) / 2 = 14 keeps it exactly)."""
+    base = {"publish": {"none": "1ms"}, "deliver": "1ms", "parallelism": 4}
     plain = write_profile(tmp_path, **base)
     lingering = tmp_path / "linger.yaml"
     lingering.write_text(yaml.safe_dump(profile_data(**base, batching="5ms")), encoding="utf-8")

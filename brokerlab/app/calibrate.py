@@ -180,7 +180,9 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     timer = max(budget - (deliver if acks else 0.0), 0.0)
     ack = 0.0
     # Parallelism so that the ceiling is the measured one: servers / work per message.
-    parallelism = max(1, round(ceiling.delivered * (publish_work + deliver + ack)))
+    parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
+    # ... exactly: whole servers, so the publish work takes up the rest.
+    publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
     bandwidth = None
     large = measured.get("large")
     if large is not None:
@@ -236,14 +238,17 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if best is None or score < best[0]:
             best = (score, current)
 
-        def ratio(name: str, path: tuple[str, ...], sims: dict[str, Any] = sims) -> float | None:
+        def ratio(
+            name: str, path: tuple[str, ...], sims: dict[str, Any] = sims, damping: float = 0.5
+        ) -> float | None:
             real, sim = _get(measured[name].record.metrics, path), _get(sims[name], path)
             if not real or not sim or real != real or sim != sim:
                 return None
             # Damped: costs interact (FIFO links, queueing), so full steps overshoot.
-            return min(max(real / sim, 0.25), 4.0) ** 0.5
+            return min(max(real / sim, 0.25), 4.0) ** damping
 
         rtt = data["round_trip"]
+        work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
             rtt["median"] *= r
         if (r := ratio("light", ("latency_ms", "end_to_end", "p99"))) is not None:
@@ -251,8 +256,19 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         rtt["p99"] = max(rtt["p99"], rtt["median"] * 1.05)
         if (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
             data["deliver"]["value"] *= r
-        if (r := ratio("ceiling", ("throughput_per_s", "delivered"))) is not None:
-            data["parallelism"] = max(1, round(data["parallelism"] * r))
+        if (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
+            if data["parallelism"] >= 10:
+                data["parallelism"] = max(1, round(data["parallelism"] * r))
+            else:
+                # Few servers: a whole server more or less is too coarse; the publish work takes
+                # up the change instead (it moves latency least), so that parallelism / work per
+                # message is the ceiling (the work before this round's delivery change, over r).
+                wanted = work_before / r
+                deliver = data["deliver"]["value"] = min(data["deliver"]["value"], wanted)
+                change = wanted - deliver - data["publish"]["none"]["value"]
+                for mode in ("none", "periodic", "always"):
+                    cost = data["publish"][mode]
+                    cost["value"] = max(cost["value"] + change, 0.0)
         consumer = measured["consumer"]
         sim_rate = _get(sims["consumer"], ("throughput_per_s", "delivered"))
         # (NATS core: the simulator counts a pushed message delivered when it reaches the
