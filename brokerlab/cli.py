@@ -253,6 +253,9 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
         record = run_scenario(parsed, target, _run_options(flags, progress), source=str(scenario))
     warnings = list(record.result.warnings) + record.analysis.warnings
     print_summary(stdout, record.metrics, str(record.path), warnings)
+    profile = record.result.info.get("profile")
+    if isinstance(profile, dict):
+        _print_plain(stdout, f"performance profile: {profile.get('describe')}")
     if check:
         sys.exit(_verdict_exit([record.metrics["verdict"]]))
 

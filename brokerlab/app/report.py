@@ -627,7 +627,12 @@ def sim_real_pairs(runs: Sequence[ReportedRun]) -> list[tuple[ReportedRun, list[
         of_scenario = [r for r in runs if r.scenario == scenario]
         sims = [r for r in of_scenario if r.target == "sim"]
         reals = [r for r in of_scenario if r.target != "sim"]
-        if sims and reals:
+        # Simulator twins (compare's sim:<kind>): each real run beside the model of its kind.
+        twins = [(sim, [r for r in reals if r.target == sim.broker_kind]) for sim in sims]
+        twins = [(sim, mine) for sim, mine in twins if mine]
+        if twins:
+            pairs.extend(twins)
+        elif sims and reals:
             pairs.append((sims[0], reals))
     return pairs
 

@@ -91,10 +91,13 @@ def is_performance(name: str) -> bool:
     return name == "throughput" or name.split(" ", 1)[0] in LATENCY_KINDS
 
 
-def has_profile(kind: str) -> bool:
+def has_profile(kind: str, choice: str = "auto") -> bool:
     """Whether the simulator's preset for ``kind`` carries a performance profile (what the
-    broker costs per publish, delivery and ack). Without one a simulated broker is ideal, so its
-    latency and throughput say nothing about the real product."""
+    broker costs per publish, delivery and ack) and the scenario's ``broker.profile`` (``choice``)
+    did not turn it off. Without one a simulated broker is ideal, so its latency and throughput
+    say nothing about the real product."""
+    if choice == "none":
+        return False
     profile = (presets().get(kind) or {}).get("profile")
     return profile not in (None, False, "", "none")
 
@@ -133,7 +136,7 @@ def evidence_rows(
     unverified) or ``not modelled`` (a speed requirement of a simulated candidate whose preset
     has no performance profile); ``ok`` is True / False for the first two, None otherwise.
     """
-    unmodelled = target == "sim" and not has_profile(candidate)
+    unmodelled = target == "sim" and not has_profile(candidate, scenario.broker.profile)
     measured = {
         r["name"]: r for r in metrics["requirements"] if r["name"] not in CAPABILITY_REQUIREMENTS
     }
@@ -416,7 +419,9 @@ def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ..
         if stated
     ]
     unprofiled = sorted(
-        c for c, info in runs.items() if info["target"] == "sim" and not has_profile(c)
+        c
+        for c, info in runs.items()
+        if info["target"] == "sim" and not has_profile(c, scenario.broker.profile)
     )
     if speed and unprofiled:
         every = " (every candidate)" if len(unprofiled) == len(runs) else ""
