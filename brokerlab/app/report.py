@@ -243,7 +243,9 @@ def load_runs(paths: Sequence[Path]) -> ReportInput:
     targets = [manifest.target or path.name for path, manifest in unique]
     for (path, manifest), target in zip(unique, targets, strict=True):
         label = target
-        if targets.count(target) > 1:  # e.g. two sim runs: tell them apart by folder
+        if target == "sim" and path.name.startswith("sim:"):
+            label = path.name  # compare's simulator twin of a real target: sim:<kind>
+        elif targets.count(target) > 1:  # e.g. two sim runs: tell them apart by folder
             where = f"{path.parent.name}/{path.name}" if path.name == target else path.name
             label = f"{target} [{where}]"
         report.runs.append(_read_run(path, label, manifest))
