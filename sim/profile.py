@@ -98,7 +98,9 @@ class Provenance(_Model):
         dates = sorted({s.date for s in self.sources})
         span = f", sources {dates[0]}..{dates[-1]}" if len(dates) > 1 else ""
         span = span or (f", source {dates[0]}" if dates else "")
-        return f"{kind}: shipped default ({len(self.sources)} sources{span}{mark})"
+        count = f"{len(self.sources)} source{'' if len(self.sources) == 1 else 's'}"
+        measured = f", measured on {self.host}" if self.host else ""
+        return f"{kind}: shipped default ({count}{span}{measured}{mark})"
 
 
 class PublishCost(_Model):

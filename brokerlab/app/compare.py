@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.app.runner import TARGETS, RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.scenario import Scenario
 
@@ -92,11 +92,15 @@ def twinned(scenario: Scenario, targets: list[str]) -> list[tuple[str, Scenario,
     before its real run: each real run sits beside its own model. ``sim`` alone (or with no real
     target) plays the scenario's own kind, as before.
     """
-    real = [t for t in targets if t != "sim"]
+    real = [t for t in targets if t != "sim" and t in TARGETS]
     if "sim" not in targets or not real:
         return [(t, scenario, t) for t in targets]
     plan: list[tuple[str, Scenario, str]] = []
-    for target in real:
+    for target in targets:
+        if target not in real:
+            if target != "sim":
+                plan.append((target, scenario, target))  # unknown: its run says why
+            continue
         broker = scenario.broker.model_copy(update={"kind": target})
         plan.append((TWIN + target, scenario.model_copy(update={"broker": broker}), "sim"))
         plan.append((target, scenario, target))
