@@ -339,11 +339,11 @@ def scaled(dist: Distribution, factor: float) -> Distribution:
 def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     """The scenario as the simulator plays it with ``profile``'s costs charged.
 
-    Each hop between a client and the broker takes half the round trip (a scenario's own
-    ``network.delay`` is the network, and is added to it). The broker's servers do the publish
-    work of the scenario's persistence mode plus the size cost, and for each delivery the delivery
-    and ack work plus the size cost (the ack is charged with its delivery), ``parallelism`` at a
-    time; service times the scenario sets itself win. A consumer's time per message is its
+    Each hop between a client and the broker takes half the round trip plus half the size cost
+    of a mean message (a scenario's own ``network.delay`` is the network, and is added to it).
+    The broker's servers do the publish work of the scenario's persistence mode, and for each
+    delivery the delivery and ack work (the ack is charged with its delivery), ``parallelism`` at
+    a time; service times the scenario sets itself win. A consumer's time per message is its
     processing plus the client's per-message cost plus, when it acks after processing, the ack's
     round trip (the harness waits for the reply before taking the next message; with no
     processing time a batch is acked at once, so the round trip is shared by ``prefetch``).
@@ -356,10 +356,17 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     size = _mean(scenario.producers.size)
     per_byte = 1.0 / profile.bandwidth if profile.bandwidth else 0.0
     half_rtt = scaled(profile.round_trip, 0.5)
-    hop = add(half_rtt, profile.client.publish, scenario.network.delay)
+    # The size cost rides on the hops (two of a message's four carry its payload): it is time on
+    # the wire and in the client stacks, not broker capacity.
+    hop = add(
+        half_rtt,
+        profile.client.publish,
+        scenario.network.delay,
+        Constant(dist="constant", value=size * per_byte / 2),
+    )
     work = add(
         getattr(profile.publish, broker.persistence.mode),
-        Constant(dist="constant", value=size * per_byte),
+        Constant(dist="constant", value=0.0),
     )
     acks = consumers.ack != "none" and broker.kind != "nats"
     fsync = 0.0
@@ -369,7 +376,7 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     deliver = add(
         profile.deliver,
         profile.ack if acks else Constant(dist="constant", value=0.0),
-        Constant(dist="constant", value=size * per_byte + fsync),
+        Constant(dist="constant", value=fsync),
     )
     # A scenario's own servers and service times (anything but the defaults) win over the profile.
     own_servers = broker.servers != 1
