@@ -152,6 +152,24 @@ class Calibration:
     measured: list[Measured]
     errors: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    #: what makes this calibration doubtful (a busy machine), said plainly
+    warnings: list[str] = field(default_factory=list)
+
+
+def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
+    """Rungs that could not keep up with a light load: the machine (not the broker) was busy,
+    and every cost fitted from them is inflated."""
+    warnings = []
+    for name in ("light", "large"):
+        m = measured.get(name)
+        offered = 200.0
+        if m is not None and m.delivered < 0.95 * offered:
+            warnings.append(
+                f"{target}: the {name} rung delivered {m.delivered:.0f}/s of {offered:.0f}/s "
+                "offered: this machine was too busy to calibrate; the fitted costs are inflated "
+                "(calibrate again when it is quieter)"
+            )
+    return warnings
 
 
 def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) -> Profile:
@@ -432,5 +450,8 @@ def calibrate(
                     else out.with_name(f"{out.stem}-{target}{out.suffix or '.yaml'}")
                 )
             path = store_profile(profile, where)
-        done.append(Calibration(target, profile, list(measured.values()), errors, path))
+        warnings = busy_warnings(target, measured)
+        for warning in warnings:
+            say(f"warning: {warning}")
+        done.append(Calibration(target, profile, list(measured.values()), errors, path, warnings))
     return done
