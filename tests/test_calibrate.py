@@ -18,6 +18,7 @@ import yaml
 from brokerlab.app.calibrate import (
     Measured,
     base_scenario,
+    busy_warnings,
     calibrate,
     fit,
     ladder,
@@ -116,3 +117,15 @@ def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
         path = tmp_path / f"mine-{target}.yaml"
         assert load_profile(path).kind == target
         assert f"{target}: replay of each run" in done.stdout
+
+
+def test_a_busy_machine_is_named_not_silently_fitted() -> None:
+    """A light rung that delivered 124/s of the 200/s offered says the machine was too busy."""
+    step = ladder("redis-streams")[0]
+
+    def rung(delivered: float) -> Measured:
+        return Measured(step, None, 0.5e-3, 2e-3, 1e-3, 5e-3, 1e-3, delivered)  # type: ignore[arg-type]
+
+    assert busy_warnings("redis-streams", {"light": rung(201.0)}) == []
+    (warning,) = busy_warnings("redis-streams", {"light": rung(124.0)})
+    assert "light rung delivered 124/s of 200/s" in warning and "too busy" in warning
