@@ -344,9 +344,9 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     The broker's servers do the publish work of the scenario's persistence mode, and for each
     delivery the delivery and ack work (the ack is charged with its delivery), ``parallelism`` at
     a time; service times the scenario sets itself win. A consumer's time per message is its
-    processing plus the client's per-message cost plus, when it acks after processing, the ack's
-    round trip (the harness waits for the reply before taking the next message; with no
-    processing time a batch is acked at once, so the round trip is shared by ``prefetch``).
+    processing plus the client's per-message cost and, when it has processing time, its
+    lateness waking from it (the ack's round trip is the engine's own: a consumer waits for the
+    reply, as the harness does).
     Producer batching (``linger``) is publish latency that does not use broker capacity.
     Publish quotas cap the publish rate at ``units × quota`` with one server per provisioned unit
     (``broker.throughput_units``, else ``broker.partitions``): throttled publishes queue there,
@@ -410,9 +410,6 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     processes = _mean(consumers.processing) > 0
     if processes:
         per_message.append(profile.client.timer)
-    if acks and consumers.ack == "after":
-        share = 1.0 if processes else 1.0 / consumers.prefetch
-        per_message.append(scaled(profile.round_trip, share))
     processing = add(*per_message)
     charged = scenario.model_copy(
         update={
