@@ -207,7 +207,7 @@ def test_runs_and_comparisons_mix_in_one_report(
     """A comparison expands to its target runs; a plain run folder adds one more column."""
     report = build_report([comparison.path, faulty_run.path], tmp_path / "mixed.html")
     summary = _section(report.read_text(encoding="utf-8"), "summary")
-    for label in ("sim", "nats", "sim-paused"):
+    for label in ("sim:nats", "nats", "sim-paused"):  # nats beside its simulator twin
         assert f'<span class="target">{label}</span>' in summary
     assert (tmp_path / "figures" / "throughput.svg").is_file()
 
