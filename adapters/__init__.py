@@ -1,4 +1,5 @@
-"""Real brokers: adapters, the load harness, embedded broker control.
+"""Real brokers: one record per target (:mod:`.targets`), adapters, the load harness, embedded
+broker control.
 
 ``run_real`` is imported lazily so that ``import brokerlab.adapters.embedded`` does not pull in the
 Redis and NATS clients.
@@ -18,7 +19,7 @@ __all__ = ["run_real"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run_real", "run_real_async", "ADAPTERS"):
+    if name in ("run_real", "run_real_async"):
         from brokerlab.adapters import registry
 
         return getattr(registry, name)

@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 
@@ -56,11 +56,11 @@ from brokerlab.adapters.binaries import (
     ServerBinary,
     find_server,
 )
+from brokerlab.adapters.targets import ServerKind, server_kinds
 from brokerlab.core.scenario import Broker, Persistence
 
 __all__ = [
     "HOST",
-    "TARGET_KINDS",
     "BrokerError",
     "BrokerStartError",
     "BrokerUnavailable",
@@ -76,13 +76,6 @@ __all__ = [
 
 HOST = "127.0.0.1"
 
-#: Real targets and the server each one runs on; both NATS targets share one JetStream server.
-TARGET_KINDS: dict[str, str] = {
-    "redis-streams": "redis",
-    "nats": "nats",
-    "nats-jetstream": "nats",
-}
-
 #: Attempts to find a free port when the probed one is taken before the server binds it.
 PORT_ATTEMPTS = 5
 
@@ -93,8 +86,6 @@ _POLL = 0.02  # seconds between readiness checks
 _NATS_READY = "Server is ready"
 _REDIS_READY = "Ready to accept connections"  # Redis 6.2 and 7.x alike
 _ADDRESS_IN_USE = "address already in use"
-
-ServerKind = Literal["redis", "nats"]
 
 
 class BrokerStartError(BrokerError):
@@ -674,9 +665,10 @@ def embedded_for(target: str, broker: Broker, workdir: Path) -> EmbeddedBroker:
     stream-level ones (storage, limits, dedup window, AckWait) are the adapter's job. The data
     folder is a fresh ``workdir/<kind>-XXXX`` so several brokers can share one run folder.
     """
-    if target not in TARGET_KINDS:
+    kinds = server_kinds()  # the target records' embedded-server strategies
+    if target not in kinds:
         raise ValueError(f"no embedded broker for target {target!r}; use one of {_targets()}")
-    kind = TARGET_KINDS[target]
+    kind = kinds[target]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
@@ -684,7 +676,7 @@ def embedded_for(target: str, broker: Broker, workdir: Path) -> EmbeddedBroker:
 
 
 def _targets() -> str:
-    return ", ".join(TARGET_KINDS)
+    return ", ".join(server_kinds())
 
 
 # --------------------------------------------------------------------------- notebook sessions
@@ -781,10 +773,11 @@ def brokers_up(
     ``status`` "started" or "already up".
     """
     state_dir = Path(state_dir)
-    unknown = [target for target in targets if target not in TARGET_KINDS]
+    target_kinds = server_kinds()
+    unknown = [target for target in targets if target not in target_kinds]
     if unknown or not targets:
         raise ValueError(f"unknown targets {unknown}; use one or more of {_targets()}")
-    kinds = list(dict.fromkeys(TARGET_KINDS[target] for target in targets))
+    kinds = list(dict.fromkeys(target_kinds[target] for target in targets))
     persistence = broker.persistence if broker is not None else Persistence()
     with _locked(state_dir):
         entries = {entry.get("kind"): entry for entry in _read_state(state_dir)}
@@ -793,7 +786,7 @@ def brokers_up(
             entry = entries.get(kind)
             if entry is not None and _recorded_process(entry)[0] is not None:
                 entry["targets"] = sorted(
-                    set(entry.get("targets", [])) | {t for t in targets if TARGET_KINDS[t] == kind}
+                    set(entry.get("targets", [])) | {t for t in targets if target_kinds[t] == kind}
                 )
                 results.append({**entry, "status": "already up"})
                 continue
@@ -804,7 +797,7 @@ def brokers_up(
             assert server.pid is not None
             entry = {
                 "kind": kind,
-                "targets": sorted(t for t in targets if TARGET_KINDS[t] == kind),
+                "targets": sorted(t for t in targets if target_kinds[t] == kind),
                 "pid": server.pid,
                 "create_time": psutil.Process(server.pid).create_time(),
                 "port": server.port,
@@ -874,7 +867,7 @@ def connect_urls(state_dir: Path) -> dict[str, str]:
     urls: dict[str, str] = {}
     for entry in brokers_status(state_dir):
         if entry["alive"]:
-            for target, kind in TARGET_KINDS.items():
+            for target, kind in server_kinds().items():
                 if kind == entry["kind"]:
                     urls[target] = str(entry["url"])
     return urls

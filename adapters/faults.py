@@ -34,10 +34,11 @@ exact, a uniform distribution is exact in range (``mean ± half-width``); other 
 approximated by a uniform jitter with the same mean and standard deviation (cut at zero), since the
 proxy draws ``delay ± jitter`` per chunk. Overlapping latency faults add up on top of it.
 
-Refusals (a :class:`FaultRefused`, a user error, before anything runs): ``broker-kill`` and
-``broker-pause`` only ever touch a broker the lab started for this run, never a broker given by
-URL (the machine's shared services); ``power_loss`` cannot be done to a real broker (a ``kill -9``
-keeps the OS page cache), the simulator models it.
+Refusals (a :class:`FaultRefused`, a user error, before anything runs): an action the target's
+record (:mod:`brokerlab.adapters.targets`) does not list; ``broker-kill`` and ``broker-pause``
+only ever touch a broker the lab started for this run, never a broker given by URL (the machine's
+shared services); ``power_loss`` cannot be done to a real broker (a ``kill -9`` keeps the OS page
+cache), the simulator models it.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from brokerlab.adapters.harness import now
+from brokerlab.adapters.harness.clock import now
 from brokerlab.adapters.proxy import FaultProxy
+from brokerlab.adapters.targets import Target
 from brokerlab.core.scenario import (
     Constant,
     Distribution,
@@ -64,14 +66,14 @@ from brokerlab.core.scenario import (
     Uniform,
 )
 from brokerlab.core.trace import FaultWindow
+from brokerlab.core.vocabulary import BROKER_FAULTS, NETWORK_FAULTS, FaultAction
 
 if TYPE_CHECKING:
     from brokerlab.adapters.embedded import EmbeddedBroker
 
-BROKER_ACTIONS = frozenset({"broker-kill", "broker-pause"})
-NETWORK_ACTIONS = frozenset({"partition", "latency", "connection-reset", "bandwidth"})
-CONSUMER_ACTIONS = frozenset({"consumer-crash", "slow-consumer"})
-PRODUCER_ACTIONS = frozenset({"producer-crash"})
+#: Client faults by the role they hit (both are parts of ``vocabulary.CLIENT_FAULTS``).
+CONSUMER_FAULTS: frozenset[FaultAction] = frozenset({"consumer-crash", "slow-consumer"})
+PRODUCER_FAULTS: frozenset[FaultAction] = frozenset({"producer-crash"})
 
 #: Longest a broker restart may take before the fault counts as "broker did not come back".
 RESTART_TIMEOUT = 15.0
@@ -100,20 +102,30 @@ def needs_proxies(scenario: Scenario) -> bool:
     return bool(scenario.faults) or scenario.network.delay.mean > 0
 
 
-def check_faults(scenario: Scenario, target: str, *, own_broker: bool, url_option: str) -> None:
+def check_faults(scenario: Scenario, target: Target, *, own_broker: bool) -> None:
     """Refuse, before anything runs, a timeline this run must not or cannot play.
 
     Args:
         scenario: the scenario as the target plays it.
-        target: the real target's name, for the message.
+        target: the real target's record: which faults it can play, power loss, its URL option
+            (for the message that says how to get an own broker instead).
         own_broker: whether the lab starts (and may therefore kill) the broker for this run.
-        url_option: the option that named a broker (``--redis-url`` / ``--nats-url``), for the
-            message that says how to get an own broker instead.
     """
     problems: list[tuple[str, str]] = []
+    option = target.url.flag
     for index, fault in enumerate(scenario.faults):
         where = f"faults[{index}]"
-        if fault.power_loss:
+        if fault.action not in target.faults:
+            played = ", ".join(sorted(target.faults)) or "none"
+            problems.append(
+                (
+                    f"{where}.action",
+                    f"{fault.action} is not supported on {target.name} (it plays: {played}); "
+                    "play it on the simulator (--target sim)",
+                )
+            )
+            continue
+        if fault.power_loss and not target.power_loss:
             problems.append(
                 (
                     f"{where}.power_loss",
@@ -121,28 +133,28 @@ def check_faults(scenario: Scenario, target: str, *, own_broker: bool, url_optio
                     "unsynced writes survive; play power loss on the simulator (--target sim)",
                 )
             )
-        if fault.action in BROKER_ACTIONS and not own_broker:
+        if fault.action in BROKER_FAULTS and not own_broker:
             problems.append(
                 (
                     f"{where}.action",
                     f"{fault.action} only runs on a broker the lab starts itself, never on one "
-                    f"given with {url_option} (a shared service); leave out {url_option} so "
+                    f"given with {option} (a shared service); leave out {option} so "
                     "the lab starts its own, or use a network fault such as partition",
                 )
             )
-        if fault.action in BROKER_ACTIONS and fault.target not in ("broker", "all"):
+        if fault.action in BROKER_FAULTS and fault.target not in ("broker", "all"):
             problems.append((f"{where}.target", f"{fault.action} hits the broker; use broker"))
         role = fault.target.partition("-")[0]
-        if fault.action in CONSUMER_ACTIONS and role in ("producer", "producers"):
+        if fault.action in CONSUMER_FAULTS and role in ("producer", "producers"):
             problems.append((f"{where}.target", f"{fault.action} needs consumers as target"))
-        if fault.action in PRODUCER_ACTIONS and role in ("consumer", "consumers"):
+        if fault.action in PRODUCER_FAULTS and role in ("consumer", "consumers"):
             problems.append((f"{where}.target", f"{fault.action} needs producers as target"))
         if fault.action == "latency" and fault.delay is None:
             problems.append((f"{where}.delay", "latency needs the added delay, e.g. 50ms"))
         if fault.action == "bandwidth" and not fault.bandwidth:
             problems.append((f"{where}.bandwidth", "bandwidth needs a limit, e.g. 100000/s"))
     if problems:
-        raise FaultRefused(target, problems)
+        raise FaultRefused(target.name, problems)
 
 
 def clients_of(scenario: Scenario) -> list[str]:
@@ -472,11 +484,11 @@ class FaultScheduler:
         """Apply one fault; return how to end it (None for an instant fault)."""
         action = fault.action
         scenario = self.scenario
-        if action in BROKER_ACTIONS:
+        if action in BROKER_FAULTS:
             return await self._begin_broker(action)
-        if action in NETWORK_ACTIONS:
+        if action in NETWORK_FAULTS:
             return await self._begin_network(index, fault)
-        if action in CONSUMER_ACTIONS:
+        if action in CONSUMER_FAULTS:
             consumers = indexes(fault, "consumer", scenario.consumers.count)
             if action == "slow-consumer":
                 for consumer in consumers:
@@ -503,7 +515,7 @@ class FaultScheduler:
 
         return restart_producers
 
-    async def _begin_broker(self, action: str) -> Undo:
+    async def _begin_broker(self, action: FaultAction) -> Undo:
         broker = self.broker
         if broker is None:  # check_faults refuses this before the run; never a shared broker
             raise RuntimeError(f"{action} needs a broker the lab started")
@@ -545,7 +557,7 @@ class FaultScheduler:
 
 @contextlib.asynccontextmanager
 async def fault_injection(
-    scenario: Scenario, url: str, *, broker: EmbeddedBroker | None, seed: int, target: str
+    scenario: Scenario, url: str, *, broker: EmbeddedBroker | None, seed: int, target: Target
 ) -> AsyncIterator[FaultScheduler | None]:
     """Per-client proxies and a scheduler for a run that needs them; ``None`` otherwise.
 
@@ -555,7 +567,7 @@ async def fault_injection(
     if not needs_proxies(scenario):
         yield None
         return
-    check_faults(scenario, target, own_broker=broker is not None, url_option="a broker URL")
+    check_faults(scenario, target, own_broker=broker is not None)
     delay = delay_as_latency(scenario.network.delay)
     network = ClientNetwork(url, clients_of(scenario), seed=seed, delay=delay)
     try:

@@ -125,6 +125,8 @@ class NatsCoreAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: The run's subject; consumers share the queue group ``names.group``.
+        self.subject = self.names.joined(".")
         self.connections = NatsConnections(self.url, self.scrub)
         self.publisher: Client | None = None
         #: per producer its connection; None while crashed (worker adapters share ``publisher``)
@@ -147,7 +149,7 @@ class NatsCoreAdapter(BrokerAdapter):
         self.info.update(
             {
                 "server_version": f"{version.major}.{version.minor}.{version.patch}",
-                "subject": self.names.subject,
+                "subject": self.subject,
                 "queue_group": self.names.group,
                 "pending_limit": self.scenario.broker.pending_limit,
                 "client": CLIENT,
@@ -176,7 +178,7 @@ class NatsCoreAdapter(BrokerAdapter):
         )
         inbox = _Inbox(limit)
         await client.subscribe(
-            self.names.subject,
+            self.subject,
             queue=self.names.group,
             cb=inbox.on_message,
             pending_msgs_limit=limit,
@@ -203,7 +205,7 @@ class NatsCoreAdapter(BrokerAdapter):
         client = self.producers.get(producer, self.publisher)
         if client is None or client.is_closed:
             raise ConnectionError(f"producer-{producer} is not connected")
-        publish, subject = client.publish, self.names.subject
+        publish, subject = client.publish, self.subject
         for payload in payloads:
             await publish(subject, payload)
         return None

@@ -169,6 +169,8 @@ class NatsJetStreamAdapter(BrokerAdapter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.stream = self.names.identifier()
+        self.subject = self.names.joined(".")
         self.connections = NatsConnections(self.url, self.scrub)
         self.publisher: Client | None = None  # the control connection
         self.js: JetStreamContext | None = None
@@ -188,8 +190,8 @@ class NatsJetStreamAdapter(BrokerAdapter):
     def _stream_config(self) -> StreamConfig:
         broker = self.scenario.broker
         config = StreamConfig(
-            name=self.names.stream,
-            subjects=[self.names.subject],
+            name=self.stream,
+            subjects=[self.subject],
             storage=StorageType.MEMORY if broker.storage == "memory" else StorageType.FILE,
             num_replicas=1,
             max_msgs=broker.max_length or -1,
@@ -208,7 +210,7 @@ class NatsJetStreamAdapter(BrokerAdapter):
             ack_wait=broker.ack_timeout,
             max_deliver=broker.max_deliveries or -1,
             max_ack_pending=broker.max_ack_pending,
-            filter_subject=self.names.subject,
+            filter_subject=self.subject,
         )
 
     async def setup(self) -> None:
@@ -222,15 +224,15 @@ class NatsJetStreamAdapter(BrokerAdapter):
         stream = self._stream_config()
         await self.js.add_stream(stream)
         self.stream_created = True
-        await self.js.add_consumer(self.names.stream, self._consumer_config())
+        await self.js.add_consumer(self.stream, self._consumer_config())
         for producer in range(self.scenario.producers.count):
             await self.open_producer(producer)
         version = self.publisher.connected_server_version
         self.info.update(
             {
                 "server_version": f"{version.major}.{version.minor}.{version.patch}",
-                "stream": self.names.stream,
-                "subject": self.names.subject,
+                "stream": self.stream,
+                "subject": self.subject,
                 "durable": self.names.group,
                 "storage": str(stream.storage.value if stream.storage else None),
                 "duplicate_window_s": stream.duplicate_window or "server default (120)",
@@ -269,7 +271,7 @@ class NatsJetStreamAdapter(BrokerAdapter):
         try:
             subscription = await js.pull_subscribe_bind(
                 durable=self.names.group,
-                stream=self.names.stream,
+                stream=self.stream,
                 pending_bytes_limit=PENDING_BYTES,
             )
         except BaseException:
@@ -298,7 +300,7 @@ class NatsJetStreamAdapter(BrokerAdapter):
                 assert self.publisher is not None
                 publisher = self.shared_publisher = _PubAcks(self.publisher)
                 await publisher.start()
-        return await publisher.publish(self.names.subject, payloads, dedup_ids)
+        return await publisher.publish(self.subject, payloads, dedup_ids)
 
     async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
         subscription = self.subscriptions[consumer]
@@ -319,14 +321,14 @@ class NatsJetStreamAdapter(BrokerAdapter):
             return
         self._next_restore = now() + RESTORE_INTERVAL
         try:
-            await self.js.stream_info(self.names.stream)
+            await self.js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
             await self.js.add_stream(self._stream_config())
             self.restored += 1
         try:
-            await self.js.consumer_info(self.names.stream, self.names.group)
+            await self.js.consumer_info(self.stream, self.names.group)
         except nats.js.errors.NotFoundError:
-            await self.js.add_consumer(self.names.stream, self._consumer_config())
+            await self.js.add_consumer(self.stream, self._consumer_config())
 
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
         for msg in handles:
@@ -342,5 +344,17 @@ class NatsJetStreamAdapter(BrokerAdapter):
         if self.stream_created and self.js is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await self.js.delete_stream(self.names.stream)  # deletes the consumer too
+                    await self.js.delete_stream(self.stream)  # deletes the consumer too
         await self.connections.close()
+
+
+class NatsJetStreamWorker(NatsJetStreamAdapter):
+    """JetStream in a worker process: binds to the parent's stream and durable, never creates or
+    deletes them (the target record's ``worker_adapter``)."""
+
+    async def setup(self) -> None:
+        self.publisher = await self.connections.connect(f"brokerlab-{self.names.run_id}-pub")
+        self.js = self.publisher.jetstream(
+            timeout=API_TIMEOUT, publish_async_max_pending=MAX_IN_FLIGHT * 4
+        )
+        # ``stream_created`` stays False, so ``close`` only disconnects.

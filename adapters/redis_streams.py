@@ -3,10 +3,13 @@
 Publishing writes XADD commands on one dedicated connection per producer without waiting for
 replies; a reader task matches replies to batches in order (Redis answers a connection's commands
 in order). That is true pipelining, like ``redis-benchmark -P``, and it keeps each producer's
-messages in send order, which a pool of connections would not. redis-py opens the connection (and
-authenticates); the adapter then packs XADDs as RESP bytes itself (redis-py's pure-Python packing
-was ~40% of a flat-out run) and parses the replies with hiredis. Consumers read XREADGROUP
-replies as they come off the wire, without a dict per entry.
+messages in send order, which a pool of connections would not. The adapter owns that connection
+outright (:func:`open_raw_connection`: asyncio streams, its own AUTH / SELECT), packs XADDs as
+RESP bytes itself (redis-py's pure-Python packing was ~40% of a flat-out run) and parses the
+replies with hiredis; it touches no private part of redis-py. Control and consumer clients are
+plain redis-py clients, created with a connection class whose command packer is linear
+(:func:`linear_connection_class`). Consumers read XREADGROUP replies as they come off the wire,
+without a dict per entry.
 
 Stuck entries (delivered, never acked for ``broker.ack_timeout``) are handed to a live consumer by
 a reclaimer task with XAUTOCLAIM; an entry past ``broker.max_deliveries`` is acked and dropped,
@@ -28,16 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 
 from brokerlab.adapters.harness import (
     BrokerAdapter,
@@ -66,36 +76,106 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.2, base=0.05), 2)
 
 
+async def open_raw_connection(
+    url: str, timeout: float = SOCKET_TIMEOUT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection of the producer's own to the Redis server at ``url``, ready for commands.
+
+    Why not a redis-py connection: the producer writes pre-packed XADDs and parses replies in
+    bulk, and redis-py offers no public way to do either on its connections (its streams are
+    private attributes). So the adapter owns this socket outright: asyncio streams, a handshake
+    of its own (``AUTH`` with the URL's user and password, ``SELECT`` of its database), replies
+    parsed by hiredis. Honoured from the URL: ``redis://`` and ``rediss://`` host, port, user,
+    password and database (path or ``?db=``), ``unix://`` paths; ``rediss://`` verifies the
+    server's certificate unless ``?ssl_cert_reqs=none``. Control and consumer clients are
+    redis-py's and read every option redis-py supports.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    db = query.get("db", [parts.path.lstrip("/") if parts.scheme != "unix" else ""])[0] or "0"
+    async with asyncio.timeout(timeout):
+        if parts.scheme == "unix":
+            reader, writer = await asyncio.open_unix_connection(parts.path)
+        elif parts.scheme in ("redis", "rediss"):
+            context = None
+            if parts.scheme == "rediss":
+                context = ssl.create_default_context()
+                if query.get("ssl_cert_reqs", [""])[0].lower() in ("none", "optional"):
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            host, port = parts.hostname or "localhost", parts.port or 6379
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+        else:
+            raise ValueError(f"not a Redis URL scheme: {parts.scheme!r}")
+        handshake = []
+        password = unquote(parts.password) if parts.password else query.get("password", [None])[0]
+        if password:
+            user = unquote(parts.username) if parts.username else None
+            handshake.append([b"AUTH", *([user.encode()] if user else []), password.encode()])
+        if db != "0":
+            handshake.append([b"SELECT", db.encode()])
+        # Always end with PING and wait for it, as redis-py's connect does with its own
+        # handshake: a server still loading its AOF answers -LOADING, and the connection counts
+        # as not made (the publish fails and is retried) instead of taking XADDs it holds.
+        handshake.append([b"PING"])
+        try:
+            writer.write(b"".join(_command(args) for args in handshake))
+            parser = hiredis.Reader()
+            for _ in handshake:
+                reply = parser.gets()
+                while reply is False:
+                    data = await reader.read(READ_SIZE)
+                    if not data:
+                        raise ConnectionResetError("closed by the broker during the handshake")
+                    parser.feed(data)
+                    reply = parser.gets()
+                if isinstance(reply, hiredis.ReplyError):
+                    # Server text such as "WRONGPASS invalid username-password pair" or
+                    # "LOADING Redis is loading the dataset in memory".
+                    raise redis.ConnectionError(str(reply))
+        except BaseException:
+            writer.transport.abort()
+            raise
+    return reader, writer
+
+
+def _command(args: Sequence[bytes]) -> bytes:
+    """One command as RESP bytes."""
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(arg) for arg in args)
+
+
 class _Link:
     """One connection of a producer: its streams and the batches still owed a reply, in order."""
 
-    __slots__ = ("connection", "reader", "stream", "waiting", "writer")
+    __slots__ = ("reader", "stream", "waiting", "writer")
 
-    def __init__(self, connection: AbstractConnection) -> None:
-        self.connection = connection
-        # redis-py did the handshake (AUTH, SELECT, ...); from here on the adapter owns the
-        # socket: it writes packed XADDs and parses the replies with its own hiredis reader.
-        self.stream: asyncio.StreamReader = connection._reader  # type: ignore[attr-defined]
-        self.writer: asyncio.StreamWriter = connection._writer  # type: ignore[attr-defined]
+    def __init__(self, stream: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stream = stream
+        self.writer = writer
         self.waiting: deque[tuple[asyncio.Future[PublishResults], PublishResults, int]] = deque()
         self.reader: asyncio.Task[None] | None = None
 
     @property
     def alive(self) -> bool:
-        return self.connection.is_connected and not self.writer.is_closing()
+        return not self.writer.is_closing()
+
+    def drop(self) -> None:
+        """Close the socket now, without a goodbye (what a crashed process does)."""
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
 
 
 class _Pipeline:
     """One producer's connection: XADDs written as they come, replies read in order.
 
     Commands are packed here as RESP bytes (one ``bytes.join`` per batch when the payloads have
-    one size) and written straight to the socket; a reader task parses replies with hiredis and
-    resolves batches in order. An error reply (e.g. OOM) becomes that message's
-    :class:`PublishRejected`; a broken link fails every batch still waiting.
+    one size) and written straight to the socket (:func:`open_raw_connection`); a reader task
+    parses replies with hiredis and resolves batches in order. An error reply (e.g. OOM) becomes
+    that message's :class:`PublishRejected`; a broken link fails every batch still waiting.
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
-        self.pool = pool
+    def __init__(self, url: str) -> None:
+        self.url = url
         self.link: _Link | None = None
 
     async def send(self, data: bytes, count: int) -> asyncio.Future[PublishResults]:
@@ -110,15 +190,12 @@ class _Pipeline:
             await link.writer.drain()  # waits only while the socket's send buffer is full
         except Exception as error:  # partly written: the broker may have some of them
             _fail_all(link, error)
-            with contextlib.suppress(Exception):
-                await link.connection.disconnect(nowait=True)
+            link.drop()
         return future
 
     async def _reconnect(self) -> _Link:
         await self.close()
-        connection = self.pool.make_connection()
-        await connection.connect()
-        link = self.link = _Link(connection)
+        link = self.link = _Link(*await open_raw_connection(self.url))
         link.reader = asyncio.create_task(self._read(link))
         return link
 
@@ -148,8 +225,7 @@ class _Pipeline:
             raise
         except Exception as error:
             _fail_all(link, error)
-            with contextlib.suppress(Exception):
-                await link.connection.disconnect(nowait=True)
+            link.drop()
 
     async def close(self) -> None:
         link, self.link = self.link, None
@@ -157,8 +233,7 @@ class _Pipeline:
             return
         if link.reader is not None:
             await stop_tasks([link.reader], grace=0.0)
-        with contextlib.suppress(Exception):
-            await link.connection.disconnect(nowait=True)
+        link.drop()
         _fail_all(link, ConnectionAbortedError("closed"))
 
 
@@ -173,12 +248,14 @@ def _fail_all(link: _Link, error: BaseException) -> None:
 _LINEAR: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def _linear_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    """``base`` (whichever connection class the URL asks for) with a command packer that is
-    linear in the number of arguments.
+def linear_connection_class(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (the connection class redis-py picks for a URL: TCP, TLS or unix socket) with a
+    command packer that is linear in the number of arguments; handed to the pool when it is
+    created (its ``connection_class`` parameter, see :func:`connection_pool`).
 
     redis-py's ``pack_command`` re-joins its growing buffer for every argument below 6 kB, which
-    made an XACK of 256 ids cost ~200 µs, most of a consumer's time under load.
+    made an XACK of 256 ids cost ~200 µs, most of a consumer's time under load. The subclass
+    overrides that one public method and nothing else.
     """
     found = _LINEAR.get(base)
     if found is None:
@@ -198,6 +275,19 @@ def _linear_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
 
         found = _LINEAR[base] = type(base.__name__, (base,), {"pack_command": pack_command})
     return found
+
+
+def connection_pool(url: str, **options: Any) -> ConnectionPool:
+    """A redis-py pool for ``url`` whose connections pack commands linearly.
+
+    ``ConnectionPool.from_url`` lets the URL's own connection class (TLS, unix socket) win over
+    a ``connection_class`` argument, so the URL is parsed first (``parse_url``, what
+    ``from_url`` does) and the pool created with the subclass of the class the URL asks for.
+    """
+    parsed = parse_url(url)
+    base = parsed.pop("connection_class", Connection)
+    # As from_url: the URL's options win over the arguments.
+    return ConnectionPool(**{**options, **parsed}, connection_class=linear_connection_class(base))
 
 
 def _stream_entries(reply: Any, **_options: Any) -> list[Any]:
@@ -248,7 +338,7 @@ class RedisStreamsAdapter(BrokerAdapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         broker = self.scenario.broker
-        self.key = self.names.key
+        self.key = self.names.joined(":")
         self.group = self.names.group
         self.maxlen = broker.max_length or None
         self.noack = self.scenario.consumers.ack == "none"
@@ -267,13 +357,12 @@ class RedisStreamsAdapter(BrokerAdapter):
         self.groups_recreated = 0
 
     def _pool(self, client: str, *, socket_timeout: float | None, retry: Retry) -> ConnectionPool:
-        pool = ConnectionPool.from_url(
+        pool = connection_pool(
             self.url_for(client),
             socket_connect_timeout=SOCKET_TIMEOUT,
             socket_timeout=socket_timeout,
             retry=retry,
         )
-        pool.connection_class = _linear_packing(pool.connection_class)
         self._pools.append(pool)
         return pool
 
@@ -302,7 +391,9 @@ class RedisStreamsAdapter(BrokerAdapter):
         await self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
 
     async def open_consumers(self, count: int) -> None:
-        self.consumer_names = [f"consumer-{i}" for i in range(count)]
+        # Run-wide numbers, so broker-side names are unique across worker processes too.
+        numbers = self.consumer_ids if self.consumer_ids is not None else range(count)
+        self.consumer_names = [f"consumer-{i}" for i in numbers]
         self.claimed = [deque() for _ in range(count)]
         self.consumer_clients = [None] * count
         self.history = [None] * count
@@ -338,13 +429,9 @@ class RedisStreamsAdapter(BrokerAdapter):
     ) -> Awaitable[PublishResults]:
         pipeline = self.pipelines.get(producer)
         if pipeline is None:
-            # Publishers get no socket timeout: the harness times publishes out itself, and
-            # redis-py would wrap every write in a timer task. No retries either: the harness
-            # applies the scenario's retry policy.
-            pool = self._pool(
-                f"producer-{producer}", socket_timeout=None, retry=Retry(NoBackoff(), 0)
-            )
-            pipeline = self.pipelines[producer] = _Pipeline(pool)
+            # No socket timeout and no retries on publishers: the harness times publishes out
+            # itself and applies the scenario's retry policy.
+            pipeline = self.pipelines[producer] = _Pipeline(self.url_for(f"producer-{producer}"))
         return await pipeline.send(self._pack(payloads), len(payloads))
 
     def _consumer(self, consumer: int) -> aioredis.Redis:
@@ -474,3 +561,18 @@ class RedisStreamsAdapter(BrokerAdapter):
         for pool in self._pools:
             with contextlib.suppress(Exception):
                 await pool.disconnect()
+
+
+class RedisStreamsWorker(RedisStreamsAdapter):
+    """Redis Streams in a worker process: uses the parent's stream and group, never creates or
+    deletes them (the target record's ``worker_adapter``)."""
+
+    async def setup(self) -> None:
+        # Connections open lazily; ping so a broker this worker cannot reach fails here, clearly.
+        await self.client.ping()
+
+    async def close(self) -> None:
+        # The adapter's close ends with DEL of the stream, which belongs to the parent: point that
+        # DEL at a key that does not exist and reuse the rest (tasks, pipelines, connections).
+        self.key = f"{self.key}:detached-worker"
+        await super().close()

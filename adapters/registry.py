@@ -1,4 +1,5 @@
-"""Real targets: name -> adapter, and :func:`run_real`, the one entry point the runner calls.
+""":func:`run_real`, the one entry point the runner calls for a real target (a record of
+:mod:`brokerlab.adapters.targets`).
 
 A run either starts its own broker (no URL: :func:`adapters.embedded.embedded_for`, stopped in a
 ``finally`` whatever happens) or uses an existing one (URL, credentials allowed). Either way the
@@ -20,48 +21,36 @@ from typing import TYPE_CHECKING, Any
 
 from brokerlab.adapters.faults import check_faults, fault_injection, needs_proxies
 from brokerlab.adapters.harness import (
-    AdapterFactory,
     BrokerAdapter,
+    Crew,
+    LocalCrew,
     RealBrokerError,
     RunNames,
     Scrubber,
-    run_harness,
+    play,
 )
-from brokerlab.adapters.nats_core import NatsCoreAdapter
-from brokerlab.adapters.nats_jetstream import NatsJetStreamAdapter
-from brokerlab.adapters.redis_streams import RedisStreamsAdapter
-from brokerlab.adapters.workers import run_workers, worker_count
-from brokerlab.core.load import plan_load
+from brokerlab.adapters.targets import Target, get_target, target_names, url_options
+from brokerlab.adapters.workers import WorkerCrew, worker_count
+from brokerlab.core.load import plan_load, streams
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult
 
 if TYPE_CHECKING:
     from brokerlab.adapters.embedded import EmbeddedBroker
 
-#: Real target name -> adapter class.
-ADAPTERS: dict[str, AdapterFactory] = {
-    "redis-streams": RedisStreamsAdapter,
-    "nats": NatsCoreAdapter,
-    "nats-jetstream": NatsJetStreamAdapter,
-}
+__all__ = ["get_target", "run_names", "run_real", "run_real_async", "target_names"]
 
 
 def run_names(scenario: Scenario) -> RunNames:
     """Fresh, broker-safe names for one run (letters, digits, ``-`` and ``_`` only)."""
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
     group = re.sub(r"[^A-Za-z0-9_-]", "_", scenario.consumers.group)
-    return RunNames(
-        run_id=run_id,
-        key=f"brokerlab:{run_id}",
-        subject=f"brokerlab.{run_id}",
-        stream=f"BROKERLAB_{run_id.replace('-', '_')}",
-        group=group,
-    )
+    return RunNames(run_id=run_id, group=group)
 
 
 @contextlib.contextmanager
 def _broker_url(
-    target: str, scenario: Scenario, url: str | None, workdir: Path
+    target: Target, scenario: Scenario, url: str | None, workdir: Path
 ) -> Iterator[tuple[str, dict[str, Any], EmbeddedBroker | None]]:
     """The URL to use, facts about the broker, and the broker if the lab started it (the only
     kind a fault may kill or pause); an embedded one lives as long as the block."""
@@ -70,39 +59,45 @@ def _broker_url(
         return
     from brokerlab.adapters.embedded import embedded_for
 
-    with embedded_for(target, scenario.broker, workdir) as embedded:
+    with embedded_for(target.name, scenario.broker, workdir) as embedded:
         yield embedded.url, {"broker": "embedded", "embedded": dict(embedded.info)}, embedded
 
 
 async def run_real_async(
     scenario: Scenario,
-    target: str,
+    target: str | Target,
     seed: int,
     *,
     url: str,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
     broker: EmbeddedBroker | None = None,
+    names: RunNames | None = None,
+    on_start: Callable[[list[int]], None] | None = None,
 ) -> TargetResult:
     """Run a scenario on a broker reachable at ``url`` (inside a running event loop).
 
     ``workers`` processes play it (default: :func:`adapters.workers.worker_count` decides from
-    the offered rate and ``BROKERLAB_WORKERS``); one trace comes back either way. A run with
-    faults or network delay plays in one process, its clients behind per-client fault proxies
+    the offered rate and ``BROKERLAB_WORKERS``); one trace comes back either way, from the one
+    run function :func:`brokerlab.adapters.harness.play`. A run with faults or network delay
+    plays in one process, its clients behind per-client fault proxies
     (:mod:`adapters.faults`); ``broker`` is the lab's own broker, which only then may be killed.
+    ``names`` fixes the run's broker object names and ``on_start`` gets worker pids (tests).
     """
-    factory = ADAPTERS[target]
-    names = run_names(scenario)
-    faulty = needs_proxies(scenario)
-    count = 1 if faulty else worker_count(scenario, target, workers)
-    if count > 1:
-        return await run_workers(factory, url, scenario, seed, names, count, progress=progress)
-    adapter: BrokerAdapter = factory(url, scenario, names)
+    record = target if isinstance(target, Target) else get_target(target)
+    names = names or run_names(scenario)
     plan = plan_load(scenario, seed)
-    async with fault_injection(scenario, url, broker=broker, seed=seed, target=target) as faults:
-        if faults is not None:
-            adapter.client_urls = dict(faults.client_urls)
-        return await run_harness(adapter, scenario, seed, plan, progress=progress, faults=faults)
+    count = 1 if needs_proxies(scenario) else worker_count(scenario, record, workers)
+    adapter: BrokerAdapter = record.adapter_class()(url, scenario, names)
+    async with fault_injection(scenario, url, broker=broker, seed=seed, target=record) as faults:
+        crew: Crew
+        if count > 1:
+            crew = WorkerCrew(record, url, scenario, seed, names, plan, count, on_start=on_start)
+        else:
+            if faults is not None:
+                adapter.client_urls = dict(faults.client_urls)
+            crew = LocalCrew(adapter, scenario, plan, streams(seed)["processing"])
+        return await play(adapter, scenario, crew, progress=progress, faults=faults)
 
 
 def _run_to_completion(coroutine: Coroutine[Any, Any, TargetResult]) -> TargetResult:
@@ -126,29 +121,34 @@ def run_real(
     seed: int,
     *,
     workdir: Path,
-    redis_url: str | None = None,
-    nats_url: str | None = None,
+    url: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    **urls: str | None,
 ) -> TargetResult:
     """Run ``scenario`` on a real ``target`` and return its trace.
 
-    ``target`` is ``redis-streams``, ``nats`` or ``nats-jetstream``. Without a URL for it, the lab
-    starts its own broker in ``workdir`` for this run and stops it afterwards.
+    ``target`` names a registered target (:mod:`brokerlab.adapters.targets`). ``url``, or the
+    target's URL option by its Python name (``redis_url=...``, ``nats_url=...``), names an
+    existing broker; without one the lab starts its own in ``workdir`` for this run and stops it
+    afterwards. Faults the target cannot or must not play are refused (``FaultRefused``) before
+    any broker or client starts.
     """
-    if target not in ADAPTERS:
-        raise ValueError(f"unknown real target {target!r}; use one of {', '.join(ADAPTERS)}")
-    url = redis_url if target == "redis-streams" else nats_url
-    option = "--redis-url" if target == "redis-streams" else "--nats-url"
+    record = get_target(target)
+    known = {option.key for option in url_options()}
+    unknown = sorted(set(urls) - known)
+    if unknown:
+        raise TypeError(f"run_real: unknown URL arguments {unknown}; use url= or {sorted(known)}")
+    url = url or urls.get(record.url.key)
     # Before any broker or client starts: never kill or pause a broker the lab did not start.
-    check_faults(scenario, target, own_broker=url is None, url_option=option)
+    check_faults(scenario, record, own_broker=url is None)
     scrub = Scrubber(url) if url else None
     try:
-        with _broker_url(target, scenario, url, workdir) as (broker_url, broker_info, embedded):
+        with _broker_url(record, scenario, url, workdir) as (broker_url, broker_info, embedded):
             result = _run_to_completion(
                 run_real_async(
                     scenario,
-                    target,
+                    record,
                     seed,
                     url=broker_url,
                     progress=progress,

@@ -3,14 +3,16 @@
 One Python process tops out at some tens of thousands of messages a second: encoding, the client's
 protocol code and the consumer loop share one core (the GIL). Past that the harness's own lag
 shows up as publish delay and latency the broker did not cause. So a run whose offered rate is
-above what one process sustains (:data:`SINGLE_PROCESS_MAX_RATE`), or that asks for it
-(``BROKERLAB_WORKERS=N``), plays its plan in N ``spawn`` processes:
+above what one process sustains (its target record's ``single_process_rate``), or that asks for
+it (``BROKERLAB_WORKERS=N``), plays its plan in N ``spawn`` processes. :class:`WorkerCrew` is the
+harness's :class:`~brokerlab.adapters.harness.Crew` for that case, so the run itself (setup,
+start, drain, teardown, the trace) is :func:`brokerlab.adapters.harness.play`, as in one process:
 
 * The parent creates the run's broker objects (``setup``) and deletes them (``close``), once; a
-  worker's adapter (:data:`WORKER_ADAPTERS`) only connects to them and disconnects.
+  worker's adapter (the record's ``worker_adapter``) only connects to them and disconnects.
 * Every process draws the same plan from scenario and seed; worker ``i`` plays producers and
-  consumers ``i, i + N, ...`` with the harness's own :class:`ProducerGroup` and
-  :class:`ConsumerGroup`, so the sending and consuming code is the single-process code.
+  consumers ``i, i + N, ...`` with a :class:`~brokerlab.adapters.harness.LocalCrew`, so the
+  sending and consuming code is the single-process code.
 * The send columns and a "completed" flag per message live in shared memory: each worker fills
   its producers' rows in place, and the parent sees the whole run, for progress and for the final
   drain (every acked message completed, by whichever process's consumer got it).
@@ -35,52 +37,36 @@ import queue
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import numpy as np
 
-from brokerlab.adapters import harness
 from brokerlab.adapters.harness import (
-    ACKED,
     CLOSE_TIMEOUT,
     FETCH_WAIT,
-    MAX_IN_FLIGHT,
-    TICK,
-    AdapterFactory,
+    SETUP_TIMEOUT,
     BrokerAdapter,
-    ConsumerGroup,
+    Crew,
+    CrewReport,
     DeliveryLog,
-    ProducerGroup,
+    LocalCrew,
     RealBrokerError,
     RunNames,
     Scrubber,
     SendLog,
     hard_deadline,
     now,
-    stop_tasks,
+    play,
+    send_budget,
 )
-from brokerlab.adapters.nats_core import NatsCoreAdapter
-from brokerlab.adapters.nats_jetstream import API_TIMEOUT, NatsJetStreamAdapter
-from brokerlab.adapters.redis_streams import RedisStreamsAdapter
-from brokerlab.core.load import LoadPlan, draw, plan_load, streams
+from brokerlab.adapters.targets import Target, get_target
+from brokerlab.core.load import LoadPlan, plan_load, streams
 from brokerlab.core.scenario import OnOff, Scenario
 from brokerlab.core.trace import TargetResult
 
-#: Offered rate (messages/s) up to which one process keeps up, per target: where it stopped
-#: keeping up (p99 publish delay over ``harness.BEHIND_P99``, or not everything delivered) in
-#: ``python bench/bench_brokers.py --sweep`` on the 2-core reference machine, with hiredis.
-#: Redis kept up at 40k/s and not at 80k/s; NATS at 60k/s, not 120k/s; JetStream at 4k/s, not
-#: 8k/s. There, the broker shares the two cores, so a second process buys little in open-loop
-#: runs (it roughly doubles flat-out Redis publishing): the limits are the single-process
-#: limits, not a safety margin below them.
-SINGLE_PROCESS_MAX_RATE: dict[str, float] = {
-    "redis-streams": 40_000.0,
-    "nats": 60_000.0,
-    "nats-jetstream": 5_000.0,
-}
 #: Environment variable that sets the number of processes (1 = single process), for the CLI too.
 WORKERS_ENV = "BROKERLAB_WORKERS"
 #: Longest a worker may take to start, import, connect and open its consumers.
@@ -95,51 +81,6 @@ POLL = 0.005
 ABORT_GRACE = 2.0
 #: How long a finished worker may take to stop its consumers, disconnect and hand its deliveries.
 FINISH_TIMEOUT = FETCH_WAIT + 1.0 + CLOSE_TIMEOUT + 5.0
-
-
-# --------------------------------------------------------------------------- worker adapters
-
-
-class RedisStreamsWorker(RedisStreamsAdapter):
-    """Redis Streams in a worker: uses the parent's stream and group, never creates or deletes."""
-
-    #: The run's consumer numbers this worker plays (set before ``open_consumers``).
-    consumer_ids: Sequence[int] = ()
-
-    async def setup(self) -> None:
-        # Connections open lazily; ping so a broker this worker cannot reach fails here, clearly.
-        await self.client.ping()
-
-    async def open_consumers(self, count: int) -> None:
-        await super().open_consumers(count)
-        # Broker-side names follow the run's consumer numbers, so they are unique across workers.
-        self.consumer_names = [f"consumer-{c}" for c in self.consumer_ids]
-
-    async def close(self) -> None:
-        # The adapter's close ends with DEL of the stream, which belongs to the parent: point that
-        # DEL at a key that does not exist and reuse the rest (tasks, pipelines, connections).
-        self.key = f"{self.key}:detached-worker"
-        await super().close()
-
-
-class NatsJetStreamWorker(NatsJetStreamAdapter):
-    """JetStream in a worker: binds to the parent's stream and durable, never creates or deletes."""
-
-    async def setup(self) -> None:
-        self.publisher = await self.connections.connect(f"brokerlab-{self.names.run_id}-pub")
-        self.js = self.publisher.jetstream(
-            timeout=API_TIMEOUT, publish_async_max_pending=MAX_IN_FLIGHT * 4
-        )
-        # ``stream_created`` stays False, so ``close`` only disconnects.
-
-
-#: Target -> the adapter a worker process uses. NATS core creates nothing, so its own adapter
-#: does. A target missing here always runs in one process.
-WORKER_ADAPTERS: dict[str, AdapterFactory] = {
-    "redis-streams": RedisStreamsWorker,
-    "nats": NatsCoreAdapter,
-    "nats-jetstream": NatsJetStreamWorker,
-}
 
 
 # --------------------------------------------------------------------------- how many
@@ -168,20 +109,22 @@ def peak_rate(scenario: Scenario) -> float:
     return producers.rate
 
 
-def worker_count(scenario: Scenario, target: str, requested: int | None = None) -> int:
+def worker_count(scenario: Scenario, target: str | Target, requested: int | None = None) -> int:
     """How many processes play a run.
 
     ``requested`` (or else ``BROKERLAB_WORKERS``) wins; otherwise enough processes that each stays
     under the target's single-process rate, at most one per CPU. Never more than there are
-    producers or consumers to share out, and always 1 for scenarios with faults or network delay,
-    which the single-process harness injects (through its fault proxies).
+    producers or consumers to share out, and always 1 for a target without a worker adapter and
+    for scenarios with faults or network delay, which one process injects (through its fault
+    proxies).
     """
-    if target not in WORKER_ADAPTERS or scenario.faults or scenario.network.delay.mean > 0:
+    record = target if isinstance(target, Target) else get_target(target)
+    if record.worker_adapter is None or scenario.faults or scenario.network.delay.mean > 0:
         return 1
     if requested is None:
         requested = requested_workers()
     if requested is None:
-        needed = math.ceil(peak_rate(scenario) / SINGLE_PROCESS_MAX_RATE[target])
+        needed = math.ceil(peak_rate(scenario) / record.single_process_rate)
         requested = min(needed, os.cpu_count() or 1)
     parts = max(scenario.producers.count, scenario.consumers.count)
     return max(1, min(requested, parts))
@@ -243,7 +186,7 @@ class WorkerJob:
 
     index: int
     workers: int
-    target: str
+    target: Target  # the record itself: a target registered at run time is not in a new process
     url: str
     scenario: Scenario
     seed: int
@@ -299,7 +242,8 @@ def worker_main(job: WorkerJob, shared: SharedRun, messages: multiprocessing.Que
         sys.exit(1)
     except BaseException as error:  # a bug: hand the parent the traceback's end
         detail = traceback.format_exc(limit=-4)
-        text = f"{job.target}: worker {job.index} failed: {type(error).__name__}: {error}\n{detail}"
+        what = f"{job.target.name}: worker {job.index} failed"
+        text = f"{what}: {type(error).__name__}: {error}\n{detail}"
         messages.put(("error", job.index, scrub(text).rstrip()))
         sys.exit(1)
     messages.put(("done", job.index, report))
@@ -318,31 +262,40 @@ async def _wait_for(ready: Callable[[], bool], deadline: float, parent_pid: int,
 async def _play(
     job: WorkerJob, shared: SharedRun, messages: multiprocessing.Queue[Any]
 ) -> WorkerReport:
-    """The worker's run: connect, report ready, send from the shared start, consume until stop."""
+    """The worker's run: connect, report ready, send from the shared start, consume until stop.
+
+    Its producers and consumers are a :class:`LocalCrew` over the shared send columns and
+    completed flags: the single-process code, on this worker's share.
+    """
     scenario = job.scenario
     plan = plan_load(scenario, job.seed)
-    sends = shared.send_log(plan)
     deliveries = DeliveryLog(plan)
     deliveries.done = shared.done_flags()
-    rng = streams(job.seed)["processing"].spawn(job.workers)[job.index]
-    processing = draw(scenario.consumers.processing, rng, len(plan) // job.workers + 1024)
-    adapter = WORKER_ADAPTERS[job.target](job.url, scenario, job.names)
-    if isinstance(adapter, RedisStreamsWorker):
-        adapter.consumer_ids = job.consumers
-    consumers = ConsumerGroup(adapter, scenario, deliveries, processing, rng)
+    factory = job.target.worker_adapter_class()
+    assert factory is not None, "worker_count gives one process to a target without one"
+    adapter = factory(job.url, scenario, job.names)
+    adapter.consumer_ids = job.consumers  # run-wide numbers, for broker-side consumer names
+    crew = LocalCrew(
+        adapter,
+        scenario,
+        plan,
+        streams(job.seed)["processing"].spawn(job.workers)[job.index],
+        producers=job.producers,
+        consumers=len(job.consumers),
+        draws=len(plan) // job.workers,
+        sends=shared.send_log(plan),
+        deliveries=deliveries,
+    )
     warnings: list[str] = []
     try:
         try:
-            async with asyncio.timeout(30.0):
+            async with asyncio.timeout(SETUP_TIMEOUT):
                 await adapter.setup()
-                if job.consumers:
-                    await adapter.open_consumers(len(job.consumers))
+                await crew.connect()
         except Exception as error:
             raise RealBrokerError(
-                adapter.scrub(f"{job.target}: worker {job.index} could not connect: {error!r}")
+                adapter.scrub(f"{job.target.name}: worker {job.index} could not connect: {error!r}")
             ) from None
-        for consumer in range(len(job.consumers)):
-            consumers.start(consumer)
         messages.put(("ready", job.index, len(plan)))
         await _wait_for(
             lambda: not math.isnan(shared.start.value) or bool(shared.stop.value),
@@ -352,15 +305,8 @@ async def _play(
         )
         t0 = shared.start.value
         if not shared.stop.value:
-            producers = ProducerGroup(adapter, scenario, plan, sends, job.producers, t0)
-            send_budget = hard_deadline(scenario, plan) - scenario.drain_timeout
-            try:
-                async with asyncio.timeout(max(0.0, t0 + send_budget - now())):
-                    await producers.run()
-                    await adapter.flush()
-            except TimeoutError:
-                producers.abandon()
-                warnings.append("publishing did not finish in time; unsettled sends are unknown")
+            crew.start(t0)
+            warnings += await crew.send(t0 + send_budget(scenario, plan))
             messages.put(("sent", job.index, None))
         await _wait_for(
             lambda: bool(shared.stop.value),
@@ -369,12 +315,12 @@ async def _play(
             "stop signal",
         )
     finally:
-        consumers.stopping = True
-        await stop_tasks([*consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
+        await crew.stop()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await adapter.close()
     local_to_run = np.asarray(job.consumers, dtype="int32")
+    consumers = crew.report()
     return WorkerReport(
         producer=np.asarray(deliveries.producer, dtype="int64"),
         seq=np.asarray(deliveries.seq, dtype="int64"),
@@ -393,7 +339,7 @@ async def _play(
 
 
 class _Workers:
-    """The parent's view of its worker processes: their stage, reports, failures, progress."""
+    """The parent's view of its worker processes: their stage, reports and failures."""
 
     def __init__(
         self,
@@ -401,16 +347,13 @@ class _Workers:
         processes: list[SpawnProcess],
         messages: multiprocessing.Queue[Any],
         shared: SharedRun,
-        progress: Callable[[int, int], None] | None,
     ) -> None:
         self.target = target
         self.processes = processes
         self.messages = messages
         self.shared = shared
-        self.progress = progress
         self.stage: dict[int, str] = {}
         self.reports: dict[int, WorkerReport] = {}
-        self._next_tick = 0.0
 
     def poll(self) -> None:
         """Take in worker messages; raise if a worker failed or died without reporting."""
@@ -425,9 +368,6 @@ class _Workers:
                     f"{process.exitcode} during the run"
                     + ("" if process.exitcode else " without reporting")
                 )
-        if self.progress is not None and now() >= self._next_tick:
-            self._next_tick = now() + TICK
-            self.progress(int(np.count_nonzero(self.shared.done_flags())), self.shared.size)
 
     def _receive(self) -> None:
         while True:
@@ -480,8 +420,132 @@ def split(count: int, workers: int) -> list[tuple[int, ...]]:
     return [tuple(range(count))[index::workers] for index in range(workers)]
 
 
+class WorkerCrew(Crew):
+    """A run's producers and consumers spread over ``workers`` spawn processes.
+
+    :func:`brokerlab.adapters.harness.play` drives it like the one-process crew: the parent's
+    adapter has set the broker up before :meth:`connect` starts the workers, and closes it after
+    :meth:`stop` has made sure none is left. ``on_start`` gets the worker pids once they run (for
+    tests and monitoring).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        url: str,
+        scenario: Scenario,
+        seed: int,
+        names: RunNames,
+        plan: LoadPlan,
+        workers: int,
+        *,
+        on_start: Callable[[list[int]], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.url = url
+        self.scenario = scenario
+        self.seed = seed
+        self.names = names
+        self.plan = plan
+        self.workers = workers
+        self.lead = START_LEAD + START_LEAD_PER_MESSAGE * len(plan)
+        self.on_start = on_start
+        self.context = multiprocessing.get_context("spawn")
+        self.shared = SharedRun.allocate(self.context, plan)
+        self.sends = self.shared.send_log(plan)
+        messages: multiprocessing.Queue[Any] = self.context.Queue()
+        self.pool = _Workers(target.name, [], messages, self.shared)
+        self.finished = False
+
+    async def connect(self) -> None:
+        producer_shares = split(self.scenario.producers.count, self.workers)
+        consumer_shares = split(self.scenario.consumers.count, self.workers)
+        for index in range(self.workers):
+            job = WorkerJob(
+                index=index,
+                workers=self.workers,
+                target=self.target,
+                url=self.url,
+                scenario=self.scenario,
+                seed=self.seed,
+                names=self.names,
+                producers=producer_shares[index],
+                consumers=consumer_shares[index],
+                parent_pid=os.getpid(),
+            )
+            process = self.context.Process(
+                target=worker_main,
+                args=(job, self.shared, self.pool.messages),
+                name=f"brokerlab-worker-{index}",
+                daemon=True,
+            )
+            process.start()
+            self.pool.processes.append(process)
+        if self.on_start is not None:
+            self.on_start([int(p.pid or 0) for p in self.pool.processes])
+        pool = self.pool
+        if not await pool.wait(lambda: pool.reached("ready"), READY_TIMEOUT):
+            raise RealBrokerError(
+                f"{self.target.name}: workers not ready within {READY_TIMEOUT:g} s"
+            )
+
+    def start(self, t0: float) -> None:
+        self.shared.start.value = t0  # workers poll for it; their clients are out of reach
+
+    async def send(self, deadline: float) -> list[str]:
+        pool = self.pool
+        if not await pool.wait(lambda: pool.reached("sent", "done"), deadline + 5.0 - now()):
+            return ["a worker did not finish publishing in time; the drain went ahead"]
+        return []
+
+    def done(self) -> np.ndarray:
+        return self.shared.done_flags()
+
+    def completed(self) -> int:
+        return int(np.count_nonzero(self.shared.done_flags()))
+
+    def check(self) -> None:
+        self.pool.poll()
+
+    async def finish(self) -> None:
+        pool = self.pool
+        self.shared.stop.value = 1
+        if not await pool.wait(lambda: len(pool.reports) == self.workers, FINISH_TIMEOUT):
+            raise RealBrokerError(
+                f"{self.target.name}: workers did not report within {FINISH_TIMEOUT:g} s"
+            )
+        self.finished = True
+
+    def halt(self) -> None:
+        self.shared.stop.value = 1
+
+    async def stop(self) -> None:
+        grace = FINISH_TIMEOUT if self.finished else ABORT_GRACE
+        self.pool.end(grace)
+
+    def report(self) -> CrewReport:
+        """One delivery log from the workers' reports, as one process would have appended it."""
+        ordered = [self.pool.reports[i] for i in sorted(self.pool.reports)]
+        deliveries = DeliveryLog(self.plan)
+        if not ordered:
+            return CrewReport(deliveries)
+        order = np.argsort(np.concatenate([r.t_delivered for r in ordered]), kind="stable")
+        for name in DELIVERY_COLUMNS:  # chronological
+            setattr(deliveries, name, np.concatenate([getattr(r, name) for r in ordered])[order])
+        deliveries.unexpected = sum(r.unexpected for r in ordered)
+        kinds: dict[str, int] = {}
+        for report in ordered:
+            for kind, count in report.error_kinds.items():
+                kinds[kind] = kinds.get(kind, 0) + count
+        warnings: list[str] = []
+        for report in ordered:
+            warnings += [w for w in report.warnings if w not in warnings]
+        errors = np.concatenate([r.errors for r in ordered]).tolist()
+        return CrewReport(deliveries, errors, kinds, warnings)
+
+
 async def run_workers(
-    factory: AdapterFactory,
+    target: str | Target,
     url: str,
     scenario: Scenario,
     seed: int,
@@ -491,112 +555,10 @@ async def run_workers(
     progress: Callable[[int, int], None] | None = None,
     on_start: Callable[[list[int]], None] | None = None,
 ) -> TargetResult:
-    """Play a scenario in ``workers`` processes and merge their traces into one result.
-
-    ``on_start`` gets the worker pids once they run (for tests and monitoring). The parent's
-    adapter sets the broker up and always closes it, after every worker has gone.
-    """
+    """Play a scenario in ``workers`` processes: :func:`~brokerlab.adapters.harness.play` with
+    a :class:`WorkerCrew`, one trace back."""
+    record = target if isinstance(target, Target) else get_target(target)
     plan = plan_load(scenario, seed)
-    context = multiprocessing.get_context("spawn")
-    shared = SharedRun.allocate(context, plan)
-    sends = shared.send_log(plan)
-    adapter = factory(url, scenario, names)
-    target = adapter.target
-    messages: multiprocessing.Queue[Any] = context.Queue()
-    pool = _Workers(target, [], messages, shared, progress)
-    t0 = now()
-    warnings: list[str] = []
-    finished = False
-    try:
-        try:
-            async with asyncio.timeout(30.0):
-                await adapter.setup()
-        except Exception as error:
-            raise RealBrokerError(
-                adapter.scrub(f"{target}: could not set up the broker: {error!r}")
-            ) from None
-        producer_shares = split(scenario.producers.count, workers)
-        consumer_shares = split(scenario.consumers.count, workers)
-        for index in range(workers):
-            job = WorkerJob(
-                index=index,
-                workers=workers,
-                target=target,
-                url=url,
-                scenario=scenario,
-                seed=seed,
-                names=names,
-                producers=producer_shares[index],
-                consumers=consumer_shares[index],
-                parent_pid=os.getpid(),
-            )
-            process = context.Process(
-                target=worker_main,
-                args=(job, shared, messages),
-                name=f"brokerlab-worker-{index}",
-                daemon=True,
-            )
-            process.start()
-            pool.processes.append(process)
-        if on_start is not None:
-            on_start([int(p.pid or 0) for p in pool.processes])
-        if not await pool.wait(lambda: pool.reached("ready"), READY_TIMEOUT):
-            raise RealBrokerError(f"{target}: workers not ready within {READY_TIMEOUT:g} s")
-        t0 = now() + START_LEAD + START_LEAD_PER_MESSAGE * len(plan)
-        shared.start.value = t0
-        send_budget = hard_deadline(scenario, plan) - scenario.drain_timeout
-        if not await pool.wait(
-            lambda: pool.reached("sent", "done"), t0 + send_budget + 5.0 - now()
-        ):
-            warnings.append("a worker did not finish publishing in time; the drain went ahead")
-        owed = _positions(plan)[sends.outcome == ACKED]
-        done = shared.done_flags()
-        await pool.wait(lambda: bool(done[owed].all()), scenario.drain_timeout)
-        shared.stop.value = 1
-        if not await pool.wait(lambda: len(pool.reports) == workers, FINISH_TIMEOUT):
-            raise RealBrokerError(f"{target}: workers did not report within {FINISH_TIMEOUT:g} s")
-        finished = True
-    finally:
-        pool.end(grace=FINISH_TIMEOUT if finished else ABORT_GRACE)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
-    result = _merge(adapter, scenario, plan, sends, pool.reports, t0, warnings)
-    harness_info = result.info["harness"]
-    assert isinstance(harness_info, dict)
-    harness_info["workers"] = workers
-    if progress is not None:
-        progress(int(np.count_nonzero(shared.done_flags())), len(plan))
-    return result
-
-
-def _positions(plan: LoadPlan) -> np.ndarray:
-    """Producer-major position of every plan row (the index of its completed flag)."""
-    start = np.asarray(DeliveryLog(plan).start, dtype="int64")
-    return start[plan.producer] + plan.seq
-
-
-def _merge(
-    adapter: BrokerAdapter,
-    scenario: Scenario,
-    plan: LoadPlan,
-    sends: SendLog,
-    reports: dict[int, WorkerReport],
-    t0: float,
-    warnings: list[str],
-) -> TargetResult:
-    """One result from the workers' reports, built by the harness's single-process code."""
-    ordered = [reports[i] for i in sorted(reports)]
-    deliveries = DeliveryLog(plan)
-    order = np.argsort(np.concatenate([r.t_delivered for r in ordered]), kind="stable")
-    for name in DELIVERY_COLUMNS:  # chronological, as one process would have appended them
-        setattr(deliveries, name, np.concatenate([getattr(r, name) for r in ordered])[order])
-    deliveries.unexpected = sum(r.unexpected for r in ordered)
-    consumers = ConsumerGroup(adapter, scenario, deliveries, np.zeros(0), np.random.default_rng())
-    consumers.errors = np.sort(np.concatenate([r.errors for r in ordered])).tolist()
-    for report in ordered:
-        for kind, count in report.error_kinds.items():
-            consumers.error_kinds[kind] = consumers.error_kinds.get(kind, 0) + count
-    for report in ordered:
-        adapter.warnings += [w for w in report.warnings if w not in adapter.warnings]
-    return harness._result(adapter, scenario, plan, sends, deliveries, consumers, t0, warnings)
+    adapter: BrokerAdapter = record.adapter_class()(url, scenario, names)
+    crew = WorkerCrew(record, url, scenario, seed, names, plan, workers, on_start=on_start)
+    return await play(adapter, scenario, crew, progress=progress)

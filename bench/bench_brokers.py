@@ -66,7 +66,7 @@ GOALS = {"redis-streams": 0.5, "nats": 0.9, "nats-jetstream": 0.9}
 #: Targets whose ceilings are also measured with this many worker processes (the reference
 #: machine has 2 cores, which the broker shares).
 WORKER_ROWS = {"redis-streams": 2, "nats": 2, "nats-jetstream": 2}
-#: Offered rates of the ``--sweep`` (per target), around adapters.workers.SINGLE_PROCESS_MAX_RATE.
+#: Offered rates of the ``--sweep`` (per target), around each target's ``single_process_rate``.
 SWEEP_RATES = {
     "redis-streams": (10_000, 20_000, 40_000, 80_000),
     "nats": (30_000, 60_000, 120_000),
@@ -473,7 +473,7 @@ def sweep(urls: dict[str, str]) -> None:
 
     Two producers and two consumers either way; "kept up" means p99 publish delay under
     ``harness.BEHIND_P99`` and every message delivered. This is what
-    ``adapters.workers.SINGLE_PROCESS_MAX_RATE`` is read from.
+    each target record's ``single_process_rate`` (adapters/targets.py) is read from.
     """
     from brokerlab.adapters.harness import BEHIND_P99
 

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from brokerlab.adapters.targets import target_names, url_options
 from brokerlab.core import results
 from brokerlab.core.scenario import ScenarioError, load_scenario
 
@@ -106,11 +107,10 @@ def run_flags(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Folder for results (default $BROKERLAB_RESULTS or ./results).",
         ),
-        click.option(
-            "--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis."
-        ),
-        click.option(
-            "--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS server."
+        # One per URL option of the registered real targets (--redis-url, --nats-url...).
+        *(
+            click.option(option.flag, option.key, default=None, envvar=option.env, help=option.help)
+            for option in url_options()
         ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks of lab failures."),
@@ -128,9 +128,8 @@ def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | N
         seed=flags["seed"],
         out=flags["out"],
         results_dir=flags["results_dir"] or results.default_results_dir(),
-        redis_url=flags.get("redis_url"),
-        nats_url=flags.get("nats_url"),
         progress=progress,
+        urls={option.key: flags.get(option.key) for option in url_options()},
     )
 
 
@@ -214,7 +213,7 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     "-t",
     default="sim",
     show_default=True,
-    help="sim, redis-streams, nats, nats-jetstream",
+    help=", ".join(["sim", *target_names()]),
 )
 @click.option("--check", is_flag=True, help=_CHECK_HELP)
 @run_flags
@@ -241,7 +240,7 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option(
     "--targets",
-    default="sim,redis-streams,nats,nats-jetstream",
+    default=",".join(["sim", *target_names()]),
     show_default=True,
     help="Comma-separated targets to run side by side.",
 )

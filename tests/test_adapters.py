@@ -215,3 +215,29 @@ def test_payload_carries_the_lab_ids_and_has_the_scenario_size() -> None:
     payload = encode_payload(3, 12345, -1, 1.25, 1000)
     assert len(payload) == 1000
     assert decode_payload(payload) == (3, 12345, -1, 1.25)
+
+
+async def test_redis_producers_own_connection_honours_database_and_refuses_bad_auth(
+    tmp_path: Path,
+) -> None:
+    """The fast path's own connection (no redis-py internals) selects the URL's database and
+    fails clearly, without the password, when the server refuses AUTH."""
+    import redis
+
+    from brokerlab.adapters.embedded import embedded_for
+    from brokerlab.adapters.redis_streams import open_raw_connection
+
+    scenario = _scenario("redis-streams")
+    with embedded_for("redis-streams", scenario.broker, tmp_path) as server:
+        reader, writer = await open_raw_connection(f"{server.url}/3")
+        writer.write(b"*3\r\n$3\r\nSET\r\n$7\r\nraw-key\r\n$1\r\nv\r\n")
+        assert await reader.readline() == b"+OK\r\n"
+        writer.close()
+        with redis.Redis.from_url(f"{server.url}/3") as client:
+            assert client.get("raw-key") == b"v"
+        with redis.Redis.from_url(f"{server.url}/0") as client:
+            assert client.get("raw-key") is None
+        host_port = server.url.removeprefix("redis://")
+        with pytest.raises(redis.ConnectionError) as raised:
+            await open_raw_connection(f"redis://:s3cret@{host_port}")  # no password set
+        assert "s3cret" not in str(raised.value)

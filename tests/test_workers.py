@@ -20,7 +20,7 @@ import redis
 from brokerlab.adapters import run_real
 from brokerlab.adapters.embedded import embedded_for
 from brokerlab.adapters.harness import RealBrokerError
-from brokerlab.adapters.registry import ADAPTERS, run_names
+from brokerlab.adapters.registry import run_names
 from brokerlab.adapters.workers import WORKERS_ENV, run_workers, worker_count
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import DELIVERIES_SCHEMA, SENDS_SCHEMA
@@ -93,12 +93,10 @@ def test_a_killed_worker_ends_the_run_with_a_clear_error_and_no_leftovers(tmp_pa
     with embedded_for(target, scenario.broker, tmp_path) as broker:
         began = time.monotonic()
         with pytest.raises(RealBrokerError, match=r"worker 1 \(pid \d+\) exited with code -9"):
-            asyncio.run(
-                run_workers(ADAPTERS[target], broker.url, scenario, 7, names, 2, on_start=on_start)
-            )
+            asyncio.run(run_workers(target, broker.url, scenario, 7, names, 2, on_start=on_start))
         assert time.monotonic() - began < 15.0  # long before the 20 s of sends
         with redis.Redis.from_url(broker.url) as client:
-            assert client.exists(names.key) == 0
+            assert client.exists(names.joined(":")) == 0
     assert len(pids) == 2
     assert not any(psutil.pid_exists(pid) for pid in pids)
 

@@ -1,7 +1,9 @@
-"""Run a scenario on one target and store the result: the only place that knows every target.
+"""Run a scenario on one target and store the result.
 
-Targets are a small registry of name -> run function. The simulator and the real-broker adapters
-are imported lazily, so the core stays free of them and ``brokerlab validate`` starts fast.
+Targets are ``sim`` plus every real target registered in :mod:`brokerlab.adapters.targets` (one
+record per broker: adapter, URL option, embedded server, faults it can play...). The registry
+imports no client library and the simulator is imported lazily, so ``brokerlab validate`` starts
+fast.
 """
 
 from __future__ import annotations
@@ -10,23 +12,30 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from brokerlab.adapters import targets as registry
 from brokerlab.core import results
 from brokerlab.core.analysis import Analysis, analyze
 from brokerlab.core.scenario import Scenario, scenario_to_yaml
 from brokerlab.core.trace import TargetResult
+from brokerlab.core.vocabulary import BROKER_FAULTS
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run: seed, where results go, which existing brokers to use, how to show progress."""
+    """How to run: seed, where results go, which existing brokers to use, how to show progress.
+
+    ``urls`` maps a target's URL option by its Python name (``redis_url``, ``nats_url``, any a
+    registered target declares) to an existing broker; ``redis_url`` and ``nats_url`` may also be
+    given as fields.
+    """
 
     seed: int | None = None
     out: Path | None = None
@@ -34,6 +43,15 @@ class RunOptions:
     redis_url: str | None = None
     nats_url: str | None = None
     progress: Progress | None = None
+    urls: Mapping[str, str | None] = field(default_factory=dict)
+
+    def url_for(self, target: registry.Target) -> str | None:
+        """The existing broker given for ``target`` (by its URL option), if any."""
+        key = target.url.key
+        given = self.urls.get(key)
+        if given is None and key in ("redis_url", "nats_url"):
+            given = getattr(self, key)
+        return given
 
 
 TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
@@ -77,24 +95,11 @@ def _real(target: str) -> TargetFn:
         from brokerlab import adapters
         from brokerlab.adapters.faults import FaultRefused
 
-        redis_url, nats_url = options.redis_url, options.nats_url
-        given = redis_url if target == "redis-streams" else nats_url
-        # A session broker is shared: faults that kill or pause a broker need the run's own.
-        hits_broker = any(f.action in ("broker-kill", "broker-pause") for f in scenario.faults)
-        session = None if given or hits_broker else _session_url(scenario, target)
-        if session and target == "redis-streams":
-            redis_url = session
-        elif session:
-            nats_url = session
+        record = registry.get_target(target)
+        url, session = _real_url(scenario, record, options)
         try:
             result = adapters.run_real(
-                scenario,
-                target,
-                seed,
-                workdir=workdir,
-                redis_url=redis_url,
-                nats_url=nats_url,
-                progress=options.progress,
+                scenario, target, seed, workdir=workdir, url=url, progress=options.progress
             )
         except FaultRefused as error:
             raise TargetError(str(error)) from None
@@ -105,13 +110,68 @@ def _real(target: str) -> TargetFn:
     return run
 
 
+def _real_url(
+    scenario: Scenario, target: registry.Target, options: RunOptions
+) -> tuple[str | None, bool]:
+    """The broker a real run uses: the one given by URL, else a session broker that fits, else
+    None (the lab starts its own). A session broker is shared: faults that kill or pause a
+    broker need the run's own."""
+    given = options.url_for(target)
+    if given:
+        return given, False
+    if any(f.action in BROKER_FAULTS for f in scenario.faults):
+        return None, False
+    session = _session_url(scenario, target.name)
+    return session, session is not None
+
+
+def check_target(scenario: Scenario, target: str, options: RunOptions) -> None:
+    """Refuse, before any folder, broker or client exists, what ``target`` cannot do with this
+    scenario: an unknown target, or faults it cannot or must not play (a :class:`TargetError`).
+    """
+    if target not in TARGETS:
+        raise TargetError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if target == "sim" or target not in registry.target_names():
+        return
+    from brokerlab.adapters.faults import FaultRefused, check_faults
+
+    record = registry.get_target(target)
+    url, _session = _real_url(scenario, record, options)
+    try:
+        check_faults(for_target(scenario, target), record, own_broker=url is None)
+    except FaultRefused as error:
+        raise TargetError(str(error)) from None
+
+
+class _Targets(MutableMapping[str, TargetFn]):
+    """Target name -> run function: ``sim``, every registered real target (read live, so a target
+    registered later is runnable at once), and entries set here (tests)."""
+
+    def __init__(self) -> None:
+        self._extra: dict[str, TargetFn] = {"sim": _run_sim}
+
+    def __getitem__(self, name: str) -> TargetFn:
+        if name in self._extra:
+            return self._extra[name]
+        if name in registry.target_names():
+            return _real(name)
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, run: TargetFn) -> None:
+        self._extra[name] = run
+
+    def __delitem__(self, name: str) -> None:
+        del self._extra[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._extra, *registry.target_names()]))
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
 #: Target name -> run function. ``sim`` plays any broker kind; real targets need their broker.
-TARGETS: dict[str, TargetFn] = {
-    "sim": _run_sim,
-    "redis-streams": _real("redis-streams"),
-    "nats": _real("nats"),
-    "nats-jetstream": _real("nats-jetstream"),
-}
+TARGETS: MutableMapping[str, TargetFn] = _Targets()
 
 
 class TargetError(Exception):
@@ -123,11 +183,15 @@ def for_target(scenario: Scenario, target: str) -> Scenario:
     """The scenario as a real target plays it: the broker kind becomes the target's kind.
 
     A scenario names one broker kind for the simulator; comparing brokers means running the same
-    load, consumers and requirements on each real broker, so a real target overrides ``kind``.
+    load, consumers and requirements on each real broker, so a real target overrides ``kind``
+    (with the kind its record measures).
     """
-    if target == "sim" or scenario.broker.kind == target:
+    if target == "sim" or target not in registry.target_names():
         return scenario
-    broker = scenario.broker.model_copy(update={"kind": target})
+    kind = registry.get_target(target).kind
+    if scenario.broker.kind == kind:
+        return scenario
+    broker = scenario.broker.model_copy(update={"kind": kind})
     return scenario.model_copy(update={"broker": broker})
 
 
@@ -152,9 +216,11 @@ class RunRecord:
 def run_scenario(
     scenario: Scenario, target: str, options: RunOptions, source: str | None = None
 ) -> RunRecord:
-    """Run ``scenario`` on ``target``, analyse the trace, write the run folder, return it all."""
-    if target not in TARGETS:
-        raise TargetError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    """Run ``scenario`` on ``target``, analyse the trace, write the run folder, return it all.
+
+    What the target cannot do is refused (:class:`TargetError`) before anything is written.
+    """
+    check_target(scenario, target, options)
     seed = options.seed if options.seed is not None else scenario.seed
     scenario = for_target(scenario, target)
     started = datetime.now(UTC)

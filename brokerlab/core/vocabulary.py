@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Literal, get_args
 
-#: Broker kinds. Real targets are records in ``brokerlab.adapters.registry``; every kind can be
+#: Broker kinds. Real targets are records in ``brokerlab.adapters.targets``; every kind can be
 #: played by the simulator through its preset (``sim/presets.yaml``).
 BrokerKind = Literal[
     "redis-streams",
