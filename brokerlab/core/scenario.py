@@ -324,6 +324,12 @@ class Broker(_Model):
     )
     service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
     servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
+    queue_type: Literal["classic", "quorum", "stream"] = Field(
+        "classic", description="RabbitMQ: classic, quorum (Raft, delivery limit) or stream (log)"
+    )
+    overflow: Literal["drop-head", "reject-publish"] = Field(
+        "drop-head", description="at max_length: drop the oldest, or refuse new publishes"
+    )
 
     @field_validator("kind", mode="before")
     @classmethod
