@@ -128,6 +128,8 @@ class _ConsumerClient:
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
+        #: messages polled while waiting for the group to settle, handed out by the next fetch
+        self.early: list[Any] = []
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="brokerlab-kafka-consumer"
         )
@@ -298,6 +300,34 @@ class KafkaAdapter(BrokerAdapter):
             raise
         self.consumers[consumer] = client
 
+    async def open_consumers(self, count: int) -> None:
+        """Open every consumer, then wait until the group has handed out all partitions.
+
+        Without the wait, a member that joins after the first one has started reading causes a
+        rebalance mid-run, and whatever the first had processed but not yet committed would be
+        delivered twice in a fault-free run. No message exists yet (producers start later), so
+        polling here takes nothing away from the consumers.
+        """
+        for consumer in range(count):
+            await self.open_consumer(consumer)
+        partitions = self.scenario.broker.partitions
+        deadline = now() + SESSION_TIMEOUT_MS / 1000 * 3
+        while now() < deadline:
+            assigned = 0
+            for consumer in range(count):
+                client = self.consumers.get(consumer)
+                if client is None:
+                    continue
+                early = await client.call(client.consumer.consume, 1, 0.05)
+                client.early.extend(m for m in early if m.error() is None)
+                assigned += len(await client.call(client.consumer.assignment))
+            if assigned >= partitions:
+                return
+        self.warnings.append(
+            "the consumer group had not assigned every partition before the run started; a "
+            "rebalance during the run may deliver uncommitted messages again"
+        )
+
     async def close_consumer(self, consumer: int) -> None:
         # Nothing is committed; the group rebalances and its partitions go to the others.
         client, self.consumers[consumer] = self.consumers.get(consumer), None
@@ -308,7 +338,10 @@ class KafkaAdapter(BrokerAdapter):
         client = self.consumers.get(consumer)
         if client is None:
             raise ConnectionError(f"consumer-{consumer} is not connected")
-        messages = await client.call(client.consumer.consume, max_messages, wait)
+        if client.early:
+            messages, client.early = client.early, []
+        else:
+            messages = await client.call(client.consumer.consume, max_messages, wait)
         received: list[Received] = []
         delivered = self.delivered
         for message in messages:
