@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,11 @@ CLIENT = (
 )
 #: What a Tansu broker is (its cluster id says "tansu"), for every place a run is labelled.
 TANSU_LABEL = "Kafka protocol on Tansu, memory only, one node"
+#: Where librdkafka's own log lines go (connection refused while a broker restarts, ...): a
+#: logger of their own, silent unless a user attaches a handler.
+LIBRDKAFKA_LOG = logging.getLogger("brokerlab.adapters.kafka.librdkafka")
+LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+LIBRDKAFKA_LOG.propagate = False
 #: Admin and close timeouts (seconds).
 ADMIN_TIMEOUT = 15.0
 #: Group session timeout: a crashed consumer's partitions move after this; joins take about
@@ -166,6 +172,7 @@ class KafkaAdapter(BrokerAdapter):
     def _config(self, client: str) -> dict[str, Any]:
         config = client_config(self.url_for(client))
         config["client.id"] = f"brokerlab-{self.names.run_id}-{client}"
+        config["logger"] = LIBRDKAFKA_LOG  # not stderr: a run's errors reach the harness
         return config
 
     async def _create_topic(self) -> None:
