@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
 
 import numpy as np
@@ -24,9 +25,20 @@ from matplotlib.figure import Figure
 
 from brokerlab.app import figures, runner
 from brokerlab.app.compare import ComparisonRecord, compare
-from brokerlab.app.report import ReportError, build_report, relative_error
+from brokerlab.app.report import (
+    SECTIONS as REPORT_SECTIONS,
+)
+from brokerlab.app.report import (
+    Badge,
+    ReportError,
+    build_report,
+    relative_error,
+    undecided,
+    verdict_badge,
+)
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.cli import main
+from brokerlab.core import results
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import FaultWindow, TargetResult, Trace, build_timeline
 
@@ -252,6 +264,155 @@ def test_figure_functions_take_tables_and_return_figures() -> None:
     at_99 = spectrum.loc[(spectrum["q"] - 0.99).abs().idxmin()]
     assert at_99["latency_ms"] == pytest.approx(990, rel=0.01)
     assert figures._nines_label(1000.0) == "99.9%"
+
+
+# --------------------------------------------------------------------------- cannot tell
+
+#: Hand-built requirements of a run that could not tell: nothing was delivered.
+UNDECIDED = [
+    {"name": "throughput", "bound": 400, "measured": None, "ok": None,
+     "note": "nothing was delivered"},
+    {"name": "end_to_end p99", "bound": 1000, "measured": 5000.0, "ok": None,
+     "note": "the lab's client was the limit"},
+    {"name": "max_lost", "bound": 0, "measured": 0, "ok": True},
+    {"name": "replay", "bound": True, "measured": None, "ok": None},
+]  # fmt: skip
+
+
+def _hand_built(run: RunRecord, tmp_path: Path, name: str, **changes: object) -> Path:
+    """A copy of a real run folder whose metrics.json carries ``changes`` (hand-built answers)."""
+    folder = tmp_path / name
+    shutil.copytree(run.path, folder)
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    metrics.update(changes)
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return folder
+
+
+def test_inconclusive_is_never_shown_as_a_pass(faulty_run: RunRecord, tmp_path: Path) -> None:
+    """An inconclusive run has its own badge, and the page says which requirements and why."""
+    folder = _hand_built(
+        faulty_run, tmp_path, "undecided", verdict="inconclusive", requirements=UNDECIDED
+    )
+    page = build_report([folder], tmp_path / "r.html").read_text(encoding="utf-8")
+    summary, verdict = _section(page, "summary"), _section(page, "verdict")
+    assert '<span class="badge inconclusive">INCONCLUSIVE</span>' in summary
+    assert "PASS" not in summary and "badge pass" not in summary
+    assert "<strong>No run</strong> of the 1 meets every measurable requirement" in summary
+    assert "<strong>1</strong> cannot tell" in summary
+    why = (
+        "<code>throughput</code>: nothing was delivered; "
+        "<code>end_to_end p99</code>: the lab&#x27;s client was the limit."
+    )
+    assert f"Inconclusive: {why}" in summary
+    assert f"is inconclusive: {why}</li>" in verdict
+    # requirement by requirement: "cannot tell" with the note, n/a for a capability
+    assert verdict.count('<span class="badge inconclusive">cannot tell</span>') == 2
+    assert '<span class="why">nothing was delivered</span>' in verdict
+    assert "5,000 ms" in verdict  # what was measured is still shown
+    assert "badge na" in verdict and "<code>replay</code>: " not in verdict
+    assert '<span class="badge inconclusive">INCONCLUSIVE</span>' in verdict
+
+
+def test_undecided_and_verdict_badges_known_answers() -> None:
+    """Only measured requirements with ok null make a run inconclusive; each verdict its badge."""
+    counts = {"sent": 10, "acked": 10, "unique": 10}
+    run = type("Run", (), {"metrics": {"requirements": UNDECIDED, "counts": counts}})()
+    assert [(u.requirement, u.why) for u in undecided(run)] == [
+        ("throughput", "nothing was delivered"),
+        ("end_to_end p99", "the lab's client was the limit"),
+    ]
+    old = {"requirements": [{"name": "max_lost", "ok": None}], "counts": counts}
+    assert [u.why for u in undecided(type("Run", (), {"metrics": old})())] == [
+        "could not be measured"
+    ]
+    empty = {"requirements": [], "counts": {"sent": 5, "acked": 5, "unique": 0}}
+    assert [(u.requirement, u.why) for u in undecided(type("Run", (), {"metrics": empty})())] == [
+        ("run", "nothing was delivered")
+    ]
+    assert verdict_badge("pass") == Badge("pass", "PASS")
+    assert verdict_badge("fail") == Badge("fail", "FAIL")
+    assert verdict_badge("inconclusive") == Badge("inconclusive", "INCONCLUSIVE")
+    assert verdict_badge(None) == Badge("na", "?")
+
+
+def test_unprocessed_is_counted_and_defined(faulty_run: RunRecord, tmp_path: Path) -> None:
+    """counts.unprocessed gets a column, a summary line, and its definition beside the others."""
+    counts = {**faulty_run.metrics["counts"], "unprocessed": 10}
+    folder = _hand_built(faulty_run, tmp_path, "crashed", counts=counts)
+    page = build_report([folder], tmp_path / "r.html").read_text(encoding="utf-8")
+    delivery = _section(page, "delivery")
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", delivery)
+    assert "unprocessed" in header
+    row = re.findall(r"<td[^>]*>([^<]*)</td>", delivery.split("<tbody>")[1])
+    assert row[header.index("unprocessed")] == "10"
+    for term in ("lost", "unprocessed", "duplicates", "unexpected", "out of order", "redelivered"):
+        assert f"<dt>{term}</dt>" in delivery, term
+    assert "<code>max_lost</code> holds against lost + unprocessed" in delivery
+    assert "<dt>unprocessed</dt><dd>10</dd>" in _section(page, "summary")
+
+
+def test_metrics_from_before_unprocessed_and_notes_still_render(
+    faulty_run: RunRecord, tmp_path: Path
+) -> None:
+    """An old metrics.json (no unprocessed, no notes) renders; nothing claims a count it lacks."""
+    counts = {k: v for k, v in faulty_run.metrics["counts"].items() if k != "unprocessed"}
+    old = [{k: v for k, v in r.items() if k != "note"} for r in UNDECIDED]
+    folder = _hand_built(faulty_run, tmp_path, "old", counts=counts, requirements=old)
+    page = build_report([folder], tmp_path / "r.html").read_text(encoding="utf-8")
+    delivery = _section(page, "delivery")
+    assert '<th class="num">unprocessed</th>' not in delivery
+    assert "<dt>unprocessed</dt>" in delivery  # the definition stays
+    assert "<dt>unprocessed</dt>" not in _section(page, "summary")
+    verdict = _section(page, "verdict")
+    assert 'class="why"' not in verdict
+    assert verdict.count("badge inconclusive") == 2
+
+
+def test_the_section_list_exists_once(faulty_run: RunRecord, tmp_path: Path) -> None:
+    """The contents bar and the page list the same sections, in SECTIONS' order."""
+    page = build_report([faulty_run.path], tmp_path / "r.html").read_text(encoding="utf-8")
+    links = re.findall(r'<a href="#([^"]+)">', re.search(r"<nav.*?</nav>", page, re.S).group(0))
+    anchors = re.findall(r'<section id="([^"]+)">', page)
+    assert links == anchors
+    # one simulator run: nothing to set against it, so no sim-vs-real section nor link
+    assert anchors == [a for a in SECTIONS if a != "sim-vs-real"]
+    assert tuple(section.anchor for section in REPORT_SECTIONS) == SECTIONS
+
+
+def test_environment_shows_the_simulator_profile(report: Path) -> None:
+    """run.json's profile is among each run's facts: none (an ideal broker) for the simulator."""
+    environment = _section(report.read_text(encoding="utf-8"), "environment")
+    row = re.search(r"<td[^>]*>simulator profile</td>(.*?)</tr>", environment).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["none", "– (real broker)"]
+
+
+def test_a_grouped_folder_that_is_no_comparison_is_refused(tmp_path: Path) -> None:
+    """A selection folder is reported through its run folders: the error says so."""
+    results.write_manifest(
+        tmp_path,
+        results.SelectionManifest(
+            run_id="s", scenario="x", targets=["nats"], seed=1, started_at="t", real=False,
+            verdict="best: nats",
+        ),
+    )  # fmt: skip
+    with pytest.raises(ReportError, match="a selection folder; report the run folders inside"):
+        build_report([tmp_path])
+
+
+def test_every_template_ships_with_the_package() -> None:
+    """pyproject's package-data covers every template file, so an installed lab can render."""
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["brokerlab"]
+    package = root / "brokerlab"
+    files = [p.relative_to(package) for p in (package / "templates").rglob("*") if p.is_file()]
+    assert {f"sections/{s.anchor}.html" for s in REPORT_SECTIONS} <= {
+        str(f.relative_to("templates")) for f in files
+    }
+    unshipped = [f for f in files if not any(PurePosixPath(f).match(g) for g in globs)]
+    assert not unshipped, f"templates missing from package-data: {unshipped}"
 
 
 # --------------------------------------------------------------------------- in a browser

@@ -112,22 +112,21 @@ def compare(
             json.dumps({t: r.metrics for t, r in runs.items()}, indent=2, allow_nan=False) + "\n",
             encoding="utf-8",
         )
-        results.write_json(
-            folder / results.RUN_FILE,
-            {
-                "kind": "comparison",
-                "run_id": final.name,
-                "scenario": scenario.name,
-                "scenario_file": source,
-                "targets": targets,
-                "seed": seed,
-                "started_at": started.isoformat(timespec="seconds"),
-                "runs": list(runs),  # subfolders that hold a complete run
-                "errors": errors,
-                "verdicts": {t: r.metrics["verdict"] for t, r in runs.items()},
-                "versions": results.package_versions(),
-                "host": results.host_info(),
-            },
+        results.write_manifest(
+            folder,
+            results.ComparisonManifest(
+                run_id=final.name,
+                scenario=scenario.name,
+                scenario_file=source,
+                targets=targets,
+                seed=seed,
+                started_at=started.isoformat(timespec="seconds"),
+                runs=list(runs),  # subfolders that hold a complete run
+                errors=errors,
+                verdicts={t: r.metrics["verdict"] for t, r in runs.items()},
+                versions=results.package_versions(),
+                host=results.host_info(),
+            ),
         )
     moved = {t: replace(r, path=final / t) for t, r in runs.items()}
     return ComparisonRecord(final, moved, errors, table)

@@ -39,7 +39,14 @@ LATENCY_TITLES: dict[str, str] = {
 }
 #: Delivery counts drawn as volumes, and as anomalies (a different scale: usually far smaller).
 VOLUME_COUNTS: tuple[str, ...] = ("sent", "acked", "delivered", "unique")
-ANOMALY_COUNTS: tuple[str, ...] = ("lost", "duplicates", "out_of_order", "redelivered", "unknown")
+ANOMALY_COUNTS: tuple[str, ...] = (
+    "lost",
+    "unprocessed",
+    "duplicates",
+    "out_of_order",
+    "redelivered",
+    "unknown",
+)
 
 _PALETTE = (
     "#1f77b4",
@@ -405,7 +412,10 @@ def delivery_counts(
     volumes, anomalies = figure.subplots(1, 2, width_ratios=(4, 5))
     _bars(volumes, metrics_by_target, VOLUME_COUNTS, colors)
     volumes.set_title("messages", loc="left", fontsize=11)
-    _bars(anomalies, metrics_by_target, ANOMALY_COUNTS, colors)
+    # runs analysed before ``unprocessed`` existed do not count it: no bar rather than a false 0
+    counted = {key for metrics in metrics_by_target.values() for key in metrics.get("counts") or {}}
+    shown = [key for key in ANOMALY_COUNTS if key != "unprocessed" or key in counted]
+    _bars(anomalies, metrics_by_target, shown, colors)
     anomalies.set_title("anomalies", loc="left", fontsize=11)
     anomalies.legend(frameon=False, fontsize=8, loc="upper right")
     return figure

@@ -209,20 +209,19 @@ def run_matrix(
         (stage / MATRIX_JSON).write_text(
             json.dumps(records, indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
-        results.write_json(
-            stage / results.RUN_FILE,
-            {
-                "kind": "matrix",
-                "run_id": final.name,
-                "scenario": "matrix",
-                "scenario_file": str(folder),
-                "targets": targets,
-                "seed": seed,
-                "started_at": started.isoformat(timespec="seconds"),
-                "verdict": f"{int(frame['matches'].sum())}/{len(frame)} match",
-                "versions": results.package_versions(),
-                "host": results.host_info(),
-            },
+        results.write_manifest(
+            stage,
+            results.MatrixManifest(
+                run_id=final.name,
+                scenario="matrix",
+                scenario_file=str(folder),
+                targets=targets,
+                seed=seed,
+                started_at=started.isoformat(timespec="seconds"),
+                verdict=f"{int(frame['matches'].sum())}/{len(frame)} match",
+                versions=results.package_versions(),
+                host=results.host_info(),
+            ),
         )
     return MatrixResult(final, frame)
 

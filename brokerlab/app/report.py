@@ -6,8 +6,12 @@ file with the figures inlined as SVG and the CSS inlined too: no script, no font
 file opens offline, attaches to a ticket, and still reads the same in five years. Figures are also
 written as PNG and SVG beside it (``figures/``) for slides and documents.
 
-Every string that came from a user (scenario text, names, paths, warnings, error messages) is
-HTML-escaped; numbers are formatted here, in one place, so every table reads the same.
+The page is laid out by Jinja2 templates in ``brokerlab/templates`` (``report.html``, one
+``sections/ANCHOR.html`` per section, ``macros.html`` for tables, badges and figures); this
+module only prepares what each section shows. :data:`SECTIONS` is the one list of sections: the
+contents bar and the page are both drawn from it. Templates escape everything (autoescape, plus
+:func:`_escape` for every value they print), so a scenario's text is shown, never run; numbers
+are formatted here, in one place, so every table reads the same.
 """
 
 from __future__ import annotations
@@ -16,22 +20,24 @@ import difflib
 import html
 import json
 import math
-import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import jinja2
 import numpy as np
 import pandas as pd
 import yaml
+from markupsafe import Markup
+from matplotlib.figure import Figure
 
 from brokerlab.app import figures
 from brokerlab.app.compare import ROWS as COMPARISON_ROWS
 from brokerlab.core import results
+from brokerlab.core.analysis import CAPABILITY_REQUIREMENTS, inconclusive_reasons
 from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
 from brokerlab.core.vocabulary import LATENCY_STATISTICS
 
@@ -66,7 +72,7 @@ class ReportedRun:
 
     path: Path
     label: str
-    run: dict[str, Any]
+    manifest: results.RunManifest
     metrics: dict[str, Any]
     scenario_text: str
     sends: pd.DataFrame
@@ -77,12 +83,12 @@ class ReportedRun:
     @property
     def target(self) -> str:
         """The target that produced the run (``sim`` or a real broker)."""
-        return str(self.run.get("target") or self.metrics.get("target") or "?")
+        return self.manifest.target or str(self.metrics.get("target") or "?")
 
     @property
     def scenario(self) -> str:
         """The scenario's name."""
-        return str(self.metrics.get("scenario") or self.run.get("scenario") or "?")
+        return str(self.metrics.get("scenario") or self.manifest.scenario or "?")
 
     @cached_property
     def scenario_data(self) -> dict[str, Any]:
@@ -109,18 +115,30 @@ class ReportedRun:
         kind = broker.get("kind") if isinstance(broker, dict) else None
         return str(kind) if kind is not None else None
 
+    @property
+    def counts(self) -> dict[str, Any]:
+        """metrics.json ``counts`` (empty for a run that has none)."""
+        counts = self.metrics.get("counts")
+        return counts if isinstance(counts, dict) else {}
+
+    @property
+    def requirements(self) -> list[dict[str, Any]]:
+        """metrics.json ``requirements``: {name, bound, measured, ok, note?} each."""
+        reqs = self.metrics.get("requirements")
+        return [r for r in reqs if isinstance(r, dict)] if isinstance(reqs, list) else []
+
 
 @dataclass(frozen=True)
 class ReportedComparison:
-    """A comparison folder: its run.json, including targets that failed and why."""
+    """A comparison folder: its manifest, including targets that failed and why."""
 
     path: Path
-    run: dict[str, Any]
+    manifest: results.ComparisonManifest
 
     @property
     def errors(self) -> dict[str, str]:
         """Target -> error message, for targets that did not produce a run."""
-        return {str(k): str(v) for k, v in (self.run.get("errors") or {}).items()}
+        return dict(self.manifest.errors)
 
 
 @dataclass
@@ -143,11 +161,20 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_run(path: Path, label: str) -> ReportedRun:
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:
-        raise ReportError(f"{path}: not a complete run folder (missing {', '.join(missing)})")
-    run = _read_json(path / results.RUN_FILE)
+def _manifest(path: Path) -> results.Manifest:
+    """``path/run.json`` as its typed manifest; any problem is a ReportError naming the file."""
+    raw = _read_json(path / results.RUN_FILE)
+    if raw.get("kind", "run") == "run":  # a run folder missing its files says so first
+        missing = [name for name in RUN_FILES if not (path / name).is_file()]
+        if missing:
+            raise ReportError(f"{path}: not a complete run folder (missing {', '.join(missing)})")
+    try:
+        return results.parse_manifest(raw, path / results.RUN_FILE)
+    except results.ManifestError as error:
+        raise ReportError(str(error)) from None
+
+
+def _read_run(path: Path, label: str, manifest: results.RunManifest) -> ReportedRun:
     metrics = _read_json(path / results.METRICS_FILE)
     try:
         sends = pd.read_parquet(path / SENDS_FILE)
@@ -155,22 +182,13 @@ def _read_run(path: Path, label: str) -> ReportedRun:
         timeline = pd.read_parquet(path / TIMELINE_FILE)
     except (OSError, ValueError) as error:
         raise ReportError(f"{path}: cannot read the trace: {error}") from None
-    faults = [
-        FaultWindow(
-            str(w.get("action", "?")),
-            str(w.get("target", "?")),
-            float(w.get("t_start", 0.0)),
-            float(w.get("t_end", 0.0)),
-        )
-        for w in run.get("faults") or []
-        if isinstance(w, dict)
-    ]
+    faults = list(manifest.faults)
     if not faults and "faults" in timeline:
         faults = figures.fault_windows(timeline)
     return ReportedRun(
         path=path,
         label=label,
-        run=run,
+        manifest=manifest,
         metrics=metrics,
         scenario_text=(path / results.SCENARIO_FILE).read_text(encoding="utf-8"),
         sends=sends,
@@ -178,12 +196,6 @@ def _read_run(path: Path, label: str) -> ReportedRun:
         timeline=timeline,
         faults=faults,
     )
-
-
-def _run_target(path: Path) -> str:
-    """The target named in a run folder's run.json (for labels, before reading the trace)."""
-    run = _read_json(path / results.RUN_FILE)
-    return str(run.get("target") or path.name)
 
 
 def load_runs(paths: Sequence[Path]) -> ReportInput:
@@ -194,7 +206,7 @@ def load_runs(paths: Sequence[Path]) -> ReportInput:
     """
     if not paths:
         raise ReportError("no run or comparison folder given")
-    found: list[Path] = []
+    found: list[tuple[Path, results.RunManifest]] = []
     report = ReportInput()
     for given in paths:
         path = Path(given)
@@ -204,40 +216,54 @@ def load_runs(paths: Sequence[Path]) -> ReportInput:
             raise ReportError(f"{path}: not a folder (expected a run or comparison folder)")
         if not (path / results.RUN_FILE).is_file():
             raise ReportError(f"{path}: not a run or comparison folder (no {results.RUN_FILE})")
-        run = _read_json(path / results.RUN_FILE)
-        if run.get("kind") == "comparison":
-            report.comparisons.append(ReportedComparison(path, run))
-            names = [str(t) for t in run.get("targets") or run.get("runs") or []]
+        manifest = _manifest(path)
+        if isinstance(manifest, results.ComparisonManifest):
+            report.comparisons.append(ReportedComparison(path, manifest))
+            names = manifest.targets or manifest.runs
             children = [path / name for name in names if (path / name).is_dir()]
-            if not children and not run.get("errors"):
+            if not children and not manifest.errors:
                 raise ReportError(f"{path}: comparison folder holds no target runs")
-            found.extend(children)
+            for child in children:
+                child_manifest = _manifest(child)
+                if not isinstance(child_manifest, results.RunManifest):
+                    raise ReportError(
+                        f"{child}: expected a run folder, found a {child_manifest.kind}"
+                    )
+                found.append((child, child_manifest))
+        elif isinstance(manifest, results.RunManifest):
+            found.append((path, manifest))
         else:
-            found.append(path)
-    unique: list[Path] = []
-    for path in found:
-        if path.resolve() not in {p.resolve() for p in unique}:
-            unique.append(path)
-    targets = [_run_target(p) for p in unique]
-    for path, target in zip(unique, targets, strict=True):
+            raise ReportError(
+                f"{path}: a {manifest.kind} folder; report the run folders inside it instead"
+            )
+    unique: list[tuple[Path, results.RunManifest]] = []
+    for path, manifest in found:
+        if path.resolve() not in {p.resolve() for p, _ in unique}:
+            unique.append((path, manifest))
+    targets = [manifest.target or path.name for path, manifest in unique]
+    for (path, manifest), target in zip(unique, targets, strict=True):
         label = target
         if targets.count(target) > 1:  # e.g. two sim runs: tell them apart by folder
             where = f"{path.parent.name}/{path.name}" if path.name == target else path.name
             label = f"{target} [{where}]"
-        report.runs.append(_read_run(path, label))
+        report.runs.append(_read_run(path, label, manifest))
     return report
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-def _e(value: object) -> str:
-    """Escape anything for HTML text or a quoted attribute.
+def _escape(value: object) -> Markup:
+    """Escape anything a template prints (text or a quoted attribute); markup passes as it is.
 
     ``://`` becomes ``&#58;//``: it reads the same, but a URL in user text (a broker's monitoring
     address) never appears in the source as one, so "the file holds no URL" stays checkable.
     """
-    return html.escape(str(value), quote=True).replace("://", "&#58;//")
+    if hasattr(value, "__html__"):
+        return Markup(value)
+    if value is None:
+        return Markup("")
+    return Markup(html.escape(str(value), quote=True).replace("://", "&#58;//"))
 
 
 def _missing(value: Any) -> bool:
@@ -265,7 +291,7 @@ def fmt_number(value: Any, unit: str = "") -> str:
         else:
             text = f"{value:.3f}"
     else:
-        return _e(value)
+        return str(value)
     return f"{text} {unit}".rstrip()
 
 
@@ -291,43 +317,68 @@ def requirement_unit(name: str) -> str:
     return ""
 
 
-def _badge(ok: bool | None, text: str | None = None) -> str:
-    kind, default = {True: ("pass", "pass"), False: ("fail", "fail"), None: ("na", "n/a")}[ok]
-    return f'<span class="badge {kind}">{_e(text or default)}</span>'
+BadgeKind = Literal["pass", "fail", "inconclusive", "na"]
 
 
-def _verdict_badge(verdict: Any) -> str:
-    ok = {"pass": True, "fail": False}.get(str(verdict))
-    return _badge(ok, str(verdict).upper() if ok is not None else "?")
+@dataclass(frozen=True)
+class Badge:
+    """A coloured mark: ``kind`` picks the colour (a CSS class), ``text`` is what it says."""
+
+    kind: BadgeKind
+    text: str
 
 
-def _table(
-    header: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    *,
-    numeric_from: int = 1,
-    caption: str | None = None,
-    classes: str = "",
-) -> str:
-    """A table from already-escaped cells; columns from ``numeric_from`` on are right-aligned."""
-    head = "".join(
-        f'<th class="{"num" if i >= numeric_from else ""}">{cell}</th>'
-        for i, cell in enumerate(header)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="{"num" if i >= numeric_from else ""}">{cell}</td>'
-            for i, cell in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    cap = f"<caption>{caption}</caption>" if caption else ""
-    return (
-        f'<div class="table-wrap"><table class="{classes}">{cap}<thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>"
-    )
+@dataclass(frozen=True)
+class Cell:
+    """A table cell with more than text: code, a muted or highlighted value, a badge, a note."""
+
+    text: str = ""
+    code: bool = False
+    muted: bool = False
+    off: bool = False
+    badge: Badge | None = None
+    note: str | None = None
+
+
+#: A table cell: plain text, or a :class:`Cell`.
+CellValue = str | Cell
+
+
+def verdict_badge(verdict: Any) -> Badge:
+    """A run's verdict: PASS, FAIL, INCONCLUSIVE (never shown as a pass), or ``?``."""
+    if verdict in ("pass", "fail", "inconclusive"):
+        return Badge(verdict, str(verdict).upper())
+    return Badge("na", "?")
+
+
+def requirement_cell(req: dict[str, Any] | None, unit: str) -> Cell:
+    """One requirement held against one run, with why it could not be judged if it could not."""
+    if req is None:
+        return Cell("not stated", muted=True)
+    ok, note = req.get("ok"), req.get("note")
+    note = str(note) if note else None
+    measured = req.get("measured")
+    shown = fmt_number(measured, unit) if measured is not None else "no data"
+    if ok is None and str(req.get("name")) in CAPABILITY_REQUIREMENTS:
+        return Cell(badge=Badge("na", "n/a"), note=note)
+    if ok is None:
+        return Cell(shown, badge=Badge("inconclusive", "cannot tell"), note=note)
+    return Cell(shown, badge=Badge("pass", "pass") if ok else Badge("fail", "fail"), note=note)
+
+
+@dataclass(frozen=True)
+class Undecided:
+    """Why a run cannot tell: the requirement (or ``run`` for the whole run) and the reason."""
+
+    requirement: str
+    why: str
+
+
+def undecided(run: ReportedRun) -> list[Undecided]:
+    """What makes a run inconclusive, as the analysis says (measured requirements with ``ok``
+    null and their notes; a run with nothing acknowledged or delivered)."""
+    reasons = inconclusive_reasons(run.metrics)
+    return [Undecided(*reason.split(": ", 1)) for reason in reasons]
 
 
 def _lookup(metrics: dict[str, Any], path: Sequence[str]) -> Any:
@@ -337,182 +388,153 @@ def _lookup(metrics: dict[str, Any], path: Sequence[str]) -> Any:
     return value
 
 
-def _figure_html(rendered: figures.SavedFigure, caption: str) -> str:
-    return (
-        f'<figure class="chart" id="figure-{_e(rendered.name)}">{rendered.svg}'
-        f"<figcaption>{caption} "
-        f'<span class="files">({_e(rendered.png_path.name)}, {_e(rendered.svg_path.name)} '
-        f"in {FIGURES_DIR}/)</span></figcaption></figure>"
-    )
+@dataclass(frozen=True)
+class ShownFigure:
+    """A figure as the page shows it: inline SVG and the names of its files in figures/."""
+
+    name: str
+    svg: Markup
+    png: str
+    svg_file: str
+    folder: str = FIGURES_DIR
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Where a report's figures are saved, and each run's colour in every figure."""
+
+    folder: Path
+    colors: dict[str, str]
+
+    def save(self, figure: Figure, name: str) -> ShownFigure:
+        """Save ``figure`` as PNG and SVG in the figures folder and return it for the page."""
+        saved = figures.save_figure(figure, name, self.folder)
+        # Matplotlib's own SVG drawn from our data (text as paths): markup, not user text.
+        return ShownFigure(saved.name, Markup(saved.svg), saved.png_path.name, saved.svg_path.name)
 
 
 # --------------------------------------------------------------------------- sections
 
+#: What a section's template gets, or None when the section has nothing to show.
+SectionData = dict[str, Any] | None
 
-def _summary(report: ReportInput) -> str:
+
+def _summary(report: ReportInput, canvas: Canvas) -> SectionData:
     runs = report.runs
-    passed = [r.label for r in runs if r.metrics.get("verdict") == "pass"]
-    failed_targets = {
-        target: message for comp in report.comparisons for target, message in comp.errors.items()
-    }
-    if passed:
-        lead = (
-            f"<strong>{len(passed)} of {len(runs)}</strong> run(s) meet every measurable "
-            f"requirement: {', '.join(f'<strong>{_e(p)}</strong>' for p in passed)}."
-        )
-    else:
-        lead = f"<strong>No run</strong> of the {len(runs)} meets every measurable requirement."
     cards = []
     for run in runs:
-        metrics = run.metrics
-        counts = metrics.get("counts") or {}
-        e2e = _lookup(metrics, ("latency_ms", "end_to_end")) or {}
-        tput = metrics.get("throughput_per_s") or {}
-        reqs = metrics.get("requirements") or []
-        met = sum(1 for r in reqs if r.get("ok") is True)
-        judged = sum(1 for r in reqs if r.get("ok") is not None)
+        counts = run.counts
+        e2e = _lookup(run.metrics, ("latency_ms", "end_to_end")) or {}
+        tput = run.metrics.get("throughput_per_s") or {}
+        met = sum(1 for r in run.requirements if r.get("ok") is True)
+        judged = sum(1 for r in run.requirements if r.get("ok") is not None)
         facts = [
             ("requirements met", f"{met} / {judged}"),
             ("delivered", f"{fmt_number(counts.get('unique'))} / {fmt_number(counts.get('sent'))}"),
             ("lost", fmt_number(counts.get("lost"))),
+        ]
+        if "unprocessed" in counts:
+            facts.append(("unprocessed", fmt_number(counts.get("unprocessed"))))
+        facts += [
             ("duplicates", fmt_number(counts.get("duplicates"))),
             ("end-to-end p99", fmt_number(e2e.get("p99"), "ms")),
             ("delivered rate", fmt_number(tput.get("delivered"), "msg/s")),
         ]
-        rows = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
+        verdict = run.metrics.get("verdict")
         cards.append(
-            f'<div class="card"><div class="card-head"><span class="target">{_e(run.label)}'
-            f"</span>{_verdict_badge(metrics.get('verdict'))}</div><dl>{rows}</dl></div>"
+            {
+                "label": run.label,
+                "badge": verdict_badge(verdict),
+                "facts": facts,
+                "undecided": undecided(run) if verdict == "inconclusive" else [],
+            }
         )
-    for target, message in failed_targets.items():
-        cards.append(
-            f'<div class="card broken"><div class="card-head"><span class="target">{_e(target)}'
-            f'</span>{_badge(False, "NO RUN")}</div><p class="error">{_e(message)}</p></div>'
-        )
-    unexpected = [r.label for r in runs if r.run.get("unexpected")]
-    alert = ""
-    if unexpected:
-        alert = (
-            '<p class="alert">Delivered ids that were never sent (a bug in a broker, adapter or '
-            f"harness) in: {_e(', '.join(unexpected))}. See the environment section.</p>"
-        )
-    return (
-        f'<section id="summary"><h2>Summary</h2><p class="lead">{lead}</p>'
-        f'<div class="cards">{"".join(cards)}</div>{alert}</section>'
-    )
+    return {
+        "total": len(runs),
+        "passed": [r.label for r in runs if r.metrics.get("verdict") == "pass"],
+        "inconclusive": [
+            (r.label, undecided(r)) for r in runs if r.metrics.get("verdict") == "inconclusive"
+        ],
+        "cards": cards,
+        "no_run": [(t, m) for comp in report.comparisons for t, m in comp.errors.items()],
+        "unexpected": [r.label for r in runs if r.manifest.unexpected],
+    }
 
 
-def _verdict(runs: Sequence[ReportedRun]) -> str:
+def _verdict(report: ReportInput, canvas: Canvas) -> SectionData:
     """Requirement by requirement, one column per target."""
-    names: list[str] = []
+    runs = report.runs
     bounds: dict[str, Any] = {}
     for run in runs:
-        for req in run.metrics.get("requirements") or []:
-            name = str(req.get("name"))
-            if name not in names:
-                names.append(name)
-                bounds[name] = req.get("bound")
-    if not names:
-        return (
-            '<section id="verdict"><h2>Verdict against the requirements</h2>'
-            "<p>The scenario states no requirements.</p></section>"
-        )
-    header = ["requirement", "bound", *(_e(r.label) for r in runs)]
+        for req in run.requirements:
+            bounds.setdefault(str(req.get("name")), req.get("bound"))
     rows = []
-    for name in names:
+    for name, bound in bounds.items():
         unit = requirement_unit(name)
         relation = "≥" if name == "throughput" else ("" if unit in ("", "B") else "≤")
-        bound = f"{relation} {fmt_number(bounds[name], unit)}".strip()
-        cells = [f"<code>{_e(name)}</code>", bound]
-        for run in runs:
-            req = next(
-                (r for r in run.metrics.get("requirements") or [] if r.get("name") == name), None
-            )
-            if req is None:
-                cells.append('<span class="muted">not stated</span>')
-                continue
-            ok = req.get("ok")
-            if ok is None:
-                cells.append(_badge(None))  # the paragraph above says what n/a means
-                continue
-            measured = req.get("measured")
-            shown = fmt_number(measured, unit) if measured is not None else "no data"
-            cells.append(f"{shown} {_badge(bool(ok))}")
-        rows.append(cells)
-    verdicts = ["<strong>verdict</strong>", ""]
-    verdicts += [_verdict_badge(r.metrics.get("verdict")) for r in runs]
-    rows.append(verdicts)
-    return (
-        '<section id="verdict"><h2>Verdict against the requirements</h2>'
-        "<p>Each requirement of the scenario held against each run. <em>n/a</em>: "
-        "not measurable by a run (replay, message size); a capability table judges those. "
-        "Latency percentiles leave out the warm-up.</p>"
-        f"{_table(header, rows, numeric_from=1, classes='verdict')}</section>"
-    )
+        by_run = [
+            next((r for r in run.requirements if r.get("name") == name), None) for run in runs
+        ]
+        rows.append(
+            {
+                "name": name,
+                "bound": f"{relation} {fmt_number(bound, unit)}".strip(),
+                "cells": [requirement_cell(req, unit) for req in by_run],
+            }
+        )
+    return {
+        "labels": [r.label for r in runs],
+        "rows": rows,
+        "verdicts": [verdict_badge(r.metrics.get("verdict")) for r in runs],
+        "inconclusive": [
+            (r.label, undecided(r)) for r in runs if r.metrics.get("verdict") == "inconclusive"
+        ],
+    }
 
 
-def _latency(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str]) -> str:
-    parts = [
-        '<section id="latency"><h2>Latency</h2>'
-        "<p>Latency counts from the <em>intended</em> send time (open-loop load), so a producer "
-        "that falls behind cannot hide queueing. Percentiles in the table come from metrics.json "
-        "(HDR histogram); the figures use the same per-message latencies from the trace.</p>"
+def _latency(report: ReportInput, canvas: Canvas) -> SectionData:
+    runs = report.runs
+    rows = [
+        [
+            run.label,
+            kind,
+            *(fmt_number((stats or {}).get(c)) for c in LATENCY_COLUMNS),
+            fmt_number((stats or {}).get("count")),
+        ]
+        for run in runs
+        for kind, stats in (run.metrics.get("latency_ms") or {}).items()
     ]
-    header = ["target", "latency", *(c.replace("_", ".") for c in LATENCY_COLUMNS), "count"]
-    rows = []
-    for run in runs:
-        for kind, stats in (run.metrics.get("latency_ms") or {}).items():
-            stats = stats or {}
-            rows.append(
-                [
-                    _e(run.label),
-                    _e(kind),
-                    *(fmt_number(stats.get(c)) for c in LATENCY_COLUMNS),
-                    fmt_number(stats.get("count")),
-                ]
-            )
-    parts.append(_table(header, rows, numeric_from=2, caption="latency in milliseconds"))
+    drawn = []
     for kind in DRAWN_LATENCIES:
         samples = {
             r.label: figures.latency_samples(r.sends, r.deliveries, kind, r.warmup) for r in runs
         }
-        title = figures.LATENCY_TITLES[kind]
-        parts.append(f"<h3>{_e(title)}</h3>")
         empty = [label for label, values in samples.items() if len(values) == 0]
-        if len(empty) == len(samples):
-            parts.append(
-                f'<p class="muted">No run has {_e(kind.replace("_", "-"))} latencies '
-                "(e.g. fire-and-forget publishes have no broker acknowledgement to time).</p>"
-            )
-            continue
-        if empty:
-            parts.append(
-                f'<p class="muted">No {_e(kind.replace("_", "-"))} latencies for '
-                f"{_e(', '.join(empty))} (fire-and-forget publishes or nothing delivered).</p>"
-            )
         shown = {label: values for label, values in samples.items() if len(values)}
-        spectrum = figures.save_figure(
-            figures.latency_spectrum(shown, title=f"{kind} by percentile", colors=colors),
-            f"latency-spectrum-{kind}",
-            folder,
-        )
-        cdf = figures.save_figure(
-            figures.latency_cdf(shown, title=f"{kind} distribution", colors=colors),
-            f"latency-cdf-{kind}",
-            folder,
-        )
-        parts.append(
-            '<div class="grid2">'
-            + _figure_html(spectrum, "Percentile spectrum: each step right is one more nine.")
-            + _figure_html(cdf, "Cumulative distribution.")
-            + "</div>"
-        )
-    parts.append("</section>")
-    return "".join(parts)
+        entry: dict[str, Any] = {
+            "title": figures.LATENCY_TITLES[kind],
+            "name": kind.replace("_", "-"),
+            "empty": empty,
+            "none": len(empty) == len(samples),
+        }
+        if shown:
+            entry["spectrum"] = canvas.save(
+                figures.latency_spectrum(
+                    shown, title=f"{kind} by percentile", colors=canvas.colors
+                ),
+                f"latency-spectrum-{kind}",
+            )
+            entry["cdf"] = canvas.save(
+                figures.latency_cdf(shown, title=f"{kind} distribution", colors=canvas.colors),
+                f"latency-cdf-{kind}",
+            )
+        drawn.append(entry)
+    header = ["target", "latency", *(c.replace("_", ".") for c in LATENCY_COLUMNS), "count"]
+    return {"header": header, "rows": rows, "drawn": drawn}
 
 
-def _throughput(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str]) -> str:
-    header = ["target", "offered", "sent", "delivered", "delivered / offered", "duration"]
+def _throughput(report: ReportInput, canvas: Canvas) -> SectionData:
+    runs = report.runs
     rows = []
     for run in runs:
         tput = run.metrics.get("throughput_per_s") or {}
@@ -520,7 +542,7 @@ def _throughput(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str
         ratio = delivered / offered if offered and delivered is not None else None
         rows.append(
             [
-                _e(run.label),
+                run.label,
                 fmt_number(offered, "msg/s"),
                 fmt_number(tput.get("sent"), "msg/s"),
                 fmt_number(delivered, "msg/s"),
@@ -530,73 +552,62 @@ def _throughput(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str
         )
     timelines = {r.label: r.timeline for r in runs}
     faults = {r.label: r.faults for r in runs}
-    throughput = figures.save_figure(
-        figures.throughput_timeline(timelines, faults, colors=colors), "throughput", folder
-    )
-    backlog = figures.save_figure(
-        figures.backlog_timeline(timelines, faults, colors=colors), "backlog", folder
-    )
-    fault_rows = [
-        [
-            _e(r.label),
-            _e(w.action),
-            _e(w.target),
-            fmt_number(w.t_start, "s"),
-            fmt_number(w.t_end, "s"),
-            fmt_number(w.t_end - w.t_start, "s"),
-        ]
-        for r in runs
-        for w in r.faults
-    ]
-    fault_table = (
-        _table(
-            ["run", "fault", "on", "start", "end", "length"],
-            fault_rows,
-            numeric_from=3,
-            caption="fault windows (shaded in the figures)",
-        )
-        if fault_rows
-        else '<p class="muted">No faults were injected.</p>'
-    )
-    return (
-        '<section id="throughput"><h2>Throughput and consumer lag</h2>'
-        "<p>Rates are measured after warm-up; the delivered rate counts distinct messages up to "
-        "the last first delivery, so a backlog drained after the producers stopped counts "
-        "against it.</p>"
-        + _table(header, rows, caption="throughput")
-        + _figure_html(throughput, "Messages sent and delivered per second, per run.")
-        + _figure_html(backlog, "Backlog: messages sent and not yet received by any consumer.")
-        + fault_table
-        + "</section>"
-    )
+    return {
+        "header": ["target", "offered", "sent", "delivered", "delivered / offered", "duration"],
+        "rows": rows,
+        "throughput": canvas.save(
+            figures.throughput_timeline(timelines, faults, colors=canvas.colors), "throughput"
+        ),
+        "backlog": canvas.save(
+            figures.backlog_timeline(timelines, faults, colors=canvas.colors), "backlog"
+        ),
+        "faults": [
+            [
+                r.label,
+                w.action,
+                w.target,
+                fmt_number(w.t_start, "s"),
+                fmt_number(w.t_end, "s"),
+                fmt_number(w.t_end - w.t_start, "s"),
+            ]
+            for r in runs
+            for w in r.faults
+        ],
+    }
 
 
-def _delivery(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str]) -> str:
+def _delivery(report: ReportInput, canvas: Canvas) -> SectionData:
+    runs = report.runs
     keys: list[str] = []
     for run in runs:
-        for key in run.metrics.get("counts") or {}:
-            if key not in keys:
-                keys.append(key)
-    header = ["target", *(_e(k.replace("_", " ")) for k in keys)]
+        keys += [key for key in run.counts if key not in keys]
+    # Ids delivered and never sent are counted in run.json (metrics.json may carry them too).
+    from_manifest = "unexpected" not in keys
+    if from_manifest:
+        keys.append("unexpected")
     rows = [
-        [_e(r.label), *(fmt_number((r.metrics.get("counts") or {}).get(k)) for k in keys)]
-        for r in runs
+        [
+            run.label,
+            *(
+                fmt_number(
+                    run.manifest.unexpected
+                    if key == "unexpected" and from_manifest
+                    else run.counts.get(key)
+                )
+                for key in keys
+            ),
+        ]
+        for run in runs
     ]
-    chart = figures.save_figure(
-        figures.delivery_counts({r.label: r.metrics for r in runs}, colors=colors),
+    chart = canvas.save(
+        figures.delivery_counts({r.label: r.metrics for r in runs}, colors=canvas.colors),
         "delivery",
-        folder,
     )
-    return (
-        '<section id="delivery"><h2>Delivery</h2>'
-        "<p>After a final drain: <em>lost</em> = acknowledged (or sent, fire-and-forget) and "
-        "never delivered; <em>duplicates</em> = deliveries beyond the first; <em>out of "
-        "order</em> = delivered before an earlier message of the same key and producer; "
-        "<em>unknown</em> = publish outcome unknown (timeout).</p>"
-        + _figure_html(chart, "Message counts per run; anomalies on their own scale.")
-        + _table(header, rows, caption="delivery counts")
-        + "</section>"
-    )
+    return {
+        "header": ["target", *(k.replace("_", " ") for k in keys)],
+        "rows": rows,
+        "chart": chart,
+    }
 
 
 def relative_error(real: Any, sim: Any) -> float | None:
@@ -621,212 +632,183 @@ def sim_real_pairs(runs: Sequence[ReportedRun]) -> list[tuple[ReportedRun, list[
     return pairs
 
 
-def _sim_vs_real(runs: Sequence[ReportedRun], folder: Path, colors: dict[str, str]) -> str:
-    pairs = sim_real_pairs(runs)
+def _sim_vs_real(report: ReportInput, canvas: Canvas) -> SectionData:
+    pairs = sim_real_pairs(report.runs)
     if not pairs:
-        return ""
-    parts = [
-        '<section id="sim-vs-real"><h2>Simulator vs real</h2>'
-        "<p>Each metric of the simulator next to each real run of the same scenario, with the "
-        "relative error (real − sim) / sim. Cells beyond "
-        f"±{DISAGREEMENT:.0%} are highlighted: there the model and the broker disagree.</p>"
-    ]
+        return None
+    shown = []
     for index, (sim, reals) in enumerate(pairs):
-        if len(pairs) > 1:
-            parts.append(f"<h3>{_e(sim.scenario)}</h3>")
-        others = [r.label for r in reals if sim.broker_kind and r.target != sim.broker_kind]
-        if others:
-            parts.append(
-                f'<p class="note">The simulator modelled <code>{_e(sim.broker_kind)}</code>; '
-                f"{_e(', '.join(others))} ran a different broker, so their differences include "
-                "the broker choice, not only model error.</p>"
-            )
-        header = ["metric", _e(sim.label)]
+        header = ["metric", sim.label]
         for real in reals:
-            header += [_e(real.label), "error"]
-        rows = []
+            header += [real.label, "error"]
+        rows: list[list[CellValue]] = []
         errors: dict[str, dict[str, float]] = {r.label: {} for r in reals}
         for label, path in COMPARISON_ROWS:
             if path == ("verdict",):
                 continue
             sim_value = _lookup(sim.metrics, path)
-            row = [_e(label), fmt_number(sim_value)]
+            row: list[CellValue] = [label, fmt_number(sim_value)]
             for real in reals:
                 real_value = _lookup(real.metrics, path)
                 error = relative_error(real_value, sim_value)
                 flag = error is not None and abs(error) > DISAGREEMENT
-                row += [
-                    fmt_number(real_value),
-                    f'<span class="{"off" if flag else ""}">{fmt_percent(error)}</span>',
-                ]
+                row += [fmt_number(real_value), Cell(fmt_percent(error), off=flag)]
                 if error is not None and path[0] != "counts":
                     errors[real.label][label] = error
             rows.append(row)
-        parts.append(_table(header, rows, caption="simulator vs real, side by side"))
-        chart = figures.save_figure(
-            figures.relative_error(errors, colors=colors), f"sim-vs-real-{index}", folder
+        shown.append(
+            {
+                "scenario": sim.scenario if len(pairs) > 1 else None,
+                "modelled": sim.broker_kind,
+                "others": [
+                    r.label for r in reals if sim.broker_kind and r.target != sim.broker_kind
+                ],
+                "header": header,
+                "rows": rows,
+                "chart": canvas.save(
+                    figures.relative_error(errors, colors=canvas.colors), f"sim-vs-real-{index}"
+                ),
+            }
         )
-        parts.append(
-            _figure_html(chart, "Relative error of latencies and rates; the band is ±10%.")
-        )
-    parts.append("</section>")
-    return "".join(parts)
+    return {"pairs": shown, "disagreement": f"{DISAGREEMENT:.0%}"}
 
 
-def _scenario(runs: Sequence[ReportedRun]) -> str:
-    first = runs[0]
-    parts = [
-        '<section id="scenario"><h2>Scenario</h2>'
-        f"<p>As run, in base units (seconds, bytes, per second), from "
-        f"<code>{_e(first.path / results.SCENARIO_FILE)}</code>:</p>"
-        f'<pre class="yaml">{_e(first.scenario_text)}</pre>'
-    ]
-    for run in runs[1:]:
+def _scenario(report: ReportInput, canvas: Canvas) -> SectionData:
+    first, *others = report.runs
+    diffs = []
+    for run in others:
         if run.scenario_text == first.scenario_text:
             continue
-        diff = difflib.unified_diff(
+        lines = difflib.unified_diff(
             first.scenario_text.splitlines(),
             run.scenario_text.splitlines(),
             fromfile=first.label,
             tofile=run.label,
             lineterm="",
         )
-        lines = []
-        for line in diff:
-            kind = {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "")
-            lines.append(f'<span class="{kind}">{_e(line)}</span>')
-        parts.append(
-            f"<p>{_e(run.label)} ran it with these differences "
-            "(a real target plays the scenario on its own broker kind):</p>"
-            f'<pre class="diff">{chr(10).join(lines)}</pre>'
-        )
-    parts.append("</section>")
-    return "".join(parts)
+        kinds = {"+": "add", "-": "del", "@": "hunk"}
+        diffs.append({"label": run.label, "lines": [(kinds.get(x[:1], ""), x) for x in lines]})
+    return {"file": first.path / results.SCENARIO_FILE, "text": first.scenario_text, "diffs": diffs}
 
 
-def _environment(report: ReportInput) -> str:
+def _environment(report: ReportInput, canvas: Canvas) -> SectionData:
     runs = report.runs
-    facts = [
-        ("run folder", lambda r: f"<code>{_e(r.path)}</code>"),
-        ("started (UTC)", lambda r: _e(r.run.get("started_at", "–"))),
-        ("seed", lambda r: fmt_number(r.run.get("seed"))),
-        ("wall time", lambda r: fmt_number(r.run.get("wall_time_s"), "s")),
+    facts: list[tuple[str, Callable[[ReportedRun], CellValue]]] = [
+        ("run folder", lambda r: Cell(str(r.path), code=True)),
+        ("started (UTC)", lambda r: r.manifest.started_at or "–"),
+        ("seed", lambda r: fmt_number(r.manifest.seed)),
+        ("wall time", lambda r: fmt_number(r.manifest.wall_time_s, "s")),
         ("trace span", lambda r: fmt_number(r.metrics.get("duration_s"), "s")),
-        ("lab version", lambda r: _e(r.run.get("lab_version", "–"))),
-        ("host", lambda r: _e((r.run.get("host") or {}).get("hostname", "–"))),
-        ("platform", lambda r: _e((r.run.get("host") or {}).get("platform", "–"))),
-        ("CPUs", lambda r: fmt_number((r.run.get("host") or {}).get("cpus"))),
-        ("command", lambda r: f"<code>{_e(r.run.get('command', '–'))}</code>"),
+        ("lab version", lambda r: r.manifest.lab_version or "–"),
+        ("simulator profile", lambda r: _profile(r.manifest.profile)),
+        ("host", lambda r: str(r.manifest.host.get("hostname", "–"))),
+        ("platform", lambda r: str(r.manifest.host.get("platform", "–"))),
+        ("CPUs", lambda r: fmt_number(r.manifest.host.get("cpus"))),
+        ("command", lambda r: Cell(r.manifest.command or "–", code=True)),
     ]
-    header = ["", *(_e(r.label) for r in runs)]
-    rows = [[_e(name), *(get(r) for r in runs)] for name, get in facts]
-    # Target info (broker version, how it was started, harness settings) is long and nested:
-    # one folded block per run keeps the table readable and every detail one click away.
-    details = "".join(
-        f"<details><summary>{_e(r.label)}: target info</summary>"
-        f'<pre class="json">{_e(json.dumps(r.run.get("target_info"), indent=2, sort_keys=True))}'
-        "</pre></details>"
-        for r in runs
-        if r.run.get("target_info")
-    )
     packages: list[str] = []
     for run in runs:
-        for name in run.run.get("versions") or {}:
-            if name not in packages:
-                packages.append(name)
-    versions = [
-        [_e(name), *(_e((r.run.get("versions") or {}).get(name, "–")) for r in runs)]
-        for name in packages
-    ]
-    warning_items = [
-        f"<li><strong>{_e(r.label)}</strong>: {_e(w)}</li>"
-        for r in runs
-        for w in r.run.get("warnings") or []
-    ]
-    warning_items += [
-        f"<li><strong>{_e(target)}</strong> (no run): {_e(message)}</li>"
-        for comp in report.comparisons
-        for target, message in comp.errors.items()
-    ]
-    warnings = (
-        f'<ul class="warnings">{"".join(warning_items)}</ul>'
-        if warning_items
-        else '<p class="muted">No warnings.</p>'
-    )
-    return (
-        '<section id="environment"><h2>Environment</h2>'
-        + _table(
-            header,
-            rows,
-            numeric_from=99,
-            caption="where and how each run happened",
-            classes="facts",
-        )
-        + details
-        + "<h3>Warnings</h3>"
-        + warnings
-        + _table(header, versions, numeric_from=99, caption="versions", classes="facts")
-        + "</section>"
-    )
+        packages += [name for name in run.manifest.versions if name not in packages]
+    warnings = [(r.label, w, False) for r in runs for w in r.manifest.warnings]
+    warnings += [(t, m, True) for comp in report.comparisons for t, m in comp.errors.items()]
+    return {
+        "header": ["", *(r.label for r in runs)],
+        "facts": [[name, *(get(r) for r in runs)] for name, get in facts],
+        # Target info (broker version, how it was started, harness settings) is long and
+        # nested: one folded block per run keeps the table readable and every detail a click away.
+        "target_info": [
+            (r.label, json.dumps(r.manifest.target_info, indent=2, sort_keys=True))
+            for r in runs
+            if r.manifest.target_info
+        ],
+        "warnings": warnings,
+        "versions": [
+            [name, *(r.manifest.versions.get(name, "–") for r in runs)] for name in packages
+        ],
+    }
+
+
+def _profile(profile: str | dict[str, Any] | None) -> str:
+    """run.json's ``profile``: a name, a description of a calibrated profile, or none (real)."""
+    if profile is None:
+        return "– (real broker)"
+    if isinstance(profile, dict):
+        return ", ".join(f"{k}: {v}" for k, v in profile.items())
+    return str(profile)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the report: its anchor, its link in the contents bar, its heading, and the
+    function that prepares what its template (``sections/ANCHOR.html``) shows."""
+
+    anchor: str
+    link: str
+    heading: str
+    prepare: Callable[[ReportInput, Canvas], SectionData]
+
+    @property
+    def template(self) -> str:
+        """The template that lays the section out."""
+        return f"sections/{self.anchor}.html"
+
+
+#: The report's sections, in page order: the only list of them (page and contents bar alike).
+SECTIONS: tuple[Section, ...] = (
+    Section("summary", "Summary", "Summary", _summary),
+    Section("verdict", "Verdict", "Verdict against the requirements", _verdict),
+    Section("latency", "Latency", "Latency", _latency),
+    Section("throughput", "Throughput & lag", "Throughput and consumer lag", _throughput),
+    Section("delivery", "Delivery", "Delivery", _delivery),
+    Section("sim-vs-real", "Sim vs real", "Simulator vs real", _sim_vs_real),
+    Section("scenario", "Scenario", "Scenario", _scenario),
+    Section("environment", "Environment", "Environment", _environment),
+)
 
 
 # --------------------------------------------------------------------------- page
 
 
-def render_html(report: ReportInput, figures_dir: Path) -> str:
-    """The whole page; figures are drawn into ``figures_dir`` as they are laid out."""
-    runs = report.runs
-    colors = figures.target_colors([r.label for r in runs])
-    scenarios = list(dict.fromkeys(r.scenario for r in runs))
-    title = f"brokerlab report: {', '.join(scenarios)}"
-    first = runs[0]
-    description = str(first.scenario_data.get("description") or "")
-    inputs = [*(c.path for c in report.comparisons), *(r.path for r in runs)]
-    shown_inputs = ", ".join(f"<code>{_e(p)}</code>" for p in inputs[:6])
-    if len(inputs) > 6:
-        shown_inputs += f" and {len(inputs) - 6} more"
-    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [
-        _summary(report),
-        _verdict(runs),
-        _latency(runs, figures_dir, colors),
-        _throughput(runs, figures_dir, colors),
-        _delivery(runs, figures_dir, colors),
-        _sim_vs_real(runs, figures_dir, colors),
-        _scenario(runs),
-        _environment(report),
-    ]
-    toc = [
-        ("summary", "Summary"),
-        ("verdict", "Verdict"),
-        ("latency", "Latency"),
-        ("throughput", "Throughput & lag"),
-        ("delivery", "Delivery"),
-        ("sim-vs-real", "Sim vs real"),
-        ("scenario", "Scenario"),
-        ("environment", "Environment"),
-    ]
-    body = "".join(sections)
-    links = "".join(f'<a href="#{a}">{t}</a>' for a, t in toc if f'id="{a}"' in body)
-    version = first.run.get("lab_version") or results.package_versions()["brokerlab"]
-    return _template("report.html").substitute(
-        title=_e(title),
-        css=_template("report.css").template,
-        description=f'<p class="description">{_e(description)}</p>' if description else "",
-        inputs=(
-            f"{len(runs)} run(s): {_e(', '.join(r.label for r in runs))} · from {shown_inputs}"
-            f" · generated {created}"
-        ),
-        toc=links,
-        sections=body,
-        version=_e(version),
+def templates() -> jinja2.Environment:
+    """The report's templates (package data), escaping every value they print.
+
+    Undefined names are errors, so a misspelt field fails a test instead of leaving a blank.
+    """
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("brokerlab", "templates"),
+        autoescape=True,
+        finalize=_escape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
 
 
-def _template(name: str) -> string.Template:
-    """A file of ``brokerlab/templates`` (plain string.Template: no template engine needed)."""
-    text = resources.files("brokerlab").joinpath("templates", name).read_text(encoding="utf-8")
-    return string.Template(text)
+def render_html(report: ReportInput, figures_dir: Path) -> str:
+    """The whole page; figures are drawn into ``figures_dir`` as the sections are prepared."""
+    runs = report.runs
+    canvas = Canvas(figures_dir, figures.target_colors([r.label for r in runs]))
+    sections = [
+        (section, data)
+        for section in SECTIONS
+        if (data := section.prepare(report, canvas)) is not None
+    ]
+    env = templates()
+    inputs = [*(c.path for c in report.comparisons), *(r.path for r in runs)]
+    version = runs[0].manifest.lab_version or results.package_versions()["brokerlab"]
+    page = env.get_template("report.html")
+    return page.render(
+        title=f"brokerlab report: {', '.join(dict.fromkeys(r.scenario for r in runs))}",
+        css=Markup(env.loader.get_source(env, "report.css")[0]),  # type: ignore[union-attr]
+        description=str(runs[0].scenario_data.get("description") or ""),
+        labels=[r.label for r in runs],
+        inputs=inputs[:6],
+        more_inputs=max(len(inputs) - 6, 0),
+        created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        sections=sections,
+        version=version,
+    )
 
 
 def build_report(paths: list[Path], output: Path | None = None) -> Path:

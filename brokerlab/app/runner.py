@@ -237,27 +237,28 @@ def run_scenario(
         result.trace.write(folder)
         (folder / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
         results.write_json(folder / results.METRICS_FILE, metrics)
-        results.write_json(
-            folder / results.RUN_FILE,
-            {
-                "kind": "run",
-                "run_id": final.name,
-                "scenario": scenario.name,
-                "scenario_file": source,
-                "scenario_sha256": scenario_digest(scenario, target),
-                "target": target,
-                "seed": seed,
-                "started_at": started.isoformat(timespec="seconds"),
-                "wall_time_s": round(wall, 3),
-                "lab_version": versions["brokerlab"],
-                "versions": versions,
-                "host": results.host_info(),
-                "command": " ".join(sys.argv),
-                "target_info": _jsonable(result.info),
-                "warnings": list(result.warnings) + analysis.warnings,
-                "unexpected": analysis.unexpected,
-                "faults": [vars(w) for w in result.faults],
-            },
+        results.write_manifest(
+            folder,
+            results.RunManifest(
+                run_id=final.name,
+                scenario=scenario.name,
+                scenario_file=source,
+                scenario_sha256=scenario_digest(scenario, target),
+                target=target,
+                seed=seed,
+                started_at=started.isoformat(timespec="seconds"),
+                wall_time_s=round(wall, 3),
+                lab_version=versions["brokerlab"],
+                versions=versions,
+                host=results.host_info(),
+                command=" ".join(sys.argv),
+                target_info=_jsonable(result.info),
+                warnings=list(result.warnings) + analysis.warnings,
+                unexpected=analysis.unexpected,
+                faults=list(result.faults),
+                # no simulator run charges calibrated costs yet; a real broker needs no model
+                profile="none" if target == "sim" else None,
+            ),
         )
     return RunRecord(final, target, metrics, analysis, result, wall)
 

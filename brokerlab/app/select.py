@@ -376,22 +376,21 @@ def select(
             "notes": list(notes),
         }
         results.write_json(folder / SELECTION_JSON, payload)
-        results.write_json(
-            folder / results.RUN_FILE,
-            {
-                "kind": "selection",
-                "run_id": final.name,
-                "scenario": scenario.name,
-                "scenario_file": source,
-                "targets": list(candidates),
-                "seed": seed,
-                "started_at": started.isoformat(timespec="seconds"),
-                "real": real,
-                "errors": errors,
-                "verdict": _best(ranking),
-                "versions": results.package_versions(),
-                "host": results.host_info(),
-            },
+        results.write_manifest(
+            folder,
+            results.SelectionManifest(
+                run_id=final.name,
+                scenario=scenario.name,
+                scenario_file=source,
+                targets=list(candidates),
+                seed=seed,
+                started_at=started.isoformat(timespec="seconds"),
+                real=real,
+                errors=errors,
+                verdict=_best(ranking),
+                versions=results.package_versions(),
+                host=results.host_info(),
+            ),
         )
     return Selection(final, ranking, evidence, errors, notes)
 

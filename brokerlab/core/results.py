@@ -4,6 +4,10 @@ A run folder holds ``scenario.yaml`` (the scenario as run, in base units), the t
 ``metrics.json`` and ``run.json`` (provenance: versions, seed, wall time, host). Folders are
 first written under a hidden temporary name and renamed when complete, so an interrupted run
 leaves nothing that looks like a result.
+
+``run.json`` is a typed manifest (:data:`Manifest`), one model per folder kind, written by
+:func:`write_manifest` and read by :func:`read_manifest` only: every command records the same
+facts under the same keys, and a reader gets them checked instead of guessing with ``dict.get``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from brokerlab.core.trace import FaultWindow
 
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
@@ -145,6 +153,154 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+# --------------------------------------------------------------------------- run.json
+
+#: What a results folder holds: one run, or a group of runs made by one command.
+ManifestKind = Literal["run", "comparison", "selection", "matrix"]
+MANIFEST_KINDS: tuple[ManifestKind, ...] = get_args(ManifestKind)
+
+
+class ManifestError(ValueError):
+    """A run.json that is not a manifest: not JSON, an unknown kind, a field of the wrong type."""
+
+
+class _Manifest(BaseModel):
+    """What every run.json says: which command made the folder, from what, when and where.
+
+    Frozen and closed (unknown fields are refused), so a command cannot write a key that the
+    model, results/README.md and the readers do not know about.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: ManifestKind
+    #: The folder's name when it was written (folders may be moved; this one does not change).
+    run_id: str
+    scenario: str
+    #: The scenario file the command was given (None when the scenario came from Python).
+    scenario_file: str | None = None
+    seed: int | None
+    started_at: str
+    versions: dict[str, str] = Field(default_factory=dict)
+    host: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunManifest(_Manifest):
+    """run.json of one run of one scenario on one target (``brokerlab run``, and each target
+    inside a comparison, selection or matrix folder)."""
+
+    kind: Literal["run"] = "run"
+    #: Fingerprint of the scenario as played; ``select`` reuses runs with the same one.
+    scenario_sha256: str | None = None
+    target: str
+    seed: int
+    wall_time_s: float | None = None
+    lab_version: str | None = None
+    command: str | None = None
+    #: Facts from the target (broker version, how it was started; never credentials).
+    target_info: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    #: Deliveries of ids that were never sent (always a bug somewhere).
+    unexpected: int = 0
+    faults: list[FaultWindow] = Field(default_factory=list)
+    #: The simulator's performance profile: ``"none"`` (an ideal broker, no calibrated costs)
+    #: for simulated runs until calibration provides profiles (then a description of the one
+    #: used: host, date, broker version, sources); None for real runs, which need no model.
+    profile: str | dict[str, Any] | None = None
+
+
+class _GroupManifest(_Manifest):
+    """run.json of a folder that groups the runs of one command."""
+
+    #: The targets (or candidates) the command was asked for, in the order given.
+    targets: list[str]
+
+
+class ComparisonManifest(_GroupManifest):
+    """``brokerlab compare``: one run folder per target that produced a run."""
+
+    kind: Literal["comparison"] = "comparison"
+    #: Subfolders that hold a complete run (targets that failed are in ``errors``).
+    runs: list[str] = Field(default_factory=list)
+    errors: dict[str, str] = Field(default_factory=dict)
+    verdicts: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("runs", mode="before")
+    @classmethod
+    def _identity_map(cls, value: Any) -> Any:
+        """Comparisons written before 2026-11-26 listed runs as a ``{target: folder}`` map."""
+        return list(value.values()) if isinstance(value, dict) else value
+
+
+class SelectionManifest(_GroupManifest):
+    """``brokerlab select``: candidates run (or reused) and ranked."""
+
+    kind: Literal["selection"] = "selection"
+    #: Whether candidates with a real broker were run on it (False: simulator only).
+    real: bool
+    errors: dict[str, str] = Field(default_factory=dict)
+    verdict: str
+
+
+class MatrixManifest(_GroupManifest):
+    """``brokerlab matrix``: every fault cell on every target."""
+
+    kind: Literal["matrix"] = "matrix"
+    verdict: str
+
+
+#: Any run.json, told apart by ``kind``.
+Manifest = RunManifest | ComparisonManifest | SelectionManifest | MatrixManifest
+_MODELS: dict[str, type[_Manifest]] = {
+    "run": RunManifest,
+    "comparison": ComparisonManifest,
+    "selection": SelectionManifest,
+    "matrix": MatrixManifest,
+}
+assert tuple(_MODELS) == MANIFEST_KINDS
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write ``folder/run.json``; the only writer of run.json, so every command writes the same."""
+    path = folder / RUN_FILE
+    write_json(path, manifest.model_dump(mode="json"))
+    return path
+
+
+def parse_manifest(data: Any, source: str | Path = RUN_FILE) -> Manifest:
+    """A manifest from parsed JSON; ``source`` names the file in errors.
+
+    Keys the model does not know are dropped rather than refused: a run.json written by a later
+    version of the lab still reads. A missing ``kind`` means a single run (the oldest folders).
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: expected a JSON object")
+    kind = data.get("kind", "run")
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ManifestError(f"{source}: kind: {kind!r} is not one of {', '.join(MANIFEST_KINDS)}")
+    known = {key: value for key, value in data.items() if key in model.model_fields}
+    try:
+        return model.model_validate({**known, "kind": kind})  # type: ignore[return-value]
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ManifestError(f"{source}: {problems}") from None
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """``folder/run.json`` as its typed manifest; :class:`ManifestError` names file and field."""
+    path = Path(folder) / RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ManifestError(f"{path}: not valid JSON: {error}") from None
+    return parse_manifest(data, path)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """One line of ``brokerlab list``: what a results folder holds."""
@@ -159,7 +315,10 @@ class RunSummary:
 
 
 def list_runs(results_dir: Path) -> list[RunSummary]:
-    """Every complete run or comparison under ``results_dir``, oldest first."""
+    """Every complete run or grouped folder under ``results_dir``, oldest first.
+
+    Folders whose run.json is missing or unreadable are left out: they are not results.
+    """
     runs: list[RunSummary] = []
     if not results_dir.is_dir():
         return runs
@@ -167,23 +326,26 @@ def list_runs(results_dir: Path) -> list[RunSummary]:
         if folder.name.startswith("."):
             continue
         try:
-            run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            manifest = read_manifest(folder)
+        except ManifestError:
             continue
-        verdict = "?"
-        try:
+        verdict = getattr(manifest, "verdict", "?")
+        with suppress(OSError, ValueError, KeyError):  # a run's own verdict is in metrics.json
             verdict = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))["verdict"]
-        except (OSError, ValueError, KeyError):
-            verdict = run.get("verdict", "?")
+        target = (
+            manifest.target
+            if isinstance(manifest, RunManifest)
+            else ",".join(manifest.targets) or "?"
+        )
         runs.append(
             RunSummary(
                 path=folder,
                 run_id=folder.name,
-                scenario=str(run.get("scenario", "?")),
-                target=str(run.get("target", ",".join(run.get("targets", [])) or "?")),
-                started_at=str(run.get("started_at", "?")),
+                scenario=manifest.scenario,
+                target=target,
+                started_at=manifest.started_at,
                 verdict=str(verdict),
-                kind=str(run.get("kind", "run")),
+                kind=manifest.kind,
             )
         )
     return runs
