@@ -168,6 +168,7 @@ class KafkaAdapter(BrokerAdapter):
         self.admin: AdminClient | None = None
         self.topic_created = False
         self.recreated = 0
+        self.observer: _ConsumerClient | None = None
 
     def _config(self, client: str) -> dict[str, Any]:
         config = client_config(self.url_for(client))
@@ -392,10 +393,18 @@ class KafkaAdapter(BrokerAdapter):
     # ---- broker's own view
 
     async def broker_stats(self) -> dict[str, float]:
-        """Consumer lag as the broker sees it: end offsets minus the group's committed ones."""
-        client = next((c for c in self.consumers.values() if c is not None), None)
+        """Consumer lag as the broker sees it: end offsets minus the group's committed ones.
+
+        Asked through a consumer of its own that never joins the group (it only reads the
+        group's committed offsets), on its own thread, so the run's consumers never wait.
+        """
+        client = self.observer
         if client is None:
-            return {}
+            if not self.topic_created:
+                return {}
+            config = self._config("observer")
+            config.update({"group.id": self.group, "enable.auto.commit": False})
+            client = self.observer = _ConsumerClient(await asyncio.to_thread(Consumer, config))
 
         def lag() -> dict[str, float]:
             metadata = client.consumer.list_topics(self.topic, timeout=2.0)
@@ -421,6 +430,8 @@ class KafkaAdapter(BrokerAdapter):
             )
         for consumer in list(self.consumers):
             await self.close_consumer(consumer)
+        if self.observer is not None:
+            await self.observer.close()
         for producer, client in list(self.producers.items()):
             self.producers[producer] = None
             if client is not None:

@@ -344,15 +344,13 @@ class RabbitMQAdapter(BrokerAdapter):
     # ---- broker's own view
 
     async def broker_stats(self) -> dict[str, float]:
-        """The queue's depth (ready messages) and consumers as the broker reports them."""
+        """The queue's depth (ready messages) as the broker reports it. AMQP has no way to ask
+        for unacknowledged messages (that needs the management plugin), so none is given."""
         control = self.control
         if control is None or not control.alive:
             return {}
         declared = await control.raw.queue_declare(self.queue, passive=True, timeout=2.0)
-        return {
-            "broker_backlog": float(declared.message_count or 0),
-            "broker_consumers": float(declared.consumer_count or 0),
-        }
+        return {"broker_backlog": float(declared.message_count or 0)}
 
     # ---- teardown
 

@@ -55,6 +55,14 @@ TIMELINE_SCHEMA: dict[str, str] = {
     "faults": "string",
 }
 
+#: The broker's own view, sampled during a real run (columns only present when the target
+#: reports them): ``broker_backlog`` = messages the broker holds for the group that no consumer
+#: has received (Redis XINFO GROUPS lag, JetStream num_pending, RabbitMQ ready messages, Kafka
+#: end offset minus committed offset); ``broker_unacked`` = delivered and not yet acknowledged
+#: (Redis pending entries, JetStream num_ack_pending). Each interval holds the last sample taken
+#: at or before its end (NaN before the first).
+BROKER_COLUMNS: tuple[str, ...] = ("broker_backlog", "broker_unacked")
+
 #: key value written when a message has no key
 NO_KEY = -1
 
@@ -181,12 +189,14 @@ def build_timeline(
     faults: list[FaultWindow] | None = None,
     interval: float | None = None,
     errors: np.ndarray | None = None,
+    broker: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-interval rates and consumer lag, computed the same way for every target.
 
     ``backlog`` is the consumer lag at the interval's end: messages sent so far that no consumer
     has yet received. ``errors`` counts failed or unknown publishes started in the interval (plus
     any target-specific error times passed in). ``faults`` names the faults active in the interval.
+    ``broker`` (column ``t`` plus any of :data:`BROKER_COLUMNS`) adds the broker's own view.
     """
     faults = faults or []
     t_sent = sends["t_sent"].to_numpy(dtype="float64")
@@ -233,7 +243,15 @@ def build_timeline(
             "faults": labels,
         }
     )
-    return frame.astype(TIMELINE_SCHEMA)
+    frame = frame.astype(TIMELINE_SCHEMA)
+    if broker is not None and len(broker):
+        samples = broker.sort_values("t", kind="stable")
+        last = np.searchsorted(samples["t"].to_numpy(dtype="float64"), edges[1:], side="right") - 1
+        for column in BROKER_COLUMNS:
+            if column in samples:
+                values = samples[column].to_numpy(dtype="float64")
+                frame[column] = np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
+    return frame
 
 
 @dataclass
