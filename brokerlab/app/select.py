@@ -1,12 +1,13 @@
 """Choose a broker for a use case: run (or reuse) each candidate and rank them by the evidence.
 
 Each candidate runs the scenario where the lab can: on the real broker when an adapter exists
-(``redis-streams``, ``nats``, ``nats-jetstream``), else on the simulator with the candidate's
-preset (``kafka``, ``rabbitmq``, ``sqs``, ...). Its measured requirement results are joined with
-the capability table's verdicts for what a run cannot show (replay, message size limits, ordering
-model, durability options). Candidates are ranked: fewer failed requirements first, then by the
-worst margin (how close the tightest requirement came to its bound), so the ranking says both
-which pass and by how much the others fail.
+(``redis-streams``, ``nats``, ``nats-jetstream``, ``rabbitmq``, ``kafka``: the Kafka protocol on
+the lab's Tansu broker unless a URL is given, which the selection's notes say), else on the
+simulator with the candidate's preset (``sqs``, ``kinesis``, ...). Its measured requirement
+results are joined with the capability table's verdicts for what a run cannot show (replay,
+message size limits, ordering model, durability options). Candidates are ranked: fewer failed
+requirements first, then by the worst margin (how close the tightest requirement came to its
+bound), so the ranking says both which pass and by how much the others fail.
 """
 
 from __future__ import annotations
@@ -427,4 +428,22 @@ def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ..
             "judged, and the verdicts and ranking rest on loss, duplicates, ordering and "
             "capabilities (run them on the real broker, or calibrate a profile, to judge speed)"
         )
+    for candidate, info in sorted(runs.items()):
+        label = _broker_label(Path(info["run"]))
+        if label:  # e.g. the Kafka protocol measured on a stand-in broker
+            notes.append(
+                f"{candidate} was measured on {label}: its evidence shows the protocol's "
+                "semantics, not the product's storage, replication or speed"
+            )
     return tuple(notes)
+
+
+def _broker_label(run: Path) -> str | None:
+    """What a real run's broker really was, when its target says (run.json
+    ``target_info.broker_label``)."""
+    try:
+        record = json.loads((run / results.RUN_FILE).read_text("utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    label = (record.get("target_info") or {}).get("broker_label")
+    return str(label) if label else None
