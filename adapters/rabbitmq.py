@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,12 @@ from brokerlab.adapters.harness import (
     Received,
     now,
 )
+
+# aio-pika and aiormq log every failed reconnect as an error; a run expects them during broker
+# faults and reports what matters itself (consumer errors, publish outcomes), so their lines go
+# to a handler that drops them unless a user configures logging.
+for _name in ("aio_pika", "aiormq"):
+    logging.getLogger(_name).addHandler(logging.NullHandler())
 
 #: Connection and AMQP method timeouts (seconds).
 CONNECT_TIMEOUT = 10.0
