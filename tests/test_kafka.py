@@ -8,6 +8,7 @@ of the session timeout on Tansu (~3 s), so each run has that on top of its load.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -209,3 +210,87 @@ def test_ctrl_c_during_a_run_leaves_no_broker_behind(tmp_path: Path) -> None:
     lab.wait(60)
     _gone, alive = psutil.wait_procs(brokers, timeout=10)
     assert not alive
+
+
+# --------------------------------------------------------------------------- the broker's view
+
+
+def test_broker_samples_are_held_per_interval_known_answer() -> None:
+    """build_timeline's broker columns: each interval shows the last sample taken at or before
+    its end, NaN before the first; a column the target did not report is absent."""
+    from brokerlab.core.trace import build_timeline, make_deliveries, make_sends
+
+    sends = make_sends(
+        np.zeros(4, dtype="int64"),
+        np.arange(4, dtype="int64"),
+        np.zeros(4, dtype="int64"),
+        np.full(4, 10, dtype="int64"),
+        np.array([0.0, 0.5, 1.0, 1.5]),
+        np.array([0.0, 0.5, 1.0, 1.5]),
+        np.array([0.01, 0.51, 1.01, 1.51]),
+        np.array(["acked"] * 4, dtype=object),
+        np.ones(4, dtype="int16"),
+    )
+    deliveries = make_deliveries(
+        sends["msg_id"].to_numpy(),
+        np.zeros(4, dtype="int32"),
+        np.ones(4, dtype="int32"),
+        np.array([0.1, 0.6, 1.1, 1.9]),
+        np.array([0.1, 0.6, 1.1, 1.9]),
+    )
+    broker = pd.DataFrame({"t": [0.6, 1.2], "broker_backlog": [3.0, 1.0]})
+    timeline = build_timeline(sends, deliveries, interval=0.5, broker=broker)
+    assert timeline["t_end"].tolist() == [0.5, 1.0, 1.5, 2.0]
+    assert np.isnan(timeline["broker_backlog"][0])
+    assert timeline["broker_backlog"].tolist()[1:] == [3.0, 1.0, 1.0]
+    assert "broker_unacked" not in timeline
+    assert "broker_backlog" not in build_timeline(sends, deliveries, interval=0.5)
+
+
+def test_kafka_run_records_the_brokers_own_lag(tmp_path: Path) -> None:
+    """A real run samples the broker's committed-offset lag into the timeline; it ends at 0
+    once everything is processed and committed."""
+    scenario = _scenario(producers={"count": 1, "duration": "3s", "rate": "200/s"})
+    result = _run(scenario, None, tmp_path)
+    timeline = result.trace.timeline
+    assert "broker_backlog" in timeline
+    sampled = timeline["broker_backlog"].dropna()
+    assert len(sampled) > 0 and (sampled >= 0).all()
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@pytest.mark.slow
+def test_compare_runs_the_quickstart_on_every_real_target_and_the_simulator(
+    tmp_path: Path,
+) -> None:
+    """`brokerlab compare --targets sim,redis-streams,nats,nats-jetstream,rabbitmq,kafka` on the
+    quickstart: every target gives a run, the kafka run says what it ran on."""
+    from brokerlab.adapters.binaries import BrokerUnavailable, find_rabbitmq_server
+
+    try:
+        find_rabbitmq_server()
+    except BrokerUnavailable:
+        pytest.skip("rabbitmq-server is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp"
+    targets = "sim,redis-streams,nats,nats-jetstream,rabbitmq,kafka"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "brokerlab"),
+            "compare",
+            str(repo / "scenarios/quickstart.yaml"),
+            *("--targets", targets, "--out", str(out), "-q"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for target in targets.split(","):
+        assert target in done.stdout
+    kafka_runs = [json.loads(p.read_text()) for p in out.rglob("run.json")]
+    labels = [r.get("target_info", {}).get("broker_label") for r in kafka_runs]
+    assert TANSU_LABEL in labels
