@@ -310,3 +310,20 @@ def test_a_lab_that_is_interrupted_leaves_no_node_behind(how: str, tmp_path: Pat
                 alive.append(pid)
     assert not alive
     assert not _listening(port)
+
+
+def test_select_runs_rabbitmq_for_real_only_when_a_broker_can_be_had(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """select: the real target when a URL is given or the server is installed, else the
+    simulator (instead of a failed candidate)."""
+    from brokerlab.app.select import target_for
+
+    monkeypatch.delenv("BROKERLAB_AMQP_URL", raising=False)
+    monkeypatch.setenv("BROKERLAB_RABBITMQ_SERVER", str(tmp_path / "missing"))
+    assert target_for("rabbitmq", True, {}) == "sim"
+    assert target_for("rabbitmq", True, {"amqp_url": MACHINE_URL}) == "rabbitmq"
+    assert target_for("rabbitmq", False, {"amqp_url": MACHINE_URL}) == "sim"
+    assert target_for("kafka", True, {}) == "kafka"  # the Tansu broker ships with the lab
+    monkeypatch.delenv("BROKERLAB_RABBITMQ_SERVER")
+    assert target_for("rabbitmq", True, {}) == ("rabbitmq" if HAVE_SERVER else "sim")

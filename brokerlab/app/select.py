@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,9 +82,35 @@ def margin(name: str, bound: Any, measured: Any) -> float | None:
     return (bound - measured) / abs(bound)
 
 
-def target_for(candidate: str, real: bool) -> str:
-    """The real target when an adapter exists and real runs are wanted, else the simulator."""
-    return candidate if real and candidate in TARGETS else "sim"
+def target_for(candidate: str, real: bool, urls: Mapping[str, str | None] | None = None) -> str:
+    """The real target when an adapter exists, real runs are wanted and a broker can be had (a
+    URL for it in ``urls``, or a server the lab can start here), else the simulator."""
+    if not real or candidate not in TARGETS:
+        return "sim"
+    if urls is None:
+        return candidate
+    return candidate if _broker_available(candidate, urls) else "sim"
+
+
+def _broker_available(target: str, urls: Mapping[str, str | None]) -> bool:
+    """Whether a run on ``target`` has a broker: a URL given for it (flag or environment), or
+    its embedded server installed (e.g. RabbitMQ needs Debian's rabbitmq-server package)."""
+    from brokerlab.adapters.binaries import BrokerUnavailable, find_server
+    from brokerlab.adapters.targets import TargetError, get_target
+
+    try:
+        record = get_target(target)
+    except TargetError:
+        return True  # not a registered real target: let the run say what is wrong
+    if urls.get(record.url.key) or os.environ.get(record.url.env):
+        return True
+    if record.server is None:
+        return False
+    try:
+        find_server(record.server)
+    except BrokerUnavailable:
+        return False
+    return True
 
 
 def is_performance(name: str) -> bool:
@@ -328,7 +355,7 @@ def select(
     rows: list[dict[str, Any]] = []
     with results.staged_dir(final) as folder:
         for candidate in candidates:
-            target = target_for(candidate, real)
+            target = target_for(candidate, real, options.urls)
             as_run = scenario.model_copy(
                 update={"broker": scenario.broker.model_copy(update={"kind": candidate})}
             )
