@@ -980,10 +980,12 @@ def brokers_up(
     ``status`` "started" or "already up".
     """
     state_dir = Path(state_dir)
-    target_kinds = server_kinds()
+    # Not a RabbitMQ node: it is several processes (the VM, its epmd) that a state entry of one
+    # pid cannot vouch for; rabbitmq runs start their own node.
+    target_kinds = {t: k for t, k in server_kinds().items() if k != "rabbitmq"}
     unknown = [target for target in targets if target not in target_kinds]
     if unknown or not targets:
-        raise ValueError(f"unknown targets {unknown}; use one or more of {_targets()}")
+        raise ValueError(f"unknown targets {unknown}; use one or more of {', '.join(target_kinds)}")
     kinds = list(dict.fromkeys(target_kinds[target] for target in targets))
     persistence = broker.persistence if broker is not None else Persistence()
     with _locked(state_dir):
