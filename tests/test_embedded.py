@@ -129,7 +129,7 @@ def test_bogus_binary_env_gives_clear_error(
 def test_unknown_target_is_rejected(tmp_path: Path) -> None:
     """Only the real targets (redis-streams, nats, nats-jetstream, rabbitmq, kafka) have embedded
     servers; a simulated-only kind names them."""
-    with pytest.raises(ValueError, match="redis-streams.*rabbitmq.*kafka"):
+    with pytest.raises(ValueError, match=r"redis-streams.*rabbitmq.*kafka"):
         embedded_for("sqs", scenario_broker("sqs"), tmp_path)
 
 

@@ -294,3 +294,20 @@ def test_compare_runs_the_quickstart_on_every_real_target_and_the_simulator(
     kafka_runs = [json.loads(p.read_text()) for p in out.rglob("run.json")]
     labels = [r.get("target_info", {}).get("broker_label") for r in kafka_runs]
     assert TANSU_LABEL in labels
+
+
+def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    """producer-crash on kafka: a new idempotent producer takes over after the restart; every
+    acknowledged message is consumed."""
+    scenario = _scenario(
+        producers={"count": 1, "rate": "200/s", "duration": "2s"},
+        faults=[
+            {"at": "0.7s", "action": "producer-crash", "target": "producer-0", "duration": "0.5s"}
+        ],
+    )
+    result = _run(scenario, None, tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    acked = set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+    assert len(acked) >= 0.9 * len(sends)
+    assert acked <= set(deliveries["msg_id"])
+    assert sends["t_sent"].notna().all()

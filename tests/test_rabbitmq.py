@@ -327,3 +327,20 @@ def test_select_runs_rabbitmq_for_real_only_when_a_broker_can_be_had(
     assert target_for("kafka", True, {}) == "kafka"  # the Tansu broker ships with the lab
     monkeypatch.delenv("BROKERLAB_RABBITMQ_SERVER")
     assert target_for("rabbitmq", True, {}) == ("rabbitmq" if HAVE_SERVER else "sim")
+
+
+def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    """producer-crash: the producer's connection drops mid-run; unconfirmed publishes end
+    unknown, the restarted producer sends the rest, and every confirmed message arrives."""
+    scenario = _scenario(
+        producers={"count": 1, "rate": "200/s", "duration": "2s"},
+        faults=[
+            {"at": "0.7s", "action": "producer-crash", "target": "producer-0", "duration": "0.5s"}
+        ],
+    )
+    result = _run(scenario, _machine(), tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    acked = set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+    assert len(acked) >= 0.9 * len(sends)
+    assert acked <= set(deliveries["msg_id"])
+    assert sends["t_sent"].notna().all()  # what it missed was sent after the restart
