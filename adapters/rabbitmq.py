@@ -337,9 +337,11 @@ class RabbitMQAdapter(BrokerAdapter):
             headers = message.header.properties.headers
             if headers and "x-delivery-count" in headers:
                 delivery_no = int(headers["x-delivery-count"]) + 1
+            offset = None
             if stream and headers and "x-stream-offset" in headers:
-                self.offsets[consumer] = int(headers["x-stream-offset"]) + 1
-            received.append((message.body, delivery_no, (message.channel, message.delivery_tag)))
+                offset = int(headers["x-stream-offset"])
+            handle = (message.channel, message.delivery_tag, offset)
+            received.append((message.body, delivery_no, handle))
         if stream and self.no_ack:  # streams need acks to keep credit flowing: ack on receipt
             await self.ack(consumer, [received[-1][2]])
         return received
@@ -347,7 +349,9 @@ class RabbitMQAdapter(BrokerAdapter):
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
         if self.no_ack and self.queue_type != "stream":
             return
-        channel, tag = handles[-1]
+        channel, tag, offset = handles[-1]
+        if offset is not None:  # a stream: a restarted consumer resumes after what it acked
+            self.offsets[consumer] = offset + 1
         if channel.is_closed:
             raise ConnectionError(f"consumer-{consumer}: channel closed before the ack")
         # Everything this channel delivered up to ``tag`` is in this batch or acked before it,

@@ -344,3 +344,23 @@ def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: 
     assert len(acked) >= 0.9 * len(sends)
     assert acked <= set(deliveries["msg_id"])
     assert sends["t_sent"].notna().all()  # what it missed was sent after the restart
+
+
+def test_a_stream_queue_is_read_by_offset_and_a_restarted_consumer_resumes(
+    tmp_path: Path,
+) -> None:
+    """queue_type stream: every message once; a consumer that crashes resumes after the last
+    offset it acknowledged, so what it held unacked is read again and nothing is skipped."""
+    scenario = _scenario(
+        broker={"queue_type": "stream"},
+        producers={"count": 1, "rate": "200/s", "duration": "2s"},
+        consumers={"count": 1, "prefetch": 20, "processing": "3ms"},
+        faults=[
+            {"at": "0.8s", "action": "consumer-crash", "target": "consumer-0", "duration": "0.3s"}
+        ],
+    )
+    result = _run(scenario, _machine(), tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    done = deliveries[deliveries["t_done"].notna()]
+    assert set(done["msg_id"]) == set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+    assert result.info["queue_type"] == "stream"
