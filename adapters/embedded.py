@@ -3,13 +3,16 @@
 A run must measure a broker configured exactly as its scenario says, so the lab starts its own
 server on a free loopback port instead of using whatever already runs on the machine, and it must
 never leave one behind: not after a normal end, an exception, Ctrl-C, SIGTERM/SIGHUP, nor when the
-lab itself is SIGKILLed. Four layers make that true:
+lab itself is SIGKILLed. Five layers make that true:
 
 1. ``with EmbeddedBroker(...)`` (or ``stop()``) for normal ends, exceptions and Ctrl-C;
 2. a registry of running brokers stopped by ``atexit``;
 3. SIGTERM/SIGHUP handlers that stop the brokers, then let the signal do what it did before;
 4. on Linux, ``PR_SET_PDEATHSIG=SIGKILL`` in every child, so the kernel kills the brokers when the
-   lab dies without running any Python (SIGKILL, OOM killer, segfault).
+   lab dies without running any Python (SIGKILL, OOM killer, segfault);
+5. for the command line, :func:`interrupt_handling`: Ctrl-C cancels the running measurement so
+   its teardown runs, and a deadline (:data:`INTERRUPT_DEADLINE`) cuts any teardown that hangs
+   short, killing the brokers and worker processes, so Ctrl-C ends a run within seconds.
 
 PDEATHSIG fires when the *thread* that forked the child exits, not the process. Children are
 therefore always forked from one daemon "spawner" thread that lives as long as the process, so a
@@ -25,6 +28,7 @@ recorded, so a reused pid never gets our signal.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -73,6 +77,9 @@ __all__ = [
     "connect_urls",
     "embedded_for",
     "free_port",
+    "interrupt_handling",
+    "interrupted",
+    "interruptible",
     "stop_all",
 ]
 
@@ -249,10 +256,139 @@ def _after_fork_in_child() -> None:
     # A forked child (multiprocessing) must not stop its parent's brokers at exit.
     _running.clear()
     _spawner.forget()
+    _interrupt_cleanups.clear()  # the parent's, not this child's
 
 
 atexit.register(stop_all)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+#: Longest a command takes to end after Ctrl-C. Teardown (stop clients, delete the run's stream,
+#: stop the broker) normally takes a second or two; if something in it hangs (a client library
+#: that ignores cancellation, a blocking join, a broker restart in a thread), it is cut short
+#: here, three seconds inside the ten the lab promises (a busy machine needs the margin).
+INTERRUPT_DEADLINE = 7.0
+#: Exit status of an interrupted command: 128 + SIGINT, what shells report for Ctrl-C.
+INTERRUPTED_EXIT = 130
+
+_interrupts = 0
+_interrupt_cleanups: list[Callable[[], None]] = []
+#: The measurement Ctrl-C cancels: (its event loop, its task), set by :func:`interruptible`.
+_current_run: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+
+
+def interrupted() -> bool:
+    """True once Ctrl-C was pressed under :func:`interrupt_handling`."""
+    return _interrupts > 0
+
+
+@contextlib.contextmanager
+def interrupt_handling(cleanup: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Within the block, Ctrl-C ends the program promptly and leaves no broker behind.
+
+    The first Ctrl-C cancels the measurement running under :func:`interruptible` (its teardown
+    runs: clients stop, the run's stream is deleted, the broker stops; then
+    ``KeyboardInterrupt`` reaches the caller), or raises ``KeyboardInterrupt`` at once when none
+    runs. It also arms a deadline: if the process still runs :data:`INTERRUPT_DEADLINE` seconds
+    later, every broker and worker process it started is SIGKILLed, ``cleanup`` runs (e.g. to
+    remove a half-written results folder) and the process exits with :data:`INTERRUPTED_EXIT`.
+    A second Ctrl-C raises ``KeyboardInterrupt`` wherever the program is.
+
+    Only from the main thread, and only where Ctrl-C has its default meaning: a program started
+    in the background of a non-interactive shell inherits SIGINT ignored (so the terminal's
+    Ctrl-C spares it) and keeps it ignored. Yields whether the handler was installed.
+    """
+    global _interrupts
+    installable = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if not installable:
+        yield False
+        return
+    _interrupts = 0
+    if cleanup is not None:
+        _interrupt_cleanups.append(cleanup)
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if cleanup is not None:
+            with contextlib.suppress(ValueError):
+                _interrupt_cleanups.remove(cleanup)
+
+
+async def interruptible(coroutine: Any) -> Any:
+    """Await ``coroutine`` as the measurement Ctrl-C cancels (see :func:`interrupt_handling`).
+
+    Cancelled by Ctrl-C, it raises ``KeyboardInterrupt`` once the coroutine's own teardown has
+    run, and also when the coroutine finished anyway after Ctrl-C; without
+    :func:`interrupt_handling` it is a plain ``await`` (``asyncio.run`` then deals with Ctrl-C in
+    its own way).
+    """
+    global _current_run
+    task = asyncio.current_task()
+    assert task is not None
+    previous, _current_run = _current_run, (asyncio.get_running_loop(), task)
+    try:
+        result = await coroutine
+    except asyncio.CancelledError:
+        if interrupted():
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        _current_run = previous
+    if interrupted():
+        # Ctrl-C came while the run was ending (during a blocking join, say) and its
+        # cancellation found nothing left to cancel, or a library swallowed it: the user still
+        # asked to stop, so the run is not kept.
+        raise KeyboardInterrupt
+    return result
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    global _interrupts
+    _interrupts += 1
+    if _interrupts > 1:
+        raise KeyboardInterrupt
+    threading.Thread(
+        target=_cut_short,
+        args=(time.monotonic() + INTERRUPT_DEADLINE,),
+        name="brokerlab-interrupt-deadline",
+        daemon=True,
+    ).start()
+    run = _current_run
+    if run is not None and not run[1].done():
+        loop, task = run
+        # Thread-safe, and it wakes a loop sleeping in select() (the run may be in a thread).
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(task.cancel)
+            return
+    raise KeyboardInterrupt
+
+
+def _cut_short(deadline: float) -> None:
+    """The interrupt deadline: if the process still runs at ``deadline``, end it hard."""
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    with contextlib.suppress(OSError):
+        os.write(2, b"interrupted: teardown took too long; stopping brokers and workers by force\n")
+    # No locks here: the main thread may hold them while it is stuck.
+    for broker in list(_running.values()):
+        process = broker._process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children(recursive=True):  # spawned workers, anything else
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    for cleanup in list(_interrupt_cleanups):
+        with contextlib.suppress(Exception):
+            cleanup()
+    os._exit(INTERRUPTED_EXIT)
 
 
 # --------------------------------------------------------------------------- the broker
@@ -425,7 +561,9 @@ class EmbeddedBroker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        # After Ctrl-C the user is waiting: a broker that does not exit at once is killed sooner.
+        ctrl_c = interrupted() or (exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        self.stop(EMERGENCY_STOP_TIMEOUT if ctrl_c else 10.0)
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"

@@ -429,11 +429,15 @@ class FaultScheduler:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=PROXY_CALL_TIMEOUT)
         if self.network is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.network.heal()
+            except Exception as error:
+                self.warnings.append(f"the network could not be healed at the end: {error!r}")
         if self.broker is not None and self.broker.paused:
-            with contextlib.suppress(Exception):
+            try:
                 self.broker.resume()
+            except Exception as error:
+                self.warnings.append(f"the paused broker could not be resumed: {error!r}")
         end = now()
         for index, played in enumerate(self._played):
             if played.started is None:

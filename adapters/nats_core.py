@@ -214,8 +214,10 @@ class NatsCoreAdapter(BrokerAdapter):
         """Push out what the clients buffered; one that cannot (broker away) keeps its loss."""
         for client in [*self.producers.values(), self.publisher]:
             if client is not None and not client.is_closed:
-                with contextlib.suppress(Exception):
+                try:
                     await client.flush(CONNECT_TIMEOUT)
+                except Exception as error:
+                    self.survived_error("flushing a publisher (what it held is lost)", error)
 
     async def fetch(self, consumer: int, max_messages: int, wait: float) -> list[Received]:
         inbox = self.inboxes[consumer]

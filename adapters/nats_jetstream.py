@@ -19,7 +19,6 @@ at 1 after a memory-storage restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -353,9 +352,12 @@ class NatsJetStreamAdapter(BrokerAdapter):
             )
         self.warnings += self.connections.warnings()
         if self.stream_created and self.js is not None:
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     await self.js.delete_stream(self.stream)  # deletes the consumer too
+            except Exception as error:
+                doing = f"deleting the run's stream {self.stream} (it may remain)"
+                self.survived_error(doing, error)
         await self.connections.close()
 
 

@@ -508,8 +508,8 @@ class RedisStreamsAdapter(BrokerAdapter):
                 await self._claim_for(consumer, idle_ms, broker.max_deliveries)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # broker away: try again next round
-                continue
+            except Exception as error:  # broker away: try again next round, and say so
+                self.survived_error("reclaiming stuck entries (retried next round)", error)
 
     async def _claim_for(self, consumer: int, idle_ms: int, max_deliveries: int) -> None:
         cursor: Any = "0-0"
@@ -567,8 +567,10 @@ class RedisStreamsAdapter(BrokerAdapter):
                 "the consumer group vanished (broker restarted without persistence) and was "
                 f"created again {self.groups_recreated} time(s)"
             )
-        with contextlib.suppress(Exception):
+        try:
             await self.client.delete(self.key)  # the group goes with the stream
+        except Exception as error:
+            self.survived_error(f"deleting the run's stream {self.key} (it may remain)", error)
         with contextlib.suppress(Exception):
             await self.client.aclose()
         for pool in self._pools:

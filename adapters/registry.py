@@ -29,6 +29,7 @@ from brokerlab.adapters.harness import (
     Scrubber,
     play,
 )
+from brokerlab.adapters.monitor import RunMonitor
 from brokerlab.adapters.targets import Target, get_target, target_names, url_options
 from brokerlab.adapters.workers import WorkerCrew, worker_count
 from brokerlab.core.load import plan_load, streams
@@ -89,7 +90,10 @@ async def run_real_async(
     plan = plan_load(scenario, seed)
     count = 1 if needs_proxies(scenario) else worker_count(scenario, record, workers)
     adapter: BrokerAdapter = record.adapter_class()(url, scenario, names)
-    async with fault_injection(scenario, url, broker=broker, seed=seed, target=record) as faults:
+    async with (
+        RunMonitor(url, broker) as monitor,  # the lab's and the broker's CPU, loop lag
+        fault_injection(scenario, url, broker=broker, seed=seed, target=record) as faults,
+    ):
         crew: Crew
         if count > 1:
             crew = WorkerCrew(record, url, scenario, seed, names, plan, count, on_start=on_start)
@@ -97,7 +101,8 @@ async def run_real_async(
             if faults is not None:
                 adapter.client_urls = dict(faults.client_urls)
             crew = LocalCrew(adapter, scenario, plan, streams(seed)["processing"])
-        return await play(adapter, scenario, crew, progress=progress, faults=faults)
+        result = await play(adapter, scenario, crew, progress=progress, faults=faults)
+    return monitor.attach(result)
 
 
 def _run_to_completion(coroutine: Coroutine[Any, Any, TargetResult]) -> TargetResult:
@@ -105,14 +110,16 @@ def _run_to_completion(coroutine: Coroutine[Any, Any, TargetResult]) -> TargetRe
 
     ``asyncio.run`` refuses to nest, so inside a running loop the run gets its own loop in a
     worker thread; embedded brokers are forked by their own spawner thread, so they still die
-    with the lab.
+    with the lab. Under the command line's Ctrl-C handling the run is the task Ctrl-C cancels.
     """
+    from brokerlab.adapters.embedded import interruptible
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        return asyncio.run(interruptible(coroutine))
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+        return pool.submit(asyncio.run, interruptible(coroutine)).result()
 
 
 def run_real(

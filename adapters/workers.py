@@ -57,6 +57,7 @@ from brokerlab.adapters.harness import (
     RunNames,
     Scrubber,
     SendLog,
+    close_adapter,
     hard_deadline,
     now,
     play,
@@ -316,9 +317,7 @@ async def _play(
         )
     finally:
         await crew.stop()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
+        await close_adapter(adapter)
     local_to_run = np.asarray(job.consumers, dtype="int32")
     consumers = crew.report()
     return WorkerReport(
@@ -331,7 +330,7 @@ async def _play(
         errors=np.asarray(consumers.errors, dtype="float64"),
         error_kinds=consumers.error_kinds,
         unexpected=deliveries.unexpected,
-        warnings=[*warnings, *adapter.warnings],
+        warnings=[*warnings, *adapter.warnings, *adapter.survived_warnings()],
     )
 
 

@@ -3,22 +3,46 @@
 Exit codes: 0 success, 2 bad input (a scenario, a flag, a results folder), 1 a failure of the lab
 itself (a bug, or a broker that could not be started), with a message, never a bare traceback for
 a user's mistake. With ``--check`` (``run``, ``compare``) a finished run also says its verdict:
-3 fail, 4 inconclusive.
+3 fail, 4 inconclusive. 130: interrupted (Ctrl-C), within seconds, with no broker or worker left
+running and no half-written results folder.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, NoReturn
+import threading
+from types import FrameType
 
-import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
+
+def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
+    # Ctrl-C while the command's libraries load (up to a second or two on a busy machine): end
+    # with the same exit status as any other interrupt, not a traceback of an import.
+    os.write(2, b"interrupted\n")
+    raise SystemExit(130)
+
+
+# Only when this module is the program (the console script or ``python -m brokerlab.cli``), not
+# when a test or a notebook imports it; ``_Lab.invoke`` takes over once a command runs.
+_STARTING = (
+    (__name__ == "__main__" or os.path.basename(sys.argv[0]) == "brokerlab")
+    and threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+)
+if _STARTING:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import traceback  # noqa: E402 - after the start-up handler, on purpose
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+import click  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.progress import (  # noqa: E402
     BarColumn,
     MofNCompleteColumn,
     Progress,
@@ -26,14 +50,15 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Table  # noqa: E402
 
-from brokerlab.adapters.binaries import BrokerUnavailable
-from brokerlab.adapters.targets import target_names, url_options
-from brokerlab.core import results
-from brokerlab.core.scenario import ScenarioError, load_scenario
+from brokerlab.adapters.binaries import BrokerUnavailable  # noqa: E402
+from brokerlab.adapters.targets import target_names, url_options  # noqa: E402
+from brokerlab.core import results  # noqa: E402
+from brokerlab.core.scenario import ScenarioError, load_scenario  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 #: ``--check``: a verdict of fail, or of inconclusive, as the exit code (for pipelines).
 EXIT_VERDICT_FAIL, EXIT_VERDICT_INCONCLUSIVE = 3, 4
 
@@ -125,10 +150,12 @@ def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | N
     """RunOptions from the shared flags."""
     from brokerlab.app.runner import RunOptions
 
+    results_dir = flags["results_dir"] or results.default_results_dir()
+    _stage_parents.update([results_dir] + ([flags["out"].parent] if flags["out"] else []))
     return RunOptions(
         seed=flags["seed"],
         out=flags["out"],
-        results_dir=flags["results_dir"] or results.default_results_dir(),
+        results_dir=results_dir,
         progress=progress,
         urls={option.key: flags.get(option.key) for option in url_options()},
     )
@@ -147,9 +174,45 @@ def _failures(debug: bool, *user_errors: type[Exception]) -> Iterator[None]:
         _usage_error(str(error))
     except KeyboardInterrupt:
         err.print("interrupted: nothing was written")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:
         _lab_failure(error, debug)
+
+
+#: Folders this command stages results in (see ``results.staged_dir``).
+_stage_parents: set[Path] = set()
+
+
+def _remove_own_stages() -> None:
+    """Remove this process's staging folders: the last step of a Ctrl-C cut short."""
+    import shutil
+
+    for folder in _stage_parents:
+        for stage in folder.glob(f".*.partial-{os.getpid()}"):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+class _Lab(click.Group):
+    """The ``brokerlab`` group: Ctrl-C ends any command promptly with exit 130.
+
+    The first Ctrl-C cancels the running measurement so that its teardown runs (clients stop,
+    the run's stream is deleted, the lab's brokers stop); whatever still runs after
+    ``embedded.INTERRUPT_DEADLINE`` seconds is killed (see ``adapters.embedded``). A Ctrl-C
+    between steps (loading a scenario, writing a report) is reported the same way, not as
+    click's "Aborted!" with exit 1.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from brokerlab.adapters.embedded import interrupt_handling
+
+        try:
+            if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            with interrupt_handling(cleanup=_remove_own_stages):
+                return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _targets(value: str, known: Any, option: str) -> list[str]:
@@ -163,7 +226,7 @@ def _targets(value: str, known: Any, option: str) -> list[str]:
     return chosen
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Lab, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="brokerlab")
 def main() -> None:
     """brokerlab: choose and size a message broker by evidence.
@@ -440,7 +503,10 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
             ),
         )
     grid = result.grid()
-    table = Table(title="guarantee matrix (lost, duplicates; ok = as DESIGN.md expects)")
+    table = Table(
+        title="guarantee matrix: status, lost and duplicates with the fault / in the fault-free "
+        "control (as DESIGN.md expects: match)"
+    )
     table.add_column("config")
     for fault in grid.columns:
         table.add_column(str(fault), overflow="fold")
@@ -448,10 +514,17 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
         table.add_row(str(config), *(str(v) for v in row))
     stdout.print(table)
     records = result.records
+    tally = result.tally()
     _print_plain(
         stdout,
-        f"{int(records['matches'].sum())} of {len(records)} runs match the expectation table",
+        f"{tally['match']} of {len(records)} runs match the expectation table, "
+        f"{tally['mismatch']} mismatch, {tally['inconclusive']} inconclusive",
     )
+    for status in ("mismatch", "inconclusive"):
+        for row in records[records["status"] == status].itertuples():
+            _print_plain(
+                stdout, f"{status}: {row.config} x {row.fault} on {row.target}: {row.reason}"
+            )
     differ = disagreements(records)
     if len(differ):
         _print_plain(stdout, "simulation and reality disagree on loss or duplicates in:")

@@ -345,16 +345,27 @@ LAB = textwrap.dedent(
 )
 
 
-def start_lab(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
+def default_sigint() -> None:
+    """Give the child lab Ctrl-C's default meaning, as a terminal does.
+
+    A test run started in the background of a non-interactive shell (``pytest ... &`` in a
+    script) inherits SIGINT *ignored*, and so would the lab: it then never saw our SIGINT, slept
+    on, and the Ctrl-C test timed out with both servers alive (issue 8).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_lab(tmp_path: Path, source: str = LAB) -> tuple[subprocess.Popen[str], list[int]]:
     """A child Python lab that starts both brokers and sleeps; returns it and the broker pids."""
     script = tmp_path / "lab.py"
-    script.write_text(LAB)
+    script.write_text(source)
     lab = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path / "work")],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     assert lab.stdout is not None
     line = lab.stdout.readline()
@@ -388,6 +399,54 @@ def test_ctrl_c_in_the_lab_stops_its_brokers(tmp_path: Path) -> None:
     lab.send_signal(signal.SIGINT)
     assert lab.wait(20) != 0
     assert wait_gone(pids, timeout=5)
+
+
+HUNG_LAB = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from brokerlab.adapters import embedded
+    from brokerlab.core.scenario import Broker
+
+    async def measurement_with_a_stuck_teardown(pids):
+        print(json.dumps(pids), flush=True)  # running: Ctrl-C now cancels this task
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # a client library that ignores cancellation
+
+    workdir = Path(sys.argv[1])
+    redis_broker = embedded.embedded_for("redis-streams", Broker(kind="redis-streams"), workdir)
+    nats_broker = embedded.embedded_for("nats-jetstream", Broker(kind="nats-jetstream"), workdir)
+    with embedded.interrupt_handling(), redis_broker, nats_broker:
+        pids = [redis_broker.pid, nats_broker.pid]
+        asyncio.run(embedded.interruptible(measurement_with_a_stuck_teardown(pids)))
+    """
+)
+
+
+def test_ctrl_c_cuts_a_stuck_teardown_short(tmp_path: Path) -> None:
+    """A measurement that ignores its cancellation cannot hold Ctrl-C up: past the interrupt
+    deadline the brokers are killed and the lab exits 130, within the 10 s the lab promises."""
+    lab, pids = start_lab(tmp_path, HUNG_LAB)
+    started = time.monotonic()
+    lab.send_signal(signal.SIGINT)
+    assert lab.wait(20) == embedded.INTERRUPTED_EXIT
+    assert embedded.INTERRUPT_DEADLINE <= time.monotonic() - started <= 10.0
+    assert wait_gone(pids, timeout=5)
+
+
+def test_inherited_ignored_sigint_is_respected() -> None:
+    """Started with SIGINT ignored (in the background of a script), the lab keeps ignoring it,
+    as POSIX programs do, so a Ctrl-C meant for the foreground job does not stop it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with embedded.interrupt_handling() as installed:
+            assert not installed
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------- notebook sessions

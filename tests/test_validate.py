@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from brokerlab.core.scenario import ScenarioError, load_scenario, parse_scenario, scenario_to_yaml
+from brokerlab.core.scenario import (
+    ScenarioError,
+    load_scenario,
+    load_yaml,
+    parse_scenario,
+    scenario_to_yaml,
+)
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -232,3 +240,104 @@ def test_bare_on_off_keys_mean_the_burst_fields(tmp_path: Path) -> None:
     )
     arrival = load_scenario(path).producers.arrival
     assert (arrival.on, arrival.off) == (2.0, 3.0)
+
+
+def _nested(levels: int) -> str:
+    return VALID + "extra: " + "[" * levels + "]" * levels + "\n"
+
+
+def _laughs() -> str:
+    """Billion laughs: nine levels of nine aliases, 9**9 strings once expanded (a few kB)."""
+    text = VALID + 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for level in range(1, 10):
+        text += f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]\n"
+    return text
+
+
+def _bytes_of(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+# (id, file content, words of the one-line reason). Each crashed, hung or ran out of memory
+# before the loader had limits (a 3,000-level nesting: a 212 kB RecursionError traceback; a
+# million-item list: more than a minute of parsing).
+HOSTILE_INPUTS: list[tuple[str, Callable[[], bytes], str]] = [
+    ("nested 3000 lists", lambda: _bytes_of(_nested(3000)), "nested more than 64 levels"),
+    (
+        "nested 3000 mappings",
+        lambda: _bytes_of(VALID + "extra: " + "{a: " * 3000 + "}" * 3000 + "\n"),
+        "nested more than 64 levels",
+    ),
+    ("50 MB file", lambda: b"# " + b"x" * (50 << 20) + b"\n" + _bytes_of(VALID), "too large"),
+    (
+        "million-item list",
+        lambda: _bytes_of(VALID + "extra: [" + ",".join(["1"] * 1_000_000) + "]\n"),
+        "too large",
+    ),
+    (
+        "hundred-thousand-item list",
+        lambda: _bytes_of(VALID + "extra: [" + ",".join(["1"] * 100_000) + "]\n"),
+        "more than 20000 values",
+    ),
+    ("billion laughs", lambda: _bytes_of(_laughs()), "alias *l"),
+    ("alias inside itself", lambda: _bytes_of(VALID + "extra: &a [1, *a]\n"), "contains it"),
+    (
+        "binary garbage",
+        lambda: random.Random(8).randbytes(4096),
+        "UTF-8",
+    ),
+    ("latin-1 text", lambda: "name: café\n".encode("latin-1") + _bytes_of(VALID[1:]), "UTF-8"),
+    ("control characters", lambda: b"name: x\x00\x01\x02\n", "unacceptable character"),
+    ("month 13", lambda: _bytes_of(VALID + "seed: 2026-13-45\n"), "month must be in 1..12"),
+    ("5000-digit integer", lambda: _bytes_of(VALID + "seed: " + "7" * 5000 + "\n"), "digits"),
+    ("two documents", lambda: _bytes_of(VALID + "---\n" + VALID), "single document"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("content", "reason"), [case[1:] for case in HOSTILE_INPUTS], ids=[c[0] for c in HOSTILE_INPUTS]
+)
+def test_hostile_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, content: Callable[[], bytes], reason: str
+) -> None:
+    """`validate` and `run` refuse each hostile file with exit 2 and one line naming the file;
+    `run` leaves no results folder behind."""
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content())
+    results_dir = tmp_path / "results"
+    command = [sys.executable, "-m", "brokerlab.cli"]
+    for args in (["validate", str(path)], ["run", str(path), "--results-dir", str(results_dir)]):
+        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2, (args[0], done.stderr[:500])
+        assert len(lines) == 1, (args[0], done.stderr[:500])
+        assert lines[0].startswith(f"{path}: "), lines[0]
+        assert reason.lower() in lines[0].lower(), lines[0]
+        assert len(lines[0]) < 300, lines[0]
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
+def test_limits_leave_room_for_real_scenarios(tmp_path: Path) -> None:
+    """Anchors and aliases within the budget, and an empirical distribution of 10,000 measured
+    values, load as before: the limits refuse only what no scenario needs."""
+    values = ", ".join(f"{(i % 97) / 10:.1f}ms" for i in range(10_000))
+    path = tmp_path / "measured.yaml"
+    path.write_text(
+        "name: &name measured\ndescription: *name\n"
+        "producers: {rate: 100/s, messages: 10}\nbroker: {kind: redis-streams}\n"
+        f"consumers: {{processing: {{dist: empirical, values: [{values}]}}}}\n",
+        encoding="utf-8",
+    )
+    scenario = load_scenario(path)
+    assert scenario.description == "measured"
+    assert len(scenario.consumers.processing.values) == 10_000
+
+
+def test_limits_are_checked_in_the_loader_not_only_the_cli() -> None:
+    """Code that parses scenario text (notebooks, select, matrix) gets the same bounded loader."""
+    with pytest.raises(yaml.YAMLError, match="nested more than 64 levels"):
+        load_yaml(_nested(3000))
+    with pytest.raises(yaml.YAMLError, match="more than 20000 values"):
+        load_yaml(_laughs())
+    assert load_yaml(_nested(10))["extra"] == [[[[[[[[[[]]]]]]]]]]

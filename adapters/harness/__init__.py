@@ -33,6 +33,7 @@ from brokerlab.adapters.harness.adapter import (
     PublishResults,
     Received,
     RunNames,
+    close_adapter,
 )
 from brokerlab.adapters.harness.clock import SPIN_WINDOW, TICK, now, sleep_until, stop_tasks
 from brokerlab.adapters.harness.consumers import ConsumerGroup
@@ -107,6 +108,7 @@ __all__ = [
     "RunNames",
     "Scrubber",
     "SendLog",
+    "close_adapter",
     "decode_payload",
     "encode_payload",
     "hard_deadline",

@@ -7,6 +7,7 @@ Writing an adapter for a new broker means subclassing :class:`BrokerAdapter` and
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,10 +89,28 @@ class BrokerAdapter(ABC):
         self.info: dict[str, Any] = {"url": self.scrub.redacted_url}
         #: Harness-visible notes (e.g. messages a slow consumer dropped); already scrubbed.
         self.warnings: list[str] = []
+        #: Errors the run survived (retried or ignored), by what it was doing and error kind.
+        self.survived: dict[tuple[str, str], int] = {}
         #: Client name (``control``, ``producer-N``, ``consumer-N``) -> the URL that client
         #: connects to. Empty unless a fault run puts a proxy in front of each client; set
         #: before :meth:`setup`, so adapters create their connections in ``setup`` or later.
         self.client_urls: dict[str, str] = {}
+
+    def survived_error(self, doing: str, error: BaseException) -> None:
+        """Count an error the run carried on after, so the run's warnings show it.
+
+        ``doing`` says what failed and what that means, e.g. "reclaiming stuck entries
+        (retried next round)". Nothing the harness survives is dropped silently.
+        """
+        key = (doing, type(error).__name__)
+        self.survived[key] = self.survived.get(key, 0) + 1
+
+    def survived_warnings(self) -> list[str]:
+        """One warning per kind of survived error: ``errors while <doing>: Kind ×n, ...``."""
+        by_doing: dict[str, list[str]] = {}
+        for (doing, kind), count in sorted(self.survived.items()):
+            by_doing.setdefault(doing, []).append(f"{kind} ×{count}")
+        return [f"errors while {doing}: {', '.join(kinds)}" for doing, kinds in by_doing.items()]
 
     def url_for(self, client: str) -> str:
         """The URL one client connects to: its own fault proxy in a fault run, else the broker.
@@ -173,3 +192,12 @@ class BrokerAdapter(ABC):
 
 
 AdapterFactory = Callable[[str, Scenario, RunNames], BrokerAdapter]
+
+
+async def close_adapter(adapter: BrokerAdapter) -> None:
+    """``adapter.close()`` within :data:`CLOSE_TIMEOUT`; a failure is counted, never raised."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await adapter.close()
+    except Exception as error:
+        adapter.survived_error("tearing down (the run's broker objects may remain)", error)

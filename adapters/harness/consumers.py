@@ -7,7 +7,6 @@ connection dropped) and start it again under the same index and broker-side name
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -80,9 +79,11 @@ class ConsumerGroup:
         if task is not None:
             task.cancel()
             await asyncio.wait([task], timeout=1.0)
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.adapter.close_consumer(consumer)
+        except Exception as error:
+            self.adapter.survived_error("dropping a crashed consumer's connection", error)
 
     def restart(self, consumer: int) -> None:
         """Start a crashed consumer again, with the same index (and broker-side name)."""

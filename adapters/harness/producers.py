@@ -136,7 +136,8 @@ class ProducerGroup:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
+                self.adapter.survived_error("reconnecting a restarted producer (retried)", error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
 
@@ -170,9 +171,11 @@ class ProducerGroup:
         log.uncertain[open_rows] |= unknown
         log.outcome[open_rows] = np.where(unknown, UNKNOWN, FAILED)
         log.settled[open_rows] = True
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.adapter.close_producer(index)
+        except Exception as error:
+            self.adapter.survived_error("dropping a crashed producer's connection", error)
 
     def restart(self, index: int) -> None:
         """Start producer ``index`` again after :meth:`crash`: it reconnects, then catches up."""

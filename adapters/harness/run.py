@@ -17,7 +17,6 @@ and ``close`` once after it has gone, whatever happened in between.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -28,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from brokerlab.adapters.harness.adapter import (
-    CLOSE_TIMEOUT,
     FETCH_WAIT,
     SETUP_TIMEOUT,
     BrokerAdapter,
+    close_adapter,
 )
 from brokerlab.adapters.harness.clock import SPIN_WINDOW, TICK, now, stop_tasks
 from brokerlab.adapters.harness.consumers import ConsumerGroup
@@ -309,9 +308,7 @@ async def play(
             await faults.stop()
         await stop_tasks(tasks, grace=0.0)
         await crew.stop()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await adapter.close()
+        await close_adapter(adapter)
     if progress is not None:
         progress(crew.completed(), len(plan))
     report = crew.report()
@@ -395,6 +392,7 @@ def _result(
     if behind and windows:
         behind += " (this run's faults, such as outages and producer crashes, delay sends too)"
     warnings = [*warnings, *([behind] if behind else []), *adapter.warnings]
+    warnings += adapter.survived_warnings()
     if report.error_kinds:
         kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(report.error_kinds.items()))
         warnings.append(f"consumer errors (retried): {kinds}")
@@ -419,6 +417,7 @@ def _result(
             "max_batch": 1 if sync else MAX_BATCH,
             "max_in_flight": 1 if sync else MAX_IN_FLIGHT,
             "spin_window_s": SPIN_WINDOW,
+            "t0_monotonic": t0,  # the run clock's zero, for samples taken outside the harness
         },
     }
     return TargetResult(

@@ -666,24 +666,155 @@ def parse_scenario(data: Any, source: str | Path = "<scenario>") -> Scenario:
         raise ScenarioError(source, _problems(error)) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file."""
-    path = Path(path)
+#: The most a scenario file may hold. Scenarios are a few kB; these bounds keep a hostile or
+#: mistaken file (a 50 MB dump, a million-item list, an alias bomb, thousands of nested brackets)
+#: a one-line error found within a second, instead of a RecursionError, a frozen machine or an
+#: exhausted memory. They are documented in docs/scenarios.md ("Limits").
+MAX_FILE_BYTES = 1 << 20
+#: Levels of nested lists and mappings (a scenario uses about five).
+MAX_DEPTH = 64
+#: Lists, mappings and scalars in the file, counting what every alias (``*name``) expands to.
+MAX_NODES = 20_000
+
+
+class _LimitExceeded(yaml.MarkedYAMLError):
+    """The file is valid YAML but beyond what a scenario may hold (depth, values, aliases)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounds checked while it composes, before anything is built.
+
+    PyYAML composes recursively (a few thousand nested brackets overflow Python's stack) and
+    aliases share nodes, so ``&a [*b, *b, ...]`` chains stay small as a graph but expand
+    exponentially in whatever walks the data later. The composer therefore counts every node
+    as it is composed and every alias at the size of what it expands to; depth and that count
+    are refused past :data:`MAX_DEPTH` / :data:`MAX_NODES`, so the work stays bounded too.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}  # id(anchored node) -> its expanded size
+
+    def _spend(self, count: int, mark: Any, what: str) -> None:
+        self._expanded += count
+        if self._expanded > MAX_NODES:
+            raise _LimitExceeded(
+                problem=f"{what}: more than {MAX_NODES} values (lists, mappings and scalars, "
+                "aliases expanded); a scenario needs far fewer",
+                problem_mark=mark,
+            )
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:  # its anchor is still being composed: the alias is inside it
+                raise _LimitExceeded(
+                    problem=f"alias *{event.anchor} refers to a node that contains it",
+                    problem_mark=event.start_mark,
+                )
+            self._spend(size, event.start_mark, f"alias *{event.anchor} makes the file hold")
+            return node
+        event = self.peek_event()
+        if self._depth >= MAX_DEPTH:
+            raise _LimitExceeded(
+                problem=f"nested more than {MAX_DEPTH} levels deep; a scenario needs far fewer",
+                problem_mark=event.start_mark,
+            )
+        self._spend(1, event.start_mark, "the file holds")
+        before = self._expanded - 1
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if event.anchor is not None:
+            self._sizes[id(node)] = self._expanded - before
+        return node
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        # The safe constructor raises plain Python errors for some bad scalars (a 13th month,
+        # an integer of 5,000 digits, `!!int x`); name the place in the file instead.
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as error:
+            raise yaml.constructor.ConstructorError(
+                # the first clause only: Python's advice on its own limits is no help here
+                problem=f"cannot read this value ({str(error).split(';')[0]})",
+                problem_mark=node.start_mark,
+            ) from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read only up to :data:`MAX_FILE_BYTES` (a device or FIFO has no size)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+            size = path.stat().st_size
     except FileNotFoundError:
         raise ScenarioError(path, [("", "no such file")]) from None
     except IsADirectoryError:
         raise ScenarioError(path, [("", "is a folder, not a scenario file")]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError(path, [("", "not a text file (UTF-8 expected)")]) from None
+    except OSError as error:
+        raise ScenarioError(path, [("", f"cannot read: {error.strerror or error}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        actual = f" ({size} bytes)" if size > MAX_FILE_BYTES else ""
+        raise ScenarioError(
+            path,
+            [("", f"too large{actual}: a scenario file may have at most {MAX_FILE_BYTES} bytes")],
+        )
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ScenarioError(
+            path, [("", f"not a text file (UTF-8 expected; byte {error.start} is not UTF-8)")]
+        ) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: where (line, column) and what."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return (
+            f"not valid YAML: character {error.position + 1}: unacceptable character "
+            f"#x{error.character:04x} (binary data?)"
+            if isinstance(error.character, int)
+            else f"not valid YAML: character {error.position + 1}: {error.reason}"
+        )
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    if context:
+        problem = f"{problem} ({context})"
+    return " ".join(f"not valid YAML: {where}{problem}".split())
+
+
+def load_yaml(text: str) -> Any:
+    """Parse scenario YAML within the limits (:data:`MAX_DEPTH`, :data:`MAX_NODES`)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; any problem is a :class:`ScenarioError` (one line each).
+
+    Bounded before and while parsing: the size before reading, depth, values and alias
+    expansion while composing, so hostile input fails fast and plainly.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ScenarioError(path, [("", f"not valid YAML: {where}{problem}")]) from None
+        raise ScenarioError(path, [("", _yaml_problem(error))]) from None
     return parse_scenario(data, path)
 
 

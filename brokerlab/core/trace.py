@@ -53,7 +53,13 @@ TIMELINE_SCHEMA: dict[str, str] = {
     "backlog": "int64",
     "errors": "int64",
     "faults": "string",
+    # What the lab's own machine was doing (real runs; NaN for the simulator and when unknown):
+    "lab_cpu": "float64",  # busiest lab process (main or worker), percent of one core
+    "broker_cpu": "float64",  # the broker process, percent of one core
+    "loop_lag_ms": "float64",  # worst lateness of the lab's event loop
 }
+#: The timeline columns :func:`with_resources` fills from ``adapters.monitor``'s samples.
+RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms")
 
 #: The broker's own view, sampled during a real run (columns only present when the target
 #: reports them): ``broker_backlog`` = messages the broker holds for the group that no consumer
@@ -189,6 +195,7 @@ def build_timeline(
     faults: list[FaultWindow] | None = None,
     interval: float | None = None,
     errors: np.ndarray | None = None,
+    resources: ResourceSamples | None = None,
     broker: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-interval rates and consumer lag, computed the same way for every target.
@@ -196,7 +203,9 @@ def build_timeline(
     ``backlog`` is the consumer lag at the interval's end: messages sent so far that no consumer
     has yet received. ``errors`` counts failed or unknown publishes started in the interval (plus
     any target-specific error times passed in). ``faults`` names the faults active in the interval.
-    ``broker`` (column ``t`` plus any of :data:`BROKER_COLUMNS`) adds the broker's own view.
+    ``lab_cpu``, ``broker_cpu`` and ``loop_lag_ms`` come from ``resources`` (see
+    :func:`with_resources`); without them (the simulator) they are NaN. ``broker`` (column ``t``
+    plus any of :data:`BROKER_COLUMNS`) adds the broker's own view.
     """
     faults = faults or []
     t_sent = sends["t_sent"].to_numpy(dtype="float64")
@@ -241,6 +250,7 @@ def build_timeline(
             "backlog": np.maximum(sent_cum - first_cum, 0),
             "errors": errs,
             "faults": labels,
+            **{column: np.full(len(labels), np.nan) for column in RESOURCE_COLUMNS},
         }
     )
     frame = frame.astype(TIMELINE_SCHEMA)
@@ -251,7 +261,47 @@ def build_timeline(
             if column in samples:
                 values = samples[column].to_numpy(dtype="float64")
                 frame[column] = np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
-    return frame
+    return frame if resources is None else with_resources(frame, resources)
+
+
+@dataclass(frozen=True)
+class ResourceSamples:
+    """What the lab measured of itself during a real run, one row per sampling window.
+
+    Window ``i`` is ``[t_start[i], t_end[i])`` on the run's clock; the values are the lab's
+    busiest process's CPU and the broker's CPU over the window (percent of one core; NaN when
+    not known) and the worst event-loop lateness seen in it (milliseconds).
+    """
+
+    t_start: np.ndarray
+    t_end: np.ndarray
+    lab_cpu: np.ndarray
+    broker_cpu: np.ndarray
+    loop_lag_ms: np.ndarray
+
+
+def with_resources(timeline: pd.DataFrame, samples: ResourceSamples) -> pd.DataFrame:
+    """The timeline with :data:`RESOURCE_COLUMNS` filled in from ``samples``.
+
+    Each interval gets the worst value of the sampling windows that overlap it: samples come
+    every quarter second or so while intervals can be 10 ms, and a saturated moment must not be
+    averaged away. Intervals no window overlaps stay NaN.
+    """
+    frame = timeline.copy()
+    lo = frame["t_start"].to_numpy(dtype="float64")
+    hi = frame["t_end"].to_numpy(dtype="float64")
+    order = np.argsort(samples.t_start, kind="stable")
+    starts, ends = samples.t_start[order], samples.t_end[order]
+    for column in RESOURCE_COLUMNS:
+        values = np.asarray(getattr(samples, column), dtype="float64")[order]
+        filled = np.full(len(frame), np.nan)
+        for row in range(len(frame)):
+            overlapping = values[(starts < hi[row]) & (ends > lo[row])]
+            overlapping = overlapping[~np.isnan(overlapping)]
+            if len(overlapping):
+                filled[row] = overlapping.max()
+        frame[column] = filled
+    return frame.astype(TIMELINE_SCHEMA)
 
 
 @dataclass

@@ -1,0 +1,205 @@
+"""The lab, not the broker, as the limit: known answers on hand-built timelines, the analysis
+that uses them, and one real run whose lab is starved on purpose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from trace_builders import deliveries_table, scenario_with, sends_table
+
+from brokerlab.cli import main
+from brokerlab.core.analysis import Analysis, analyze
+from brokerlab.core.saturation import (
+    LAGGING_P99_MS,
+    SATURATED_CPU,
+    judge,
+    lab_limit,
+    speed_bound,
+)
+from brokerlab.core.trace import TIMELINE_SCHEMA, ResourceSamples, Trace, empty, with_resources
+
+FAILED = ["throughput", "end_to_end p99", "completion p50", "max_lost", "ordering per-key"]
+
+
+def timeline(lab_cpu: list[float], loop_lag_ms: list[float] | float = 1.0) -> pd.DataFrame:
+    """A timeline of 0.1 s intervals with the given resource columns (others zero)."""
+    rows = len(lab_cpu)
+    frame = pd.DataFrame({name: np.zeros(rows) for name in TIMELINE_SCHEMA})
+    frame["t_start"] = np.arange(rows) * 0.1
+    frame["t_end"] = frame["t_start"] + 0.1
+    frame["faults"] = ""
+    frame["lab_cpu"] = lab_cpu
+    frame["broker_cpu"] = 30.0
+    frame["loop_lag_ms"] = loop_lag_ms
+    return frame.astype(TIMELINE_SCHEMA)
+
+
+def test_a_saturated_lab_makes_failed_speed_requirements_undecided() -> None:
+    """Busiest lab process ≥90% of a core in half the run: failed throughput and latency
+    requirements get a note and no verdict; loss and ordering failures stand."""
+    judgement = judge(timeline([97.0] * 50 + [40.0] * 50), FAILED)
+    assert judgement.limit is not None and judgement.limit.saturated
+    assert judgement.limit.cpu_share == pytest.approx(0.5)
+    assert set(judgement.notes) == {"throughput", "end_to_end p99", "completion p50"}
+    assert all("lab's client was the limit" in note for note in judgement.notes.values())
+    assert judgement.warning is not None
+    assert "reflect the lab's client" in judgement.warning and "50% of the run" in judgement.warning
+
+
+def test_a_lagging_event_loop_counts_as_the_lab_being_the_limit() -> None:
+    """CPU fine, but the loop ran 80 ms late in 5% of the intervals: p99 over 50 ms."""
+    lags = [2.0] * 95 + [80.0] * 5
+    judgement = judge(timeline([30.0] * 100, lags), ["end_to_end p99"])
+    assert judgement.limit is not None and judgement.limit.lagging
+    assert not judgement.limit.saturated
+    assert judgement.limit.lag_p99_ms > LAGGING_P99_MS
+    assert list(judgement.notes) == ["end_to_end p99"]
+    assert "event loop ran late" in str(judgement.warning)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "lags"),
+    [
+        ([30.0] * 100, 5.0),  # an idle lab
+        ([SATURATED_CPU] * 10 + [30.0] * 90, 5.0),  # a blip: 10% of the run, not sustained
+        ([50.0] * 100, [2.0] * 100),  # busy, not saturated
+    ],
+)
+def test_a_lab_within_its_means_leaves_failures_standing(cpu: list[float], lags: object) -> None:
+    """Not saturated and not lagging: nothing becomes undecided, no warning."""
+    judgement = judge(timeline(cpu, lags), FAILED)  # type: ignore[arg-type]
+    assert judgement.limit is not None and not judgement.limit.limited
+    assert judgement.notes == {} and judgement.warning is None
+
+
+def test_a_saturated_lab_with_nothing_failed_changes_nothing() -> None:
+    """Requirements met despite a saturated client are met: no note, no warning."""
+    judgement = judge(timeline([99.0] * 100), [])
+    assert judgement.limit is not None and judgement.limit.saturated
+    assert judgement.notes == {} and judgement.warning is None
+
+
+def test_a_timeline_without_samples_is_never_judged() -> None:
+    """The simulator's timeline (resource columns NaN) and an empty one: no limit known."""
+    simulated = timeline([float("nan")] * 20, float("nan"))
+    assert lab_limit(simulated) is None
+    assert lab_limit(empty(TIMELINE_SCHEMA)) is None
+    assert judge(simulated, FAILED).notes == {}
+
+
+def test_speed_bound_requirements_are_throughput_and_latencies() -> None:
+    """Only what a slow client can spoil is reconsidered."""
+    assert speed_bound("throughput") and speed_bound("publish_delay p99")
+    assert not speed_bound("max_lost") and not speed_bound("max_duplicates")
+
+
+def test_samples_fill_each_interval_with_the_worst_overlapping_window() -> None:
+    """Quarter-second samples over 0.1 s intervals: each interval takes the worst window that
+    overlaps it; intervals no window covers stay NaN."""
+    frame = timeline([0.0] * 6)
+    samples = ResourceSamples(
+        t_start=np.array([0.0, 0.25]),
+        t_end=np.array([0.25, 0.5]),
+        lab_cpu=np.array([20.0, 95.0]),
+        broker_cpu=np.array([np.nan, 10.0]),
+        loop_lag_ms=np.array([1.0, 3.0]),
+    )
+    filled = with_resources(frame, samples)
+    assert filled["lab_cpu"].tolist()[:5] == [20.0, 20.0, 95.0, 95.0, 95.0]
+    assert np.isnan(filled["lab_cpu"].iloc[5])
+    assert np.isnan(filled["broker_cpu"].iloc[0]) and filled["broker_cpu"].iloc[2] == 10.0
+    assert filled["loop_lag_ms"].iloc[2] == 3.0
+    assert list(filled.columns) == list(TIMELINE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- in the analysis
+
+
+def _analysis_of(timeline_frame: pd.DataFrame, lost: bool = False) -> Analysis:
+    """Ten messages each delivered 100 ms after their intended time (one lost if ``lost``),
+    held against end-to-end p99 ≤ 20 ms and no loss, with the given timeline."""
+    sends = sends_table([0] * 10, list(range(10)))
+    kept = range(9) if lost else range(10)
+    deliveries = deliveries_table(
+        [f"0:{i}" for i in kept], [sends["t_intended"][i] + 0.1 for i in kept]
+    )
+    scenario = scenario_with({"latency": {"end_to_end": {"p99": "20ms"}}, "max_lost": 0})
+    trace = Trace(sends=sends, deliveries=deliveries, timeline=timeline_frame)
+    return analyze(trace, scenario, target="redis-streams", seed=1, duration_s=1.0)
+
+
+def test_analysis_of_a_run_whose_lab_was_saturated_is_inconclusive_with_the_note() -> None:
+    """Missed latency bound while the lab's process was saturated: ok null with the note,
+    verdict inconclusive (not fail), and the warning says the figures reflect the lab's client."""
+    analysis = _analysis_of(timeline([98.0] * 40))
+    latency = next(r for r in analysis.requirements if r.name == "end_to_end p99")
+    assert latency.ok is None and latency.measured == pytest.approx(100.0, rel=0.01)
+    assert "lab's client was the limit" in str(latency.note)
+    assert analysis.verdict == "inconclusive"
+    assert any("end_to_end p99: not judged" in reason for reason in analysis.inconclusive_reasons)
+    assert any("reflect the lab's client" in warning for warning in analysis.warnings)
+    assert analysis.to_metrics()["requirements"][0]["note"] == latency.note
+
+
+def test_analysis_with_a_lab_within_its_means_leaves_the_failure_standing() -> None:
+    """The same missed bound with an idle lab (or no samples, as in the simulator) fails."""
+    for frame in (timeline([20.0] * 40), timeline([float("nan")] * 40, float("nan"))):
+        analysis = _analysis_of(frame)
+        latency = next(r for r in analysis.requirements if r.name == "end_to_end p99")
+        assert latency.ok is False and latency.note is None
+        assert analysis.verdict == "fail"
+        assert not any("lab's client" in warning for warning in analysis.warnings)
+
+
+def test_a_loss_still_fails_a_run_whose_lab_was_saturated() -> None:
+    """Saturation excuses speed, never loss: one lost message keeps the verdict fail."""
+    analysis = _analysis_of(timeline([98.0] * 40), lost=True)
+    by_name = {r.name: r for r in analysis.requirements}
+    assert by_name["max_lost"].ok is False
+    assert by_name["end_to_end p99"].ok is None
+    assert analysis.verdict == "fail"
+
+
+# --------------------------------------------------------------------------- a real starved lab
+
+STARVED = """\
+name: starved-lab
+description: far more than one lab process can send; the broker is not what is measured
+producers: {count: 1, rate: 200000/s, duration: 1s, size: 64B}
+broker: {kind: redis-streams}
+consumers: {count: 1, processing: 0s, prefetch: 256}
+requirements:
+  throughput: 200000/s
+  latency: {end_to_end: {p99: 5ms}}
+  max_lost: 1000000
+drain_timeout: 5s
+"""
+
+
+def test_a_real_run_with_a_starved_lab_says_so_and_is_inconclusive(tmp_path: Path) -> None:
+    """200k/s from one producer process on the lab's own Redis: the lab's process is saturated
+    (or its loop lags), so the missed throughput and latency bounds are not judged: verdict
+    inconclusive, and run.json and the console say the figures reflect the lab's client."""
+    scenario = tmp_path / "starved.yaml"
+    scenario.write_text(STARVED)
+    out = tmp_path / "run"
+    command = ["run", str(scenario), "-t", "redis-streams", "--out", str(out), "-q", "--check"]
+    outcome = CliRunner().invoke(main, command, env={"BROKERLAB_REDIS_URL": None})
+    assert outcome.exit_code == 4, outcome.output  # --check: inconclusive
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["verdict"] == "inconclusive"
+    by_name = {r["name"]: r for r in metrics["requirements"]}
+    for name in ("throughput", "end_to_end p99"):
+        assert by_name[name]["ok"] is None
+        assert "lab's client was the limit" in by_name[name]["note"]
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert any("reflect the lab's client" in warning for warning in warnings)
+    assert "reflect the lab's client" in " ".join(outcome.output.split())
+    timeline = pd.read_parquet(out / "timeline.parquet")
+    assert timeline["lab_cpu"].notna().any() and timeline["loop_lag_ms"].notna().any()
+    assert timeline["broker_cpu"].notna().any()  # the lab started it: its pid is known
