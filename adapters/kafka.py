@@ -69,12 +69,13 @@ ADMIN_TIMEOUT = 15.0
 SESSION_TIMEOUT_MS = 6000
 #: How often a producer's poll thread serves delivery reports (seconds).
 POLL_INTERVAL = 0.005
-#: Delivery-report errors that mean "definitely not written".
+#: Delivery-report errors that mean "definitely not written" (a timed-out or in-flight purged
+#: message may have been written: its outcome stays unknown).
 _NOT_WRITTEN = {
     KafkaError.MSG_SIZE_TOO_LARGE,
-    KafkaError._MSG_TIMED_OUT,
     KafkaError.INVALID_MSG_SIZE,
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError._PURGE_QUEUE,
 }
 
 
