@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -114,7 +115,10 @@ class _ProducerClient:
     """
 
     def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.producer = Producer(config)
+        #: A fatal error (e.g. the broker forgot the idempotent producer's id after a restart):
+        #: this producer can send nothing more and must be replaced.
+        self.fatal: KafkaError | None = None
+        self.producer = Producer({**config, "error_cb": self._on_error})
         self.loop = loop
         #: (settle, index, result) of reports not yet handed to the loop
         self.reports: deque[tuple[Any, int, float | BaseException]] = deque()
@@ -122,9 +126,17 @@ class _ProducerClient:
         self.thread = threading.Thread(target=self._poll, name="brokerlab-kafka-poll", daemon=True)
         self.thread.start()
 
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal = error
+
     def _poll(self) -> None:
         while not self.stopped.is_set():
-            self.producer.poll(POLL_INTERVAL)
+            try:
+                self.producer.poll(POLL_INTERVAL)
+            except KafkaException as error:  # fatal: reports of what it held still come
+                self.fatal = error.args[0]
+                time.sleep(POLL_INTERVAL)
             self._hand_over()
 
     def _hand_over(self) -> None:
@@ -195,6 +207,7 @@ class KafkaAdapter(BrokerAdapter):
         self.topic_created = False
         self.recreated = 0
         self.observer: _ConsumerClient | None = None
+        self.replaced = 0
 
     def _config(self, client: str) -> dict[str, Any]:
         config = client_config(self.url_for(client))
@@ -273,6 +286,14 @@ class KafkaAdapter(BrokerAdapter):
         client = self.producers.get(producer)
         if client is None:
             raise ConnectionError(f"producer-{producer} is not connected")
+        if client.fatal is not None:
+            # As an application must: drop the broken producer (what it held ends unknown) and
+            # send with a new one, which gets a new producer id from the broker.
+            self.replaced += 1
+            await asyncio.to_thread(client.close, True)
+            await self.open_producer(producer)
+            client = self.producers[producer]
+            assert client is not None
         loop = client.loop
         batch: asyncio.Future[PublishResults] = loop.create_future()
         results: PublishResults = [0.0] * len(payloads)
@@ -450,6 +471,11 @@ class KafkaAdapter(BrokerAdapter):
     # ---- teardown
 
     async def close(self) -> None:
+        if self.replaced:
+            self.warnings.append(
+                f"a producer hit a fatal error (e.g. the broker forgot its idempotent producer id "
+                f"after a restart) and was replaced {self.replaced} time(s)"
+            )
         if self.recreated:
             self.warnings.append(
                 "the topic vanished (a memory-only broker restarted) and was created again "
