@@ -57,10 +57,11 @@ SUSTAINED_SECONDS = 2.0
 SUSTAINED_DELIVERED = 0.95
 SUSTAINED_E2E_P99 = 0.100
 SUSTAINED_DELAY_P99 = 0.020
-#: The search starts at this fraction of the burst delivered ceiling, doubles until a run fails
-#: (halves while the start fails), then bisects SUSTAINED_BISECTIONS times.
+#: The search (``brokerlab capacity --find rate``) starts at this fraction of the burst delivered
+#: ceiling, doubles until a run fails (halves while the start fails), then bisects until the
+#: bracket is within SUSTAINED_TOLERANCE (3 bisections after a doubling).
 SUSTAINED_START = 0.2
-SUSTAINED_BISECTIONS = 3
+SUSTAINED_TOLERANCE = 0.125
 SUSTAINED_MAX_STEPS = 4
 GOALS = {"redis-streams": 0.5, "nats": 0.9, "nats-jetstream": 0.9}
 #: Targets whose ceilings are also measured with this many worker processes (the reference
@@ -372,82 +373,67 @@ def poisson_run(target: str, url: str, rate: float, seconds: float, seed: int) -
     }
 
 
-def _keeps_up(run: dict[str, float]) -> list[str]:
-    """Why a sustained-search run did not keep up (empty: it did)."""
-    failed = []
-    if run["delivered"] < SUSTAINED_DELIVERED * run["offered"]:
-        failed.append(f"delivered < {SUSTAINED_DELIVERED:.0%}")
-    if run["p99"] >= SUSTAINED_E2E_P99 * 1000:
-        failed.append(f"e2e p99 >= {SUSTAINED_E2E_P99 * 1000:.0f} ms")
-    if run["delay_p99"] >= SUSTAINED_DELAY_P99 * 1000:
-        failed.append(f"delay p99 >= {SUSTAINED_DELAY_P99 * 1000:.0f} ms")
-    return failed
+def sustained_scenario(target: str, rate: float) -> Scenario:
+    """The latency points' load with "keeps up" written as requirements: p99 end-to-end latency
+    and p99 publish delay bounds (the delivered share is capacity's ``keep_up``)."""
+    data = latency_scenario(target, rate, SUSTAINED_SECONDS).model_dump(mode="json")
+    data["requirements"] = {
+        "latency": {
+            "end_to_end": {"p99": SUSTAINED_E2E_P99},
+            "publish_delay": {"p99": SUSTAINED_DELAY_P99},
+        },
+        "max_lost": None,
+    }
+    return parse_scenario(data)
 
 
 def sustained_ceilings(urls: dict[str, str], burst: dict[str, float]) -> dict[str, float]:
-    """Search each target's sustained ceiling, printing every step; return them (messages/s).
+    """Each target's sustained ceiling with ``brokerlab capacity --find rate``, every step
+    printed; returns them (messages/s).
 
-    Start at SUSTAINED_START of the burst delivered ceiling; double while runs keep up (halve
-    while the start does not), then bisect between the highest rate that kept up and the lowest
-    that did not. One short run per step, so the figure is a lower bound good to about
-    1/2**SUSTAINED_BISECTIONS of the last doubling step, and noisy on a shared machine.
+    The search starts at SUSTAINED_START of the burst delivered ceiling, doubles while runs keep
+    up (halves while the start does not), then bisects to SUSTAINED_TOLERANCE. One short run
+    per step (one seed), so the figure is a lower bound good to about SUSTAINED_TOLERANCE, and
+    noisy on a shared machine.
     """
+    from brokerlab.app.capacity import find_capacity
+    from brokerlab.app.runner import RunOptions
+
     print(f"\n== sustained ceiling, 1 process, Poisson, {SUSTAINED_SECONDS:g} s per step, "
-          f"same consumers as the latency points")  # fmt: skip
-    print(f"   keeps up = delivered >= {SUSTAINED_DELIVERED:.0%} of offered, e2e p99 < "
-          f"{SUSTAINED_E2E_P99 * 1000:.0f} ms, publish delay p99 < "
+          f"same consumers as the latency points (brokerlab capacity --find rate)")  # fmt: skip
+    print(f"   keeps up = delivered >= {SUSTAINED_DELIVERED:.0%} of offered, e2e p99 <= "
+          f"{SUSTAINED_E2E_P99 * 1000:.0f} ms, publish delay p99 <= "
           f"{SUSTAINED_DELAY_P99 * 1000:.0f} ms; search from {SUSTAINED_START:.0%} of the burst "
-          f"delivered ceiling: double, then bisect {SUSTAINED_BISECTIONS}x")  # fmt: skip
-    print(f"{'target':<16}{'step':>8}{'rate/s':>10}{'offered/s':>11}{'deliv/s':>10}{'p50 ms':>9}"
-          f"{'p99 ms':>9}{'delay p99':>11}  kept up")  # fmt: skip
+          f"delivered ceiling: double, then bisect to {SUSTAINED_TOLERANCE:.1%}")  # fmt: skip
     sustained: dict[str, float] = {}
     for target, url in urls.items():
         if target not in burst:
             continue
-        good, bad = 0.0, float("inf")
-        seed = 10
-
-        def step(label: str, rate: float, target: str = target, url: str = url) -> bool:
-            nonlocal seed
-            seed += 1
-            run = poisson_run(target, url, rate, SUSTAINED_SECONDS, seed)
-            failed = _keeps_up(run)
-            verdict = "NO: " + ", ".join(failed) if failed else "yes"
-            print(f"{target:<16}{label:>8}{rate:>10,.0f}{run['offered']:>11,.0f}"
-                  f"{run['delivered']:>10,.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}"
-                  f"{run['delay_p99']:>11.2f}  {verdict}")  # fmt: skip
-            return not failed
-
-        rate = burst[target] * SUSTAINED_START
-        if step("start", rate):
-            good = rate
-            for _ in range(SUSTAINED_MAX_STEPS):
-                rate *= 2
-                if not step("double", rate):
-                    bad = rate
-                    break
-                good = rate
+        options = RunOptions(
+            redis_url=url if target == "redis-streams" else None,
+            nats_url=None if target == "redis-streams" else url,
+        )
+        with tempfile.TemporaryDirectory(prefix="brokerlab-bench-capacity-") as folder:
+            result = find_capacity(
+                sustained_scenario(target, burst[target] * SUSTAINED_START),
+                "rate",
+                target=target,
+                out=Path(folder),
+                seeds=1,
+                keep_up=SUSTAINED_DELIVERED,
+                tolerance=SUSTAINED_TOLERANCE,
+                max_steps=SUSTAINED_MAX_STEPS,
+                workers=1,
+                options=options,
+                on_step=lambda line, target=target: print(f"{target:<16}{line}", flush=True),
+            )
+        if result.value:
+            sustained[target] = float(result.value)
+            print(f"{target:<16}sustained ceiling {result.value:,.0f}/s = "
+                  f"{result.value / burst[target]:.0%} of the burst delivered ceiling "
+                  f"{burst[target]:,.0f}/s")  # fmt: skip
         else:
-            bad = rate
-            for _ in range(SUSTAINED_MAX_STEPS):
-                rate /= 2
-                if step("halve", rate):
-                    good = rate
-                    break
-                bad = rate
-        if good and bad < float("inf"):
-            for _ in range(SUSTAINED_BISECTIONS):
-                rate = (good + bad) / 2
-                if step("bisect", rate):
-                    good = rate
-                else:
-                    bad = rate
-        if good:
-            sustained[target] = good
-            print(f"{target:<16}sustained ceiling {good:,.0f}/s = {good / burst[target]:.0%} of "
-                  f"the burst delivered ceiling {burst[target]:,.0f}/s")  # fmt: skip
-        else:
-            print(f"{target:<16}kept up at no rate tried: no latency points")
+            print(f"{target:<16}kept up at no rate tried: no latency points ({result.answer})")
     return sustained
 
 

@@ -489,7 +489,7 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
 @click.option("--targets", default="sim,real", show_default=True, help="sim, real, or both.")
 @run_flags
 def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
-    """Run the guarantee matrix (broker configs x faults) and check it against DESIGN.md."""
+    """Run the guarantee matrix (broker configs x faults) against the expectation table."""
     from brokerlab.app.matrix import MATRIX_TARGETS, MatrixError, disagreements, run_matrix
 
     chosen = _targets(targets, MATRIX_TARGETS, "--targets")
@@ -505,7 +505,7 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
     grid = result.grid()
     table = Table(
         title="guarantee matrix: status, lost and duplicates with the fault / in the fault-free "
-        "control (as DESIGN.md expects: match)"
+        "control (as the expectation table says: match)"
     )
     table.add_column("config")
     for fault in grid.columns:
@@ -538,6 +538,262 @@ def matrix(cells_dir: Path, targets: str, **flags: Any) -> None:
     for row in records[records["note"] != ""].itertuples():
         _print_plain(stdout, f"note: {row.config} x {row.fault} on {row.target}: {row.note}")
     _print_plain(stdout, f"matrix: {result.path}")
+
+
+def _url_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One flag per URL option of the registered real targets (--redis-url, --nats-url...)."""
+    for option in reversed(url_options()):
+        command = click.option(
+            option.flag, option.key, default=None, envvar=option.env, help=option.help
+        )(command)
+    return command
+
+
+@contextmanager
+def _point_progress(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over a sweep's points (not messages)."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("points"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _note(text: str) -> None:
+    _print_plain(err, text)
+
+
+def _mean_ci(row: Any, metric: str, digits: int = 2) -> str:
+    mean, half = row.get(metric), row.get(f"{metric} ±95%")
+    if mean is None or mean != mean:
+        return "-"
+    if half is None or half != half:
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {half:,.{digits}f}"
+
+
+def _print_sweep_summary(summary: Any, paths: list[str], title: str) -> None:
+    """One row per point and target: means across seeds with 95% confidence intervals."""
+    table = Table(title=title, title_justify="left")
+    for name in (*paths, "target", "seeds", "pass"):
+        table.add_column(name, justify="right")
+    metrics = (
+        ("e2e p50 ms", "latency_ms.end_to_end.p50", 3),
+        ("e2e p99 ms", "latency_ms.end_to_end.p99", 3),
+        ("completion p99 ms", "latency_ms.completion.p99", 3),
+        ("delivered/s", "throughput_per_s.delivered", 1),
+        ("lost", "counts.lost", 1),
+    )
+    for label, _, _ in metrics:
+        table.add_column(label, justify="right")
+    for row in summary.to_dict("records"):
+        table.add_row(
+            *(_cell(row[p]) for p in paths),
+            str(row["target"]),
+            str(row["seeds"]),
+            f"{row['passed']}/{row['seeds']}",
+            *(_mean_ci(row, metric, digits) for _, metric, digits in metrics),
+        )
+    stdout.print(table)
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--vary",
+    multiple=True,
+    metavar="PATH=V1,V2,...|PATH=START..STOP:N",
+    help="A scenario field and its values, in the scenario's units; several make a grid.",
+)
+@click.option("--seeds", type=int, default=None, help="Seeds per point (default 1).")
+@click.option("--targets", default=None, help="Comma-separated targets (default: sim).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Local Dask worker processes (default: one per core; 1 = in this process).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="Run simulator points on this Dask cluster (default $DASK_SCHEDULER_ADDRESS).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="The sweep folder (reused)."
+)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@_url_flags
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def sweep(
+    scenario: Path,
+    vary: tuple[str, ...],
+    seeds: int | None,
+    targets: str | None,
+    workers: int | None,
+    scheduler: str | None,
+    out: Path | None,
+    quiet: bool,
+    debug: bool,
+    **flags: Any,
+) -> None:
+    """Play SCENARIO at every combination of --vary values × seeds × targets.
+
+    SCENARIO is a scenario file, or a sweep file (YAML with scenario, vary, seeds, targets).
+    Writes one run folder per point under DIR/runs/ (reused when the same scenario, target and
+    seed already ran there) and DIR/sweep.csv + DIR/sweep.parquet, one row per run.
+    """
+    from brokerlab.app.sweep import SweepError, default_out, load_sweep_inputs, run_sweep
+
+    try:
+        parsed, axes, seed_count, chosen, out, source = load_sweep_inputs(
+            scenario, vary, seeds, targets, out
+        )
+    except SweepError as error:
+        _usage_error(str(error))
+    except ScenarioError as error:
+        _print_plain(err, error.render())
+        sys.exit(EXIT_USAGE)
+    options = _run_options({**flags, "seed": None, "out": None})
+    out = out or default_out(parsed, options.results_dir, axes, seed_count, chosen)
+    with (
+        _point_progress(f"{parsed.name} sweep", enabled=not quiet) as progress,
+        _failures(debug, SweepError),
+    ):
+        try:
+            result = run_sweep(
+                parsed,
+                axes,
+                seeds=seed_count,
+                targets=chosen,
+                out=out,
+                workers=workers,
+                scheduler=scheduler,
+                options=options,
+                source=source,
+                on_progress=progress,
+                on_note=_note,
+            )
+        except KeyboardInterrupt:
+            _print_plain(
+                err,
+                f"interrupted: finished runs are kept in {out / 'runs'}; "
+                "the same command resumes the sweep",
+            )
+            sys.exit(130)
+    _print_sweep_summary(
+        result.summary,
+        result.paths,
+        f"{parsed.name}: mean ± 95% confidence interval across seeds",
+    )
+    errors = result.table[result.table["error"].notna()]
+    for row in errors.itertuples():
+        _print_plain(err, f"run failed: {row.target} seed {row.seed}: {row.error}")
+    _print_plain(
+        stdout,
+        f"{len(result.table)} runs ({result.reused} reused, {result.failed} failed) in "
+        f"{result.wall_time_s:.1f} s; simulator runs {result.placement.describe()}",
+    )
+    _print_plain(stdout, f"sweep: {result.path}")
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option(
+    "--find",
+    "find",
+    required=True,
+    type=click.Choice(["rate", "consumers", "partitions", "catch-up"]),
+    help="rate: highest rate meeting every requirement; consumers/partitions: fewest that do; "
+    "catch-up: time to recover from a consumer outage.",
+)
+@click.option("--target", "-t", default="sim", show_default=True, help="Where to play it.")
+@click.option("--outage", default=None, help="catch-up: how long every consumer is down (30s).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds near the edge.")
+@click.option(
+    "--keep-up",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Also require delivered >= this x offered (0: requirements only).",
+)
+@click.option(
+    "--tolerance", type=float, default=0.02, show_default=True, help="rate: bisection resolution."
+)
+@click.option("--workers", type=int, default=None, help="Local Dask workers (1 = in process).")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:PORT).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="The capacity folder.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@_url_flags
+@click.option("--quiet", "-q", is_flag=True, help="Do not print each step.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def capacity(
+    scenario: Path,
+    find: str,
+    target: str,
+    outage: str | None,
+    seeds: int,
+    keep_up: float,
+    tolerance: float,
+    workers: int | None,
+    scheduler: str | None,
+    out: Path | None,
+    quiet: bool,
+    debug: bool,
+    **flags: Any,
+) -> None:
+    """Answer a capacity question about SCENARIO and write DIR/capacity.json.
+
+    Every evaluated point is a run folder under DIR/runs/; the answer is printed in one line.
+    """
+    from brokerlab.app.capacity import CapacityError, check_question, find_capacity
+    from brokerlab.app.sweep import SweepError
+    from brokerlab.core.units import parse_duration
+
+    parsed = _load_or_exit(scenario)
+    outage_s = None
+    if outage is not None:
+        try:
+            outage_s = parse_duration(outage)
+        except ValueError as error:
+            _usage_error(f"--outage: {error}")
+        if not outage_s > 0:
+            _usage_error("--outage: must be longer than zero")
+    try:
+        check_question(parsed, find, target, outage_s)
+    except CapacityError as error:
+        _usage_error(str(error))
+    options = _run_options({**flags, "seed": None, "out": None})
+    with _failures(debug, SweepError):
+        result = find_capacity(
+            parsed,
+            find,
+            target=target,
+            out=out,
+            seeds=seeds,
+            outage=outage_s,
+            keep_up=keep_up,
+            tolerance=tolerance,
+            workers=workers,
+            scheduler=scheduler,
+            options=options,
+            source=str(scenario),
+            on_step=None if quiet else _note,
+        )
+    _print_plain(stdout, result.answer)
+    _print_plain(stdout, f"capacity: {result.path / 'capacity.json'}")
 
 
 def _state_dir() -> Path:
@@ -676,7 +932,17 @@ def report(folders: tuple[Path, ...], output: Path | None, debug: bool) -> None:
     Figures are also saved as PNG and SVG in a figures/ folder beside the report.
     """
     from brokerlab.app.report import ReportError, build_report
+    from brokerlab.app.sweep_report import SweepReportError, build_sweep_report, is_sweep_folder
 
+    if len(folders) == 1 and is_sweep_folder(folders[0]):
+        try:
+            path = build_sweep_report(folders[0], output)
+        except SweepReportError as error:
+            _usage_error(str(error))
+        except Exception as error:
+            _lab_failure(error, debug)
+        _print_plain(stdout, f"report: {path}")
+        return
     try:
         path = build_report(list(folders), output)
     except ReportError as error:

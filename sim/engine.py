@@ -9,6 +9,12 @@ simulation (SimPy's clock, heap and deterministic event order) at a few microsec
 A broker model (``sim/models``) subclasses :class:`Simulation` and fills three hooks:
 ``stored(i)`` (a publish reached the broker's storage), ``take(lane)`` (next message a consumer
 of that lane may receive) and ``requeue(i)`` (an unacked delivery timed out).
+
+The broker process (``sim/process.py``) and the network (``sim/network.py``) are collaborators
+given at construction, as Ciw is given node and server classes; a run with faults also gets a
+fault layer (``sim/faulted.py``: a retrying publisher, faulted consumers, the timeline) whose
+steps the engine calls through :class:`FaultLayer`. A fault-free run gets the plain process and
+network and no layer, so its path has no fault checks at all.
 """
 
 from __future__ import annotations
@@ -16,12 +22,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
-import simpy
-from simpy.events import NORMAL, Event
 
 from brokerlab.core.load import LoadPlan, streams
 from brokerlab.core.scenario import Scenario
@@ -33,7 +37,11 @@ from brokerlab.core.trace import (
     make_sends,
 )
 from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
+from brokerlab.sim.events import Call, Clock
+from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
+from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.publisher import RetryingPublisher
 from brokerlab.sim.sampling import is_zero, samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
@@ -43,23 +51,29 @@ ACKED = -2
 
 Progress = Callable[[int, int], None]
 
-
-class Call(Event):
-    """A timeout that calls ``fn(arg)`` when it fires: one heap entry, no process, no closure."""
-
-    def __init__(self, env: simpy.Environment, delay: float, fn: Callable[[Any], None], arg: Any):
-        # Inlined like simpy's own Timeout.__init__, for speed.
-        self.env = env
-        self.callbacks = [_fire]
-        self._value = None
-        self._ok = True
-        self.fn = fn
-        self.arg = arg
-        env.schedule(self, NORMAL, delay)
+#: How often the drain looks whether every acknowledged message is done (the harness's poll).
+DRAIN_TICK = 0.02
 
 
-def _fire(event: Call) -> None:
-    event.fn(event.arg)
+class ConsumerSteps(Protocol):
+    """The consumer steps a fault layer takes over (``brokerlab.sim.faulted.FaultedConsumers``)."""
+
+    def to_consumer(self, r: int) -> None: ...
+    def to_broker(self, consumer: int, fn: Callable[[Any], None], r: Any) -> None: ...
+    def to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None: ...
+    def start(self, c: int, r: int) -> None: ...
+    def processed(self, job: Any) -> None: ...
+    def ack_batch(self, c: int, r: int) -> None: ...
+    def done(self, r: int) -> None: ...
+
+
+class FaultLayer(Protocol):
+    """What the engine calls on a fault layer (see :class:`brokerlab.sim.faulted.FaultLayer`)."""
+
+    publisher: RetryingPublisher
+    consumers: ConsumerSteps
+
+    def schedule(self) -> None: ...
 
 
 class Simulation:
@@ -84,10 +98,15 @@ class Simulation:
         plan: LoadPlan,
         seed: int,
         progress: Progress | None = None,
+        *,
+        process: type[BrokerProcess] = BrokerProcess,
+        network: type[Network] = Network,
+        faults: Callable[[Simulation], FaultLayer] | None = None,
     ):
-        self.env = simpy.Environment()
+        self.env = Clock()
         self.scenario = scenario
         self.preset = preset
+        self.seed = seed
         self.broker = broker = preset.broker
         self.plan = plan
         self.n = n = len(plan)
@@ -105,40 +124,40 @@ class Simulation:
         )
         # None means "always zero": that step is skipped and schedules no event.
         self._net = None if is_zero(net) else samples(net, rngs["network"])
-        self._publish_time = None if is_zero(publish) else samples(publish, rngs["service"])
+        self.publish_time = None if is_zero(publish) else samples(publish, rngs["service"])
         self._deliver_time = None if is_zero(deliver) else samples(deliver, rngs["service"])
-        self._processing = samples(consumers.processing, rngs["processing"])
+        self.processing_times = samples(consumers.processing, rngs["processing"])
 
-        # Broker servers: parallel, FIFO, shared by publish and delivery work.
-        self._servers = broker.servers
-        self._busy_servers = 0
-        self._server_queue: deque[tuple[float, Callable[[int], None], int]] = deque()
+        #: the broker process (its servers; a faulted run's can stop): chosen by the caller
+        self.process = process(self.env, broker.servers)
+        self._serve = self.process.serve
 
-        # Links: producer p up/down, consumer c down/up; value = when the link is next free.
+        # The network (links per connection direction): chosen by the caller.
         producers, count = scenario.producers.count, consumers.count
-        self._producer_down = producers
-        self._consumer_down = 2 * producers
-        self._consumer_up = 2 * producers + count
-        self._link_free = [0.0] * (2 * producers + 2 * count)
+        self.network = network(self.env, self._net, producers, count)
+        self._producer_down = self.network.producer_down
+        self._consumer_down = self.network.consumer_down
+        self._consumer_up = self.network.consumer_up
+        self._hop = self.network.hop
 
         # Sends, recorded by message index.
-        self._sync = scenario.producers.confirm == "sync" and self.publish_acks
+        self.sync = scenario.producers.confirm == "sync" and self.publish_acks
         self.t_sent = np.full(n, math.nan)
         self.t_acked = np.full(n, math.nan)
         self.t_stored: list[float] = [0.0] * n if broker.retention else []
 
         # Consumer acks, pending entries and redelivery.
         self.ack_mode = consumers.ack
-        self._track = self.consumer_acks and self.ack_mode != "none"
-        self._ack_after = self._track and self.ack_mode == "after"
-        self._ack_before = self._track and self.ack_mode == "before"
-        self._ack_timeout = broker.ack_timeout if self._track and preset.redelivery else None
+        self.track = self.consumer_acks and self.ack_mode != "none"
+        self.ack_after = self.track and self.ack_mode == "after"
+        self._ack_before = self.track and self.ack_mode == "before"
+        self._ack_timeout = broker.ack_timeout if self.track and preset.redelivery else None
         self.max_deliveries = broker.max_deliveries
-        self.pending: list[int] = [NO_ROW] * n if self._track else []
+        self.pending: list[int] = [NO_ROW] * n if self.track else []
         self.deliveries_of = [0] * n
         self.in_flight = 0
         self._cap: int | None = (
-            broker.max_ack_pending if self._track and preset.max_ack_pending else None
+            broker.max_ack_pending if self.track and preset.max_ack_pending else None
         )
         self._capped = False
         self._deadlines: deque[tuple[float, int]] = deque()
@@ -146,10 +165,17 @@ class Simulation:
         #: a broker kill stops the ack timer; timer events of an older epoch are stale
         self._timer_epoch = 0
 
-        # Consumers: credit (free prefetch slots at the broker), local buffer, busy flag.
+        # Consumers: credit (free prefetch slots at the broker), the client library's buffer
+        # (arrived, not yet handed to the consumer: not delivered), the batch in hand (handed
+        # over, delivered, not yet processed) and a busy flag (processing or awaiting an ack).
         self.free = [consumers.prefetch] * count
         self.busy = [False] * count
         self.buffer: list[deque[int]] = [deque() for _ in range(count)]
+        self.hand: list[deque[int]] = [deque() for _ in range(count)]
+        #: the most messages a consumer's fetch hands over at once (the harness's fetch size)
+        self.batch = consumers.prefetch
+        #: ``finished[b]`` once some delivery of broker index ``b`` was processed (and acked)
+        self.finished = bytearray(n)
         #: waiting messages a consumer keeps before dropping new ones (fire-and-forget only)
         self.buffer_limit: int | None = None
 
@@ -177,17 +203,36 @@ class Simulation:
             "slow_consumer_drops": 0,
             "unsent": 0,
         }
+        #: the drain's end: every acknowledged message done (see :meth:`_drain_tick`), or ``end``
+        self._stop = self.env.event()
+        self._owed: list[int] | None = None
+        self._owed_at = 0
         self.progress = progress
         self._report_every = max(1, n // 100)
         self._report_at = self._report_every if progress else -1
 
+        self.done = self.finish
+        #: the fault layer (None in a fault-free run, whose path has no fault checks at all)
+        self.faults: FaultLayer | None = None
+        if faults is not None:
+            self.faults = layer = faults(self)
+            # The layer's collaborators take over these steps; the engine calls them as its own.
+            self._publish = layer.publisher.publish  # type: ignore[method-assign]
+            self._to_consumer = layer.consumers.to_consumer  # type: ignore[method-assign]
+            self._to_broker = layer.consumers.to_broker  # type: ignore[method-assign]
+            self._to_client = layer.consumers.to_client  # type: ignore[method-assign]
+            self._start = layer.consumers.start  # type: ignore[method-assign]
+            self._processed = layer.consumers.processed  # type: ignore[method-assign]
+            self._ack_batch = layer.consumers.ack_batch  # type: ignore[method-assign]
+            self.done = layer.consumers.done
+            return
         # Skip steps that are always zero by binding straight to the step after them: a publish
         # with no network delay and no service time is stored in the same callback as its send.
-        if self._publish_time is None:
+        if self.publish_time is None:
             self._arrive = self._store  # type: ignore[method-assign]
         if self._net is None:
             self._publish = self._arrive  # type: ignore[method-assign]
-            self._to_consumer = self._received  # type: ignore[method-assign]
+            self._to_consumer = self.received  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ hooks for the models
 
@@ -213,7 +258,8 @@ class Simulation:
         """
         b = len(self.deliveries_of)
         self.deliveries_of.append(0)
-        if self._track:
+        self.finished.append(0)
+        if self.track:
             self.pending.append(NO_ROW)
         if self.broker.retention:
             self.t_stored.append(0.0)
@@ -241,21 +287,72 @@ class Simulation:
     # ------------------------------------------------------------------ run
 
     def run(self) -> None:
-        """Play the whole load plan, then drain until ``end``."""
+        """Play the whole load plan, then drain as the harness does.
+
+        The drain ends when every message whose publish was acknowledged has been processed
+        (and acked) by a consumer, checked every :data:`DRAIN_TICK` from the end of the plan, or
+        at ``end`` (``drain_timeout`` after the last intended send), whichever comes first;
+        ``end`` is then the time the run stopped.
+        """
         if self.n:
-            if self._sync:
+            if self.sync:
                 self._start_sync_producers()
             else:
                 Call(self.env, self.t_intended[0], self._send_async, 0)
-        self.env.run(until=self.end)
+        if self.faults is not None:
+            self.faults.schedule()
+        Call(self.env, self.plan.duration, self._drain_tick, None)
+        Call(self.env, self.end, self._stop_now, None)
+        self.env.run(until=self._stop)
+        self.end = self.env.now
         if self.progress:
             self.progress(self.n, self.n)
 
+    def _stop_now(self, _: Any) -> None:
+        if not self._stop.triggered:
+            self._stop.succeed()
+
+    def publishing(self) -> bool:
+        """Whether a producer still has sends or publish answers to wait for."""
+        if self.faults is not None:
+            return self.faults.publisher.publishing()
+        if self.sync and self._sent < self.n:
+            return True
+        if not self.publish_acks:
+            return False
+        return bool(np.isnan(self.t_acked).any()) or bool(np.nanmax(self.t_acked) > self.env.now)
+
+    def owed(self) -> list[int]:
+        """Messages the drain waits for: those whose publish was acknowledged (all, fire and
+        forget: the harness counts a publish call that returned as acknowledged)."""
+        if self.faults is not None:
+            return self.faults.publisher.owed()
+        if not self.publish_acks:
+            return list(range(self.n))
+        return np.flatnonzero(self.t_acked <= self.env.now).tolist()
+
+    def _drain_tick(self, _: Any) -> None:
+        # Like the harness's drain loop: from the moment the producers are done, look every
+        # DRAIN_TICK whether every acknowledged message is done. Completion only grows, so a
+        # pointer walks the owed list once over the whole drain.
+        if self._owed is None:
+            if self.publishing():
+                Call(self.env, DRAIN_TICK, self._drain_tick, None)
+                return
+            self._owed = self.owed()
+        owed, finished, at = self._owed, self.finished, self._owed_at
+        while at < len(owed) and finished[owed[at]]:
+            at += 1
+        self._owed_at = at
+        if at == len(owed):
+            self._stop_now(None)
+        else:
+            Call(self.env, DRAIN_TICK, self._drain_tick, None)
+
     @property
     def events(self) -> int:
-        """Events scheduled in the run (SimPy numbers every event it schedules)."""
-        counter = getattr(self.env, "_eid", None)
-        return next(counter) if counter is not None else -1
+        """Events the engine scheduled in the run."""
+        return self.env.scheduled
 
     # ------------------------------------------------------------------ producers
 
@@ -286,6 +383,14 @@ class Simulation:
             self._report(self._sent)
         self._publish(i)
 
+    def producer_free(self, i: int) -> None:
+        """Message ``i``'s publish is over: a confirm-sync producer sends its next one when due."""
+        following = self._following[i]
+        if following >= 0:
+            now = self.env.now
+            t_next = max(self.t_intended[following], now)
+            Call(self.env, t_next - now, self._send_sync, following)
+
     def _report(self, done: int) -> None:
         assert self.progress is not None
         self.progress(done, self.n)
@@ -298,10 +403,10 @@ class Simulation:
             self._hop(self.producer_of[i], self._arrive, i)
 
     def _arrive(self, i: int) -> None:
-        if self._publish_time is None:
+        if self.publish_time is None:
             self._store(i)
         else:
-            self._serve(next(self._publish_time), self._store, i)
+            self._serve(next(self.publish_time), self._store, i)
 
     def _store(self, i: int) -> None:
         if self.publish_acks:
@@ -309,10 +414,10 @@ class Simulation:
             t_ack = (
                 now
                 if self._net is None
-                else self._link_time(self._producer_down + self.producer_of[i])
+                else self.network.arrival(self._producer_down + self.producer_of[i])
             )
             self.t_acked[i] = t_ack
-            if self._sync:
+            if self.sync:
                 following = self._following[i]
                 if following >= 0:
                     t_next = max(self.t_intended[following], t_ack)
@@ -321,38 +426,11 @@ class Simulation:
 
     # ------------------------------------------------------------------ network and servers
 
-    def _link_time(self, link: int) -> float:
-        """Arrival time of something sent now over ``link`` (FIFO: never before the previous)."""
-        assert self._net is not None
-        t = self.env.now + next(self._net)
-        if t < self._link_free[link]:
-            t = self._link_free[link]
-        self._link_free[link] = t
-        return t
-
-    def _hop(self, link: int, fn: Callable[[int], None], arg: int) -> None:
-        Call(self.env, self._link_time(link) - self.env.now, fn, arg)
-
     def _to_broker(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
         if self._net is None:
             fn(r)
         else:
             self._hop(self._consumer_up + consumer, fn, r)
-
-    def _serve(self, duration: float, fn: Callable[[int], None], arg: int) -> None:
-        if self._busy_servers < self._servers:
-            self._busy_servers += 1
-            Call(self.env, duration, self._served, (fn, arg))
-        else:
-            self._server_queue.append((duration, fn, arg))
-
-    def _served(self, job: tuple[Callable[[int], None], int]) -> None:
-        if self._server_queue:
-            duration, fn, arg = self._server_queue.popleft()
-            Call(self.env, duration, self._served, (fn, arg))
-        else:
-            self._busy_servers -= 1
-        job[0](job[1])
 
     # ------------------------------------------------------------------ dispatch
 
@@ -405,7 +483,7 @@ class Simulation:
         self.row_msg[r] = i
         self.row_consumer[r] = c
         self.row_number[r] = number
-        if self._track:
+        if self.track:
             if self.pending[i] < 0:
                 self.in_flight += 1
             self.pending[i] = r
@@ -426,54 +504,129 @@ class Simulation:
 
     def _to_consumer(self, r: int) -> None:
         if self._net is None:
-            self._received(r)
+            self.received(r)
         else:
-            self._hop(self._consumer_down + self.row_consumer[r], self._received, r)
+            self._hop(self._consumer_down + self.row_consumer[r], self.received, r)
 
     # ------------------------------------------------------------------ consumers
 
-    def _received(self, r: int) -> None:
+    def received(self, r: int) -> None:
+        """Delivery row ``r`` reached its consumer's client library (not yet delivered)."""
         c = self.row_consumer[r]
         buffer = self.buffer[c]
         if self.buffer_limit is not None and len(buffer) >= self.buffer_limit:
             # Slow consumer: the client library drops it; the row keeps t_delivered NaN.
             self.counts["slow_consumer_drops"] += 1
             return
-        self.row_t_delivered[r] = self.env.now
-        if self._ack_before:
-            self._to_broker(c, self._acked, r)
         if self.busy[c]:
             buffer.append(r)
+            return
+        # An idle consumer's buffer is empty: its handler takes this one at once.
+        self.busy[c] = True
+        self.row_t_delivered[r] = self.env.now
+        if self._ack_before:
+            self._ack_batch(c, r)
         else:
-            self.busy[c] = True
             self._start(c, r)
+
+    def _fetch(self, c: int) -> None:
+        """Consumer ``c``'s handler takes a batch from its buffer: the moment of delivery.
+
+        As the harness's fetch: up to ``prefetch`` waiting messages at once, all delivered now,
+        then processed one after the other; with ``ack: before`` the batch is acked first and
+        processing waits for the ack's reply.
+        """
+        buffer = self.buffer[c]
+        now = self.env.now
+        r = buffer.popleft()
+        self.row_t_delivered[r] = now
+        if buffer and self.batch > 1:
+            hand = self.hand[c]
+            for _ in range(min(self.batch - 1, len(buffer))):
+                more = buffer.popleft()
+                self.row_t_delivered[more] = now
+                hand.append(more)
+        if self._ack_before:
+            self._ack_batch(c, r)
+        else:
+            self._start(c, r)
+
+    def _ack_batch(self, c: int, r: int) -> None:
+        """``ack: before``: ack the batch (first row ``r``), start ``r`` once the reply is back."""
+        rows = [r, *self.hand[c]]
+        if self._net is None:
+            for row in rows:
+                self.acked(row)
+            self._start(c, r)
+            return
+        for row in rows[:-1]:
+            self._to_broker(c, self.acked, row)
+        self._to_broker(c, self.acked_early, (rows[-1], r))
+
+    def acked_early(self, rows: tuple[int, int]) -> None:
+        last, first = rows
+        self.acked(last)
+        self._to_client(self.row_consumer[first], self.begin, first)
+
+    def begin(self, r: int) -> None:
+        self._start(self.row_consumer[r], r)
+
+    def _to_client(self, consumer: int, fn: Callable[[int], None], r: int) -> None:
+        """A reply from the broker to ``consumer`` (same link as its deliveries)."""
+        if self._net is None:
+            fn(r)
+        else:
+            self._hop(self._consumer_down + consumer, fn, r)
 
     def _start(self, c: int, r: int) -> None:
         """Consumer ``c`` starts processing delivery row ``r`` (faults change how long it takes)."""
-        Call(self.env, next(self._processing), self._processed, r)
+        Call(self.env, next(self.processing_times), self._processed, r)
 
     def _processed(self, r: int) -> None:
+        if self._net is None:
+            # The ack's round trip takes no time: done now, and the ack (mode "after") and the
+            # next fetch reach the broker in the same instant.
+            self.finish(r)
+            if self.consumer_acks:
+                self.released(r)
+        elif self.ack_after:
+            # The ack and the next fetch travel together; the consumer waits for the ack's
+            # reply before it counts the message done and takes the next (as the harness does).
+            self._to_broker(self.row_consumer[r], self.ack_reached, r)
+        else:
+            self.finish(r)
+            if self.consumer_acks:
+                self._to_broker(self.row_consumer[r], self.released, r)
+
+    def ack_reached(self, r: int) -> None:
+        self.released(r)
+        self._to_client(self.row_consumer[r], self.done, r)
+
+    def finish(self, r: int) -> None:
+        """Row ``r`` is processed and, with ``ack: after``, acked: ``t_done``; take the next.
+
+        The engine calls it as ``self.done`` (a fault layer may put its own step first)."""
         self.row_t_done[r] = self.env.now
+        self.finished[self.row_msg[r]] = 1
         c = self.row_consumer[r]
-        buffer = self.buffer[c]
-        if buffer:
-            self._start(c, buffer.popleft())
+        hand = self.hand[c]
+        if hand:
+            self._start(c, hand.popleft())
+        elif self.buffer[c]:
+            self._fetch(c)
         else:
             self.busy[c] = False
-        if self.consumer_acks:
-            # The ack (mode "after") and the next fetch travel together to the broker.
-            self._to_broker(c, self._released, r)
 
-    def _released(self, r: int) -> None:
-        if self._ack_after:
-            self._acked(r)
+    def released(self, r: int) -> None:
+        if self.ack_after:
+            self.acked(r)
         c = self.row_consumer[r]
         self.free[c] += 1
         self.credit(c)
 
     # ------------------------------------------------------------------ acks and redelivery
 
-    def _acked(self, r: int) -> None:
+    def acked(self, r: int) -> None:
         i = self.row_msg[r]
         if self.pending[i] >= 0:
             self.in_flight -= 1
@@ -497,9 +650,26 @@ class Simulation:
             self._timer_set = True
             Call(self.env, self._ack_timeout, self._on_timer, self._timer_epoch)
 
+    def stop_ack_timer(self) -> None:
+        """The broker process died: its ack timer with it (pending deadlines stay recorded)."""
+        self._timer_epoch += 1
+        self._timer_set = False
+
+    def restart_ack_timer(self) -> None:
+        """The broker is back: deadlines already past redeliver at once, the rest in time."""
+        if self._deadlines and not self._timer_set:
+            self._timer_set = True
+            Call(self.env, 0.0, self._on_timer, self._timer_epoch)
+
+    def run_ack_timer(self) -> None:
+        """Run the ack timer now (it came due while the broker was paused)."""
+        self._on_timer(self._timer_epoch)
+
     def _on_timer(self, epoch: int) -> None:
         if epoch != self._timer_epoch:
             return  # armed before a broker kill
+        if not self.process.timer_due():
+            return  # a paused broker runs it on resume
         deadlines, pending, row_msg = self._deadlines, self.pending, self.row_msg
         now = self.env.now
         while deadlines:
@@ -511,10 +681,10 @@ class Simulation:
                 Call(self.env, deadline - now, self._on_timer, epoch)
                 return
             deadlines.popleft()
-            self._expire(r)
+            self.expire(r)
         self._timer_set = False
 
-    def _expire(self, r: int) -> None:
+    def expire(self, r: int) -> None:
         i = self.row_msg[r]
         self.pending[i] = NO_ROW
         self.in_flight -= 1
@@ -553,7 +723,7 @@ class Simulation:
     def _send_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``t_sent``, ``t_acked``, outcome codes and attempts, one entry per message."""
         n = self.n
-        t_sent = self.t_sent if self._sync else self.plan.t_intended.copy()
+        t_sent = self.t_sent if self.sync else self.plan.t_intended.copy()
         sent = ~np.isnan(t_sent)
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (int(code) for code in OutcomeCode)
@@ -573,8 +743,16 @@ class Simulation:
         ``faults`` are the fault windows the timeline's ``faults`` column marks.
         """
         msg, consumer, number, t_delivered, t_done = self._delivery_columns()
+        if self.faults is not None:
+            msg = self.faults.publisher.messages(msg)
+        first = np.full(self.n, np.inf)
+        np.minimum.at(first, msg, t_delivered)
+        first[np.isinf(first)] = math.nan
         self.forget()
-        t_sent, t_acked, codes, attempts = self._send_columns()
+        if self.faults is not None:
+            t_sent, t_acked, codes, attempts = self.faults.publisher.columns()
+        else:
+            t_sent, t_acked, codes, attempts = self._send_columns()
         plan = self.plan
         # Categorical codes, not strings: half a million outcome strings cost a tenth of a second.
         outcome = pd.Categorical.from_codes(codes, categories=OUTCOMES)
@@ -596,5 +774,5 @@ class Simulation:
         return Trace(
             sends=sends,
             deliveries=deliveries,
-            timeline=build_timeline(sends, deliveries, faults or []),
+            timeline=build_timeline(sends, deliveries, faults or [], first=np.round(first, 6)),
         )

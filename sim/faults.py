@@ -1,7 +1,7 @@
 """The scenario's fault timeline, resolved for the simulator: who each entry hits, and durability.
 
 This module only reads the timeline (which clients an entry affects, what a broker kill keeps,
-what cannot be played); :mod:`sim.faulted` plays it inside the engine.
+what cannot be played); :mod:`brokerlab.sim.faulted` plays it on the engine's collaborators.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from brokerlab.sim.presets import Preset
 #: Clients reconnect this long after a broker restart or a connection reset (client libraries
 #: retry connecting every few tens of milliseconds; a fixed delay keeps runs reproducible).
 RECONNECT_DELAY = 0.05
+
+#: A consumer waits this long for the reply to an ack before it goes on without it (the
+#: harness's per-call grace): a lost connection or a stopped broker does not stall it forever.
+ACK_REPLY_WAIT = 5.0
 
 #: Actions that act on the broker process; the rest act on clients or on their network hops.
 BROKER_ACTIONS = ("broker-kill", "broker-pause")

@@ -6,7 +6,7 @@ from brokerlab.core.load import plan_load
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult
 from brokerlab.sim.engine import Progress
-from brokerlab.sim.faulted import faulted
+from brokerlab.sim.faulted import FAULTED
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import Preset, resolve
@@ -19,11 +19,9 @@ def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) ->
     """
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
-    model_class = MODELS[preset.model]
-    if scenario.faults:
-        # Only a run with faults pays for them: the fault-free class has no fault checks.
-        model_class = faulted(model_class)
-    model = model_class(scenario, preset, plan, seed, progress)
+    # Only a run with faults pays for them: a fault-free run gets the plain collaborators.
+    collaborators = FAULTED if scenario.faults else {}
+    model = MODELS[preset.model](scenario, preset, plan, seed, progress, **collaborators)
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)

@@ -208,3 +208,30 @@ def test_report_command_in_readme_reports_on_a_run(tmp_path: Path) -> None:
     assert (run.path / "report.html").is_file()
     assert list((run.path / "figures").glob("*.png"))
     assert_ran_cleanly(nbformat.read(tmp_path / "03_report.ipynb", as_version=4))
+
+
+def test_capacity_planning_sizes_the_orders_consumers(tmp_path: Path) -> None:
+    """04 finds the fewest consumers for orders at 3x, sweeps the count and answers catch-up."""
+    results = tmp_path / "results"
+    notebook = execute(
+        "04_capacity_planning.py",
+        tmp_path,
+        results_dir=str(results),
+        duration="6s",
+        seeds=1,
+        max_consumers=3,
+        outage="2s",
+        workers=1,
+    )
+    assert_ran_cleanly(notebook)
+    (folder,) = results.glob("*-capacity-planning")
+    answer = json.loads((folder / "consumers" / "capacity.json").read_text())
+    assert answer["find"] == "consumers" and isinstance(answer["value"], int)
+    assert answer["value"] >= 1 and answer["points"]
+    assert answer["answer"] in text(notebook)
+    sweep = (folder / "sweep" / "sweep.csv").read_text().splitlines()
+    assert len(sweep) == 1 + 3
+    catch_up = json.loads((folder / "catch-up" / "capacity.json").read_text())
+    assert catch_up["find"] == "catch-up"
+    assert "back to normal" in text(notebook) or "did not return" in text(notebook)
+    assert len(outputs(notebook, "image/png")) >= 2

@@ -159,6 +159,17 @@ def test_nats_core_consumer_crash_loses_messages_without_duplicates() -> None:
     assert result.info["no_interest"] > 0
 
 
+def test_nats_core_crash_counts_only_the_batch_in_hand_as_delivered() -> None:
+    """What a crashed subscriber's client library still buffered was never handed to its handler:
+    not delivered, lost. Only the batch its handler had taken (at most prefetch 5) shows as
+    delivered and never done, as in the harness. (It used to show the whole buffer, hundreds.)"""
+    result = simulate(make({"kind": "nats"}, CONSUMER_CRASH, consumers={"count": 1}), 1)
+    deliveries = result.trace.deliveries
+    died = deliveries[deliveries["t_done"].isna()]
+    assert 1 <= len(died) <= 5 and (died["t_delivered"] < 1.0).all()
+    assert (deliveries["t_done"].notna() | (deliveries["t_delivered"] < 1.0)).all()
+
+
 @pytest.mark.parametrize("kind", ["nats-jetstream", "redis-streams", "rabbitmq", "kafka"])
 def test_acked_brokers_redeliver_what_a_crashed_consumer_held(kind: str) -> None:
     """Consumer crash on a log or queue: no loss; its unacked deliveries come back (redelivered)."""
@@ -176,18 +187,26 @@ def test_acked_brokers_redeliver_what_a_crashed_consumer_held(kind: str) -> None
 def test_broker_pause_with_retries_duplicates_on_redis() -> None:
     """Pause past publish_timeout, retry same-id: Redis has no dedup, the copies are delivered."""
     checks = check(make({"kind": "redis-streams"}, PAUSE, producers=RETRY_SAME_ID))
-    assert checks.duplicates > 300 and checks.redelivered == 0 and checks.lost == 0
+    assert checks.duplicates > 300 and checks.lost == 0
     assert checks.recovered > 0  # gave up (unknown), yet delivered
+    # Redeliveries are only what the consumers held when the pause began (2 x prefetch 5): they
+    # wait for their acks' replies until the resume, past those deliveries' 1 s ack timeout.
+    assert checks.redelivered <= 2 * 5
 
 
 def test_broker_pause_with_retries_is_deduplicated_by_jetstream_msg_id() -> None:
-    """The same retries against JetStream with a dedup window: no duplicates at all."""
+    """The same retries against JetStream with a dedup window: no message is stored twice
+    (each has one first delivery); the few duplicates are redeliveries of what the consumers
+    held when the pause began (as on Redis)."""
     scenario = make(
         {"kind": "nats-jetstream", "dedup_window": "2min"}, PAUSE, producers=RETRY_SAME_ID
     )
     result = simulate(scenario, 1)
     checks = check_delivery(result.trace.sends, result.trace.deliveries)
-    assert checks.duplicates == 0 and checks.lost == 0
+    deliveries = result.trace.deliveries
+    copies = deliveries[deliveries["delivery_no"] == 1].groupby("msg_id").size()
+    assert copies.max() == 1 and checks.lost == 0
+    assert checks.duplicates <= 2 * 5
     assert result.info["deduplicated"] > 300
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from trace_builders import deliveries_table, sends_table
 
-from brokerlab.core.trace import FaultWindow, build_timeline, make_deliveries, make_sends
+from brokerlab.core.trace import (
+    FaultWindow,
+    build_timeline,
+    first_deliveries,
+    make_deliveries,
+    make_sends,
+)
 
 
 def _trace(t_sent: list[float], t_delivered: list[float]) -> tuple:
@@ -54,3 +61,37 @@ def test_fault_windows_mark_their_intervals() -> None:
     assert marks[0.0] == "" and marks[0.5] == "broker-pause:broker"
     assert marks[1.0] == "broker-pause:broker" and marks[1.5] == ""
     assert marks[2.0] == "connection-reset:all"
+
+
+def test_backlog_counts_each_message_once_whatever_its_copies() -> None:
+    """A retried publish stored twice is delivered twice with delivery_no 1 (two broker copies);
+    it leaves the backlog once, at its first delivery, and so does a redelivered message.
+
+    Four messages sent in the first second; by t = 1 s only ``0:0`` was received (twice, as two
+    copies) and ``0:1`` once: two are still waiting. Counting every ``delivery_no == 1`` row
+    (the old figure) said one.
+    """
+    sends = sends_table([0, 0, 0, 0], [0, 1, 2, 3], t_sent=[0.1, 0.2, 0.3, 0.4])
+    deliveries = deliveries_table(
+        ["0:0", "0:0", "0:1", "0:1", "0:2", "0:3"],
+        [0.5, 0.6, 0.7, 1.2, 1.5, 1.6],
+        delivery_no=[1, 1, 1, 2, 1, 1],
+    )
+    timeline = build_timeline(sends, deliveries, interval=1.0)
+    assert list(timeline["backlog"]) == [2, 0]
+    assert list(timeline["delivered"]) == [3, 3]  # the rate still counts every delivery row
+
+
+def test_backlog_ignores_deliveries_of_ids_never_sent() -> None:
+    """A stray delivery (an id nobody sent) does not make the backlog look smaller."""
+    sends = sends_table([0, 0], [0, 1], t_sent=[0.1, 0.2])
+    deliveries = deliveries_table(["0:0", "9:9"], [0.3, 0.4])
+    timeline = build_timeline(sends, deliveries, interval=1.0)
+    assert list(timeline["backlog"]) == [1]
+
+
+def test_first_deliveries_is_the_earliest_receipt_per_sent_message() -> None:
+    """One entry per sends row: the earliest t_delivered of its rows, NaN when never received."""
+    sends = sends_table([0, 0, 0], [0, 1, 2])
+    deliveries = deliveries_table(["0:1", "0:0", "0:1"], [0.9, 0.4, 0.3], delivery_no=[1, 1, 2])
+    np.testing.assert_array_equal(first_deliveries(sends, deliveries), [0.4, 0.3, np.nan])

@@ -147,14 +147,25 @@ class ConsumerGroup:
                 # Ack together what finished together; a message with processing time waits.
                 if i + 1 == len(received) or times[i + 1] > 0:
                     if to_ack:
-                        await self._ack(consumer, to_ack)
+                        try:
+                            await self._ack(consumer, to_ack)
+                        except asyncio.CancelledError:
+                            # Crashed with the ack in flight: processing finished, and whether
+                            # the broker applied the ack shows as a redelivery (or none), not
+                            # as business loss.
+                            self._finish(first_row, positions, waiting)
+                            raise
                         to_ack = []
-                    t_done = now()
-                    for j in waiting:
-                        log.t_done[first_row + j] = t_done
-                    log.complete([positions[j] for j in waiting])
+                    self._finish(first_row, positions, waiting)
                     waiting = []
             log.unexpected += positions.count(-1)
+
+    def _finish(self, first_row: int, positions: list[int], rows: list[int]) -> None:
+        """Rows of one fetched batch processed to the end (and acked, or their ack sent)."""
+        t_done = now()
+        for j in rows:
+            self.log.t_done[first_row + j] = t_done
+        self.log.complete([positions[j] for j in rows])
 
     async def _ack(self, consumer: int, handles: list[Any]) -> None:
         try:

@@ -4,7 +4,7 @@ Each cell is one scenario file ``scenarios/faults/CONFIG--FAULT.yaml``. ``run_ma
 cell on the simulator and/or on the real broker the cell names, and beside it a fault-free
 control: the same scenario and seed without its faults (cells of one config share it, since
 their scenarios differ only in the fault). Each cell is then judged against the expectation table
-(``brokerlab/data/fault_expectations.yaml``, DESIGN.md's table in machine-checkable form):
+(``brokerlab/data/fault_expectations.yaml``, the expected guarantees, machine-checkable):
 
 - ``inconclusive`` when the run cannot show anything: the fault never fired (no window recorded,
   or a warning that it failed to start or was not played), nothing was acknowledged or
@@ -105,7 +105,7 @@ def load_expectations() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One scenario of the matrix and what DESIGN.md expects of it (a rule per count)."""
+    """One scenario of the matrix and what the expectation table says of it (a rule per count)."""
 
     config: str
     fault: str
@@ -387,7 +387,7 @@ def judge_cell(cell: Cell, run: Observation, control: Observation | None) -> Jud
 
 
 def _expectation(cell: Cell) -> str:
-    """The expectation in words: the machine-checked rules, then DESIGN.md's wording."""
+    """The expectation in words: the machine-checked rules, then the table's wording."""
     checked = ", ".join(f"{key} {rule}" for key, rule in cell.rules().items())
     return f"{checked}: {cell.expected}"
 

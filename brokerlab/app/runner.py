@@ -229,38 +229,87 @@ def run_scenario(
     with results.staged_dir(final) as folder:
         clock = time.perf_counter()
         result = TARGETS[target](scenario, seed, folder, options)
-        duration_s = _trace_span(result)
-        analysis = analyze(result.trace, scenario, target=target, seed=seed, duration_s=duration_s)
+        analysis = analyze_result(result, scenario, target, seed)
         wall = time.perf_counter() - clock
         metrics = analysis.to_metrics()
-        versions = results.package_versions()
-        result.trace.write(folder)
-        (folder / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
-        results.write_json(folder / results.METRICS_FILE, metrics)
-        results.write_manifest(
+        write_run_files(
             folder,
-            results.RunManifest(
-                run_id=final.name,
-                scenario=scenario.name,
-                scenario_file=source,
-                scenario_sha256=scenario_digest(scenario, target),
-                target=target,
-                seed=seed,
-                started_at=started.isoformat(timespec="seconds"),
-                wall_time_s=round(wall, 3),
-                lab_version=versions["brokerlab"],
-                versions=versions,
-                host=results.host_info(),
-                command=" ".join(sys.argv),
-                target_info=_jsonable(result.info),
-                warnings=list(result.warnings) + analysis.warnings,
-                unexpected=analysis.unexpected,
-                faults=list(result.faults),
-                # no simulator run charges calibrated costs yet; a real broker needs no model
-                profile="none" if target == "sim" else None,
-            ),
+            scenario,
+            target,
+            seed,
+            result,
+            metrics,
+            warnings=analysis.warnings,
+            unexpected=analysis.unexpected,
+            started=started,
+            wall_time_s=wall,
+            source=source,
+            run_id=final.name,
         )
     return RunRecord(final, target, metrics, analysis, result, wall)
+
+
+def analyze_result(result: TargetResult, scenario: Scenario, target: str, seed: int) -> Analysis:
+    """The one analysis of a target's result, as ``run_scenario`` does it (the trace's span is
+    the run's duration). Sweeps call it where the target ran, e.g. on a Dask worker."""
+    duration_s = _trace_span(result)
+    return analyze(result.trace, scenario, target=target, seed=seed, duration_s=duration_s)
+
+
+def write_run_files(
+    folder: Path,
+    scenario: Scenario,
+    target: str,
+    seed: int,
+    result: TargetResult,
+    metrics: dict[str, Any],
+    *,
+    warnings: list[str],
+    unexpected: int,
+    started: datetime,
+    wall_time_s: float,
+    source: str | None,
+    run_id: str,
+    trace_files: Mapping[str, bytes] | None = None,
+) -> None:
+    """Write a run folder's files (trace, scenario.yaml, metrics.json, run.json) into ``folder``.
+
+    Split from :func:`run_scenario` so a sweep can run a target on another machine and write
+    the folder where its results are kept: the files are the same either way. ``trace_files``
+    (file name -> Parquet bytes) are the trace already encoded where it was made; without them
+    ``result.trace`` is written here.
+    """
+    versions = results.package_versions()
+    if trace_files is None:
+        result.trace.write(folder)
+    else:
+        for name, data in trace_files.items():
+            (folder / name).write_bytes(data)
+    (folder / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
+    results.write_json(folder / results.METRICS_FILE, metrics)
+    results.write_manifest(
+        folder,
+        results.RunManifest(
+            run_id=run_id,
+            scenario=scenario.name,
+            scenario_file=source,
+            scenario_sha256=scenario_digest(scenario, target),
+            target=target,
+            seed=seed,
+            started_at=started.isoformat(timespec="seconds"),
+            wall_time_s=round(wall_time_s, 3),
+            lab_version=versions["brokerlab"],
+            versions=versions,
+            host=results.host_info(),
+            command=" ".join(sys.argv),
+            target_info=_jsonable(result.info),
+            warnings=list(result.warnings) + list(warnings),
+            unexpected=unexpected,
+            faults=list(result.faults),
+            # no simulator run charges calibrated costs yet; a real broker needs no model
+            profile="none" if target == "sim" else None,
+        ),
+    )
 
 
 def _trace_span(result: TargetResult) -> float:

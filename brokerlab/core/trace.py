@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from brokerlab.core.vocabulary import OUTCOMES
 
@@ -189,6 +191,25 @@ def timeline_interval(duration: float) -> float:
     return float(10 ** (exponent + 1))
 
 
+def first_deliveries(sends: pd.DataFrame, deliveries: pd.DataFrame) -> np.ndarray:
+    """When each sent message was first received (NaN: never), one entry per sends row.
+
+    ``delivery_no`` cannot say which row is a message's first: a retried publish stored twice is
+    a second copy whose deliveries start again at 1, so counting rows with ``delivery_no == 1``
+    counts such a message twice. Deliveries of ids that were never sent are left out.
+    """
+    first = np.full(len(sends), np.inf)
+    if len(deliveries):
+        ids = pa.array(sends["msg_id"], from_pandas=True).cast(pa.large_string())
+        found = pa.array(deliveries["msg_id"], from_pandas=True).cast(pa.large_string())
+        rows = pc.index_in(found, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False)
+        sent = rows >= 0
+        t_delivered = deliveries["t_delivered"].to_numpy(dtype="float64")
+        np.minimum.at(first, rows[sent].astype("int64"), t_delivered[sent])
+    first[np.isinf(first)] = np.nan
+    return first
+
+
 def build_timeline(
     sends: pd.DataFrame,
     deliveries: pd.DataFrame,
@@ -196,22 +217,26 @@ def build_timeline(
     interval: float | None = None,
     errors: np.ndarray | None = None,
     resources: ResourceSamples | None = None,
+    first: np.ndarray | None = None,
     broker: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-interval rates and consumer lag, computed the same way for every target.
 
     ``backlog`` is the consumer lag at the interval's end: messages sent so far that no consumer
-    has yet received. ``errors`` counts failed or unknown publishes started in the interval (plus
-    any target-specific error times passed in). ``faults`` names the faults active in the interval.
+    has yet received (each message counted once, however many copies or redeliveries it had).
+    ``errors`` counts failed or unknown publishes started in the interval (plus any
+    target-specific error times passed in). ``faults`` names the faults active in the interval.
     ``lab_cpu``, ``broker_cpu`` and ``loop_lag_ms`` come from ``resources`` (see
-    :func:`with_resources`); without them (the simulator) they are NaN. ``broker`` (column ``t``
+    :func:`with_resources`); without them (the simulator) they are NaN. ``first`` is
+    :func:`first_deliveries` when the target already knows it (the simulator does, by message
+    index, and skips the id join). ``broker`` (column ``t``
     plus any of :data:`BROKER_COLUMNS`) adds the broker's own view.
     """
     faults = faults or []
     t_sent = sends["t_sent"].to_numpy(dtype="float64")
-    first = deliveries[deliveries["delivery_no"] == 1] if len(deliveries) else deliveries
-    t_first = first["t_delivered"].to_numpy(dtype="float64") if len(first) else np.empty(0)
     t_all = deliveries["t_delivered"].to_numpy(dtype="float64") if len(deliveries) else np.empty(0)
+    t_first = first_deliveries(sends, deliveries) if first is None else first
+    t_first = t_first[~np.isnan(t_first)]
     ends = [t_sent.max() if len(t_sent) else 0.0, t_all.max() if len(t_all) else 0.0]
     ends += [w.t_end for w in faults]
     horizon = float(np.nanmax(ends)) if ends else 0.0

@@ -39,7 +39,7 @@ class QueueModel(Simulation):
         ready = self.ready
         while ready:
             i = ready.popleft()
-            if self._track and self.pending[i] == ACKED:
+            if self.track and self.pending[i] == ACKED:
                 continue  # a late ack arrived while it waited for redelivery
             if self.retention and self.env.now - self.t_stored[i] > self.retention:
                 self.counts["expired"] += 1
