@@ -1,9 +1,10 @@
 """brokerlab: choose and size a message broker by evidence.
 
 ``import brokerlab as bl`` is the public API (:mod:`brokerlab.api`): ``bl.load``,
-``bl.simulate``, ``bl.run``, ``bl.compare``, ``bl.select``, ``bl.report``, ``bl.open`` and the
-result objects. It is loaded on first use, so ``import brokerlab`` and ``brokerlab.core``
-stay cheap: no pandas, matplotlib, simulator or adapters until a name of the API is asked for.
+``bl.simulate``, ``bl.run``, ``bl.compare``, ``bl.select``, ``bl.sweep``, ``bl.capacity``,
+``bl.report``, ``bl.open`` and the result objects. It is loaded on first use, so
+``import brokerlab`` and ``brokerlab.core`` stay cheap: no pandas, matplotlib, simulator or
+adapters until a name of the API is asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ API_NAMES: tuple[str, ...] = (
     "run",
     "select",
     "simulate",
+    "Sweep",
+    "SweepError",
+    "Capacity",
+    "CapacityError",
+    "sweep",
+    "capacity",
 )
 
 __all__ = list(API_NAMES)
@@ -41,6 +48,8 @@ __all__ = list(API_NAMES)
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ loads them
     from brokerlab.api import (  # noqa: F401
         DEFAULT_CANDIDATES,
+        Capacity,
+        CapacityError,
         Comparison,
         OpenError,
         Plots,
@@ -52,7 +61,10 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ load
         ScenarioError,
         Selection,
         SelectionError,
+        Sweep,
+        SweepError,
         TargetError,
+        capacity,
         compare,
         describe,
         load,
@@ -62,6 +74,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ load
         run,
         select,
         simulate,
+        sweep,
     )
 
 

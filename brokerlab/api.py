@@ -1,10 +1,11 @@
 """The public API: ``import brokerlab as bl``, for notebooks and scripts.
 
 The CLI's verbs as functions that return result objects instead of printing: load a scenario,
-change it (:meth:`Scenario.with_`), simulate or run it, compare targets, select a broker, make a
-report, open a stored run. Every result is stored exactly as the CLI stores it (a run folder
-under the results folder), so what a notebook made can be reported on, reused, or opened again
-with :func:`open`; a result object reads its folder lazily (metrics first, the trace when asked).
+change it (:meth:`Scenario.with_`), simulate or run it, compare targets, select a broker, sweep
+fields across seeds, answer a capacity question, make a report, open a stored folder. Every
+result is stored exactly as the CLI stores it (a folder under the results folder), so what a
+notebook made can be reported on, reused, or opened again with :func:`open`; a result object
+reads its folder lazily (metrics first, the trace when asked).
 
 Results share one shape: ``.path`` (the folder), ``.metrics`` (metrics.json), ``.summary()``
 (a DataFrame of the main numbers), ``.plot.<figure>()`` (matplotlib Figures, the very figures of
@@ -32,21 +33,42 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from brokerlab.app import figures, notebook
+from brokerlab.app import figures, notebook, sweep_figures
+from brokerlab.app.capacity import (
+    CAPACITY_FILE,
+    CapacityError,
+    find_capacity,
+    lag_series,
+    recovery_time,
+)
 from brokerlab.app.compare import COMPARISON_CSV, comparison_table
 from brokerlab.app.compare import compare as _compare
 from brokerlab.app.report import FIGURES_DIR, ReportError, build_report
 from brokerlab.app.runner import RunOptions, RunRecord, TargetError, run_scenario
 from brokerlab.app.select import DEFAULT_CANDIDATES, SELECTION_JSON, SelectionError
 from brokerlab.app.select import select as _select
+from brokerlab.app.sweep import (
+    SWEEP_JSON,
+    Axis,
+    SweepError,
+    check_targets,
+    parse_vary,
+    read_spec,
+    read_table,
+    run_sweep,
+    summarize,
+)
 from brokerlab.core import results
 from brokerlab.core.checks import check_delivery
 from brokerlab.core.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
-from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow
+from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, TIMELINE_FILE, FaultWindow, Trace
+from brokerlab.core.units import parse_duration
 from brokerlab.core.vocabulary import LATENCY_KINDS, SUMMARY_FIELDS
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "Capacity",
+    "CapacityError",
     "Comparison",
     "OpenError",
     "Plots",
@@ -58,7 +80,10 @@ __all__ = [
     "ScenarioError",
     "Selection",
     "SelectionError",
+    "Sweep",
+    "SweepError",
     "TargetError",
+    "capacity",
     "compare",
     "describe",
     "load",
@@ -68,7 +93,7 @@ __all__ = [
     "run",
     "select",
     "simulate",
-    # sweep and capacity: see the section "sweep, capacity" below
+    "sweep",
 ]
 
 #: What the verbs accept as a scenario: a Scenario, or the path of a scenario file.
@@ -77,7 +102,8 @@ PathLike = str | Path
 
 
 class OpenError(Exception):
-    """A folder :func:`open` cannot read: missing, or not a run, comparison or selection."""
+    """A folder :func:`open` cannot read: missing, or not a run, comparison, selection, sweep or
+    capacity folder."""
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -274,12 +300,16 @@ def report(*folders: Result | PathLike, output: PathLike | None = None) -> Repor
     return Report(build_report(paths, target))
 
 
-def open(path: PathLike) -> RunResult | Comparison | Selection:
-    """A stored run, comparison or selection folder, as the object the verb that made it
-    returned; nothing is re-run. Raises :class:`OpenError` for anything else."""
+def open(path: PathLike) -> RunResult | Comparison | Selection | Sweep | Capacity:
+    """A stored run, comparison, selection, sweep or capacity folder, as the object the verb
+    that made it returned; nothing is re-run. Raises :class:`OpenError` for anything else."""
     folder = notebook.lab_path(path)
     if not folder.is_dir():
         raise OpenError(f"{path}: no such folder")
+    if (folder / SWEEP_JSON).is_file():
+        return Sweep.from_folder(folder)
+    if (folder / CAPACITY_FILE).is_file():
+        return Capacity.from_folder(folder)
     info = _read_json(folder / results.RUN_FILE, OpenError)
     kind = info.get("kind", "run")
     if kind == "run":
@@ -288,16 +318,135 @@ def open(path: PathLike) -> RunResult | Comparison | Selection:
         return Comparison.from_folder(folder)
     if kind == "selection":
         return Selection.from_folder(folder)
-    raise OpenError(f"{folder}: a {kind} folder; open runs, comparisons and selections")
+    raise OpenError(
+        f"{folder}: a {kind} folder; open runs, comparisons, selections, sweeps and capacity "
+        "answers"
+    )
 
 
 # --------------------------------------------------------------------------- sweep, capacity
-#
-# `bl.sweep(...)` and `bl.capacity(...)` belong here, next to compare and select: thin wrappers
-# of brokerlab.app.sweep and brokerlab.app.capacity that take a ScenarioLike, build RunOptions
-# with _options(), and return a result object built on Runs (one RunResult per point, plus the
-# sweep's own table as .summary() and its figures under .plot). Add their names to __all__
-# and to brokerlab/__init__.py's lazy exports.
+
+#: What :func:`sweep` takes for one varied field: ``"START..STOP:N"`` or ``"V1,V2"`` as
+#: ``--vary`` writes it, a list of values as a file writes them, or a single value.
+VaryValues = str | Sequence[Any] | int | float
+
+
+def _axes(vary: Mapping[str, VaryValues]) -> list[Axis]:
+    """``--vary`` axes from a mapping; strings are parsed exactly as the CLI parses them."""
+    if not isinstance(vary, Mapping) or not vary:
+        raise SweepError(
+            "vary: give at least one field path and its values, "
+            "e.g. {'producers.rate': '500/s..2000/s:4'}"
+        )
+    axes = []
+    for path, values in vary.items():
+        if isinstance(values, str):
+            axes.append(parse_vary(f"{path}={values}", origin="vary"))
+            continue
+        if isinstance(values, Sequence | np.ndarray | range):
+            items = tuple(v.item() if hasattr(v, "item") else v for v in values)
+        else:
+            items = (values.item() if hasattr(values, "item") else values,)
+        if not items:
+            raise SweepError(f"vary {path}: no values")
+        parse_vary(f"{path}=0", origin="vary")  # the path itself, checked as the CLI checks it
+        axes.append(Axis(str(path), items, "vary"))
+    return axes
+
+
+def sweep(
+    scenario: ScenarioLike,
+    vary: Mapping[str, VaryValues],
+    *,
+    seeds: int | None = None,
+    targets: str | Sequence[str] = ("sim",),
+    workers: int | None = None,
+    scheduler: str | None = None,
+    results_dir: PathLike | None = None,
+    out: PathLike | None = None,
+    redis_url: str | None = None,
+    nats_url: str | None = None,
+) -> Sweep:
+    """Play the scenario at every combination of the ``vary`` values × seeds × targets, as
+    ``brokerlab sweep`` does, and return the stored sweep.
+
+    ``vary`` maps field paths to values: ``{"producers.rate": "500/s..2000/s:4"}`` (N evenly
+    spaced values, ends included), ``{"consumers.count": [1, 2, 4]}``. Every point uses the
+    same ``seeds`` consecutive seeds from the scenario's (common random numbers), so points
+    differ only in what was varied. Simulator runs go to ``workers`` local Dask processes
+    (1: in this process) or the Dask ``scheduler`` at an address. ``out`` defaults to a folder
+    named after the sweep, so the same call again reuses every run already made (and resumes an
+    interrupted sweep). Raises :class:`SweepError` for a bad path, value or target, before
+    anything runs or is written.
+    """
+    loaded, source = _scenario(scenario)
+    axes = _axes(vary)
+    wanted = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+    wanted = check_targets(wanted, "targets")
+    result = run_sweep(
+        loaded,
+        axes,
+        seeds=seeds,
+        targets=wanted,
+        out=Path(out) if out is not None else None,
+        workers=workers,
+        scheduler=scheduler,
+        options=_options(None, results_dir, None, redis_url, nats_url),
+        source=source,
+    )
+    return Sweep(result.path, result.table, result.paths, read_spec(result.path))
+
+
+def capacity(
+    scenario: ScenarioLike,
+    find: str,
+    *,
+    target: str = "sim",
+    outage: str | float | None = None,
+    seeds: int = 3,
+    keep_up: float = 0.95,
+    tolerance: float = 0.02,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    results_dir: PathLike | None = None,
+    out: PathLike | None = None,
+    redis_url: str | None = None,
+    nats_url: str | None = None,
+) -> Capacity:
+    """Answer one capacity question, as ``brokerlab capacity --find FIND`` does.
+
+    ``find``: ``"rate"`` (the highest rate meeting every requirement), ``"consumers"`` or
+    ``"partitions"`` (the fewest that do), ``"catch-up"`` (seconds until the consumer lag is
+    back to normal after every consumer was down for ``outage``, e.g. ``"30s"``). A point meets
+    the requirements when every one of ``seeds`` seeds passes and delivers at least ``keep_up``
+    × the offered rate; an inconclusive verdict counts as not meeting them. The same question
+    asked again finds the same folder and reuses its runs. Raises :class:`CapacityError` for a
+    question that cannot be answered, before anything runs.
+    """
+    loaded, source = _scenario(scenario)
+    outage_s = None
+    if outage is not None:
+        try:
+            outage_s = parse_duration(outage)
+        except ValueError as error:
+            raise CapacityError(f"outage: {error}") from None
+        if not outage_s > 0:
+            raise CapacityError("outage: must be longer than zero")
+    result = find_capacity(
+        loaded,
+        find,
+        target=target,
+        out=Path(out) if out is not None else None,
+        seeds=seeds,
+        outage=outage_s,
+        keep_up=keep_up,
+        tolerance=tolerance,
+        workers=workers,
+        scheduler=scheduler,
+        options=_options(None, results_dir, None, redis_url, nats_url),
+        source=source,
+    )
+    return Capacity.from_folder(result.path)
 
 
 # --------------------------------------------------------------------------- reading folders
@@ -730,7 +879,366 @@ class Selection:
         return '<div class="brokerlab-selection">' + "".join(parts) + "</div>"
 
 
-Result = RunResult | Runs | Selection
+def _tick(value: Any) -> str:
+    """A varied value as a label: 1500.0 -> 1500, 0.002 stays."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _matches(column: pd.Series, wanted: Any) -> pd.Series:
+    """Rows whose value of a varied field is ``wanted`` (numbers compared with a tolerance)."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool) and numeric.notna().all():
+        return pd.Series(np.isclose(numeric.to_numpy(dtype="float64"), float(wanted)), column.index)
+    return column.astype(str) == str(wanted)
+
+
+class Sweep:
+    """A sweep folder: one run per point × seed × target, the table of their metrics
+    (sweep.csv), a summary with means and 95% confidence intervals across seeds, and figures.
+
+    Made by :func:`sweep` or ``brokerlab sweep``, or read back with :func:`open`.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        table: pd.DataFrame,
+        paths: Sequence[str],
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        #: One row per run: the varied fields, seed, target, every metric (dotted names such
+        #: as ``latency_ms.end_to_end.p99``), verdict, run folder (relative) and error.
+        self.table = table
+        #: The varied field paths, in the order given.
+        self.paths = list(paths)
+        #: sweep.json: what was varied, seeds, targets, where it ran.
+        self.spec = dict(spec or {})
+
+    @classmethod
+    def from_folder(cls, path: Path) -> Sweep:
+        """Read a sweep folder made by :func:`sweep` or ``brokerlab sweep``."""
+        spec = read_spec(path)
+        try:
+            table = read_table(path)
+        except (OSError, ValueError) as problem:
+            raise OpenError(f"{path}: not a finished sweep (no sweep table): {problem}") from None
+        return cls(path, table, list(spec.get("vary") or []), spec)
+
+    def __repr__(self) -> str:
+        return (
+            f"Sweep(vary={self.paths}, points={self.points}, runs={len(self.table)}, "
+            f"path='{self.path}')"
+        )
+
+    @property
+    def points(self) -> int:
+        """How many combinations of the varied values were played."""
+        return len(self.table[self.paths].drop_duplicates()) if len(self.table) else 0
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every point was played with."""
+        return sorted(int(s) for s in self.table["seed"].unique()) if len(self.table) else []
+
+    @property
+    def targets(self) -> list[str]:
+        """The targets every point was played on."""
+        return list(dict.fromkeys(str(t) for t in self.table["target"])) if len(self.table) else []
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        """The rows of runs that failed (their ``error`` says why); empty when all ran."""
+        return self.table[self.table["error"].notna()]
+
+    @cached_property
+    def scenario(self) -> Scenario:
+        """The base scenario the sweep varied (scenario.yaml of the sweep folder)."""
+        return load_scenario(self.path / results.SCENARIO_FILE)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per point and target: seeds, how many passed, and for each main metric the
+        mean across seeds with the half-width of its 95% confidence interval (column
+        ``METRIC ±95%``), as ``brokerlab sweep`` prints it."""
+        return summarize(self.table, self.paths)
+
+    def _label(self, row: Any) -> str:
+        point = ", ".join(f"{p}={_tick(row[p])}" for p in self.paths)
+        return f"{point} {row['target']} s{row['seed']}"
+
+    @cached_property
+    def runs(self) -> Runs:
+        """Every run that finished, labelled ``PATH=VALUE, … TARGET sSEED``."""
+        done = self.table[self.table["error"].isna() & self.table["run"].notna()]
+        return Runs(
+            {
+                self._label(row): RunResult(self.path / str(row["run"]), label=self._label(row))
+                for _, row in done.iterrows()
+            }
+        )
+
+    def run(
+        self, point: Any = None, *, target: str | None = None, seed: int | None = None
+    ) -> RunResult:
+        """The run of one point: ``sweep.run(4)`` when one field was varied, else
+        ``sweep.run({"producers.rate": 1000, "consumers.count": 4})`` (values in base units,
+        as in :attr:`table`). ``target`` may be left out when the sweep had one, ``seed``
+        defaults to the first seed. Raises KeyError naming what exists."""
+        wanted = dict(point) if isinstance(point, Mapping) else {}
+        if not isinstance(point, Mapping):
+            if len(self.paths) != 1:
+                raise KeyError(f"name the point by its fields: {{{', '.join(self.paths)}}}")
+            wanted = {self.paths[0]: point}
+        unknown = [p for p in wanted if p not in self.paths]
+        if unknown or len(wanted) != len(self.paths):
+            raise KeyError(
+                f"a point of this sweep names {', '.join(self.paths)}; got {list(wanted)}"
+            )
+        rows = self.table
+        for path, value in wanted.items():
+            rows = rows[_matches(rows[path], value)]
+        if rows.empty:
+            values = {p: [_tick(v) for v in self.table[p].unique()] for p in self.paths}
+            raise KeyError(f"no point {wanted} in this sweep; its values: {values}")
+        targets = list(dict.fromkeys(str(t) for t in rows["target"]))
+        if target is None and len(targets) > 1:
+            raise KeyError(f"this sweep ran on {', '.join(targets)}: pass target=")
+        rows = rows[rows["target"] == (target or targets[0])]
+        rows = rows[rows["seed"] == (seed if seed is not None else min(rows["seed"], default=0))]
+        if rows.empty:
+            raise KeyError(f"no run of {wanted} on {target} with seed {seed}")
+        row = rows.iloc[0]
+        if pd.isna(row["run"]) or pd.notna(row["error"]):
+            raise KeyError(f"{self._label(row)} did not run: {row['error']}")
+        return RunResult(self.path / str(row["run"]), label=self._label(row))
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """metrics.json of every run that finished, by label."""
+        return self.runs.metrics
+
+    @property
+    def plot(self) -> SweepPlots:
+        """The sweep's figures (the ones ``brokerlab report`` draws for a sweep)."""
+        return SweepPlots(self)
+
+    def _repr_html_(self) -> str:
+        seeds = ", ".join(str(s) for s in self.seeds)
+        head = (
+            f"<p><b>sweep</b> of <b>{html.escape(str(self.spec.get('scenario', '?')))}</b> over "
+            f"<code>{html.escape(', '.join(self.paths))}</code>: {self.points} points × seeds "
+            f"{html.escape(seeds)} on {html.escape(', '.join(self.targets))} "
+            f"({len(self.errors)} failed)<br><small>{html.escape(str(self.path))}</small></p>"
+        )
+        failed = "".join(
+            f"<p>✗ {html.escape(self._label(row))}: {html.escape(str(row['error']))}</p>"
+            for _, row in self.errors.iterrows()
+        )
+        return (
+            f'<div class="brokerlab-sweep">{head}{_html_table(self.summary(), False)}{failed}</div>'
+        )
+
+
+class SweepPlots:
+    """A sweep's figures: the application's sweep figures (mean across seeds, 95% CI)."""
+
+    def __init__(self, result: Sweep):
+        self._sweep = result
+
+    def _varying(self) -> list[str]:
+        """The paths given more than one value: a path set to one value is a setting."""
+        table, paths = self._sweep.table, self._sweep.paths
+        if not len(table) or table["error"].notna().all():
+            raise ValueError(f"{self._sweep.path}: no run of this sweep finished; nothing to draw")
+        return [p for p in paths if p in table and table[p].nunique() > 1] or list(paths)
+
+    def latency_vs_load(self, kind: str = "end_to_end", bound_ms: float | None = None) -> Figure:
+        """p50 and p99 latency against the varied field (the offered rate when it was varied),
+        one line per target with the knee of the p99 curve marked, and the p99 bound: by default
+        the scenario's own ``kind`` p99 requirement."""
+        if kind not in LATENCY_KINDS:
+            raise ValueError(f"unknown latency kind {kind!r}; use {', '.join(LATENCY_KINDS)}")
+        figure = sweep_figures.latency_vs_load(self._sweep.table, self._varying(), kind)
+        if bound_ms is None:
+            bound = self._sweep.scenario.requirements.latency.get(kind, {}).get("p99")
+            bound_ms = bound * 1000 if bound is not None else None
+        if bound_ms is not None:
+            axes = figure.axes[0]
+            axes.axhline(
+                bound_ms, color="#c62828", ls="--", lw=1, label=f"p99 bound {bound_ms:g} ms"
+            )
+            axes.legend(fontsize=8)
+        return figure
+
+    def delivered_vs_offered(self) -> Figure:
+        """Delivered rate against offered rate per target: below the diagonal, the consumers
+        do not keep up."""
+        return sweep_figures.delivered_vs_offered(self._sweep.table, self._varying())
+
+    def pass_fail_map(
+        self, x: str | None = None, y: str | None = None, target: str | None = None
+    ) -> Figure:
+        """Share of seeds meeting every requirement at each point of a two-field sweep (one
+        target; the first by default). ``x`` and ``y`` default to the varied fields in order."""
+        varying = self._varying()
+        if x is None or y is None:
+            if len(varying) != 2:
+                raise ValueError(
+                    f"a pass/fail map needs two varied fields; this sweep varies {varying}: "
+                    "pass x= and y="
+                )
+            x, y = x or varying[0], y or varying[1]
+        for path in (x, y):
+            if path not in self._sweep.paths:
+                raise ValueError(f"{path!r} was not varied; use {', '.join(self._sweep.paths)}")
+        chosen = target or self._sweep.targets[0]
+        if chosen not in self._sweep.targets:
+            raise ValueError(f"{chosen!r} is not a target of this sweep: {self._sweep.targets}")
+        return sweep_figures.pass_map(self._sweep.table, x, y, chosen)
+
+
+class Capacity:
+    """A capacity folder: the answer to one question (``.value``, ``.answer``), and the
+    evidence (``.points``: every value tried, on every seed, with why it failed).
+
+    Made by :func:`capacity` or ``brokerlab capacity``, or read back with :func:`open`.
+    """
+
+    def __init__(self, path: PathLike, data: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        #: capacity.json as a dict.
+        self.data = dict(data)
+
+    @classmethod
+    def from_folder(cls, path: Path) -> Capacity:
+        """Read a capacity folder made by :func:`capacity` or ``brokerlab capacity``."""
+        return cls(path, _read_json(path / CAPACITY_FILE))
+
+    def __repr__(self) -> str:
+        return f"Capacity(find={self.find!r}, value={self.value!r}, path='{self.path}')"
+
+    @property
+    def find(self) -> str:
+        """The question: ``rate``, ``consumers``, ``partitions`` or ``catch-up``."""
+        return str(self.data.get("find", ""))
+
+    @property
+    def value(self) -> int | float | None:
+        """The answer (messages/s, a count, or seconds); None when nothing met the
+        requirements, or the lag did not return to normal."""
+        return self.data.get("value")
+
+    @property
+    def answer(self) -> str:
+        """The one line ``brokerlab capacity`` prints."""
+        return str(self.data.get("answer", ""))
+
+    @property
+    def target(self) -> str:
+        """Where the runs were played."""
+        return str(self.data.get("target", ""))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every decisive point was played with."""
+        return [int(s) for s in self.data.get("seeds") or []]
+
+    @property
+    def points(self) -> pd.DataFrame:
+        """The evidence, one row per value tried in the order tried: ``value``, ``step`` (why
+        it was tried), ``meets`` (every seed met the requirements), ``seeds passing``, the
+        worst end-to-end p99 over the seeds, the worst catch-up (catch-up only) and ``why not``."""
+        rows = []
+        for point in self.data.get("points") or []:
+            seeds = point.get("seeds") or []
+            passing = [s.get("ok", s.get("catch_up_s") is not None) for s in seeds]
+            p99 = [
+                s["latency_ms"]["end_to_end"]["p99"]
+                for s in seeds
+                if (s.get("latency_ms") or {}).get("end_to_end", {}).get("p99") is not None
+            ]
+            row: dict[str, Any] = {
+                "value": point.get("value"),
+                "step": point.get("step"),
+                "meets": bool(point.get("ok")),
+                "seeds passing": f"{sum(bool(p) for p in passing)}/{len(seeds)}",
+                "worst end_to_end p99 ms": max(p99) if p99 else None,
+            }
+            if self.find == "catch-up":
+                times = [s.get("catch_up_s") for s in seeds]
+                row["worst catch-up s"] = None if None in times or not times else max(times)
+            why = [w for s in seeds for w in (s.get("why") or [])]
+            row["why not"] = point.get("note") or "; ".join(dict.fromkeys(why))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def summary(self) -> pd.DataFrame:
+        """The evidence (:attr:`points`)."""
+        return self.points
+
+    @cached_property
+    def runs(self) -> Runs:
+        """Every run behind the answer, labelled ``VALUE sSEED``."""
+        found: dict[str, RunResult] = {}
+        for point in self.data.get("points") or []:
+            for entry in point.get("seeds") or []:
+                if entry.get("run"):
+                    label = f"{_tick(point.get('value'))} s{entry.get('seed')}"
+                    found[label] = RunResult(self.path / str(entry["run"]), label=label)
+        return Runs(found)
+
+    @property
+    def figures(self) -> list[Path]:
+        """The PNG figures ``brokerlab capacity`` wrote (catch-up: the lag per seed)."""
+        return sorted((self.path / "figures").glob("*.png"))
+
+    @property
+    def plot(self) -> CapacityPlots:
+        """The figures of this answer: ``.plot.catch_up()`` for a catch-up question."""
+        return CapacityPlots(self)
+
+    def _repr_html_(self) -> str:
+        return (
+            f'<div class="brokerlab-capacity"><p><b>capacity</b> ({html.escape(self.find)}): '
+            f"<b>{html.escape(self.answer)}</b><br><small>{html.escape(str(self.path))}</small>"
+            f"</p>{_html_table(self.points, False)}</div>"
+        )
+
+
+class CapacityPlots:
+    """A capacity answer's figures, drawn again from its runs."""
+
+    def __init__(self, result: Capacity):
+        self._capacity = result
+
+    def catch_up(self, seed: int | None = None) -> Figure:
+        """Consumer lag around the outage for one seed (the first by default): the outage
+        shaded, the normal lag, and the moment the lag is back to it. Catch-up answers only."""
+        data = self._capacity.data
+        if self._capacity.find != "catch-up":
+            raise ValueError(f"a {self._capacity.find} answer has no catch-up figure")
+        per_seed = [s for s in data.get("per_seed") or [] if s.get("run")]
+        chosen = [s for s in per_seed if seed is None or s.get("seed") == seed][:1]
+        if not chosen:
+            raise ValueError(f"no catch-up run for seed {seed}; seeds: {self._capacity.seeds}")
+        (entry,) = chosen
+        run = RunResult(self._capacity.path / str(entry["run"]))
+        outage, start = float(data["outage_s"]), float(data["outage_start_s"])
+        times, lag = lag_series(Trace.read(run.path), max(0.01, min(0.1, outage / 100)))
+        seconds, normal = recovery_time(times, lag, start, start + outage, run.warmup)
+        return sweep_figures.catch_up(
+            times,
+            lag,
+            (start, start + outage),
+            seconds,
+            normal,
+            title=f"consumer lag, {outage:g} s outage (seed {entry['seed']})",
+        )
+
+
+Result = RunResult | Runs | Selection | Sweep | Capacity
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from rich.progress import (  # noqa: E402
 )
 from rich.table import Table  # noqa: E402
 
+from brokerlab.adapters.binaries import BrokerUnavailable  # noqa: E402
 from brokerlab.adapters.targets import target_names, url_options  # noqa: E402
 from brokerlab.core import results  # noqa: E402
 from brokerlab.core.scenario import ScenarioError, load_scenario  # noqa: E402
@@ -169,7 +170,8 @@ def _failures(debug: bool, *user_errors: type[Exception]) -> Iterator[None]:
     except ScenarioError as error:
         _print_plain(err, error.render())
         sys.exit(EXIT_USAGE)
-    except (results.ResultsError, *user_errors) as error:
+    except (results.ResultsError, BrokerUnavailable, *user_errors) as error:
+        # BrokerUnavailable: no server to start and no URL given; the message names both ways
         _usage_error(str(error))
     except KeyboardInterrupt:
         err.print("interrupted: nothing was written")

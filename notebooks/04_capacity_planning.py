@@ -21,14 +21,16 @@
 # three times today's traffic. How many consumers will the order workers need, and how long do
 # they take to catch up after an outage?
 #
-# The notebook asks the lab the same questions as `brokerlab capacity` and `brokerlab sweep`:
+# The notebook asks the lab the same questions as `brokerlab capacity` and `brokerlab sweep`,
+# through `bl.capacity` and `bl.sweep`:
 #
 # 1. the fewest consumers that meet every requirement at 3× the rate, with the evidence;
 # 2. a sweep over the consumer count at 3× the rate, with a confidence interval across seeds,
 #    so the answer's margin is visible;
 # 3. how long the chosen group needs to catch up after all consumers were down for a while.
 #
-# Every run is stored (a folder under `results_dir`) and reused when the notebook runs again.
+# Every run is stored (a new folder under `results_dir` each time the notebook runs) and opens
+# again with `bl.open(path)`.
 # Change the parameters in the next cell or pass them with papermill (`-p growth 2`).
 
 # %% tags=["parameters"]
@@ -46,40 +48,27 @@ workers = None  # Dask worker processes (None: one per core; 1: in this process)
 # The parameters cell comes first (papermill), so imports follow it.
 # ruff: noqa: E402
 import sys
-from datetime import UTC, datetime
 
-import pandas as pd
 from IPython.display import Markdown, display
 
-from brokerlab.app import sweep_figures
-from brokerlab.app.capacity import find_capacity
-from brokerlab.app.notebook import lab_path, results_path
-from brokerlab.app.runner import RunOptions
-from brokerlab.app.sweep import parse_vary, run_sweep, with_values
-from brokerlab.core.scenario import load_scenario
-from brokerlab.core.units import parse_duration
+import brokerlab as bl
 
-scenario_file = lab_path(scenario_path)
-results = results_path(results_dir)
-folder = results / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-capacity-planning"
+folder = bl.results_folder("capacity-planning", results_dir)
 print(f"kernel: {sys.executable}")
-print(f"scenario: {scenario_file}\nresults: {folder}")
+print(f"scenario: {scenario_path}\nresults: {folder}")
 
 # %% [markdown]
 # ## Today and tomorrow
 #
 # The future scenario is today's with the offered rate multiplied by `growth` (the bursts keep
 # their shape: the on/off arrival process scales with the mean rate) and the run length set by
-# `duration`. Fields are set by their path, exactly as `--vary` names them, and validated like a
-# scenario file.
+# `duration`. `with_` validates the change exactly as a scenario file is validated.
 
 # %%
-today = load_scenario(scenario_file)
-future = with_values(
-    today,
-    {"producers.rate": today.producers.rate * growth, "producers.duration": duration},
-)
+today = bl.load(scenario_path)
+future = today.with_(rate=today.producers.rate * growth, duration=duration)
 requirements = today.requirements
+display(bl.describe(today=today, future=future))
 display(
     Markdown(
         f"Today **{today.producers.rate:g}/s** with {today.consumers.count} consumer(s); "
@@ -93,57 +82,32 @@ display(
 # %% [markdown]
 # ## The fewest consumers that meet every requirement
 #
-# `find_capacity(..., "consumers")` doubles the consumer count until every seed meets the
+# `bl.capacity(..., "consumers")` doubles the consumer count until every seed meets the
 # requirements (and the group keeps up: delivered ≥ 95% of offered), then bisects down to the
-# fewest. An `inconclusive` verdict would count as not meeting them.
+# fewest. An `inconclusive` verdict would count as not meeting them. `.points` is the evidence:
+# each count tried, why it was tried, how many seeds passed, and why not.
 
 # %%
-options = RunOptions(results_dir=results)
-answer = find_capacity(
-    future,
-    "consumers",
-    out=folder / "consumers",
-    seeds=int(seeds),
-    workers=workers,
-    options=options,
-    source=str(scenario_file),
+answer = bl.capacity(
+    future, "consumers", seeds=int(seeds), workers=workers, out=folder / "consumers"
 )
 print(answer.answer)
-evidence = pd.DataFrame(
-    [
-        {
-            "consumers": point.value,
-            "step": point.step,
-            "meets": point.ok,
-            "seeds passing": f"{sum(s['ok'] for s in point.seeds)}/{len(point.seeds)}",
-            "worst e2e p99 ms": max(
-                (s["latency_ms"]["end_to_end"]["p99"] or 0)
-                for s in point.seeds
-                if s.get("latency_ms")
-            ),
-            "why not": point.note,
-        }
-        for point in answer.points
-    ]
-)
-display(evidence)
+display(answer.points)
 
 # %% [markdown]
 # ## The margin: a sweep over the consumer count
 #
 # The answer is the edge; a sweep shows how much room each extra consumer buys. Each point is
 # the future scenario with `consumers.count` set, played with the same seeds (means with a 95%
-# confidence interval across seeds).
+# confidence interval across seeds). The dashed line is the p99 requirement.
 
 # %%
-sweep = run_sweep(
+sweep = bl.sweep(
     future,
-    [parse_vary(f"consumers.count=1..{int(max_consumers)}:{int(max_consumers)}")],
+    {"consumers.count": list(range(1, int(max_consumers) + 1))},
     seeds=int(seeds),
-    out=folder / "sweep",
     workers=workers,
-    options=options,
-    source=str(scenario_file),
+    out=folder / "sweep",
 )
 columns = [
     "consumers.count",
@@ -153,12 +117,8 @@ columns = [
     "latency_ms.end_to_end.p99 ±95%",
     "throughput_per_s.delivered",
 ]
-display(sweep.summary[columns])
-figure = sweep_figures.latency_vs_load(sweep.table, sweep.paths)
-figure.axes[0].axhline(
-    requirements.latency["end_to_end"]["p99"] * 1000, color="#c62828", ls="--", lw=1
-)
-display(figure)
+display(sweep.summary()[columns])
+display(sweep.plot.latency_vs_load())
 
 # %% [markdown]
 # ## Catch-up after an outage
@@ -170,29 +130,23 @@ display(figure)
 if answer.value is None:
     print("no consumer count met the requirements: no catch-up question to ask")
 else:
-    sized = with_values(future, {"consumers.count": answer.value})
-    catch_up = find_capacity(
-        sized,
+    catch_up = bl.capacity(
+        future.with_(consumers=answer.value),
         "catch-up",
-        outage=parse_duration(outage),
-        out=folder / "catch-up",
+        outage=outage,
         seeds=int(seeds),
         workers=workers,
-        options=options,
-        source=str(scenario_file),
+        out=folder / "catch-up",
     )
     print(catch_up.answer)
-    for png in sorted((folder / "catch-up" / "figures").glob("*.png"))[:1]:
-        from IPython.display import Image
-
-        display(Image(filename=str(png)))
+    display(catch_up.plot.catch_up())
 
 # %% [markdown]
 # ## What to take away
 #
 # The first table is the evidence for the answer: each consumer count tried, on every seed. The
-# sweep shows the margin above the edge. Rerun with `growth`, `duration` or `seeds` changed; the
-# runs already made are reused. The same answers from a shell:
+# sweep shows the margin above the edge. Rerun with `growth`, `duration` or `seeds` changed to
+# see how the answer moves. The same answers from a shell:
 #
 # ```
 # brokerlab capacity scenarios/usecases/orders.yaml --find consumers

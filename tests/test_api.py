@@ -352,8 +352,8 @@ def test_a_scenario_file_runs_and_is_recorded(small_file: Path) -> None:
 
 
 def test_user_mistakes_raise_clear_errors(small: bl.Scenario, tmp_path: Path) -> None:
-    with pytest.raises(bl.TargetError, match="unknown target 'kafka'"):
-        bl.run(small, "kafka")
+    with pytest.raises(bl.TargetError, match="unknown target 'sqs'"):
+        bl.run(small, "sqs")  # a kind the simulator plays, not a real target
     with pytest.raises(bl.OpenError, match="no such folder"):
         bl.open(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
@@ -454,6 +454,133 @@ def test_report_of_runs_comparisons_and_selections(small: bl.Scenario, tmp_path:
     assert elsewhere.path == tmp_path / "out" / "sel.html"
     assert "kafka" in page and "sqs" in page
     assert "sel.html" in elsewhere._repr_html_()
+
+
+# --------------------------------------------------------------------------- sweep, capacity
+
+#: 1000/s with a constant 2.5 ms of work per message: 2.5 consumers' worth of work, so two
+#: cannot keep up (at most 800/s) and three can: the fewest is 3, by arithmetic.
+SIZING = {
+    "name": "sizing",
+    "seed": 3,
+    "producers": {"rate": "1000/s", "messages": 1500},
+    "broker": {"kind": "redis-streams"},
+    "consumers": {"count": 1, "processing": "2.5ms"},
+    "requirements": {"latency": {"end_to_end": {"p99": "200ms"}}},
+}
+
+
+def test_sweep_plays_every_point_and_opens_again(small: bl.Scenario, tmp_path: Path) -> None:
+    """A list of values × two seeds: one run per point and seed, a summary with a confidence
+    interval, each point's run by its value, the sweep figures, and bl.open reads it back."""
+    sweep = bl.sweep(small, {"consumers.count": [1, 2]}, seeds=2, workers=1, out=tmp_path / "sw")
+    assert isinstance(sweep, bl.Sweep) and sweep.path == tmp_path / "sw"
+    assert sweep.paths == ["consumers.count"] and sweep.seeds == [small.seed, small.seed + 1]
+    assert list(sweep.table["consumers.count"]) == [1, 1, 2, 2] and sweep.errors.empty
+    summary = sweep.summary()
+    assert list(summary["consumers.count"]) == [1, 2] and list(summary["seeds"]) == [2, 2]
+    p99 = "latency_ms.end_to_end.p99"
+    one = sweep.table[sweep.table["consumers.count"] == 1][p99]
+    assert summary[p99].iloc[0] == pytest.approx(one.mean())
+    assert summary[f"{p99} ±95%"].iloc[0] == pytest.approx(12.706 * one.std() / math.sqrt(2))
+    run = sweep.run(2, seed=small.seed + 1)
+    assert run.scenario.consumers.count == 2 and run.seed == small.seed + 1
+    row = sweep.table[(sweep.table["consumers.count"] == 2) & (sweep.table["seed"] == run.seed)]
+    assert run.metrics["latency_ms"]["end_to_end"]["p99"] == pytest.approx(row[p99].iloc[0])
+    assert len(sweep.runs) == 4 and sweep.runs.metrics
+    with pytest.raises(KeyError, match="no point"):
+        sweep.run(7)
+    figure = sweep.plot.latency_vs_load()
+    assert isinstance(figure, Figure)
+    assert any(line.get_label() == "p99 bound 1000 ms" for line in figure.axes[0].lines)
+    assert isinstance(sweep.plot.delivered_vs_offered(), Figure)
+    with pytest.raises(ValueError, match="two varied fields"):
+        sweep.plot.pass_fail_map()
+    assert "sweep" in sweep._repr_html_() and "consumers.count" in sweep._repr_html_()
+    opened = bl.open(sweep.path)
+    assert isinstance(opened, bl.Sweep) and opened.paths == sweep.paths
+    pd.testing.assert_frame_equal(opened.summary(), summary)
+
+
+def test_sweep_takes_ranges_as_the_cli_writes_them(small: bl.Scenario, tmp_path: Path) -> None:
+    """ "START..STOP:N" strings, two fields: a grid, and its pass/fail map."""
+    sweep = bl.sweep(
+        small,
+        {"producers.rate": "400/s..800/s:2", "consumers.count": "1,2"},
+        workers=1,
+        out=tmp_path / "grid",
+    )
+    assert sweep.points == 4 and len(sweep.table) == 4
+    assert sorted(set(sweep.table["producers.rate"])) == [400.0, 800.0]
+    assert sweep.run({"producers.rate": 800, "consumers.count": 1}).scenario.producers.rate == 800
+    assert isinstance(sweep.plot.pass_fail_map(), Figure)
+
+
+def test_sweep_and_capacity_refuse_bad_input_before_writing(
+    small: bl.Scenario, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(bl.SweepError, match="at least one field path"):
+        bl.sweep(small, {}, out=out)
+    with pytest.raises(bl.SweepError, match="not a field path"):
+        bl.sweep(small, {"consumers count": [1]}, out=out)
+    with pytest.raises(bl.SweepError, match=r"producers\.rat"):
+        bl.sweep(small, {"producers.rat": [1, 2]}, out=out, workers=1)
+    with pytest.raises(bl.SweepError, match=r"targets: unknown \['kafak'\]"):
+        bl.sweep(small, {"consumers.count": [1]}, targets="kafak", out=out)
+    with pytest.raises(bl.CapacityError, match="--find"):
+        bl.capacity(small, "speed", out=out)
+    with pytest.raises(bl.CapacityError, match="needs how long"):
+        bl.capacity(small, "catch-up", out=out)
+    with pytest.raises(bl.CapacityError, match="outage: 'soon' is not a duration"):
+        bl.capacity(small, "catch-up", outage="soon", out=out)
+    assert not out.exists()
+
+
+def test_capacity_answer_is_the_cli_s_and_the_arithmetic(tmp_path: Path) -> None:
+    """Known answer: 1000/s of 2.5 ms work needs 3 consumers; bl.capacity says so, in the very
+    line `brokerlab capacity` writes for the same file, and bl.open reads either folder."""
+    path = tmp_path / "sizing.yaml"
+    path.write_text(yaml.safe_dump(SIZING), encoding="utf-8")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "brokerlab"), "capacity", str(path), "--find",
+         "consumers", "--seeds", "1", "--workers", "1", "--out", str(tmp_path / "cli"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = bl.capacity(path, "consumers", seeds=1, workers=1, out=tmp_path / "api")
+    assert isinstance(answer, bl.Capacity) and answer.find == "consumers"
+    assert answer.value == 3
+    cli = json.loads((tmp_path / "cli" / "capacity.json").read_text(encoding="utf-8"))
+    assert answer.value == cli["value"] and answer.answer == cli["answer"]
+    assert answer.answer in done.stdout
+    points = answer.points
+    assert list(points["value"]) == [p["value"] for p in cli["points"]]
+    assert points.set_index("value").loc[3, "meets"]
+    assert not points.set_index("value").loc[2, "meets"]
+    assert "keep up" in points.set_index("value").loc[2, "why not"]
+    assert all(r.scenario.consumers.count in set(points["value"]) for r in answer.runs.values())
+    opened = bl.open(tmp_path / "cli")
+    assert isinstance(opened, bl.Capacity) and opened.value == 3 and opened.answer == answer.answer
+    assert answer.answer in answer._repr_html_()
+    with pytest.raises(ValueError, match="no catch-up figure"):
+        answer.plot.catch_up()
+
+
+def test_capacity_catch_up_has_its_figure(tmp_path: Path) -> None:
+    """Three consumers for 2.5 consumers' worth of work: after a 1 s outage the lag drains at
+    about 200/s against a 1000-message backlog, so it is back within seconds; the figure is
+    drawn again from the stored run."""
+    sized = parse_scenario({**SIZING, "consumers": {"count": 3, "processing": "2.5ms"}})
+    answer = bl.capacity(sized, "catch-up", outage="1s", seeds=1, workers=1, out=tmp_path / "c")
+    assert answer.find == "catch-up" and answer.value is not None
+    assert 1.0 < answer.value < 15.0
+    assert answer.points["worst catch-up s"].iloc[-1] == pytest.approx(answer.value, abs=1e-3)
+    figure = answer.plot.catch_up()
+    assert isinstance(figure, Figure) and "consumer lag" in figure.axes[0].get_title()
+    assert answer.figures and bl.open(answer.path).value == answer.value
 
 
 # --------------------------------------------------------------------------- a real broker

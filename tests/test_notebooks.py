@@ -26,7 +26,12 @@ from brokerlab.core.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = ("01_explore_scenarios.py", "02_compare_brokers.py", "03_report.py")
+EXPECTED = (
+    "01_explore_scenarios.py",
+    "02_compare_brokers.py",
+    "03_report.py",
+    "04_capacity_planning.py",
+)
 CANDIDATES = ("redis-streams", "nats", "nats-jetstream", "kafka", "rabbitmq", "sqs")
 
 

@@ -336,6 +336,12 @@ class Broker(_Model):
         description="simulator performance profile: auto (this machine's calibration, else the "
         "shipped default), default, none (ideal broker, no costs) or a profile file",
     )
+    queue_type: Literal["classic", "quorum", "stream"] = Field(
+        "classic", description="RabbitMQ: classic, quorum (Raft, delivery limit) or stream (log)"
+    )
+    overflow: Literal["drop-head", "reject-publish"] = Field(
+        "drop-head", description="at max_length: drop the oldest, or refuse new publishes"
+    )
 
     @field_validator("kind", mode="before")
     @classmethod
