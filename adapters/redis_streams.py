@@ -564,6 +564,19 @@ class RedisStreamsAdapter(BrokerAdapter):
             if cursor in (b"0-0", "0-0"):
                 return
 
+    async def broker_stats(self) -> dict[str, float]:
+        """XINFO GROUPS: the group's ``lag`` (entries not yet delivered to it; Redis 7+) and
+        ``pending`` (delivered, not acknowledged)."""
+        groups = await self.client.xinfo_groups(self.key)
+        for group in groups:
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.group:
+                stats = {"broker_unacked": float(group.get("pending") or 0)}
+                if group.get("lag") is not None:
+                    stats["broker_backlog"] = float(group["lag"])
+                return stats
+        return {}
+
     async def close(self) -> None:
         if self.reclaimer is not None:
             await stop_tasks([self.reclaimer], grace=0.0)

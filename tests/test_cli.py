@@ -194,7 +194,15 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
     (comparison,) = (tmp_path / "results").iterdir()
     assert (comparison / "report.html").is_file()
     table = pd.read_csv(comparison / "comparison.csv", index_col="metric")
-    assert list(table.columns) == ["sim", "redis-streams", "nats", "nats-jetstream"]
+    # each real target beside its simulator twin (its kind, its performance profile)
+    assert list(table.columns) == [
+        "sim:redis-streams",
+        "redis-streams",
+        "sim:nats",
+        "nats",
+        "sim:nats-jetstream",
+        "nats-jetstream",
+    ]
     assert (table.loc["lost"].astype(int) == 0).all()
     assert "report:" in done.stdout
 

@@ -127,9 +127,10 @@ def test_bogus_binary_env_gives_clear_error(
 
 
 def test_unknown_target_is_rejected(tmp_path: Path) -> None:
-    """Only redis-streams, nats and nats-jetstream have embedded servers."""
-    with pytest.raises(ValueError, match="redis-streams"):
-        embedded_for("kafka", scenario_broker("kafka"), tmp_path)
+    """Only the real targets (redis-streams, nats, nats-jetstream, rabbitmq, kafka) have embedded
+    servers; a simulated-only kind names them."""
+    with pytest.raises(ValueError, match=r"redis-streams.*rabbitmq.*kafka"):
+        embedded_for("sqs", scenario_broker("sqs"), tmp_path)
 
 
 # --------------------------------------------------------------------------- redis

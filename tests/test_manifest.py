@@ -123,19 +123,21 @@ def test_run_writes_a_run_manifest(made: dict[str, Path]) -> None:
     assert isinstance(manifest, RunManifest)
     assert raw["target"] == "sim" and raw["seed"] == 4 and raw["run_id"] == "run"
     assert re.fullmatch(r"[0-9a-f]{64}", raw["scenario_sha256"])
-    assert raw["profile"] == "none"  # an ideal broker until calibration provides profiles
+    # the performance profile the simulator charged (auto: this machine's, else the shipped one)
+    assert raw["profile"]["requested"] == "auto" and raw["profile"]["describe"]
     assert raw["lab_version"] == raw["versions"]["brokerlab"]
 
 
 def test_compare_writes_a_comparison_manifest_and_run_manifests(made: dict[str, Path]) -> None:
     """A comparison lists its targets and runs; each target's run has its own manifest."""
     raw = _round_trip(made["comparison"], "comparison")
-    assert raw["targets"] == raw["runs"] == ["sim", "nats"]
+    # the simulator runs as a twin of each real target: sim:<kind>, beside it
+    assert raw["targets"] == raw["runs"] == ["sim:nats", "nats"]
     assert raw["errors"] == {}
-    assert set(raw["verdicts"]) == {"sim", "nats"}
-    sim = _round_trip(made["comparison"] / "sim", "run")
+    assert set(raw["verdicts"]) == {"sim:nats", "nats"}
+    sim = _round_trip(made["comparison"] / "sim:nats", "run")
     real = _round_trip(made["comparison"] / "nats", "run")
-    assert sim["profile"] == "none"
+    assert sim["profile"]["kind"] == "nats"
     assert real["profile"] is None  # a real broker is measured, not modelled
 
 
@@ -146,7 +148,7 @@ def test_select_writes_a_selection_manifest(made: dict[str, Path]) -> None:
     assert raw["verdict"].startswith("best: ")
     for candidate in ("nats", "kafka"):
         run = _round_trip(made["selection"] / candidate, "run")
-        assert run["target"] == "sim" and run["profile"] == "none"
+        assert run["target"] == "sim" and run["profile"]["requested"] == "auto"
 
 
 def test_matrix_writes_a_matrix_manifest(made: dict[str, Path]) -> None:
@@ -169,7 +171,7 @@ def test_list_reads_every_kind(made: dict[str, Path], tmp_path: Path) -> None:
         "selection": "selection",
         "matrix": "matrix",
     }
-    assert listed["comparison"].target == "sim,nats"
+    assert listed["comparison"].target == "sim:nats,nats"  # nats beside its simulator twin
     assert listed["run"].verdict in ("pass", "fail", "inconclusive")
     assert listed["matrix"].verdict.endswith("match")
 

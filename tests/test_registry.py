@@ -156,7 +156,9 @@ def test_names_are_unique_and_unknown_names_are_clear(plain: Target) -> None:
     """A second record with a taken name is refused; an unknown name lists the known ones."""
     with pytest.raises(TargetError, match="already registered"):
         register(plain)
-    with pytest.raises(TargetError, match="redis-streams, nats, nats-jetstream, redis-plain"):
+    with pytest.raises(
+        TargetError, match="redis-streams, nats, nats-jetstream, rabbitmq, kafka, redis-plain"
+    ):
         get_target("kafkaesque")
     assert NAME in TARGETS and "sim" in TARGETS
 

@@ -171,7 +171,7 @@ def test_sim_vs_real_shows_relative_errors(comparison: ComparisonRecord, report:
     """Each metric of sim and nats side by side with (real − sim) / sim."""
     section = _section(report.read_text(encoding="utf-8"), "sim-vs-real")
     assert "end_to_end p99 ms" in section and "delivered /s" in section
-    sim = comparison.runs["sim"].metrics["throughput_per_s"]["delivered"]
+    sim = comparison.runs["sim:nats"].metrics["throughput_per_s"]["delivered"]  # nats's twin
     real = comparison.runs["nats"].metrics["throughput_per_s"]["delivered"]
     assert f"{(real - sim) / sim * 100:+.1f}%" in section
 
@@ -207,7 +207,7 @@ def test_runs_and_comparisons_mix_in_one_report(
     """A comparison expands to its target runs; a plain run folder adds one more column."""
     report = build_report([comparison.path, faulty_run.path], tmp_path / "mixed.html")
     summary = _section(report.read_text(encoding="utf-8"), "summary")
-    for label in ("sim", "nats", "sim-paused"):
+    for label in ("sim:nats", "nats", "sim-paused"):  # nats beside its simulator twin
         assert f'<span class="target">{label}</span>' in summary
     assert (tmp_path / "figures" / "throughput.svg").is_file()
 
@@ -381,10 +381,12 @@ def test_the_section_list_exists_once(faulty_run: RunRecord, tmp_path: Path) -> 
 
 
 def test_environment_shows_the_simulator_profile(report: Path) -> None:
-    """run.json's profile is among each run's facts: none (an ideal broker) for the simulator."""
+    """run.json's profile is among each run's facts: the simulator twin of nats names the nats
+    profile it charged (one line: where it comes from); a real broker needs none."""
     environment = _section(report.read_text(encoding="utf-8"), "environment")
     row = re.search(r"<td[^>]*>simulator profile</td>(.*?)</tr>", environment).group(1)
-    assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["none", "– (real broker)"]
+    sim, real = re.findall(r"<td[^>]*>([^<]*)</td>", row)
+    assert sim.startswith("nats: ") and real == "– (real broker)"
 
 
 def test_a_grouped_folder_that_is_no_comparison_is_refused(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 USE_CASE = {
     "name": "events",
     "producers": {"rate": "400/s", "messages": 600, "keys": 8},
-    "broker": {"kind": "redis-streams"},
+    # an ideal simulated broker: ranked on capabilities, speed "not modelled"
+    "broker": {"kind": "redis-streams", "profile": "none"},
     "consumers": {"count": 1, "processing": {"dist": "exponential", "mean": "500us"}},
     "requirements": {
         "throughput": "300/s",
@@ -258,7 +259,7 @@ def test_simulated_speed_is_not_judged_without_a_profile(monkeypatch) -> None:
     read 'not modelled' and give no margin; the same figures from a real run are judged; a
     preset that carries a profile is judged too."""
     scenario = parse_scenario({**USE_CASE, "requirements": SPEED})
-    assert not has_profile("kafka")  # no shipped preset has one yet
+    assert has_profile("kafka") and not has_profile("kafka", "none")  # shipped, turned off
     simulated = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), scenario, "sim")
     assert [(r["requirement"], r["status"], r["margin"]) for r in simulated] == [
         ("throughput", "not modelled", None),
@@ -274,7 +275,8 @@ def test_simulated_speed_is_not_judged_without_a_profile(monkeypatch) -> None:
     profiled = {"redis-streams": {"model": "log", "profile": "default"}}
     monkeypatch.setattr(selection, "presets", lambda: profiled)
     assert has_profile("redis-streams")
-    judged = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), scenario, "sim")
+    profiled_run = scenario.with_(**{"broker.profile": "auto"})
+    judged = evidence_rows("redis-streams", SPEED_METRICS, Path("r"), profiled_run, "sim")
     assert [r["status"] for r in judged] == ["ok", "ok", "ok"]
 
 
@@ -284,7 +286,9 @@ def test_payments_ranking_is_the_same_whatever_the_candidate_order(tmp_path: Pat
     Before: kafka ranked 1 when listed first, nats-jetstream ranked 1 when listed first."""
     from brokerlab.core.scenario import load_scenario
 
-    scenario = load_scenario(ROOT / "scenarios" / "usecases" / "payments.yaml")
+    scenario = load_scenario(ROOT / "scenarios" / "usecases" / "payments.yaml").with_(
+        **{"broker.profile": "none"}  # ideal brokers: kafka and nats-jetstream tie
+    )
     seen = set()
     for order in permutations(["kafka", "nats-jetstream", "redis-streams"]):
         chosen = select(scenario, list(order), RunOptions(results_dir=tmp_path), real=False)

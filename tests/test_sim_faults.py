@@ -36,7 +36,7 @@ def make(broker: dict[str, Any], *faults: dict[str, Any], **sections: Any) -> Sc
     data: dict[str, Any] = {
         "name": "faults",
         "producers": {"rate": "1000/s", "messages": 3000, "arrival": "poisson"},
-        "broker": {"ack_timeout": "1s", **broker},
+        "broker": {"ack_timeout": "1s", "profile": "none", **broker},
         "consumers": {
             "count": 2,
             "prefetch": 5,

@@ -183,6 +183,13 @@ class BrokerAdapter(ABC):
     async def close(self) -> None:
         """Delete this run's broker objects and disconnect; must not raise."""
 
+    async def broker_stats(self) -> dict[str, float]:
+        """The broker's own view of this run now (``broker_backlog``, ``broker_unacked``: see
+        ``brokerlab.core.trace.BROKER_COLUMNS``), sampled a few times a second into the
+        timeline; empty when the broker has nothing to say. One cheap request, no side effects.
+        """
+        return {}
+
     @property
     def fire_and_forget(self) -> bool:
         """True when the broker never confirms publishes (t_acked stays NaN)."""

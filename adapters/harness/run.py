@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from brokerlab.adapters.harness.adapter import (
     FETCH_WAIT,
@@ -48,6 +49,8 @@ DRAIN_COMPLETE = "complete"
 DRAIN_TIMED_OUT = "timeout"
 #: Lead time between "everything connected" and the first intended send (one process).
 START_LEAD = 0.05
+#: Seconds between two samples of the broker's own statistics (``BrokerAdapter.broker_stats``).
+BROKER_SAMPLE = 0.5
 
 
 class RunClients:
@@ -272,6 +275,7 @@ async def play(
     """
     plan = crew.plan
     tasks: list[asyncio.Task[Any]] = []
+    broker_samples: list[dict[str, float]] = []
     warnings: list[str] = []
     drain: dict[str, Any] = {}
     t0 = now()
@@ -298,6 +302,7 @@ async def play(
             faults.start(t0, clients)
         if progress is not None:
             tasks.append(asyncio.create_task(_report_progress(progress, crew, len(plan))))
+        tasks.append(asyncio.create_task(_sample_broker(adapter, t0, broker_samples)))
         warnings += await crew.send(t0 + send_budget(scenario, plan))
         drain = await _drain(scenario, crew)
         if drain["reason"] == DRAIN_TIMED_OUT:
@@ -329,7 +334,7 @@ async def play(
             "only be late (a consumer slower than the backlog needs); a longer drain_timeout "
             "tells them apart"
         )
-    result = _result(adapter, scenario, crew, report, t0, warnings, faults)
+    result = _result(adapter, scenario, crew, report, t0, warnings, faults, broker_samples)
     if drain:
         result.info["drain"] = drain
     return result
@@ -343,6 +348,27 @@ async def _backlog(adapter: BrokerAdapter) -> dict[str, int] | None:
     except Exception as error:
         adapter.survived_error("asking the broker for the undrained backlog", error)
         return None
+
+
+async def _sample_broker(
+    adapter: BrokerAdapter, t0: float, samples: list[dict[str, float]]
+) -> None:
+    """The broker's own statistics every :data:`BROKER_SAMPLE` s, each stamped with the time it
+    was asked for (run clock); a failed or slow sample (broker down) is skipped."""
+    while True:
+        t = now()
+        try:
+            async with asyncio.timeout(BROKER_SAMPLE * 4):
+                stats = await adapter.broker_stats()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            stats = {}
+        if not stats and not samples and t - t0 > 5.0:
+            return  # this target reports nothing: stop asking
+        if stats:
+            samples.append({"t": t - t0, **stats})
+        await asyncio.sleep(max(0.0, t + BROKER_SAMPLE - now()))
 
 
 async def _report_progress(progress: Callable[[int, int], None], crew: Crew, total: int) -> None:
@@ -395,6 +421,7 @@ def _result(
     t0: float,
     warnings: list[str],
     faults: FaultPlayer | None = None,
+    broker_samples: list[dict[str, float]] | None = None,
 ) -> TargetResult:
     """One trace, the same schema and the same warnings whoever played the run."""
     sends, deliveries = crew.sends, report.deliveries
@@ -402,7 +429,8 @@ def _result(
     deliveries_table = deliveries.table(t0)
     errors = np.sort(np.asarray(report.errors, dtype="float64")) - t0
     windows = faults.windows() if faults is not None else []
-    timeline = build_timeline(sends_table, deliveries_table, windows, errors=errors)
+    broker = pd.DataFrame(broker_samples) if broker_samples else None
+    timeline = build_timeline(sends_table, deliveries_table, windows, errors=errors, broker=broker)
     behind = _delay_warning(sends, t0)
     if behind and windows:
         behind += " (this run's faults, such as outages and producer crashes, delay sends too)"

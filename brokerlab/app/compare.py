@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.app.runner import TARGETS, RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.scenario import Scenario
 
@@ -80,6 +80,33 @@ class ComparisonRecord:
     table: pd.DataFrame
 
 
+#: Label prefix of a simulator twin: ``sim:<kind>`` plays a real target's kind with its profile.
+TWIN = "sim:"
+
+
+def twinned(scenario: Scenario, targets: list[str]) -> list[tuple[str, Scenario, str]]:
+    """What a comparison runs: (label, scenario as played, runner target).
+
+    With real targets beside ``sim``, the simulator runs once per real target, as that target's
+    kind (so with that kind's performance profile), labelled ``sim:<kind>`` and placed just
+    before its real run: each real run sits beside its own model. ``sim`` alone (or with no real
+    target) plays the scenario's own kind, as before.
+    """
+    real = [t for t in targets if t != "sim" and t in TARGETS]
+    if "sim" not in targets or not real:
+        return [(t, scenario, t) for t in targets]
+    plan: list[tuple[str, Scenario, str]] = []
+    for target in targets:
+        if target not in real:
+            if target != "sim":
+                plan.append((target, scenario, target))  # unknown: its run says why
+            continue
+        broker = scenario.broker.model_copy(update={"kind": target})
+        plan.append((TWIN + target, scenario.model_copy(update={"broker": broker}), "sim"))
+        plan.append((target, scenario, target))
+    return plan
+
+
 def compare(
     scenario: Scenario,
     targets: list[str],
@@ -94,13 +121,14 @@ def compare(
     final = results.choose_run_dir(options.results_dir, run_id, options.out)
     runs: dict[str, RunRecord] = {}
     errors: dict[str, str] = {}
+    plan = twinned(scenario, targets)
     with results.staged_dir(final) as folder:
-        for target in targets:
+        for target, plays, runner_target in plan:
             if on_target:
                 on_target(target)
             try:
                 runs[target] = run_scenario(
-                    scenario, target, replace(options, seed=seed, out=folder / target), source
+                    plays, runner_target, replace(options, seed=seed, out=folder / target), source
                 )
             except KeyboardInterrupt:
                 raise
@@ -118,7 +146,7 @@ def compare(
                 run_id=final.name,
                 scenario=scenario.name,
                 scenario_file=source,
-                targets=targets,
+                targets=[label for label, _, _ in plan],
                 seed=seed,
                 started_at=started.isoformat(timespec="seconds"),
                 runs=list(runs),  # subfolders that hold a complete run

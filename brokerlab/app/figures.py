@@ -335,7 +335,8 @@ def backlog_timeline(
     colors: Mapping[str, str] | None = None,
 ) -> Figure:
     """Consumer lag (messages sent and not yet received) over the run, one line per target on
-    shared axes so backlogs compare directly; every target's fault windows are shaded."""
+    shared axes so backlogs compare directly; every target's fault windows are shaded. A real
+    run's broker-reported backlog (``broker_backlog``) is drawn dashed beside the lab's own."""
     figure = Figure(figsize=_WIDE, layout="constrained")
     ax = figure.subplots()
     if not timelines:
@@ -359,6 +360,17 @@ def backlog_timeline(
             linewidth=1.6,
             label=label,
         )
+        if "broker_backlog" in timeline and timeline["broker_backlog"].notna().any():
+            # The broker's own count beside the lab's: both sides should agree.
+            ax.step(
+                timeline["t_end"],
+                timeline["broker_backlog"],
+                where="post",
+                color=_color(colors, label, index),
+                linewidth=1.2,
+                linestyle="--",
+                label=f"{label} (broker's own count)",
+            )
     ax.set_ylim(bottom=0)
     ax.set_xlabel("time since run start (s)")
     ax.set_ylabel("backlog (messages)")

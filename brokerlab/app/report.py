@@ -243,7 +243,9 @@ def load_runs(paths: Sequence[Path]) -> ReportInput:
     targets = [manifest.target or path.name for path, manifest in unique]
     for (path, manifest), target in zip(unique, targets, strict=True):
         label = target
-        if targets.count(target) > 1:  # e.g. two sim runs: tell them apart by folder
+        if target == "sim" and path.name.startswith("sim:"):
+            label = path.name  # compare's simulator twin of a real target: sim:<kind>
+        elif targets.count(target) > 1:  # e.g. two sim runs: tell them apart by folder
             where = f"{path.parent.name}/{path.name}" if path.name == target else path.name
             label = f"{target} [{where}]"
         report.runs.append(_read_run(path, label, manifest))
@@ -627,7 +629,12 @@ def sim_real_pairs(runs: Sequence[ReportedRun]) -> list[tuple[ReportedRun, list[
         of_scenario = [r for r in runs if r.scenario == scenario]
         sims = [r for r in of_scenario if r.target == "sim"]
         reals = [r for r in of_scenario if r.target != "sim"]
-        if sims and reals:
+        # Simulator twins (compare's sim:<kind>): each real run beside the model of its kind.
+        twins = [(sim, [r for r in reals if r.target == sim.broker_kind]) for sim in sims]
+        twins = [(sim, mine) for sim, mine in twins if mine]
+        if twins:
+            pairs.extend(twins)
+        elif sims and reals:
             pairs.append((sims[0], reals))
     return pairs
 
@@ -732,6 +739,8 @@ def _profile(profile: str | dict[str, Any] | None) -> str:
     """run.json's ``profile``: a name, a description of a calibrated profile, or none (real)."""
     if profile is None:
         return "– (real broker)"
+    if isinstance(profile, dict) and "describe" in profile:
+        return str(profile["describe"])  # the simulator's own one-line account of its profile
     if isinstance(profile, dict):
         return ", ".join(f"{k}: {v}" for k, v in profile.items())
     return str(profile)

@@ -53,14 +53,21 @@ class RunOptions:
             given = getattr(self, key)
         return given
 
+    #: the simulator's performance profile, overriding ``broker.profile`` (``--profile``)
+    profile: str | None = None
+
 
 TargetFn = Callable[[Scenario, int, Path, RunOptions], TargetResult]
 
 
 def _run_sim(scenario: Scenario, seed: int, workdir: Path, options: RunOptions) -> TargetResult:
     from brokerlab.sim import simulate
+    from brokerlab.sim.profile import ProfileError
 
-    return simulate(scenario, seed, progress=options.progress)
+    try:
+        return simulate(scenario, seed, progress=options.progress)
+    except ProfileError as error:
+        raise TargetError(str(error)) from None
 
 
 def session_state_dir() -> Path:
@@ -223,6 +230,10 @@ def run_scenario(
     check_target(scenario, target, options)
     seed = options.seed if options.seed is not None else scenario.seed
     scenario = for_target(scenario, target)
+    if options.profile and target == "sim":
+        # The scenario as run says which profile was used (scenario.yaml, reuse digests).
+        broker = scenario.broker.model_copy(update={"profile": options.profile})
+        scenario = scenario.model_copy(update={"broker": broker})
     started = datetime.now(UTC)
     run_id = results.new_run_id(scenario.name, target, seed, started)
     final = results.choose_run_dir(options.results_dir, run_id, options.out)
@@ -306,8 +317,9 @@ def write_run_files(
             warnings=list(result.warnings) + list(warnings),
             unexpected=unexpected,
             faults=list(result.faults),
-            # no simulator run charges calibrated costs yet; a real broker needs no model
-            profile="none" if target == "sim" else None,
+            # the performance profile the simulator charged (name, provenance, charges);
+            # a real broker needs no model
+            profile=_jsonable(result.info.get("profile")) if target == "sim" else None,
         ),
     )
 

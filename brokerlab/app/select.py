@@ -1,19 +1,21 @@
 """Choose a broker for a use case: run (or reuse) each candidate and rank them by the evidence.
 
 Each candidate runs the scenario where the lab can: on the real broker when an adapter exists
-(``redis-streams``, ``nats``, ``nats-jetstream``), else on the simulator with the candidate's
-preset (``kafka``, ``rabbitmq``, ``sqs``, ...). Its measured requirement results are joined with
-the capability table's verdicts for what a run cannot show (replay, message size limits, ordering
-model, durability options). Candidates are ranked: fewer failed requirements first, then by the
-worst margin (how close the tightest requirement came to its bound), so the ranking says both
-which pass and by how much the others fail.
+(``redis-streams``, ``nats``, ``nats-jetstream``, ``rabbitmq``, ``kafka``: the Kafka protocol on
+the lab's Tansu broker unless a URL is given, which the selection's notes say), else on the
+simulator with the candidate's preset (``sqs``, ``kinesis``, ...). Its measured requirement
+results are joined with the capability table's verdicts for what a run cannot show (replay,
+message size limits, ordering model, durability options). Candidates are ranked: fewer failed
+requirements first, then by the worst margin (how close the tightest requirement came to its
+bound), so the ranking says both which pass and by how much the others fail.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,9 +82,35 @@ def margin(name: str, bound: Any, measured: Any) -> float | None:
     return (bound - measured) / abs(bound)
 
 
-def target_for(candidate: str, real: bool) -> str:
-    """The real target when an adapter exists and real runs are wanted, else the simulator."""
-    return candidate if real and candidate in TARGETS else "sim"
+def target_for(candidate: str, real: bool, urls: Mapping[str, str | None] | None = None) -> str:
+    """The real target when an adapter exists, real runs are wanted and a broker can be had (a
+    URL for it in ``urls``, or a server the lab can start here), else the simulator."""
+    if not real or candidate not in TARGETS:
+        return "sim"
+    if urls is None:
+        return candidate
+    return candidate if _broker_available(candidate, urls) else "sim"
+
+
+def _broker_available(target: str, urls: Mapping[str, str | None]) -> bool:
+    """Whether a run on ``target`` has a broker: a URL given for it (flag or environment), or
+    its embedded server installed (e.g. RabbitMQ needs Debian's rabbitmq-server package)."""
+    from brokerlab.adapters.binaries import BrokerUnavailable, find_server
+    from brokerlab.adapters.targets import TargetError, get_target
+
+    try:
+        record = get_target(target)
+    except TargetError:
+        return True  # not a registered real target: let the run say what is wrong
+    if urls.get(record.url.key) or os.environ.get(record.url.env):
+        return True
+    if record.server is None:
+        return False
+    try:
+        find_server(record.server)
+    except BrokerUnavailable:
+        return False
+    return True
 
 
 def is_performance(name: str) -> bool:
@@ -91,10 +119,13 @@ def is_performance(name: str) -> bool:
     return name == "throughput" or name.split(" ", 1)[0] in LATENCY_KINDS
 
 
-def has_profile(kind: str) -> bool:
+def has_profile(kind: str, choice: str = "auto") -> bool:
     """Whether the simulator's preset for ``kind`` carries a performance profile (what the
-    broker costs per publish, delivery and ack). Without one a simulated broker is ideal, so its
-    latency and throughput say nothing about the real product."""
+    broker costs per publish, delivery and ack) and the scenario's ``broker.profile`` (``choice``)
+    did not turn it off. Without one a simulated broker is ideal, so its latency and throughput
+    say nothing about the real product."""
+    if choice == "none":
+        return False
     profile = (presets().get(kind) or {}).get("profile")
     return profile not in (None, False, "", "none")
 
@@ -133,7 +164,7 @@ def evidence_rows(
     unverified) or ``not modelled`` (a speed requirement of a simulated candidate whose preset
     has no performance profile); ``ok`` is True / False for the first two, None otherwise.
     """
-    unmodelled = target == "sim" and not has_profile(candidate)
+    unmodelled = target == "sim" and not has_profile(candidate, scenario.broker.profile)
     measured = {
         r["name"]: r for r in metrics["requirements"] if r["name"] not in CAPABILITY_REQUIREMENTS
     }
@@ -327,7 +358,7 @@ def select(
     rows: list[dict[str, Any]] = []
     with results.staged_dir(final) as folder:
         for candidate in candidates:
-            target = target_for(candidate, real)
+            target = target_for(candidate, real, options.urls)
             as_run = scenario.model_copy(
                 update={"broker": scenario.broker.model_copy(update={"kind": candidate})}
             )
@@ -416,7 +447,9 @@ def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ..
         if stated
     ]
     unprofiled = sorted(
-        c for c, info in runs.items() if info["target"] == "sim" and not has_profile(c)
+        c
+        for c, info in runs.items()
+        if info["target"] == "sim" and not has_profile(c, scenario.broker.profile)
     )
     if speed and unprofiled:
         every = " (every candidate)" if len(unprofiled) == len(runs) else ""
@@ -427,4 +460,22 @@ def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ..
             "judged, and the verdicts and ranking rest on loss, duplicates, ordering and "
             "capabilities (run them on the real broker, or calibrate a profile, to judge speed)"
         )
+    for candidate, info in sorted(runs.items()):
+        label = _broker_label(Path(info["run"]))
+        if label:  # e.g. the Kafka protocol measured on a stand-in broker
+            notes.append(
+                f"{candidate} was measured on {label}: its evidence shows the protocol's "
+                "semantics, not the product's storage, replication or speed"
+            )
     return tuple(notes)
+
+
+def _broker_label(run: Path) -> str | None:
+    """What a real run's broker really was, when its target says (run.json
+    ``target_info.broker_label``)."""
+    try:
+        record = json.loads((run / results.RUN_FILE).read_text("utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    label = (record.get("target_info") or {}).get("broker_label")
+    return str(label) if label else None

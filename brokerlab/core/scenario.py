@@ -324,6 +324,24 @@ class Broker(_Model):
     )
     service_time: Annotated[ServiceTime, BeforeValidator(_service_time)] = ServiceTime()
     servers: int = Field(1, ge=1, description="operations the broker serves in parallel")
+    throughput_units: int | None = Field(
+        None,
+        ge=1,
+        description="provisioned capacity units of a managed service (Event Hubs throughput "
+        "units); a profile's quota holds per unit; unset: one unit per partition (Kinesis shards)",
+    )
+    profile: str = Field(
+        "auto",
+        min_length=1,
+        description="simulator performance profile: auto (this machine's calibration, else the "
+        "shipped default), default, none (ideal broker, no costs) or a profile file",
+    )
+    queue_type: Literal["classic", "quorum", "stream"] = Field(
+        "classic", description="RabbitMQ: classic, quorum (Raft, delivery limit) or stream (log)"
+    )
+    overflow: Literal["drop-head", "reject-publish"] = Field(
+        "drop-head", description="at max_length: drop the oldest, or refuse new publishes"
+    )
 
     @field_validator("kind", mode="before")
     @classmethod

@@ -63,6 +63,14 @@ TIMELINE_SCHEMA: dict[str, str] = {
 #: The timeline columns :func:`with_resources` fills from ``adapters.monitor``'s samples.
 RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms")
 
+#: The broker's own view, sampled during a real run (columns only present when the target
+#: reports them): ``broker_backlog`` = messages the broker holds for the group that no consumer
+#: has received (Redis XINFO GROUPS lag, JetStream num_pending, RabbitMQ ready messages, Kafka
+#: end offset minus committed offset); ``broker_unacked`` = delivered and not yet acknowledged
+#: (Redis pending entries, JetStream num_ack_pending). Each interval holds the last sample taken
+#: at or before its end (NaN before the first).
+BROKER_COLUMNS: tuple[str, ...] = ("broker_backlog", "broker_unacked")
+
 #: key value written when a message has no key
 NO_KEY = -1
 
@@ -210,6 +218,7 @@ def build_timeline(
     errors: np.ndarray | None = None,
     resources: ResourceSamples | None = None,
     first: np.ndarray | None = None,
+    broker: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per-interval rates and consumer lag, computed the same way for every target.
 
@@ -220,7 +229,8 @@ def build_timeline(
     ``lab_cpu``, ``broker_cpu`` and ``loop_lag_ms`` come from ``resources`` (see
     :func:`with_resources`); without them (the simulator) they are NaN. ``first`` is
     :func:`first_deliveries` when the target already knows it (the simulator does, by message
-    index, and skips the id join).
+    index, and skips the id join). ``broker`` (column ``t``
+    plus any of :data:`BROKER_COLUMNS`) adds the broker's own view.
     """
     faults = faults or []
     t_sent = sends["t_sent"].to_numpy(dtype="float64")
@@ -269,6 +279,13 @@ def build_timeline(
         }
     )
     frame = frame.astype(TIMELINE_SCHEMA)
+    if broker is not None and len(broker):
+        samples = broker.sort_values("t", kind="stable")
+        last = np.searchsorted(samples["t"].to_numpy(dtype="float64"), edges[1:], side="right") - 1
+        for column in BROKER_COLUMNS:
+            if column in samples:
+                values = samples[column].to_numpy(dtype="float64")
+                frame[column] = np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
     return frame if resources is None else with_resources(frame, resources)
 
 

@@ -1,0 +1,177 @@
+"""The prediction table: does the calibrated simulator predict the real local brokers?
+
+Calibrates (``brokerlab calibrate``'s ladder) unless ``--profiles DIR`` holds profiles already,
+then runs cases that were not part of the calibration (other rates, consumer counts, prefetch,
+message sizes, processing distributions, one flat out) on each local broker three times and once
+in the simulator with that broker's profile, and prints per case and metric: simulated, real
+(median of the reruns), the error, the real reruns' own spread (the floor no model can beat) and
+whether the goal holds (delivered throughput within 5%, end-to-end p50 within 20%, p99 within
+35%, sustained ceiling within 15%; completion p50 is shown against the p50 goal).
+
+    python bench/bench_prediction.py [--targets redis-streams,nats,nats-jetstream]
+                                     [--profiles DIR] [--reruns 3] [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from brokerlab.app.calibrate import LOCAL_TARGETS, calibrate
+from brokerlab.app.runner import RunOptions, run_scenario
+from brokerlab.core.scenario import Scenario, parse_scenario
+
+#: Goals per metric (relative error allowed).
+GOALS = {
+    "delivered/s": 0.05,
+    "e2e p50 ms": 0.20,
+    "e2e p99 ms": 0.35,
+    "completion p50 ms": 0.20,
+    "ceiling /s": 0.15,
+}
+METRICS = {
+    "delivered/s": ("throughput_per_s", "delivered"),
+    "e2e p50 ms": ("latency_ms", "end_to_end", "p50"),
+    "e2e p99 ms": ("latency_ms", "end_to_end", "p99"),
+    "completion p50 ms": ("latency_ms", "completion", "p50"),
+}
+
+
+def cases(seconds: float) -> dict[str, dict[str, Any]]:
+    """Scenarios unlike the calibration ladder's (which used 200/s, 600/s with 2 ms constant
+    processing on one consumer, 12,000/s flat out with prefetch 50, 256 B and 16 kB)."""
+    duration = f"{seconds}s"
+    return {
+        "400/s 2 consumers lognormal 1ms": {
+            "producers": {"rate": "400/s", "duration": duration, "size": "512B", "count": 2},
+            "consumers": {
+                "count": 2,
+                "prefetch": 1,
+                "processing": {"dist": "lognormal", "median": "1ms", "p99": "5ms"},
+            },
+        },
+        "1000/s 4 consumers prefetch 10 exp 0.5ms 1kB": {
+            "producers": {"rate": "1000/s", "duration": duration, "size": "1kB"},
+            "consumers": {
+                "count": 4,
+                "prefetch": 10,
+                "processing": {"dist": "exponential", "mean": "0.5ms"},
+            },
+        },
+        "350/s 1 consumer 3ms (near saturation)": {
+            "producers": {"rate": "350/s", "duration": duration, "size": "256B"},
+            "consumers": {"count": 1, "prefetch": 1, "processing": "3ms"},
+        },
+        "100/s 4kB no processing": {
+            "producers": {"rate": "100/s", "duration": duration, "size": "4kB"},
+            "consumers": {"count": 1, "prefetch": 1},
+        },
+        "flat out 3 consumers prefetch 20 1kB (ceiling)": {
+            "producers": {"rate": "15000/s", "duration": duration, "size": "1kB"},
+            "consumers": {"count": 3, "prefetch": 20},
+        },
+    }
+
+
+CEILING_CASE = "flat out 3 consumers prefetch 20 1kB (ceiling)"
+
+
+def scenario(name: str, target: str, sections: dict[str, Any]) -> Scenario:
+    data: dict[str, Any] = {
+        "name": "prediction",
+        "description": name,
+        "producers": {"arrival": "poisson"},
+        "broker": {"kind": target, "ack_timeout": "30s"},
+        "consumers": {"ack": "after"},
+        "drain_timeout": "15s",
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return parse_scenario(data, name)
+
+
+def value(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = metrics
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else float(node)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default=",".join(LOCAL_TARGETS))
+    parser.add_argument("--profiles", type=Path, default=None, help="reuse these profiles")
+    parser.add_argument("--reruns", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    work = Path(tempfile.mkdtemp(prefix="bench-prediction-"))
+    profiles = args.profiles or work / "profiles"
+    os.environ["BROKERLAB_PROFILES"] = str(profiles)
+    options = RunOptions(results_dir=work / "results")
+    if args.profiles is None:
+        clock = time.perf_counter()
+        calibrate(targets, options, say=lambda s: print(s, file=sys.stderr))
+        print(f"calibrated {', '.join(targets)} in {time.perf_counter() - clock:.0f} s")
+    rows = []
+    for target in targets:
+        profile = profiles / f"{target}.yaml"
+        for name, sections in cases(args.seconds).items():
+            played = scenario(name, target, sections)
+            print(f"{target}: {name}", file=sys.stderr)
+            sim = run_scenario(
+                played, "sim", RunOptions(results_dir=work / "results", profile=str(profile))
+            ).metrics
+            reals = [
+                run_scenario(played, target, RunOptions(results_dir=work / "results")).metrics
+                for _ in range(args.reruns)
+            ]
+            measured = dict(METRICS)
+            if name == CEILING_CASE:
+                measured = {"ceiling /s": METRICS["delivered/s"], **METRICS}
+            for label, path in measured.items():
+                real_values = [v for v in (value(r, path) for r in reals) if v is not None]
+                s = value(sim, path)
+                real = statistics.median(real_values) if real_values else None
+                error = None if s is None or not real else s / real - 1
+                spread = (
+                    (max(real_values) - min(real_values)) / real if real and real_values else None
+                )
+                goal = GOALS[label]
+                if label == "delivered/s" and name == CEILING_CASE:
+                    continue  # the ceiling row says it
+                rows.append((target, name, label, s, real, error, spread, goal))
+    print()
+    print(
+        f"{'target':15} {'case':48} {'metric':18} {'sim':>10} {'real':>10} {'error':>8} "
+        f"{'spread':>7} {'goal':>5} ok"
+    )
+    met = total = 0
+    for target, name, label, s, real, error, spread, goal in rows:
+        ok = error is not None and abs(error) <= goal
+        met += ok
+        total += 1
+        print(
+            f"{target:15} {name[:48]:48} {label:18} {_n(s):>10} {_n(real):>10} "
+            f"{_p(error):>8} {_p(spread, signed=False):>7} {goal:>5.0%} {'yes' if ok else 'NO'}"
+        )
+    print(f"\ngoals met: {met} of {total}; results in {work}")
+    return 0
+
+
+def _n(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+
+
+def _p(v: float | None, signed: bool = True) -> str:
+    return "-" if v is None else f"{v:+.0%}" if signed else f"{v:.0%}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

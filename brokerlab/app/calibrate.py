@@ -1,0 +1,457 @@
+"""``brokerlab calibrate``: measure this machine's local brokers and fit their performance profiles.
+
+A short ladder of real runs per target, through the normal runner (so the same harness, trace
+and analysis as every other run): light load (the round trip and the per-message latency),
+light load with large messages (the byte cost), light load with an fsync per write (the
+persistence cost, where the broker has one), one consumer with a known processing time offered
+more than it can take (the consumer's own per-message cost, fetch and ack round trips included),
+and a flat-out load with a deep prefetch (the sustained ceiling). The fit solves the simulator's
+own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those measurements:
+
+    publish p50       = round trip + publish work
+    end-to-end p50    = round trip + publish work + delivery work (+ ack work)
+    1 / ceiling       = publish work + delivery work + ack work        (one broker server)
+    consumer cycle    = processing + client cost + 2 round trips + delivery work
+    Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
+    Δ publish p50     = fsync cost                                     (persistence always)
+
+then replays every ladder run in the simulator with the fitted profile and reports the error
+per run, so a user sees how well the profile explains what it was fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
+from brokerlab.core import results
+from brokerlab.core.scenario import LogNormal, Scenario, parse_scenario
+from brokerlab.sim.profile import (
+    Profile,
+    apply_profile,
+    parse_profile,
+)
+
+#: Targets the lab can run on this machine.
+LOCAL_TARGETS = ("redis-streams", "nats", "nats-jetstream")
+#: Persistence mode that costs an fsync per write, per target (None: the broker has none).
+FSYNC = {"redis-streams": "always", "nats-jetstream": "always", "nats": None}
+SMALL, LARGE = 256, 16_384
+#: Longest round-trip tail (p99 / median) a fit keeps: a lognormal's mean grows with its tail
+#: (at 15x the mean is 2x the median), and every consumer cycle pays the mean. Stalls of a busy
+#: machine beyond that are not a round trip's property.
+TAIL_CAP = 15.0
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung of the ladder: a name, what it measures, and the scenario changes."""
+
+    name: str
+    measures: str
+    changes: dict[str, Any]
+
+
+def ladder(target: str, quick: bool = False) -> list[Step]:
+    """The runs that calibrate ``target`` (``quick``: shorter runs, for tests)."""
+    seconds = 1.5 if quick else 3.0
+    light = {"producers.rate": "200/s", "consumers.count": 1, "consumers.prefetch": 1}
+    steps = [
+        Step("light", "round trip, publish and delivery latency", dict(light)),
+        Step("large", "byte cost (16 kB messages)", {**light, "producers.size": f"{LARGE}B"}),
+        Step(
+            "consumer",
+            "consumer's own cost per message (2 ms processing, offered 600/s)",
+            {
+                "producers.rate": "600/s",
+                "consumers.count": 1,
+                "consumers.prefetch": 1,
+                "consumers.processing": "2ms",
+            },
+        ),
+        Step(
+            "ceiling",
+            "sustained ceiling (flat out, 2 consumers, prefetch 50)",
+            {"producers.rate": "12000/s", "consumers.count": 2, "consumers.prefetch": 50},
+        ),
+    ]
+    if FSYNC.get(target):
+        steps.append(
+            Step(
+                "fsync",
+                "persistence cost (an fsync per write)",
+                {**light, "broker.persistence": FSYNC[target]},
+            )
+        )
+    for step in steps:
+        step.changes["producers.duration"] = f"{seconds}s"
+    return steps
+
+
+def base_scenario(target: str) -> Scenario:
+    """The calibration scenario every rung changes: one producer, no processing, no faults."""
+    return parse_scenario(
+        {
+            "name": f"calibrate-{target}",
+            "producers": {"count": 1, "rate": "200/s", "duration": "3s", "size": f"{SMALL}B"},
+            "broker": {"kind": target, "ack_timeout": "30s", "profile": "none"},
+            "consumers": {"count": 1, "prefetch": 1, "ack": "after"},
+            "drain_timeout": "10s",
+        },
+        "calibration ladder",
+    )
+
+
+@dataclass
+class Measured:
+    """What one real rung measured (seconds, per second)."""
+
+    step: Step
+    record: RunRecord
+    publish_p50: float | None
+    publish_p99: float | None
+    e2e_p50: float
+    e2e_p99: float
+    completion_p50: float
+    delivered: float
+
+    @classmethod
+    def of(cls, step: Step, record: RunRecord) -> Measured:
+        latency = record.metrics["latency_ms"]
+
+        def stat(kind: str, name: str) -> float | None:
+            value = (latency.get(kind) or {}).get(name)
+            return None if value is None else value / 1000.0
+
+        return cls(
+            step=step,
+            record=record,
+            publish_p50=stat("publish", "p50"),
+            publish_p99=stat("publish", "p99"),
+            e2e_p50=stat("end_to_end", "p50") or 0.0,
+            e2e_p99=stat("end_to_end", "p99") or 0.0,
+            completion_p50=stat("completion", "p50") or 0.0,
+            delivered=float(record.metrics["throughput_per_s"]["delivered"] or 0.0),
+        )
+
+
+@dataclass
+class Calibration:
+    """One target's calibration: the runs, the fitted profile, the replay errors."""
+
+    target: str
+    profile: Profile
+    measured: list[Measured]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    path: Path | None = None
+    #: what makes this calibration doubtful (a busy machine), said plainly
+    warnings: list[str] = field(default_factory=list)
+
+
+def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
+    """Rungs that could not keep up with a light load: the machine (not the broker) was busy,
+    and every cost fitted from them is inflated."""
+    warnings = []
+    for name in ("light", "large"):
+        m = measured.get(name)
+        offered = 200.0
+        if m is not None and m.delivered < 0.95 * offered:
+            warnings.append(
+                f"{target}: the {name} rung delivered {m.delivered:.0f}/s of {offered:.0f}/s "
+                "offered: this machine was too busy to calibrate; the fitted costs are inflated "
+                "(calibrate again when it is quieter)"
+            )
+    return warnings
+
+
+def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) -> Profile:
+    """Solve the simulator's cost equations (module docstring) for ``target``'s measurements."""
+    light, ceiling, consumer = measured["light"], measured["ceiling"], measured["consumer"]
+    acks = target != "nats"
+    work = 1.0 / max(ceiling.delivered, 1.0)  # broker seconds per message at the ceiling
+    e2e, e2e_p99 = light.e2e_p50, light.e2e_p99
+    # Broker work split evenly between the publish and the delivery (with its ack).
+    publish_work = work / 2
+    if acks and light.publish_p50 is not None:
+        rtt = max(light.publish_p50 - publish_work, 1e-6)
+        rtt_p99 = max((light.publish_p99 or light.publish_p50) - publish_work, rtt * 1.05)
+    else:
+        rtt = max(min(e2e - work, e2e * 0.5), 1e-6)
+        rtt_p99 = max(e2e_p99 / 2, rtt * 1.05)
+    round_trip = LogNormal(dist="lognormal", median=rtt, p99=min(rtt_p99, rtt * TAIL_CAP))
+    # One consumer, 2 ms processing, offered more than it takes: each message costs a cycle of
+    # processing, the ack's round trip, the fetch's round trip and the delivery work (acked
+    # kinds); a push consumer (NATS core) pays only its processing and its own lateness.
+    cycle = 1.0 / max(consumer.delivered, 1.0)
+    budget = max(cycle - 0.002 - (2 * round_trip.mean if acks else 0.0), 0.0)
+    # What the delivery adds beyond the publish: the broker's dispatch and the consumer's
+    # wake-up. Constant, so parallel servers never reorder a stream; the tail is the round
+    # trip's (FIFO links keep order). An acked consumer pays it in every cycle, so it cannot
+    # exceed what the consumer rung left over.
+    deliver = max(e2e - rtt - publish_work, work / 2)
+    if acks:
+        deliver = max(min(deliver, budget), work / 2)
+    timer = max(budget - (deliver if acks else 0.0), 0.0)
+    ack = 0.0
+    # Parallelism so that the ceiling is the measured one: servers / work per message.
+    parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
+    # ... exactly: whole servers, so the publish work takes up the rest.
+    publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
+    bandwidth = None
+    large = measured.get("large")
+    if large is not None:
+        # Publish latency where there is one (end to end carries the consumer's wake-ups, far
+        # noisier on a busy machine).
+        if large.publish_p50 is not None and light.publish_p50 is not None:
+            grew = large.publish_p50 - light.publish_p50
+        else:
+            grew = large.e2e_p50 - light.e2e_p50
+        if grew > 1e-6:
+            # The large rung kept up with its load, so a message's size cost stays below a
+            # quarter of the gap between its messages: a floor against a noisy difference.
+            floor = 4 * LARGE * max(large.delivered, 1.0)
+            bandwidth = max((LARGE - SMALL) / grew, floor)
+    fsync = 0.0
+    slow = measured.get("fsync")
+    if slow is not None:
+        after = slow.publish_p50 if slow.publish_p50 is not None else slow.e2e_p50
+        before = light.publish_p50 if light.publish_p50 is not None else light.e2e_p50
+        fsync = max(after - before, 0.0)
+    data = {
+        "kind": target,
+        "provenance": provenance,
+        "round_trip": round_trip.model_dump(),
+        "publish": {"none": publish_work, "periodic": publish_work, "always": publish_work + fsync},
+        "deliver": deliver,
+        "ack": ack,
+        "consume": {"mode": "push" if target == "nats" else "pull"},
+        "client": {"publish": 0.0, "consume": 0.0, "timer": timer},
+        "parallelism": parallelism,
+        "durable_writes_per_delivery": 1.0 if slow is not None and fsync > 0 else 0.0,
+    }
+    if bandwidth is not None:
+        data["bandwidth"] = bandwidth
+    return parse_profile(data, f"calibration of {target}")
+
+
+#: Rounds of :func:`refine` (each replays every rung once in the simulator).
+REFINE_ROUNDS = 4
+
+
+def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE_ROUNDS) -> Profile:
+    """Correct the closed-form fit by replaying the rungs in the simulator.
+
+    The equations of :func:`fit` hold for means and single draws; percentiles of sums of
+    long-tailed draws, queueing and FIFO links move them. Each round simulates every rung with the
+    current profile and scales each cost by what its own rung measured over what the simulator
+    gave (round trip by publish latency, delivery by end-to-end latency, parallelism by the
+    ceiling, the consumer's timer and the delivery's fsyncs by their rungs' throughput).
+    """
+    data = profile.model_dump(mode="json")
+    acks = profile.kind != "nats"
+    best: tuple[float, Profile] | None = None
+    for _ in range(rounds + 1):
+        current = parse_profile(data, f"calibration of {profile.kind}")
+        sims = {
+            name: simulate_with(parse_scenario(_scenario_data(m), name), current)
+            for name, m in measured.items()
+        }
+        score = _misfit(sims, measured)
+        if best is None or score < best[0]:
+            best = (score, current)
+
+        def ratio(
+            name: str, path: tuple[str, ...], sims: dict[str, Any] = sims, damping: float = 0.5
+        ) -> float | None:
+            real, sim = _get(measured[name].record.metrics, path), _get(sims[name], path)
+            if not real or not sim or real != real or sim != sim:
+                return None
+            # Damped: costs interact (FIFO links, queueing), so full steps overshoot.
+            return min(max(real / sim, 0.25), 4.0) ** damping
+
+        rtt = data["round_trip"]
+        work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
+        if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
+            rtt["median"] *= r
+        if (r := ratio("light", ("latency_ms", "end_to_end", "p99"))) is not None:
+            rtt["p99"] *= r
+        rtt["p99"] = min(max(rtt["p99"], rtt["median"] * 1.05), rtt["median"] * TAIL_CAP)
+        if (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
+            data["deliver"]["value"] *= r
+        if (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
+            if data["parallelism"] >= 10:
+                data["parallelism"] = max(1, round(data["parallelism"] * r))
+            else:
+                # Few servers: a whole server more or less is too coarse; the publish work takes
+                # up the change instead (it moves latency least), so that parallelism / work per
+                # message is the ceiling (the work before this round's delivery change, over r).
+                wanted = work_before / r
+                deliver = data["deliver"]["value"] = min(data["deliver"]["value"], wanted)
+                change = wanted - deliver - data["publish"]["none"]["value"]
+                for mode in ("none", "periodic", "always"):
+                    cost = data["publish"][mode]
+                    cost["value"] = max(cost["value"] + change, 0.0)
+        consumer = measured["consumer"]
+        sim_rate = _get(sims["consumer"], ("throughput_per_s", "delivered"))
+        # (NATS core: the simulator counts a pushed message delivered when it reaches the
+        # client, before its handler takes it, so that rung's rate says nothing of the timer.)
+        if acks and sim_rate and consumer.delivered:
+            timer = data["client"]["timer"]["value"] + 1 / consumer.delivered - 1 / sim_rate
+            data["client"]["timer"] = {"dist": "constant", "value": max(timer, 0.0)}
+        slow = measured.get("fsync")
+        offered = 200.0
+        if slow is not None and data.get("durable_writes_per_delivery") and slow.delivered:
+            sim_rate = _get(sims["fsync"], ("throughput_per_s", "delivered"))
+            extra = data["publish"]["always"]["value"] - data["publish"]["none"]["value"]
+            if sim_rate and extra > 0 and slow.delivered < 0.95 * offered:
+                writes = data["durable_writes_per_delivery"]
+                writes += (1 / slow.delivered - 1 / sim_rate) / extra
+                data["durable_writes_per_delivery"] = min(max(writes, 0.0), 10.0)
+    assert best is not None
+    return best[1]
+
+
+#: What the fit is judged on, per rung: (metric path, weight).
+_MISFIT = (
+    (("throughput_per_s", "delivered"), 2.0),
+    (("latency_ms", "end_to_end", "p50"), 1.0),
+    (("latency_ms", "end_to_end", "p99"), 0.5),
+    (("latency_ms", "publish", "p50"), 0.5),
+)
+
+
+def _misfit(sims: dict[str, dict[str, Any]], measured: dict[str, Measured]) -> float:
+    """Weighted sum of |log(sim / real)| over the rungs: the refinement keeps its best round."""
+    total = 0.0
+    for name, m in measured.items():
+        for path, weight in _MISFIT:
+            real, sim = _get(m.record.metrics, path), _get(sims[name], path)
+            if real and sim and real == real and sim == sim:
+                total += weight * abs(math.log(sim / real))
+    return total
+
+
+def replay_errors(
+    profile: Profile, measured: list[Measured], seed: int = 1
+) -> list[dict[str, Any]]:
+    """Simulate every rung with ``profile`` and compare with the real run (relative errors)."""
+    rows = []
+    for m in measured:
+        scenario = parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}")
+        sim = simulate_with(scenario, profile, seed)
+        real = m.record.metrics
+        row = {"run": m.step.name}
+        for label, path in (
+            ("delivered/s", ("throughput_per_s", "delivered")),
+            ("e2e p50", ("latency_ms", "end_to_end", "p50")),
+            ("e2e p99", ("latency_ms", "end_to_end", "p99")),
+            ("publish p50", ("latency_ms", "publish", "p50")),
+        ):
+            row[label] = (_get(sim, path), _get(real, path))
+        rows.append(row)
+    return rows
+
+
+def simulate_with(scenario: Scenario, profile: Profile | None, seed: int = 1) -> dict[str, Any]:
+    """metrics.json of a simulator run of ``scenario`` charged with ``profile`` (None: ideal)."""
+    from brokerlab.app.runner import _trace_span
+    from brokerlab.core.analysis import analyze
+    from brokerlab.sim import simulate
+
+    if profile is not None:
+        scenario = apply_profile(scenario, profile).scenario
+    scenario = scenario.model_copy(
+        update={"broker": scenario.broker.model_copy(update={"profile": "none"})}
+    )
+    result = simulate(scenario, seed)
+    return analyze(
+        result.trace, scenario, target="sim", seed=seed, duration_s=_trace_span(result)
+    ).to_metrics()
+
+
+def _scenario_data(m: Measured) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load((m.record.path / results.SCENARIO_FILE).read_text(encoding="utf-8"))
+    data["broker"]["profile"] = "none"
+    return data
+
+
+def _get(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = metrics
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return None if node is None else float(node)
+
+
+def relative(sim: float | None, real: float | None) -> float | None:
+    """``sim / real - 1``, or None when either is missing or real is 0."""
+    if sim is None or real is None or real == 0 or math.isnan(real):
+        return None
+    return sim / real - 1.0
+
+
+def calibrate(
+    targets: list[str],
+    options: RunOptions,
+    say: Say = print,
+    out: Path | None = None,
+    quick: bool = False,
+    store: bool = True,
+) -> list[Calibration]:
+    """Run the ladder on each target, fit, replay, store; return every target's calibration."""
+    from brokerlab.sim.profile import store_profile
+
+    done = []
+    stamp = datetime.now(UTC)
+    versions = results.package_versions()
+    for target in targets:
+        base = base_scenario(target)
+        measured: dict[str, Measured] = {}
+        steps = ladder(target, quick)
+        for index, step in enumerate(steps, 1):
+            say(f"{target} [{index}/{len(steps)}] {step.name}: {step.measures}")
+            scenario = base.with_(paths={**step.changes}, name=f"calibrate-{target}-{step.name}")
+            record = run_scenario(scenario, target, options)
+            measured[step.name] = Measured.of(step, record)
+        server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
+        provenance = {
+            "origin": "calibrated",
+            "host": socket.gethostname(),
+            "date": stamp.isoformat(timespec="seconds"),
+            "broker_version": f"{target} {server}" if server else target,
+            "lab_version": versions["brokerlab"],
+            "runs": [str(m.record.path) for m in measured.values()],
+            "note": "fitted by brokerlab calibrate"
+            + (
+                f" against {options.redis_url or options.nats_url}"
+                if (options.redis_url or options.nats_url)
+                else ""
+            ),
+        }
+        say(f"{target}: fitting (replaying the runs in the simulator)")
+        profile = refine(fit(target, measured, provenance), measured)
+        errors = replay_errors(profile, list(measured.values()))
+        path = None
+        if store:
+            where = None
+            if out is not None:
+                where = (
+                    out
+                    if len(targets) == 1
+                    else out.with_name(f"{out.stem}-{target}{out.suffix or '.yaml'}")
+                )
+            path = store_profile(profile, where)
+        warnings = busy_warnings(target, measured)
+        for warning in warnings:
+            say(f"warning: {warning}")
+        done.append(Calibration(target, profile, list(measured.values()), errors, path, warnings))
+    return done

@@ -1,0 +1,446 @@
+"""Performance profiles: what a broker kind costs, as data the simulator charges.
+
+Queueing theory needs an ideal broker; a real one charges for every step: a round trip between
+client and broker, broker work per publish (more with an fsync per write), per delivery and per
+ack, the consumer's own per-message cost, a byte-rate cost, and a ceiling (parallelism, quotas).
+A profile holds those costs for one broker kind (``sim/profiles/<kind>.yaml`` ships a default for
+every kind; ``brokerlab calibrate`` measures this machine's local brokers and stores theirs).
+
+A scenario chooses with ``broker.profile``: ``auto`` (this machine's calibration for the kind if
+there is one, else the shipped default), ``default``, ``none`` (the ideal broker: what queueing
+theory describes, exactly the simulator without costs) or a path to a profile file.
+
+Until the simulator's collaborators charge each cost at its own step, :func:`apply_profile` maps
+a profile onto the knobs every model already has (one-way network delay, broker service times
+and servers, the consumer's time per message), so every model and preset pays them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from brokerlab.core.load import draw
+from brokerlab.core.scenario import (
+    Constant,
+    Distribution,
+    Empirical,
+    Scenario,
+    TimeDistribution,
+    _field_path,
+)
+from brokerlab.core.units import parse_rate, parse_size
+from brokerlab.core.vocabulary import BROKER_KINDS
+
+#: Shipped default profiles, one per broker kind.
+PROFILES_DIR = Path(__file__).with_name("profiles")
+#: Names ``broker.profile`` accepts besides a path.
+PROFILE_CHOICES = ("auto", "default", "none")
+#: Samples used to add two distributions (a fixed seed: the same sum for every run).
+SUM_SAMPLES = 20_000
+_SUM_SEED = 20_261_129
+
+
+class ProfileError(Exception):
+    """A profile a user gave (or calibrated) cannot be used: file, field, reason."""
+
+    def __init__(self, path: str | Path, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(
+            "\n".join(f"{self.path}: {f}: {r}" if f else f"{self.path}: {r}" for f, r in problems)
+        )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Model):
+    """Where one number comes from: a document or benchmark, when it was read, checked or not."""
+
+    what: str = Field(description="which numbers this source gives")
+    source: str = Field(description="URL or citation")
+    date: str = Field(description="when the source was published or read (YYYY-MM or -DD)")
+    verified: bool = Field(False, description="measured by the lab, not only read")
+
+
+class Provenance(_Model):
+    """How the profile came about: calibrated here (host, date, versions, runs) or shipped."""
+
+    origin: Literal["calibrated", "default"]
+    note: str = ""
+    host: str | None = None
+    date: str | None = None
+    broker_version: str | None = None
+    lab_version: str | None = None
+    runs: list[str] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
+    unverified: bool = Field(False, description="no number was measured by the lab")
+
+    def describe(self, kind: str) -> str:
+        """One line for summaries and reports."""
+        if self.origin == "calibrated":
+            return (
+                f"{kind}: calibrated on {self.host or '?'} at {self.date or '?'} against "
+                f"{self.broker_version or 'unknown version'} (brokerlab {self.lab_version or '?'}, "
+                f"{len(self.runs)} runs)"
+            )
+        mark = ", unverified" if self.unverified else ""
+        dates = sorted({s.date for s in self.sources})
+        span = f", sources {dates[0]}..{dates[-1]}" if len(dates) > 1 else ""
+        span = span or (f", source {dates[0]}" if dates else "")
+        count = f"{len(self.sources)} source{'' if len(self.sources) == 1 else 's'}"
+        measured = f", measured on {self.host}" if self.host else ""
+        return f"{kind}: shipped default ({count}{span}{measured}{mark})"
+
+
+class PublishCost(_Model):
+    """Broker work per publish by ``broker.persistence.mode`` (an fsync per write costs more)."""
+
+    none: TimeDistribution = Constant(dist="constant", value=0.0)
+    periodic: TimeDistribution = Constant(dist="constant", value=0.0)
+    always: TimeDistribution = Constant(dist="constant", value=0.0)
+
+
+class Consume(_Model):
+    """How consumers get messages: ``pull`` (a round trip per fetch of up to ``prefetch``) or
+    ``push`` (the broker sends while fewer than ``window`` are unacked; 0 = ``prefetch``)."""
+
+    mode: Literal["pull", "push"] = "pull"
+    window: int = Field(0, ge=0)
+
+
+class ClientCost(_Model):
+    """The client library's own time per message on each side (serialising, syscalls, dispatch)."""
+
+    publish: TimeDistribution = Constant(dist="constant", value=0.0)
+    consume: TimeDistribution = Constant(dist="constant", value=0.0)
+    timer: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="how late a consumer wakes from a processing wait (charged per message "
+        "with processing time; a busy machine wakes sleepers late)",
+    )
+
+
+def _byte_rate(value: Any) -> Any:
+    """``200MB/s``, ``1MiB/s`` (bytes per second) or a plain rate (``1000/s``, a number)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().endswith("/s"):
+        head = value.strip()[:-2].strip()
+        if head and not head.replace(".", "", 1).isdigit():
+            return float(parse_size(head))
+    return parse_rate(value)
+
+
+ByteRate = Annotated[float | None, BeforeValidator(_byte_rate)]
+
+
+class Quota(_Model):
+    """Managed-service limits per provisioned unit (a shard, a partition, a throughput unit):
+    publishes over them are throttled."""
+
+    unit: Literal["shard", "partition", "throughput-unit", "queue"] = "queue"
+    messages: ByteRate = Field(None, description="publishes per second per unit")
+    bytes: ByteRate = Field(None, description="published bytes per second per unit")
+
+
+class Profile(_Model):
+    """The costs that decide latency and capacity of one broker kind."""
+
+    kind: str
+    provenance: Provenance
+    round_trip: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="client to broker and back, client stacks included",
+    )
+    publish: PublishCost = PublishCost()
+    deliver: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0), description="broker work per delivery"
+    )
+    ack: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0), description="broker work per ack"
+    )
+    durable_writes_per_delivery: float = Field(
+        0.0,
+        ge=0,
+        description="with persistence always, the fsyncs a delivery and its ack cost (consumer "
+        "group state is written too), in units of publish.always - publish.none",
+    )
+    consume: Consume = Consume()
+    client: ClientCost = ClientCost()
+    parallelism: int = Field(1, ge=1, description="broker operations served at once")
+    bandwidth: ByteRate = Field(None, description="broker bytes per second (size cost)")
+    batching: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="producer linger before a batch leaves (Kafka linger.ms)",
+    )
+    quota: Quota | None = None
+
+    def describe(self) -> str:
+        return self.provenance.describe(self.kind)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def calibrated_dir() -> Path:
+    """Where ``brokerlab calibrate`` stores this machine's profiles: ``$BROKERLAB_PROFILES``, else
+    ``$XDG_DATA_HOME/brokerlab/profiles`` (``~/.local/share/brokerlab/profiles``)."""
+    given = os.environ.get("BROKERLAB_PROFILES")
+    if given:
+        return Path(given)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "brokerlab" / "profiles"
+
+
+def parse_profile(data: Any, source: str | Path) -> Profile:
+    """Validate loaded YAML as a profile; :class:`ProfileError` names every bad field."""
+    if not isinstance(data, dict):
+        raise ProfileError(source, [("", "expected a mapping of profile fields")])
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as error:
+        problems: dict[str, str] = {}
+        for item in error.errors():
+            reason = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                reason = "unknown field"
+            elif item["type"] == "missing":
+                reason = "required field is missing"
+            problems.setdefault(_field_path(item["loc"]), reason)
+        raise ProfileError(source, list(problems.items())) from None
+    if profile.kind not in BROKER_KINDS:
+        raise ProfileError(
+            source, [("kind", f"unknown broker kind {profile.kind!r}; use one of {BROKER_KINDS}")]
+        )
+    return profile
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise ProfileError(path, [("", "no such profile file")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ProfileError(path, [("", f"not valid YAML: {error}")]) from None
+    return parse_profile(data, path)
+
+
+@cache
+def _shipped(kind: str) -> Profile | None:
+    from brokerlab.sim.presets import PRESETS_FILE, presets
+
+    pointer = (presets().get(kind) or {}).get("profile")
+    path = PRESETS_FILE.parent / pointer if pointer else PROFILES_DIR / f"{kind}.yaml"
+    return load_profile(path) if path.exists() else None
+
+
+def default_profile(kind: str) -> Profile | None:
+    """The profile shipped with the lab for ``kind`` (published figures or a reference machine)."""
+    return _shipped(kind)
+
+
+def calibrated_profile(kind: str) -> Profile | None:
+    """This machine's calibrated profile for ``kind``, if ``brokerlab calibrate`` stored one."""
+    path = calibrated_dir() / f"{kind}.yaml"
+    return load_profile(path) if path.exists() else None
+
+
+def resolve_profile(spec: str, kind: str) -> Profile | None:
+    """The profile ``broker.profile`` names for a run of ``kind``; None for ``none``."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return calibrated_profile(kind) or default_profile(kind)
+    if spec == "default":
+        profile = default_profile(kind)
+        if profile is None:
+            raise ProfileError(PROFILES_DIR / f"{kind}.yaml", [("", "no shipped profile")])
+        return profile
+    profile = load_profile(spec)
+    if profile.kind != kind:
+        raise ProfileError(
+            spec, [("kind", f"profile is for {profile.kind}, the run's broker is {kind}")]
+        )
+    return profile
+
+
+def store_profile(profile: Profile, out: Path | None = None) -> Path:
+    """Write ``profile`` (to ``out`` or this machine's store) completely or not at all."""
+    path = out or calibrated_dir() / f"{profile.kind}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    staging.write_text(profile_to_yaml(profile), encoding="utf-8")
+    staging.replace(path)
+    return path
+
+
+def profile_to_yaml(profile: Profile) -> str:
+    """The profile as a file: times in seconds, rates per second."""
+    return yaml.safe_dump(profile.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- charging
+
+
+@dataclass(frozen=True)
+class Charged:
+    """A scenario with a profile's costs folded in, and what was charged (for run.json)."""
+
+    scenario: Scenario
+    charges: dict[str, float]
+
+
+def _mean(dist: Distribution) -> float:
+    return float(dist.mean)
+
+
+def add(*dists: Distribution) -> Distribution:
+    """The distribution of a sum of independent draws (constants stay exact; otherwise an
+    empirical distribution of :data:`SUM_SAMPLES` sums from a fixed seed)."""
+    moving = [d for d in dists if not (isinstance(d, Constant))]
+    shift = sum(float(d.value) for d in dists if isinstance(d, Constant))
+    if not moving:
+        return Constant(dist="constant", value=shift)
+    if len(moving) == 1 and shift == 0:
+        return moving[0]
+    rng = np.random.default_rng(_SUM_SEED)
+    total = np.full(SUM_SAMPLES, shift)
+    for dist in moving:
+        total += draw(dist, rng, SUM_SAMPLES)
+    return Empirical(dist="empirical", values=[round(float(v), 9) for v in total])
+
+
+def scaled(dist: Distribution, factor: float) -> Distribution:
+    """``dist`` with every draw multiplied by ``factor``."""
+    if factor == 1:
+        return dist
+    data = dist.model_dump()
+    for name, value in data.items():
+        if name != "dist":
+            data[name] = [v * factor for v in value] if isinstance(value, list) else value * factor
+    return type(dist).model_validate(data)
+
+
+def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
+    """The scenario as the simulator plays it with ``profile``'s costs charged.
+
+    Each hop between a client and the broker takes half the round trip plus half the size cost
+    of a mean message (a scenario's own ``network.delay`` is the network, and is added to it).
+    The broker's servers do the publish work of the scenario's persistence mode, and for each
+    delivery the delivery and ack work (the ack is charged with its delivery), ``parallelism`` at
+    a time; service times the scenario sets itself win. A consumer's time per message is its
+    processing plus the client's per-message cost and, when it has processing time, its
+    lateness waking from it (the ack's round trip is the engine's own: a consumer waits for the
+    reply, as the harness does).
+    Producer batching (``linger``) is publish latency that does not use broker capacity.
+    Publish quotas cap the publish rate at ``units × quota`` with one server per provisioned unit
+    (``broker.throughput_units``, else ``broker.partitions``): throttled publishes queue there,
+    which approximates a client retrying after ThrottlingException / ServerBusy.
+    """
+    broker, consumers = scenario.broker, scenario.consumers
+    size = _mean(scenario.producers.size)
+    per_byte = 1.0 / profile.bandwidth if profile.bandwidth else 0.0
+    half_rtt = scaled(profile.round_trip, 0.5)
+    # The size cost rides on the hops (two of a message's four carry its payload): it is time on
+    # the wire and in the client stacks, not broker capacity.
+    hop = add(
+        half_rtt,
+        profile.client.publish,
+        scenario.network.delay,
+        Constant(dist="constant", value=size * per_byte / 2),
+    )
+    work = add(
+        getattr(profile.publish, broker.persistence.mode),
+        Constant(dist="constant", value=0.0),
+    )
+    acks = consumers.ack != "none" and broker.kind != "nats"
+    fsync = 0.0
+    if broker.persistence.mode == "always" and profile.durable_writes_per_delivery:
+        extra = _mean(profile.publish.always) - _mean(profile.publish.none)
+        fsync = max(extra, 0.0) * profile.durable_writes_per_delivery
+    deliver = add(
+        profile.deliver,
+        profile.ack if acks else Constant(dist="constant", value=0.0),
+        Constant(dist="constant", value=fsync),
+    )
+    # A scenario's own servers and service times (anything but the defaults) win over the profile.
+    own_servers = broker.servers != 1
+    servers = broker.servers if own_servers else profile.parallelism
+    linger = _mean(profile.batching)
+    publish = add(work, profile.batching)
+    if linger > 0 and not own_servers:
+        # A batch waiting to leave the producer is latency, not broker work: add servers so the
+        # broker's ceiling stays parallelism / (publish + delivery work).
+        busy = _mean(work) + _mean(deliver)
+        servers = max(servers, math.ceil(servers * (busy + linger) / busy) if busy else servers)
+    if profile.quota is not None:
+        units = broker.throughput_units or broker.partitions
+        per_unit = [q for q in (profile.quota.messages,) if q is not None]
+        if profile.quota.bytes:
+            per_unit.append(profile.quota.bytes / max(size, 1.0))
+        if per_unit:
+            # Each provisioned unit takes at most its quota: one server per unit whose publish
+            # step lasts at least 1 / quota, so publishes over the quota wait (the time a
+            # throttled client spends retrying) and the ceiling is units x quota.
+            floor = 1.0 / min(per_unit)
+            if _mean(publish) < floor:
+                publish = add(publish, Constant(dist="constant", value=floor - _mean(publish)))
+            servers = units
+    service: dict[str, Any] = dict(broker.service_time)
+    if _mean(broker.service_time.publish) == 0:
+        service["publish"] = publish
+    if _mean(broker.service_time.deliver) == 0:
+        service["deliver"] = deliver
+    per_message = [consumers.processing, profile.client.consume]
+    processes = _mean(consumers.processing) > 0
+    if processes:
+        per_message.append(profile.client.timer)
+    processing = add(*per_message)
+    charged = scenario.model_copy(
+        update={
+            "network": scenario.network.model_copy(update={"delay": hop}),
+            "broker": broker.model_copy(
+                update={
+                    "service_time": broker.service_time.model_copy(update=service),
+                    "servers": servers,
+                }
+            ),
+            "consumers": consumers.model_copy(update={"processing": processing}),
+        }
+    )
+    charges = {
+        "hop_mean_s": _mean(hop),
+        "publish_mean_s": _mean(charged.broker.service_time.publish),
+        "deliver_mean_s": _mean(charged.broker.service_time.deliver),
+        "servers": float(servers),
+        "consumer_per_message_mean_s": _mean(processing) - _mean(consumers.processing),
+    }
+    return Charged(charged, charges)
+
+
+def profile_record(profile: Profile | None, spec: str) -> dict[str, Any]:
+    """What run.json says about the profile a simulator run used."""
+    if profile is None:
+        return {"name": "none", "requested": spec, "describe": "none (ideal broker, no costs)"}
+    return {
+        "name": profile.provenance.origin,
+        "requested": spec,
+        "kind": profile.kind,
+        "describe": profile.describe(),
+        "provenance": profile.provenance.model_dump(mode="json", exclude_none=True),
+    }

@@ -1,0 +1,313 @@
+"""The kafka target: runs on the Tansu broker the lab starts, and by URL on a broker the test
+starts (this machine has no Kafka service; the URL path is the one users take to their cluster).
+
+No mocks: every run talks to a real Kafka-protocol broker over TCP. Group joins take about half
+of the session timeout on Tansu (~3 s), so each run has that on top of its load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from brokerlab.adapters import run_real
+from brokerlab.adapters.embedded import EmbeddedBroker
+from brokerlab.adapters.harness import RealBrokerError, redact_url
+from brokerlab.adapters.kafka import TANSU_LABEL, client_config
+from brokerlab.core.scenario import Scenario, parse_scenario
+
+RATE = 300.0
+
+
+def _scenario(**overrides: Any) -> Scenario:
+    producers = {"count": 2, "rate": f"{RATE:g}/s", "duration": "2s", "arrival": "constant"}
+    producers["keys"] = 8
+    producers.update(overrides.pop("producers", {}))
+    consumers = {"count": 2, "processing": "0s", "prefetch": 10}
+    consumers.update(overrides.pop("consumers", {}))
+    return parse_scenario(
+        {
+            "name": "kafka-test",
+            "producers": producers,
+            "broker": {"kind": "kafka", "partitions": 4, **overrides.pop("broker", {})},
+            "consumers": consumers,
+            "drain_timeout": "30s",
+            **overrides,
+        }
+    )
+
+
+def _run(scenario: Scenario, url: str | None, tmp_path: Path) -> Any:
+    return run_real(scenario, "kafka", 7, workdir=tmp_path, kafka_url=url)
+
+
+def _assert_exactly_once(sends: pd.DataFrame, deliveries: pd.DataFrame) -> None:
+    assert (sends["outcome"] == "acked").all()
+    assert len(deliveries) == len(sends)
+    assert deliveries["msg_id"].value_counts().max() == 1
+    assert set(deliveries["msg_id"]) == set(sends["msg_id"])
+    assert deliveries["t_done"].notna().all()
+
+
+def _assert_per_key_order(sends: pd.DataFrame, deliveries: pd.DataFrame) -> None:
+    merged = deliveries.merge(sends[["msg_id", "producer", "seq", "key"]], on="msg_id")
+    merged = merged.sort_values("t_delivered", kind="stable")
+    for _, group in merged.groupby(["producer", "key"]):
+        assert np.all(np.diff(group["seq"].to_numpy()) > 0)
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """After each test no broker runs in its tmp_path; strays are killed and fail the test."""
+    yield
+    stray = []
+    for process in psutil.process_iter(["cwd"]):
+        cwd = process.info.get("cwd")
+        if cwd and Path(cwd).is_relative_to(tmp_path):
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    stray.append(process.pid)
+                    process.kill()
+    assert not stray, f"processes outlived the test: {stray}"
+
+
+@pytest.fixture
+def tansu(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A Tansu broker the test starts, used by URL like a user's Kafka."""
+    with EmbeddedBroker("tansu", tmp_path / "tansu") as broker:
+        yield broker
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_kafka_urls_become_librdkafka_settings_and_are_redacted() -> None:
+    """Known answers: bootstrap list, SASL from user info, TLS from kafkas://, query settings."""
+    assert client_config("kafka://127.0.0.1:9092") == {"bootstrap.servers": "127.0.0.1:9092"}
+    assert client_config("h1:9092,h2:9092") == {"bootstrap.servers": "h1:9092,h2:9092"}
+    config = client_config(
+        "kafkas://alice:s%40cret@h1:9093,h2:9093?sasl_mechanism=SCRAM-SHA-512&ssl_ca_location=/ca"
+    )
+    assert config == {
+        "bootstrap.servers": "h1:9093,h2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": "s@cret",
+        "ssl.ca.location": "/ca",
+    }
+    assert client_config("kafka://u:p@h:1")["security.protocol"] == "SASL_PLAINTEXT"
+    assert client_config("kafkas://h:1")["security.protocol"] == "SSL"
+    assert redact_url("kafkas://alice:s%40cret@h1:9093,h2:9093") == "kafkas://***@h1:9093,h2:9093"
+    with pytest.raises(ValueError, match="kafka://"):
+        client_config("http://h:1")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_embedded_run_delivers_every_message_once_in_key_order_at_the_offered_rate(
+    tmp_path: Path,
+) -> None:
+    """Tansu started by the lab: no loss, no duplicates, delivered = sent, the offered rate
+    (±5%), and per-key order across two consumers (a key's partition has one reader)."""
+    result = _run(_scenario(), None, tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    assert len(sends) == RATE * 2
+    _assert_exactly_once(sends, deliveries)
+    _assert_per_key_order(sends, deliveries)
+    achieved = len(sends) / (sends["t_sent"].max() - sends["t_intended"].min())
+    assert achieved == pytest.approx(RATE, rel=0.05)
+    assert result.info["broker"] == "embedded"
+    assert result.info["broker_label"] == TANSU_LABEL
+    assert result.info["embedded"]["label"] == TANSU_LABEL
+    assert any(TANSU_LABEL in warning for warning in result.warnings)
+    assert result.info["partitions"] == 4
+
+
+def test_url_run_on_a_broker_the_lab_did_not_start(tansu: EmbeddedBroker, tmp_path: Path) -> None:
+    """--kafka-url: the lab starts nothing, ack before processing still delivers everything."""
+    scenario = _scenario(
+        producers={"count": 1, "duration": "1s", "confirm": "sync", "rate": "100/s"},
+        consumers={"count": 1, "ack": "before", "prefetch": 1},
+    )
+    result = _run(scenario, tansu.url, tmp_path)
+    _assert_exactly_once(result.trace.sends, result.trace.deliveries)
+    assert result.info["broker"] == "existing"
+    assert not list(tmp_path.glob("tansu-*"))  # no embedded broker folder
+
+
+def test_a_broker_that_is_not_there_fails_without_leaking_credentials(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RealBrokerError) as raised:
+        _run(_scenario(), f"kafka://alice:secretpw@127.0.0.1:{port}", tmp_path)
+    assert "secretpw" not in str(raised.value)
+
+
+@pytest.mark.slow
+def test_a_crashed_consumers_uncommitted_messages_come_again_after_the_rebalance(
+    tmp_path: Path,
+) -> None:
+    """consumer-crash: the group rebalances; the survivor is handed the crashed member's
+    partitions and reads from their committed offsets, so nothing acknowledged is lost."""
+    scenario = _scenario(
+        producers={"count": 1, "rate": "200/s", "duration": "4s"},
+        consumers={"count": 2, "prefetch": 20, "processing": "2ms"},
+        faults=[{"at": "1s", "action": "consumer-crash", "target": "consumer-0", "duration": "2s"}],
+        drain_timeout="40s",
+    )
+    result = _run(scenario, None, tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    done = deliveries[deliveries["t_done"].notna()]
+    assert set(done["msg_id"]) == set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+
+
+LAB = """
+import json, sys
+from pathlib import Path
+from brokerlab.adapters import run_real
+from brokerlab.core.scenario import parse_scenario
+scenario = parse_scenario({"name": "ctrl-c", "producers": {"rate": "50/s", "duration": "120s"},
+                           "broker": {"kind": "kafka"}})
+print(json.dumps("go"), flush=True)
+run_real(scenario, "kafka", 1, workdir=Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_leaves_no_broker_behind(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of a kafka run: the lab's Tansu broker is gone afterwards."""
+    script = tmp_path / "lab.py"
+    script.write_text(LAB)
+    lab = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "work")], stdout=subprocess.PIPE, text=True
+    )
+    assert lab.stdout is not None and lab.stdout.readline()
+    deadline = time.monotonic() + 60
+    brokers: list[psutil.Process] = []
+    while time.monotonic() < deadline and not brokers:
+        brokers = [p for p in psutil.Process(lab.pid).children() if p.name() == "tansu"]
+        time.sleep(0.2)
+    assert brokers, "the run did not start its broker"
+    time.sleep(3)  # into the run
+    lab.send_signal(signal.SIGINT)
+    lab.wait(60)
+    _gone, alive = psutil.wait_procs(brokers, timeout=10)
+    assert not alive
+
+
+# --------------------------------------------------------------------------- the broker's view
+
+
+def test_broker_samples_are_held_per_interval_known_answer() -> None:
+    """build_timeline's broker columns: each interval shows the last sample taken at or before
+    its end, NaN before the first; a column the target did not report is absent."""
+    from brokerlab.core.trace import build_timeline, make_deliveries, make_sends
+
+    sends = make_sends(
+        np.zeros(4, dtype="int64"),
+        np.arange(4, dtype="int64"),
+        np.zeros(4, dtype="int64"),
+        np.full(4, 10, dtype="int64"),
+        np.array([0.0, 0.5, 1.0, 1.5]),
+        np.array([0.0, 0.5, 1.0, 1.5]),
+        np.array([0.01, 0.51, 1.01, 1.51]),
+        np.array(["acked"] * 4, dtype=object),
+        np.ones(4, dtype="int16"),
+    )
+    deliveries = make_deliveries(
+        sends["msg_id"].to_numpy(),
+        np.zeros(4, dtype="int32"),
+        np.ones(4, dtype="int32"),
+        np.array([0.1, 0.6, 1.1, 1.9]),
+        np.array([0.1, 0.6, 1.1, 1.9]),
+    )
+    broker = pd.DataFrame({"t": [0.6, 1.2], "broker_backlog": [3.0, 1.0]})
+    timeline = build_timeline(sends, deliveries, interval=0.5, broker=broker)
+    assert timeline["t_end"].tolist() == [0.5, 1.0, 1.5, 2.0]
+    assert np.isnan(timeline["broker_backlog"][0])
+    assert timeline["broker_backlog"].tolist()[1:] == [3.0, 1.0, 1.0]
+    assert "broker_unacked" not in timeline
+    assert "broker_backlog" not in build_timeline(sends, deliveries, interval=0.5)
+
+
+def test_kafka_run_records_the_brokers_own_lag(tmp_path: Path) -> None:
+    """A real run samples the broker's committed-offset lag into the timeline; it ends at 0
+    once everything is processed and committed."""
+    scenario = _scenario(producers={"count": 1, "duration": "3s", "rate": "200/s"})
+    result = _run(scenario, None, tmp_path)
+    timeline = result.trace.timeline
+    assert "broker_backlog" in timeline
+    sampled = timeline["broker_backlog"].dropna()
+    assert len(sampled) > 0 and (sampled >= 0).all()
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@pytest.mark.slow
+def test_compare_runs_the_quickstart_on_every_real_target_and_the_simulator(
+    tmp_path: Path,
+) -> None:
+    """`brokerlab compare --targets sim,redis-streams,nats,nats-jetstream,rabbitmq,kafka` on the
+    quickstart: every target gives a run, the kafka run says what it ran on."""
+    from brokerlab.adapters.binaries import BrokerUnavailable, find_rabbitmq_server
+
+    try:
+        find_rabbitmq_server()
+    except BrokerUnavailable:
+        pytest.skip("rabbitmq-server is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp"
+    targets = "sim,redis-streams,nats,nats-jetstream,rabbitmq,kafka"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "brokerlab"),
+            "compare",
+            str(repo / "scenarios/quickstart.yaml"),
+            *("--targets", targets, "--out", str(out), "-q"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for target in targets.split(","):
+        assert target in done.stdout
+    kafka_runs = [json.loads(p.read_text()) for p in out.rglob("run.json")]
+    labels = [r.get("target_info", {}).get("broker_label") for r in kafka_runs]
+    assert TANSU_LABEL in labels
+
+
+def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
+    """producer-crash on kafka: a new idempotent producer takes over after the restart; every
+    acknowledged message is consumed."""
+    scenario = _scenario(
+        producers={"count": 1, "rate": "200/s", "duration": "2s"},
+        faults=[
+            {"at": "0.7s", "action": "producer-crash", "target": "producer-0", "duration": "0.5s"}
+        ],
+    )
+    result = _run(scenario, None, tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    acked = set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+    assert len(acked) >= 0.9 * len(sends)
+    assert acked <= set(deliveries["msg_id"])
+    assert sends["t_sent"].notna().all()

@@ -1,0 +1,345 @@
+"""Performance profiles: the format, how a run chooses one, and what the simulator charges.
+
+Known answers use constant costs, so each latency is an exact sum of the charged steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from brokerlab.app.runner import RunOptions, run_scenario
+from brokerlab.core.analysis import analyze
+from brokerlab.core.load import plan_load
+from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.vocabulary import BROKER_KINDS
+from brokerlab.sim import simulate
+from brokerlab.sim.models import MODELS
+from brokerlab.sim.presets import presets, resolve
+from brokerlab.sim.profile import (
+    PROFILES_DIR,
+    ProfileError,
+    apply_profile,
+    default_profile,
+    load_profile,
+    parse_profile,
+    resolve_profile,
+)
+
+US = 1.01e-6  # the trace keeps microseconds
+
+
+def make(broker: dict[str, Any] | None = None, **sections: Any) -> Scenario:
+    """200 evenly spaced messages at 100/s (no queueing), one consumer, no processing."""
+    data: dict[str, Any] = {
+        "name": "profiles",
+        "producers": {"rate": "100/s", "messages": 200, "arrival": "constant"},
+        "broker": {"kind": "redis-streams", **(broker or {})},
+        "consumers": {"count": 1},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return parse_scenario(data)
+
+
+def profile_data(**changes: Any) -> dict[str, Any]:
+    """A profile with constant costs (all zero unless changed)."""
+    data: dict[str, Any] = {
+        "kind": "redis-streams",
+        "provenance": {"origin": "default", "sources": []},
+    }
+    data.update(changes)
+    return data
+
+
+def write_profile(folder: Path, **changes: Any) -> Path:
+    path = folder / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile_data(**changes)), encoding="utf-8")
+    return path
+
+
+def metrics(scenario: Scenario, seed: int = 1) -> dict[str, Any]:
+    result = simulate(scenario, seed)
+    span = float(np.nanmax(result.trace.deliveries["t_done"]))
+    return analyze(result.trace, scenario, target="sim", seed=seed, duration_s=span).to_metrics()
+
+
+# --------------------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize("kind", BROKER_KINDS)
+def test_every_kind_ships_a_valid_profile_with_dated_sources(kind: str) -> None:
+    """Every broker kind's preset points at a shipped profile that validates, and every number
+    says where it comes from and when; a profile with no measured number says it is unverified."""
+    assert presets()[kind]["profile"] == f"profiles/{kind}.yaml"
+    profile = default_profile(kind)
+    assert profile is not None and profile.kind == kind
+    provenance = profile.provenance
+    assert provenance.origin in ("default", "calibrated")
+    if provenance.origin == "default":
+        assert provenance.sources, "a shipped default names its sources"
+        assert all(s.date and s.source for s in provenance.sources)
+        assert provenance.unverified == (not any(s.verified for s in provenance.sources))
+
+
+def test_managed_services_model_their_published_quotas() -> None:
+    """Kinesis: 1,000 records/s or 1 MB/s per shard; Event Hubs: the same per throughput unit."""
+    kinesis = default_profile("kinesis")
+    hubs = default_profile("event-hubs")
+    assert kinesis and kinesis.quota and kinesis.quota.unit == "shard"
+    assert (kinesis.quota.messages, kinesis.quota.bytes) == (1000.0, 1_000_000.0)
+    assert hubs and hubs.quota and hubs.quota.unit == "throughput-unit"
+    assert (hubs.quota.messages, hubs.quota.bytes) == (1000.0, 1_000_000.0)
+    kafka = default_profile("kafka")
+    assert kafka and kafka.batching.mean == pytest.approx(0.005)  # linger.ms 5 (Kafka 4.0)
+
+
+def test_a_bad_profile_names_file_field_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "redis-streams",
+                "provenance": {"origin": "guessed"},
+                "round_trip": "fast",
+                "parallelism": 0,
+                "colour": "blue",
+            }
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ProfileError) as caught:
+        load_profile(path)
+    text = str(caught.value)
+    for expected in (
+        f"{path}: provenance.origin:",
+        f"{path}: round_trip:",
+        f"{path}: parallelism:",
+        f"{path}: colour: unknown field",
+    ):
+        assert expected in text, text
+    with pytest.raises(ProfileError, match="unknown broker kind"):
+        parse_profile(profile_data(kind="kafka-ish"), "x.yaml")
+
+
+def test_a_profile_for_another_kind_is_refused(tmp_path: Path) -> None:
+    path = write_profile(tmp_path)
+    with pytest.raises(
+        ProfileError, match="profile is for redis-streams, the run's broker is nats"
+    ):
+        resolve_profile(str(path), "nats")
+
+
+def test_cli_exits_2_on_a_bad_profile_and_writes_nothing(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "producers": {"rate": "100/s", "messages": 10},
+                "broker": {"kind": "redis-streams"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    results_dir = tmp_path / "results"
+    missing = str(tmp_path / "missing.yaml")
+    command = [sys.executable, "-m", "brokerlab.cli", "run", str(scenario), "-q"]
+    done = subprocess.run(
+        [*command, "--profile", missing, "--results-dir", str(results_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "missing.yaml: no such profile file" in done.stderr
+    assert not results_dir.exists() or not any(results_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def test_auto_prefers_this_machines_calibration_then_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BROKERLAB_PROFILES", str(tmp_path / "store"))
+    shipped = resolve_profile("auto", "redis-streams")
+    assert shipped is not None and shipped == default_profile("redis-streams")
+    store = tmp_path / "store"
+    store.mkdir()
+    calibrated = profile_data(
+        provenance={"origin": "calibrated", "host": "here", "date": "2026-11-29"}
+    )
+    (store / "redis-streams.yaml").write_text(yaml.safe_dump(calibrated), encoding="utf-8")
+    chosen = resolve_profile("auto", "redis-streams")
+    assert chosen is not None and chosen.provenance.origin == "calibrated"
+    assert resolve_profile("default", "redis-streams") == shipped
+    assert resolve_profile("none", "redis-streams") is None
+
+
+def test_profile_none_plays_the_scenario_exactly_as_the_bare_engine(tmp_path: Path) -> None:
+    """``none`` charges nothing: the trace is the one the engine gives for the scenario as
+    written (what the simulator did before profiles), message for message."""
+    scenario = make(
+        {"profile": "none"},
+        producers={"rate": "900/s", "messages": 3000, "arrival": "poisson"},
+        consumers={"count": 2, "processing": {"dist": "exponential", "mean": "2ms"}},
+        network={"delay": {"dist": "exponential", "mean": "0.3ms"}},
+    )
+    charged = simulate(scenario, 7).trace
+    preset = resolve(scenario.broker)
+    model = MODELS[preset.model](scenario, preset, plan_load(scenario, 7), 7)
+    model.run()
+    bare = model.trace()
+    for table in ("sends", "deliveries"):
+        left, right = getattr(charged, table), getattr(bare, table)
+        assert left.equals(right), table
+
+
+def test_run_json_names_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKERLAB_PROFILES", str(tmp_path / "empty"))
+    options = RunOptions(results_dir=tmp_path / "results")
+    record = run_scenario(make(), "sim", options)
+    profile = json.loads((record.path / "run.json").read_text())["profile"]
+    assert profile["name"] == "default" and profile["requested"] == "auto"
+    assert profile["describe"].startswith("redis-streams: shipped default")
+    forced = run_scenario(make(), "sim", RunOptions(results_dir=tmp_path / "r2", profile="none"))
+    run = json.loads((forced.path / "run.json").read_text())
+    assert run["profile"]["name"] == "none"
+    assert yaml.safe_load((forced.path / "scenario.yaml").read_text())["broker"]["profile"] == (
+        "none"
+    )
+
+
+# --------------------------------------------------------------------------- charging
+
+
+def test_constant_costs_add_up_exactly(tmp_path: Path) -> None:
+    """Round trip 2 ms, publish work 0.5 ms, delivery 0.3 ms, ack 0.2 ms, consumer client 0.1 ms,
+    processing 1 ms: publish latency = 2 + 0.5; end to end = 2 + 0.5 + 0.3 + 0.2 (the ack is
+    charged with its delivery); completion = end to end + 1 + 0.1 + 2 (the ack's round trip)."""
+    path = write_profile(
+        tmp_path,
+        round_trip="2ms",
+        publish={"none": "0.5ms"},
+        deliver="0.3ms",
+        ack="0.2ms",
+        client={"consume": "0.1ms"},
+        parallelism=4,
+    )
+    scenario = make({"profile": str(path)}, consumers={"processing": "1ms"})
+    trace = simulate(scenario, 1).trace
+    sends, deliveries = trace.sends, trace.deliveries
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    assert np.allclose(publish, 2.5e-3, atol=US)
+    joined = deliveries.merge(sends, on="msg_id")
+    e2e = (joined["t_delivered"] - joined["t_intended"]).to_numpy()
+    assert np.allclose(e2e, 3.0e-3, atol=US)
+    completion = (joined["t_done"] - joined["t_intended"]).to_numpy()
+    assert np.allclose(completion, 6.1e-3, atol=US)
+
+
+def test_persistence_always_costs_an_fsync_per_write(tmp_path: Path) -> None:
+    path = write_profile(
+        tmp_path, round_trip="1ms", publish={"none": "0.1ms", "always": "2.1ms"}, parallelism=4
+    )
+    fast = simulate(make({"profile": str(path)}), 1).trace.sends
+    slow = simulate(make({"profile": str(path), "persistence": "always"}), 1).trace.sends
+    gap = (slow["t_acked"] - slow["t_sent"]) - (fast["t_acked"] - fast["t_sent"])
+    assert np.allclose(gap.to_numpy(), 2e-3, atol=US)
+
+
+def test_broker_work_and_parallelism_set_the_ceiling(tmp_path: Path) -> None:
+    """1 ms of work per publish and per delivery on 2 servers: a ceiling of 1,000 messages/s,
+    whatever is offered beyond it."""
+    path = write_profile(
+        tmp_path, publish={"none": "1ms"}, deliver="1ms", parallelism=2, round_trip="0.1ms"
+    )
+    scenario = make(
+        {"profile": str(path)},
+        producers={"rate": "1600/s", "messages": 8000},
+        consumers={"count": 4, "prefetch": 10},
+    )
+    delivered = metrics(scenario)["throughput_per_s"]["delivered"]
+    assert delivered == pytest.approx(1000, rel=0.03)
+
+
+def test_a_quota_throttles_publishes_per_provisioned_unit(tmp_path: Path) -> None:
+    """Kinesis-like: 500 records/s per shard; 2 shards take 1,000/s of the 1,500/s offered, and the
+    publishes over the quota wait (their publish latency grows)."""
+    path = write_profile(
+        tmp_path, kind="kinesis", quota={"unit": "shard", "messages": "500/s"}, round_trip="1ms"
+    )
+    scenario = make(
+        {"kind": "kinesis", "profile": str(path), "partitions": 2},
+        producers={"rate": "1500/s", "messages": 6000, "keys": 64},
+        consumers={"count": 2, "prefetch": 10},
+    )
+    result = metrics(scenario)
+    assert result["throughput_per_s"]["delivered"] == pytest.approx(1000, rel=0.05)
+    assert result["latency_ms"]["publish"]["p99"] > 500  # a backlog of throttled publishes
+    units = scenario.with_(**{"broker.throughput_units": 3})
+    more = metrics(units)["throughput_per_s"]["delivered"]
+    assert more == pytest.approx(1500, rel=0.05)
+
+
+def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
+    """A 5 ms linger adds 5 ms to every publish but leaves the broker's ceiling where it was
+    (servers are added in whole numbers: 4 x (2 + 5) / 2 = 14 keeps it exactly)."""
+    base = {"publish": {"none": "1ms"}, "deliver": "1ms", "parallelism": 4}
+    plain = write_profile(tmp_path, **base)
+    lingering = tmp_path / "linger.yaml"
+    lingering.write_text(yaml.safe_dump(profile_data(**base, batching="5ms")), encoding="utf-8")
+    light = make({"profile": str(lingering)})
+    sends = simulate(light, 1).trace.sends
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    assert np.allclose(publish, 6e-3, atol=US)
+    flat_out = {"producers": {"rate": "800/s", "messages": 4000}, "consumers": {"prefetch": 10}}
+    ceiling = [
+        metrics(make({"profile": str(p)}, **flat_out))["throughput_per_s"]["delivered"]
+        for p in (plain, lingering)
+    ]
+    assert ceiling[1] == pytest.approx(ceiling[0], rel=0.03)
+
+
+def test_a_scenarios_own_service_time_and_network_win(tmp_path: Path) -> None:
+    """Explicit scenario service times are kept; a scenario's network delay adds to the
+    profile's round trip (it is the network between client and broker)."""
+    path = write_profile(tmp_path, round_trip="2ms", publish={"none": "1ms"})
+    scenario = make(
+        {"profile": str(path), "service_time": {"publish": "3ms"}},
+        network={"delay": "1ms"},
+    )
+    charged = apply_profile(scenario, load_profile(path)).scenario
+    assert charged.broker.service_time.publish.mean == pytest.approx(3e-3)
+    assert charged.network.delay.mean == pytest.approx(2e-3)  # 1 ms + half the round trip
+
+
+def test_tails_come_from_the_distributions(tmp_path: Path) -> None:
+    """A lognormal round trip (median 1 ms, p99 10 ms) gives publish latencies with that shape."""
+    path = write_profile(tmp_path, round_trip={"dist": "lognormal", "median": "1ms", "p99": "10ms"})
+    scenario = make({"profile": str(path)}, producers={"rate": "50/s", "messages": 4000})
+    publish = metrics(scenario)["latency_ms"]["publish"]
+    # Two hops of half the round trip each: the sum's median is above 1 ms, its p99 well above.
+    assert 0.8 < publish["p50"] < 2.5
+    assert publish["p99"] > 4 * publish["p50"]
+    assert math.isfinite(publish["max"])
+
+
+def test_reference_scenarios_use_the_ideal_broker() -> None:
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    for name in ("mm1", "mmc", "md1"):
+        data = yaml.safe_load((root / f"{name}.yaml").read_text())
+        assert data["broker"]["profile"] == "none", name
+
+
+def test_shipped_profiles_are_package_data() -> None:
+    assert sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) == sorted(BROKER_KINDS)
