@@ -381,15 +381,15 @@ def test_a_trace_read_back_from_parquet_gives_the_same_metrics(tmp_path):
 
 def test_simulated_ack_before_and_consumer_crash_fails_max_lost():
     """End to end in the simulator: ack before processing, a consumer crash while it holds
-    prefetched messages. Known answer (seed 1): lost 0, unprocessed 10 (the 10 it held), so
-    max_lost: 0 fails; before, the same run reported lost 0 and passed."""
+    prefetched messages. Known answer: lost 0, unprocessed = the unfinished rest of the batch it
+    held, so max_lost: 0 fails; before, the same run reported lost 0 and passed."""
     from brokerlab.sim import simulate
 
     scenario = parse_scenario(
         {
             "name": "ack-before-crash",
             "producers": {"rate": "250/s", "duration": "4s", "arrival": "constant"},
-            "broker": {"kind": "redis-streams", "ack_timeout": "1s"},
+            "broker": {"kind": "redis-streams", "ack_timeout": "1s", "profile": "none"},
             "consumers": {"count": 1, "processing": "5ms", "prefetch": 10, "ack": "before"},
             "faults": [
                 {"at": "2s", "action": "consumer-crash", "target": "consumer-0", "duration": "1s"}
@@ -400,11 +400,22 @@ def test_simulated_ack_before_and_consumer_crash_fails_max_lost():
     )
     result = simulate(scenario, seed=1)
     analysis = analyze(result.trace, scenario, target="sim", seed=1, duration_s=6.0)
-    # the 10 it held are unprocessed (delivered, never done), however a model counts a message
-    # still in the consumer's buffer: the business loss is 10 either way
-    assert analysis.checks.unprocessed > 0
-    assert analysis.checks.lost + analysis.checks.unprocessed == 10
-    assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [("max_lost", 10, False)]
+    # The consumer (saturated: 250/s offered, 200/s capacity) holds, when it
+    # crashes at 2 s a fetched batch (up to prefetch): those it had not finished are unprocessed.
+    deliveries = result.trace.deliveries
+    held = deliveries[
+        deliveries["t_delivered"]
+        == deliveries["t_delivered"][deliveries["t_delivered"] < 2.0].max()
+    ]
+    assert 1 < len(held) <= 10  # one fetch: up to prefetch
+    unfinished = int(held["t_done"].isna().sum())
+    assert 0 < unfinished <= 10
+    assert analysis.checks.lost == 0
+    assert analysis.checks.unprocessed == unfinished
+    assert set(analysis.checks.unprocessed_ids) == set(held["msg_id"][held["t_done"].isna()])
+    assert [(r.name, r.measured, r.ok) for r in analysis.requirements] == [
+        ("max_lost", unfinished, False)
+    ]
     assert analysis.verdict == "fail"
 
 
