@@ -42,6 +42,7 @@ seeds = 3  # seeds per point: the answer must hold on every one
 max_consumers = 6  # the sweep tries 1..max_consumers
 outage = "10s"  # consumer outage for the catch-up question
 workers = None  # Dask worker processes (None: one per core; 1: in this process)
+profile = "auto"  # the simulated broker's costs: auto (calibrated, else shipped), default, none
 
 # %%
 # %matplotlib inline
@@ -66,6 +67,7 @@ print(f"scenario: {scenario_path}\nresults: {folder}")
 
 # %%
 today = bl.load(scenario_path)
+today = today.with_(**{"broker.profile": profile})
 future = today.with_(rate=today.producers.rate * growth, duration=duration)
 requirements = today.requirements
 display(bl.describe(today=today, future=future))

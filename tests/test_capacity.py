@@ -175,7 +175,7 @@ def test_inconclusive_and_falling_behind_do_not_meet_the_requirements(tmp_path: 
         (["--find", "rate", "--outage", "5s"], "--outage"),
         (["--find", "catch-up", "--outage", "soon"], "--outage"),
         (["--find", "partitions"], "partitions"),
-        (["--find", "rate", "--target", "kafka"], "--target"),
+        (["--find", "rate", "--target", "sqs"], "--target"),
     ],
 )
 def test_bad_questions_exit_2_and_write_nothing(tmp_path: Path, args: list, says: str) -> None:

@@ -227,6 +227,7 @@ def test_capacity_planning_sizes_the_orders_consumers(tmp_path: Path) -> None:
         max_consumers=3,
         outage="2s",
         workers=1,
+        profile="none",  # the known answer is the ideal broker's
     )
     assert_ran_cleanly(notebook)
     (folder,) = results.glob("*-capacity-planning")
