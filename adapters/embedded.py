@@ -100,7 +100,7 @@ _ADDRESS_IN_USE_OTHER = ("eaddrinuse", "address in use")
 #: Every server kind this module can start.
 SERVER_KINDS = ("redis", "nats", "rabbitmq", "tansu")
 #: How long a start may take by default: a RabbitMQ node boots an Erlang VM and its database
-#: (3-4 s on an idle machine, ~13 s measured on a busy 2-core one); the others start at once.
+#: (3-4 s on an idle machine, 6-12 s measured on a busy 2-core one); the others start at once.
 START_TIMEOUT = {"redis": 20.0, "nats": 20.0, "rabbitmq": 90.0, "tansu": 20.0}
 #: The one plugin a private RabbitMQ node runs: per-queue statistics over HTTP (unacked counts,
 #: which AMQP cannot report), lighter to boot than the management plugin.
@@ -620,7 +620,7 @@ class EmbeddedBroker:
         """The server's environment (None: the lab's own). A RabbitMQ node is configured
         entirely through it: its own node name, ports, folders, cookie (``HOME``) and epmd.
 
-        What a node boots is cut to what the lab uses (measured in docs/architecture.md):
+        What a node boots is cut to what the lab uses (measured: docs/architecture.md):
         a plugins folder holding only the applications the broker and its one plugin need
         (the VM looks every module up along that path, and RabbitMQ scans it for plugins and
         feature flags), no host-wide ``rabbitmq-env.conf``, and RabbitMQ's own VM defaults

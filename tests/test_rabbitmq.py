@@ -1,7 +1,7 @@
 """The rabbitmq target: runs on a private node the lab starts and on the machine's own RabbitMQ.
 
 No mocks: every run talks to a real RabbitMQ. The machine's service (5672) is used only through
-this run's uniquely named queue, which is deleted at the end; a private node takes ~4-15 s to
+this run's uniquely named queue, which is deleted at the end; a private node takes ~4-12 s to
 boot, so the tests that start one are few and the long ones are marked slow.
 """
 
