@@ -17,7 +17,10 @@ the lab's client instead of the broker must say so, so :class:`RunMonitor` sampl
   a process we may not inspect);
 * ``loop_lag_ms``: how late this process's event loop ran a timer due at a known moment (the
   worst in each window). A lagging loop sends, receives and timestamps late whatever the broker
-  does. In a multi-process run this is the parent's loop; the workers show through ``lab_cpu``.
+  does. In a multi-process run this is the parent's loop; the workers show through ``lab_cpu``;
+* ``machine_cpu``: how busy all of the machine's CPUs were (percent of all of them, every
+  process counted). A machine with no idle CPU slows the broker and the lab alike, whoever
+  else uses it.
 
 The samples become timeline columns (:func:`brokerlab.core.trace.with_resources`), and
 :mod:`brokerlab.core.saturation` judges from them whether the lab was the limit.
@@ -127,6 +130,24 @@ class _CpuMeter:
         return 100.0 * (used - last[1]) / (now - last[0])
 
 
+class _MachineMeter:
+    """How busy all of the machine's CPUs were between two looks, in percent of all of them
+    (NaN on the first look): the share of CPU time that was not idle."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+
+    def percent(self) -> float:
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already counted in user time on Linux
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        last, self._last = self._last, (total, idle)
+        if last is None or total <= last[0]:
+            return float("nan")
+        return 100.0 * (1.0 - (idle - last[1]) / (total - last[0]))
+
+
 class RunMonitor:
     """An async context manager sampling the lab and the broker for the length of a run.
 
@@ -143,11 +164,12 @@ class RunMonitor:
         self.broker = broker
         self.interval = interval
         self._own = _CpuMeter(os.getpid(), with_wait=True)
+        self._machine = _MachineMeter()
         self._children: dict[int, _CpuMeter] = {}
         self._next_children = 0.0
         self._broker_meters: dict[int, _CpuMeter] = {}
         self._listener: int | None = None
-        self._rows: list[tuple[float, float, float, float, float]] = []
+        self._rows: list[tuple[float, float, float, float, float, float]] = []
         self._lag = 0.0
         self._last = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -200,13 +222,14 @@ class RunMonitor:
 
     def samples(self, origin: float) -> ResourceSamples:
         """The samples on the run's clock (``origin``: the run's start, monotonic)."""
-        rows = np.asarray(self._rows, dtype="float64").reshape(-1, 5)
+        rows = np.asarray(self._rows, dtype="float64").reshape(-1, 6)
         return ResourceSamples(
             t_start=rows[:, 0] - origin,
             t_end=rows[:, 1] - origin,
             lab_cpu=rows[:, 2],
             broker_cpu=rows[:, 3],
             loop_lag_ms=rows[:, 4],
+            machine_cpu=rows[:, 5],
         )
 
     # ---- sampling
@@ -227,11 +250,12 @@ class RunMonitor:
         now = time.monotonic()
         lab = [self._own.percent(), *(m.percent() for m in self._lab_children(now))]
         broker = self._broker_percent()
+        machine = self._machine.percent()
         lag, self._lag = self._lag, 0.0
         start, self._last = self._last, now
         if record:
             busiest = max((v for v in lab if v == v), default=float("nan"))
-            self._rows.append((start, now, busiest, broker, lag * 1000.0))
+            self._rows.append((start, now, busiest, broker, lag * 1000.0, machine))
 
     def _lab_children(self, now: float) -> list[_CpuMeter]:
         """The lab's child processes other than brokers (worker processes), looked up again
