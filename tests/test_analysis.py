@@ -461,6 +461,20 @@ def test_max_lost_counts_only_what_the_broker_no_longer_holds(held, bound, ok):
     assert analysis.verdict == {False: "fail", None: "inconclusive"}[ok]
 
 
+def _twice_too_fast(drain_timeout: str):
+    """400 messages at 200/s to one consumer that does 100/s on the ideal simulated broker."""
+    return parse_scenario(
+        {
+            "name": "twice-too-fast",
+            "producers": {"rate": "200/s", "duration": "2s", "arrival": "constant"},
+            "broker": {"kind": "redis-streams", "profile": "none"},
+            "consumers": {"count": 1, "processing": "10ms", "prefetch": 1, "ack": "after"},
+            "requirements": {"max_lost": 0},
+            "drain_timeout": drain_timeout,
+        }
+    )
+
+
 def test_a_simulated_backlog_left_by_a_short_drain_is_late_not_lost():
     """End to end in the simulator: 400 messages at 200/s to one consumer that does 100/s, with
     a 1 s drain. Nothing is lost (no fault), so every message not done when the drain ended is
@@ -469,16 +483,7 @@ def test_a_simulated_backlog_left_by_a_short_drain_is_late_not_lost():
     from brokerlab.app.runner import analyze_result
     from brokerlab.sim import simulate
 
-    scenario = parse_scenario(
-        {
-            "name": "short-drain",
-            "producers": {"rate": "200/s", "duration": "2s", "arrival": "constant"},
-            "broker": {"kind": "redis-streams", "profile": "none"},
-            "consumers": {"count": 1, "processing": "10ms", "prefetch": 1, "ack": "after"},
-            "requirements": {"max_lost": 0},
-            "drain_timeout": "1s",
-        }
-    )
+    scenario = _twice_too_fast("1s")
     result = simulate(scenario, seed=1)
     drain = result.info["drain"]
     analysis = analyze_result(result, scenario, "sim", 1)
@@ -500,16 +505,7 @@ def test_a_simulated_drain_that_completes_says_so():
     """The same load with a long enough drain: the record says done and max_lost passes."""
     from brokerlab.sim import simulate
 
-    scenario = parse_scenario(
-        {
-            "name": "long-drain",
-            "producers": {"rate": "200/s", "duration": "2s", "arrival": "constant"},
-            "broker": {"kind": "redis-streams", "profile": "none"},
-            "consumers": {"count": 1, "processing": "10ms", "prefetch": 1, "ack": "after"},
-            "requirements": {"max_lost": 0},
-            "drain_timeout": "5s",
-        }
-    )
+    scenario = _twice_too_fast("5s")
     result = simulate(scenario, seed=1)
     assert result.info["drain"] == {"reason": "complete", "pending": 0}
     analysis = analyze(result.trace, scenario, target="sim", seed=1, duration_s=4.0)
