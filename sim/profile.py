@@ -336,6 +336,14 @@ def scaled(dist: Distribution, factor: float) -> Distribution:
     return type(dist).model_validate(data)
 
 
+def _keeps_partition_order(kind: str) -> bool:
+    """Whether ``kind``'s preset is partitioned: one producer's messages to a partition keep
+    their order (a partition is an ordered log)."""
+    from brokerlab.sim.presets import presets
+
+    return bool((presets().get(kind) or {}).get("partitioned"))
+
+
 def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     """The scenario as the simulator plays it with ``profile``'s costs charged.
 
@@ -347,7 +355,9 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     processing plus the client's per-message cost and, when it has processing time, its
     lateness waking from it (the ack's round trip is the engine's own: a consumer waits for the
     reply, as the harness does).
-    Producer batching (``linger``) is publish latency that does not use broker capacity.
+    Producer batching (``linger``) is publish latency that does not use broker capacity. For
+    partitioned kinds (Kafka, Kinesis, Event Hubs) the broker's steps are charged at their means
+    so that the parallel servers never reorder a producer's messages within a partition.
     Publish quotas cap the publish rate at ``units × quota`` with one server per provisioned unit
     (``broker.throughput_units``, else ``broker.partitions``): throttled publishes queue there,
     which approximates a client retrying after ThrottlingException / ServerBusy.
@@ -378,11 +388,21 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         profile.ack if acks else Constant(dist="constant", value=0.0),
         Constant(dist="constant", value=fsync),
     )
+    batching = profile.batching
+    if _keeps_partition_order(broker.kind):
+        # Parallel servers with random service times finish out of order, but a partitioned log
+        # appends one producer's messages to a partition in the order they were sent (Kafka
+        # handles a connection's requests one at a time). Equal work per step on FIFO servers
+        # keeps that order, so each step is charged at its mean (the tails come from the round
+        # trip, on FIFO links); the linger is a constant wait for the batch, never a reordering.
+        work, deliver, batching = (
+            Constant(dist="constant", value=_mean(d)) for d in (work, deliver, batching)
+        )
     # A scenario's own servers and service times (anything but the defaults) win over the profile.
     own_servers = broker.servers != 1
     servers = broker.servers if own_servers else profile.parallelism
-    linger = _mean(profile.batching)
-    publish = add(work, profile.batching)
+    linger = _mean(batching)
+    publish = add(work, batching)
     if linger > 0 and not own_servers:
         # A batch waiting to leave the producer is latency, not broker work: add servers so the
         # broker's ceiling stays parallelism / (publish + delivery work).

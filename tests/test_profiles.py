@@ -310,6 +310,51 @@ def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
     assert ceiling[1] == pytest.approx(ceiling[0], rel=0.03)
 
 
+def test_batching_keeps_one_producers_order_within_a_partition(tmp_path: Path) -> None:
+    """Kafka: a 5 ms linger and random broker work on parallel servers must not reorder one
+    producer's messages within a partition (Kafka appends them in send order). Charged at the
+    means, the publish latency of a lone message is exactly rtt + work + linger."""
+    path = write_profile(
+        tmp_path,
+        kind="kafka",
+        round_trip="1ms",
+        publish={"none": {"dist": "lognormal", "median": "1ms", "p99": "10ms"}},
+        deliver={"dist": "lognormal", "median": "0.2ms", "p99": "2ms"},
+        parallelism=4,
+        batching="5ms",
+    )
+    light = make({"kind": "kafka", "profile": str(path)})
+    work = load_profile(path).publish.none.mean
+    sends = simulate(light, 1).trace.sends
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    assert np.allclose(publish, 1e-3 + work + 5e-3, atol=US)
+    busy = make(
+        {"kind": "kafka", "profile": str(path), "partitions": 3},
+        producers={"rate": "2000/s", "messages": 6000, "arrival": "poisson", "keys": 16},
+        consumers={"count": 3, "prefetch": 10},
+    )
+    trace = simulate(busy, 1).trace
+    rows = trace.deliveries.merge(trace.sends[["msg_id", "key", "seq"]], on="msg_id")
+    assert len(rows) == 6000
+    for column in ("t_delivered", "t_done"):
+        ordered = rows.sort_values([column, "seq"], kind="stable")
+        assert (ordered.groupby("key")["seq"].diff().dropna() > 0).all(), column
+
+
+def test_the_shipped_kafka_profile_keeps_per_key_order() -> None:
+    """The shipped kafka profile (linger, lognormal work, 8 request threads): no reordering."""
+    scenario = make(
+        {"kind": "kafka", "profile": "default", "partitions": 4},
+        producers={"rate": "3000/s", "messages": 9000, "arrival": "poisson", "keys": 32},
+        consumers={"count": 4, "prefetch": 20},
+    )
+    trace = simulate(scenario, 2).trace
+    rows = trace.deliveries.merge(trace.sends[["msg_id", "key", "seq"]], on="msg_id")
+    assert len(rows) == 9000
+    ordered = rows.sort_values(["t_delivered", "seq"], kind="stable")
+    assert (ordered.groupby("key")["seq"].diff().dropna() > 0).all()
+
+
 def test_a_scenarios_own_service_time_and_network_win(tmp_path: Path) -> None:
     """Explicit scenario service times are kept; a scenario's network delay adds to the
     profile's round trip (it is the network between client and broker)."""
