@@ -8,7 +8,10 @@ the lab's client instead of the broker must say so, so :class:`RunMonitor` sampl
 
 * ``lab_cpu``: the busiest lab process (this one, and the worker processes of a multi-process
   run), in percent of one core. One Python process cannot use more than about one core for its
-  own code, so ~100% means that process is the bottleneck;
+  own code, so ~100% means that process is the bottleneck. On a busy machine a process that
+  wants a whole core may get only part of it: the time its main thread spent runnable but waiting
+  for a CPU (Linux's run-queue wait, ``/proc/PID/schedstat``) counts too, so ``lab_cpu`` is what
+  the process used or waited to use, the share of a core it would have used on an idle machine;
 * ``broker_cpu``: the broker process, when the lab started it, or, for a broker given by URL on
   this machine, the process listening on its port; NaN when it cannot be known (a remote broker,
   a process we may not inspect);
@@ -90,12 +93,24 @@ def local_listener(url: str) -> int | None:
     return None
 
 
-class _CpuMeter:
-    """CPU of one process between two looks, in percent of one core (NaN on the first look)."""
+def run_queue_wait(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU (Linux
+    schedstat's second field), or None where the kernel does not say."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
-    def __init__(self, pid: int) -> None:
+
+class _CpuMeter:
+    """CPU of one process between two looks, in percent of one core (NaN on the first look),
+    with its main thread's wait for a CPU added (see ``lab_cpu`` in the module docstring)."""
+
+    def __init__(self, pid: int, with_wait: bool = False) -> None:
         self.pid = pid
         self._process = psutil.Process(pid)
+        self._with_wait = with_wait
         self._last: tuple[float, float] | None = None
 
     def percent(self) -> float:
@@ -104,6 +119,8 @@ class _CpuMeter:
         except psutil.Error:
             return float("nan")
         now, used = time.monotonic(), times.user + times.system
+        if self._with_wait:
+            used += run_queue_wait(self.pid) or 0.0
         last, self._last = self._last, (now, used)
         if last is None or now <= last[0]:
             return float("nan")
@@ -125,7 +142,7 @@ class RunMonitor:
         self.url = url
         self.broker = broker
         self.interval = interval
-        self._own = _CpuMeter(os.getpid())
+        self._own = _CpuMeter(os.getpid(), with_wait=True)
         self._children: dict[int, _CpuMeter] = {}
         self._next_children = 0.0
         self._broker_meters: dict[int, _CpuMeter] = {}
@@ -228,7 +245,7 @@ class RunMonitor:
                 if meter is None and pid != broker:
                     with contextlib.suppress(psutil.Error):
                         if psutil.Process(pid).name() not in BROKER_NAMES:
-                            meter = _CpuMeter(pid)
+                            meter = _CpuMeter(pid, with_wait=True)
                 if meter is not None:
                     alive[pid] = meter
             self._children = alive

@@ -203,3 +203,40 @@ def test_a_real_run_with_a_starved_lab_says_so_and_is_inconclusive(tmp_path: Pat
     timeline = pd.read_parquet(out / "timeline.parquet")
     assert timeline["lab_cpu"].notna().any() and timeline["loop_lag_ms"].notna().any()
     assert timeline["broker_cpu"].notna().any()  # the lab started it: its pid is known
+
+
+_SPIN = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass\n"
+
+
+def test_a_process_starved_of_cpu_by_others_still_counts_as_wanting_a_whole_core() -> None:
+    """Known answer: three busy loops pinned to one CPU each get about a third of it, yet each
+    wants all of it. The meter adds the run-queue wait, so each reads about 100 % (what it would
+    use alone) where its CPU time alone reads about 33 %: a lab slowed by a busy machine is
+    recognised as the limit, as much as a lab busy with its own work."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from brokerlab.adapters.monitor import _CpuMeter, run_queue_wait
+
+    if run_queue_wait(os.getpid()) is None:
+        pytest.fail("this kernel gives no /proc/PID/schedstat")
+    cpu = min(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(3)]
+    try:
+        for p in spinners:
+            os.sched_setaffinity(p.pid, {cpu})
+        meters = [(_CpuMeter(p.pid), _CpuMeter(p.pid, with_wait=True)) for p in spinners]
+        time.sleep(0.5)  # all three started and sharing the CPU
+        for plain, waiting in meters:
+            plain.percent(), waiting.percent()
+        time.sleep(2.0)
+        readings = [(plain.percent(), waiting.percent()) for plain, waiting in meters]
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    for used, wanted in readings:
+        assert used < 60, readings  # a third of one CPU each (other work only lowers it)
+        assert wanted > 85, readings  # but each wanted all of it
