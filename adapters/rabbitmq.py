@@ -17,12 +17,8 @@ The scenario becomes RabbitMQ configuration like this:
 RabbitMQ has no publish deduplication for queues (stream dedup exists only over the stream
 protocol), so a retried publish whose confirm was lost is a duplicate; the adapter sends no dedup
 ids. Publishing uses aio-pika's connections and aiormq's channel underneath directly (no
-``Message`` object, no drain wait per message). Acks are coalesced: one ``basic.ack multiple``
-covers every message this consumer finished since the last one (safe because one consumer's
-channel acks in delivery order, and an ack covers only messages whose processing finished); it
-leaves once half the prefetch is waiting for it (so the broker never runs out of credit) or
-:data:`ACK_DELAY` after the first of them, whichever comes first. With prefetch 1 every ack
-leaves at once.
+``Message`` object, no drain wait per message); acks go out as one ``basic.ack multiple`` per
+batch, which is safe because one consumer's channel acks in delivery order.
 
 Faults: every client has its own connection (so a fault proxy can cut one). A consumer's
 unacked deliveries go back to the queue when its channel closes (``redelivered`` set), so a
@@ -66,11 +62,6 @@ for _name in ("aio_pika", "aiormq"):
 
 #: Connection and AMQP method timeouts (seconds).
 CONNECT_TIMEOUT = 10.0
-#: Longest time a finished message's ack waits to be coalesced with later ones (seconds). Short
-#: against any fault or processing time a scenario sets, long against a delivery under load (acks
-#: of a busy consumer's back-to-back batches become one frame instead of one per few messages;
-#: each ack frame costs the broker about as much as a delivery).
-ACK_DELAY = 0.005
 #: Where a broker given by URL is asked for its unacked count: the management API, then the
 #: Prometheus plugin's per-queue metrics, on the URL's host (their default ports).
 MANAGEMENT_PORT, PROMETHEUS_PORT = 15672, 15692
@@ -223,18 +214,6 @@ class UnackedSource:
         return None
 
 
-class _PendingAck:
-    """A consumer's finished deliveries whose ``basic.ack multiple`` has not left yet."""
-
-    __slots__ = ("channel", "count", "tag", "timer")
-
-    def __init__(self, channel: Any, tag: int, count: int) -> None:
-        self.channel = channel
-        self.tag = tag
-        self.count = count
-        self.timer: asyncio.TimerHandle | None = None
-
-
 class RabbitMQAdapter(BrokerAdapter):
     """Queue ``brokerlab.<run id>`` of the scenario's type; each client its own connection."""
 
@@ -256,10 +235,8 @@ class RabbitMQAdapter(BrokerAdapter):
         self.offsets: dict[int, int] = {}
         self.redeclared = 0
         self.returned = 0
-        #: per consumer: the finished deliveries whose ack has not left yet
-        self.acks: dict[int, _PendingAck] = {}
-        #: how many finished deliveries an ack may cover before it leaves at once
-        self.ack_batch = max(1, self.scenario.consumers.prefetch // 2)
+        #: per consumer: the newest (channel, delivery tag) to ack when the consumer next waits
+        self.acks: dict[int, tuple[Any, int]] = {}
         self._ack_tasks: set[asyncio.Future[Any]] = set()
         self.ack_errors = 0
         #: where ``broker_unacked`` comes from (None: nowhere; the column stays empty)
@@ -389,9 +366,7 @@ class RabbitMQAdapter(BrokerAdapter):
         # Its unacked deliveries go back to the queue when the channel closes.
         client, self.consumers[consumer] = self.consumers.get(consumer), None
         self.inboxes.pop(consumer, None)
-        pending = self.acks.pop(consumer, None)  # a crashed process's acks never leave
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()
+        self.acks.pop(consumer, None)  # a crashed process's acks never leave
         if client is not None:
             await client.close()
 
@@ -511,7 +486,7 @@ class RabbitMQAdapter(BrokerAdapter):
             handle = (message.channel, message.delivery_tag, offset)
             received.append((message.body, delivery_no, handle))
         if stream and self.no_ack:  # streams need acks to keep credit flowing: ack on receipt
-            await self.ack(consumer, [item[2] for item in received])
+            await self.ack(consumer, [received[-1][2]])
         return received
 
     async def ack(self, consumer: int, handles: Sequence[Any]) -> None:
@@ -523,32 +498,19 @@ class RabbitMQAdapter(BrokerAdapter):
         if channel.is_closed:
             raise ConnectionError(f"consumer-{consumer}: channel closed before the ack")
         # Everything this channel delivered up to ``tag`` is in this batch or acked before it,
-        # so one ``basic.ack multiple`` covers them (see the module docstring for when it leaves).
-        pending = self.acks.get(consumer)
-        if pending is None or pending.channel is not channel:
-            if pending is not None:  # a new channel: the old one's acks cannot apply to it
-                self._send_ack(consumer)
-            pending = self.acks[consumer] = _PendingAck(channel, tag, len(handles))
-        else:
-            pending.tag = tag
-            pending.count += len(handles)
-        if pending.count >= self.ack_batch:
-            self._send_ack(consumer)
-        elif pending.timer is None:
-            pending.timer = asyncio.get_running_loop().call_later(
-                ACK_DELAY, self._send_ack, consumer
-            )
+        # so one ``basic.ack multiple`` covers them. It goes out when the consumer next waits:
+        # acks of batches processed back to back under load become one frame (each ack frame
+        # costs the broker as much as a delivery), an idle consumer's ack leaves at once.
+        first = consumer not in self.acks
+        self.acks[consumer] = (channel, tag)
+        if first:
+            asyncio.get_running_loop().call_soon(self._send_ack, consumer)
 
     def _send_ack(self, consumer: int) -> None:
-        pending = self.acks.pop(consumer, None)
-        if pending is None:
+        channel, tag = self.acks.pop(consumer, (None, 0))
+        if channel is None or channel.is_closed:  # crashed meanwhile: nothing is acked
             return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        channel = pending.channel
-        if channel.is_closed:  # crashed or cut meanwhile: nothing is acked, all is redelivered
-            return
-        task = asyncio.ensure_future(channel.basic_ack(pending.tag, multiple=True, wait=False))
+        task = asyncio.ensure_future(channel.basic_ack(tag, multiple=True, wait=False))
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_done)
 
@@ -581,7 +543,7 @@ class RabbitMQAdapter(BrokerAdapter):
     # ---- teardown
 
     async def close(self) -> None:
-        for consumer in list(self.acks):  # acks still waiting to be coalesced
+        for consumer in list(self.acks):  # acks still waiting for their consumer to yield
             self._send_ack(consumer)
         if self._ack_tasks:
             await asyncio.wait(list(self._ack_tasks), timeout=CONNECT_TIMEOUT)

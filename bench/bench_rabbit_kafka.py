@@ -11,8 +11,8 @@ CPU time per message, which other load on the machine hardly moves.
   against a bare aio-pika loop. Like for like: a transient classic queue and transient
   messages, confirm mode with the same number of publishes in flight, one consumer with the
   same prefetch (``PREFETCH``) and manual acks after processing (no processing time) sent as
-  ``basic.ack multiple`` (the bare loop every ``BARE_ACK_EVERY`` deliveries; the adapter
-  coalesces what finished within 5 ms or half the prefetch, see ``adapters/rabbitmq.py``).
+  ``basic.ack multiple`` (the bare loop every ``BARE_ACK_EVERY`` deliveries; the adapter once
+  per processed batch, batches processed back to back sharing one, see ``adapters/rabbitmq.py``).
 * Kafka: acknowledged (delivery-reported) produces per second and consumed messages per second,
   the adapter against a bare confluent-kafka loop (idempotent producer, ``acks=all``; a consumer
   in a group committing asynchronously).
