@@ -275,6 +275,8 @@ class ClientNetwork:
         self.front = front
         self.client_urls: dict[str, str] = {}
         self.router: KafkaRouter | None = None
+        #: routed mode: connections handed to each client's proxy ("other": no known client)
+        self.routed: dict[str, int] = {}
         self._unrouted: FaultProxy | None = None
         self._seed = seed
         self._proxies: dict[str, FaultProxy] = {}
@@ -315,7 +317,9 @@ class ClientNetwork:
         if client_id is not None:
             for client, proxy in self._proxies.items():
                 if client_id == client or client_id.endswith(f"-{client}"):
+                    self.routed[client] = self.routed.get(client, 0) + 1
                     return proxy
+        self.routed["other"] = self.routed.get("other", 0) + 1
         assert self._unrouted is not None
         return self._unrouted
 
@@ -452,8 +456,15 @@ class FaultScheduler:
         self.network = network
         self.client_urls = dict(network.client_urls) if network else {}
         self.warnings: list[str] = []
+        proxies = "one per client (control, producer-N, consumer-N)" if network else None
+        if network is not None and network.front is not None:
+            proxies += (
+                f"; clients connect to the one address the broker advertises "
+                f"(127.0.0.1:{network.front}), which hands each connection to its client's "
+                "proxy by the client_id of its first request"
+            )
         self.info: dict[str, Any] = {
-            "proxies": "one per client (control, producer-N, consumer-N)" if network else None,
+            "proxies": proxies,
             "network_delay_s": list(network.base) if network else None,
             "timeline": len(scenario.faults),
         }
@@ -479,6 +490,8 @@ class FaultScheduler:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=PROXY_CALL_TIMEOUT)
+        if self.network is not None and self.network.front is not None:
+            self.info["routed_connections"] = dict(self.network.routed)
         if self.network is not None:
             try:
                 await self.network.heal()

@@ -566,8 +566,6 @@ class KafkaRouter:
         self._listen_port = listen_port
         self._server: asyncio.Server | None = None
         self._waiting: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        #: client_id -> connections routed, for run.json and tests
-        self.routed: dict[str | None, int] = {}
 
     @property
     def port(self) -> int:
@@ -610,7 +608,6 @@ class KafkaRouter:
         if self._server is None:
             _abort_with_rst(client_writer)
             return
-        self.routed[client_id] = self.routed.get(client_id, 0) + 1
         await self.route(client_id).adopt(client_reader, client_writer, prefix)
 
 
