@@ -27,7 +27,11 @@ client gets its own :class:`~adapters.proxy.FaultProxy`: ``control`` (setup, rec
 teardown), ``producer-N`` and ``consumer-N`` each connect to their own loopback port, and a fault
 targeting ``consumer-1`` changes one proxy. ``broker`` and ``all`` mean every proxy, ``consumers``
 and ``producers`` every proxy of that role. All proxies share one event loop in a daemon thread,
-so relaying bytes does not run on (and delay) the harness's own loop.
+so relaying bytes does not run on (and delay) the harness's own loop. Kafka clients connect
+wherever the broker's Metadata answers send them, so for a target whose record says
+``advertised_listener`` the lab's own broker advertises one :class:`~adapters.proxy.KafkaRouter`
+port instead, which hands each connection to its client's proxy by the Kafka ``client_id`` of its
+first request; on such a target given by URL, network faults and delay are refused.
 
 The scenario's ``network.delay`` becomes every proxy's latency for the whole run: a constant is
 exact, a uniform distribution is exact in range (``mean ± half-width``); other distributions are

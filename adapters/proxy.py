@@ -45,6 +45,13 @@ reset.
 
 :class:`ThreadedFaultProxy` runs a proxy on its own event loop in a daemon thread, for callers
 that are synchronous or run their own event loop; its fault methods are thread-safe.
+
+:class:`KafkaRouter` is for clients that do not stay at the address they were given: Kafka
+clients reconnect to the address the broker advertises. The broker advertises the router's one
+listening port, and the router hands each accepted connection to the :class:`FaultProxy` of the
+client that opened it (:meth:`FaultProxy.adopt`), known by the ``client_id`` of the
+connection's first request; those proxies need no listening socket of their own
+(``listen=False``).
 """
 
 from __future__ import annotations
