@@ -431,6 +431,25 @@ def test_a_connection_reset_of_every_client_loses_nothing_acknowledged(tmp_path:
     assert routed["producer-0"] >= 2 and routed["consumer-0"] >= 2, routed
 
 
+def test_a_bandwidth_limit_on_the_producer_caps_what_reaches_the_broker(tmp_path: Path) -> None:
+    """10 kB/s on the producer's link for 2 s: each 256 B message takes at least 256 B of it,
+    so at most ~80 messages (20 kB) can be acknowledged inside the window where 200/s would
+    give ~360; the rest is acknowledged after it, and nothing is lost."""
+    result = _network_run(
+        {"action": "bandwidth", "target": "producers", "bandwidth": "10000/s"},
+        tmp_path,
+        size="256B",
+        publish_timeout="20s",
+    )
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    _assert_exactly_once(sends, deliveries)
+    (window,) = result.faults
+    acked_inside = sends[(sends.t_acked > window.t_start + 0.1) & (sends.t_acked <= window.t_end)]
+    fits = 10_000 * (window.t_end - window.t_start) / 256
+    assert len(acked_inside) <= fits + 10
+    assert (sends.t_acked > window.t_end).sum() > 200  # held back by the limit, sent after
+
+
 def test_network_faults_on_a_kafka_given_by_url_are_refused_before_running(
     tmp_path: Path,
 ) -> None:
