@@ -1030,7 +1030,10 @@ def embedded_for(
     data_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
     embedded = EmbeddedBroker(kind, data_dir, persistence=broker.persistence)
     if behind_proxy and kind == "tansu":
-        embedded.advertised_port = free_port()
+        advertised = free_port()
+        while advertised == embedded.port:  # the kernel may hand out a just-freed port again
+            advertised = free_port()
+        embedded.advertised_port = advertised
         embedded.info["advertised_listener"] = f"{embedded.host}:{embedded.advertised_port}"
     return embedded
 
