@@ -318,6 +318,29 @@ def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: 
 # --------------------------------------------------------------------------- network faults
 
 
+def test_the_lab_broker_advertises_the_fault_proxy_only_in_a_fault_run(tmp_path: Path) -> None:
+    """Known answer from the broker itself: Metadata names the reserved proxy port when the run
+    needs proxies, and the broker's own port otherwise."""
+    from confluent_kafka.admin import AdminClient
+
+    from brokerlab.adapters.embedded import embedded_for
+    from brokerlab.core.scenario import Broker
+
+    for behind_proxy in (True, False):
+        broker = embedded_for(
+            "kafka", Broker(kind="kafka"), tmp_path / str(behind_proxy), behind_proxy=behind_proxy
+        )
+        with broker:
+            admin = AdminClient({"bootstrap.servers": f"{broker.host}:{broker.port}"})
+            (advertised,) = admin.list_topics(timeout=10).brokers.values()
+        if behind_proxy:
+            assert broker.advertised_port not in (None, broker.port)
+            assert advertised.port == broker.advertised_port
+            assert broker.info["advertised_listener"] == f"127.0.0.1:{broker.advertised_port}"
+        else:
+            assert broker.advertised_port is None and advertised.port == broker.port
+
+
 def _network_run(fault: dict[str, Any], tmp_path: Path, **producers: Any) -> Any:
     """One producer at 200/s for 4 s, one consumer, one network fault from 1 s to 3 s."""
     scenario = _scenario(
