@@ -47,6 +47,7 @@ def simulate(
         "end_s": model.end,
         **model.counts,
         "profile": {**profile_record(chosen, spec), "charges": charges},
+        "drain": model.drain,
     }
     warnings = _warnings(scenario, preset)
     if model.counts["unsent"]:
@@ -58,6 +59,15 @@ def simulate(
         warnings.append(
             f"{model.counts['unsent']} messages were never sent: {why} "
             "(outcome 'failed', attempts 0)"
+        )
+    drain = model.drain
+    if drain["reason"] == "timeout":
+        held = drain["at_broker"]
+        warnings.append(
+            f"the drain timed out after {drain['seconds']:g} s with {drain['pending']} "
+            f"acknowledged messages not yet completed; the broker still held "
+            f"{held['undelivered']} undelivered and {held['unacked']} unacknowledged entries: "
+            "those are late, not lost (a longer drain_timeout lets them finish)"
         )
     return TargetResult(trace=trace, faults=fault_windows, info=info, warnings=warnings)
 

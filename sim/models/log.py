@@ -110,6 +110,17 @@ class LogModel(Simulation):
         self.redeliveries[lane].append(i)
         self.offer(lane)
 
+    def undelivered(self) -> int:
+        held = 0
+        for lane, log in enumerate(self.logs):
+            held += sum(1 for i in log[self.cursor[lane] :] if not self._gone(lane, i))
+            held += sum(
+                1
+                for i in self.redeliveries[lane]
+                if not (self.track and self.pending[i] == ACKED) and not self._gone(lane, i)
+            )
+        return held
+
     # ------------------------------------------------------------------ faults
 
     def add_copy(self, i: int) -> int:
