@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from brokerlab.core.load import plan_load
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult
 from brokerlab.sim.engine import Progress
-from brokerlab.sim.faulted import FAULTED
+from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import Preset, resolve
@@ -29,13 +32,17 @@ def simulate(
     spec = profile or scenario.broker.profile
     chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
+    throttle = None
     if chosen is not None:
         charged = apply_profile(scenario, chosen)
-        scenario, charges = charged.scenario, charged.charges
+        scenario, charges, throttle = charged.scenario, charged.charges, charged.throttle
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
-    # Only a run with faults pays for them: a fault-free run gets the plain collaborators.
-    collaborators = FAULTED if scenario.faults else {}
+    # Only a run with faults pays for them: a fault-free run gets the plain collaborators. A
+    # publish quota needs the publisher that can be refused and retry (the fault layer's).
+    collaborators: dict[str, Any] = FAULTED if scenario.faults or throttle else {}
+    if throttle is not None:
+        collaborators = {**FAULTED, "faults": partial(FaultLayer, throttle=throttle)}
     model = MODELS[preset.model](scenario, preset, plan, seed, progress, **collaborators)
     model.run()
     fault_windows = windows(scenario)
