@@ -160,6 +160,7 @@ class LogModel(Simulation):
         # Partition p goes to the (p mod k)-th live member: with every member live this is the
         # initial assignment (p mod count).
         members = sorted(self.group)
+        held: dict[int, set[int]] = {}  # live member -> lanes it holds unfinished deliveries of
         for lane in range(self.lanes):
             new = members[lane % len(members)] if members else -1
             if lane in self._handover:
@@ -169,18 +170,26 @@ class LogModel(Simulation):
                 if old == new:
                     continue
                 self._detach(lane, old)
-            if old >= 0 and old != new and old in self.group and self._holds(old, lane):
-                self._handover[lane] = (old, new)
-            else:
-                self._attach(lane, new)
+            if old >= 0 and old != new and old in self.group:
+                if old not in held:
+                    held[old] = self._held_lanes(old)
+                if lane in held[old]:
+                    self._handover[lane] = (old, new)
+                    continue
+            self._attach(lane, new)
         if self._handover:
             Call(self.env, DRAIN_TICK, self._handover_tick, None)
 
     def _handover_tick(self, _: object) -> None:
+        held: dict[int, set[int]] = {}
         for lane, (old, new) in list(self._handover.items()):
-            if old not in self.group or not self._holds(old, lane):
-                del self._handover[lane]
-                self._attach(lane, new)
+            if old in self.group:
+                if old not in held:
+                    held[old] = self._held_lanes(old)
+                if lane in held[old]:
+                    continue
+            del self._handover[lane]
+            self._attach(lane, new)
         if self._handover:
             Call(self.env, DRAIN_TICK, self._handover_tick, None)
 
@@ -196,20 +205,17 @@ class LogModel(Simulation):
         self.consumer_lanes[c] = sorted({*self.consumer_lanes[c], lane})
         self.offer(lane)
 
-    def _holds(self, c: int, lane: int) -> bool:
-        """Whether member ``c`` still has a delivery of ``lane`` it has not finished."""
-
-        def of_lane(i: int) -> bool:
-            return self.lanes == 1 or self.lane_of[i] == lane
-
-        row_msg, row_consumer = self.row_msg, self.row_consumer
-        if any(of_lane(row_msg[r]) for r in (*self.buffer[c], *self.hand[c])):
-            return True
+    def _held_lanes(self, c: int) -> set[int]:
+        """Lanes member ``c`` still has deliveries of that it has not finished (one pass)."""
+        row_msg = self.row_msg
+        lane_of = self.lane_of if self.lanes > 1 else None
+        rows = [*self.buffer[c], *self.hand[c]]
         if self.track:
-            return any(
-                r >= 0 and row_consumer[r] == c and of_lane(row_msg[r]) for r in self.pending
-            )
-        return False
+            row_consumer = self.row_consumer
+            rows += [r for r in self.pending if r >= 0 and row_consumer[r] == c]
+        if lane_of is None:
+            return {0} if rows else set()
+        return {lane_of[row_msg[r]] for r in rows}
 
     # ------------------------------------------------------------------ faults
 
