@@ -343,3 +343,65 @@ def test_reference_scenarios_use_the_ideal_broker() -> None:
 
 def test_shipped_profiles_are_package_data() -> None:
     assert sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) == sorted(BROKER_KINDS)
+
+
+# --------------------------------------------------------------------------- how consumers get messages
+
+
+def _done_gaps(scenario: Scenario) -> np.ndarray:
+    """Time between consecutive completions of a backlogged consumer (first batches dropped)."""
+    done = np.sort(simulate(scenario, 1).trace.deliveries["t_done"].to_numpy())
+    return np.diff(done[20:])
+
+
+def test_a_pull_consumer_pays_a_fetch_round_trip_per_batch(tmp_path: Path) -> None:
+    """Pull, prefetch 1, 3 ms processing, a 1 ms round trip, a backlog: each message costs its
+    processing, the ack's round trip and the next fetch's round trip, 5 ms (200/s). The engine's
+    credit (a push window of prefetch) gives the next message as the ack arrives: 4 ms."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "1000/s", "messages": 200},
+        consumers={"processing": "3ms"},
+    )
+    assert np.allclose(_done_gaps(scenario), 5e-3, atol=3 * US)
+    push = tmp_path / "push.yaml"
+    push.write_text(yaml.safe_dump(profile_data(round_trip="1ms", consume={"mode": "push"})))
+    assert np.allclose(_done_gaps(scenario.with_(**{"broker.profile": str(push)})), 4e-3, atol=3 * US)
+
+
+def test_a_pull_batch_of_prefetch_pays_one_fetch(tmp_path: Path) -> None:
+    """Pull, prefetch 4, 2 ms processing, 1 ms round trip: a batch of 4 takes 4 x (2 + 1) ms of
+    processing and acks, then one fetch round trip: 13 ms per 4 messages."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "1000/s", "messages": 400},
+        consumers={"processing": "2ms", "prefetch": 4},
+    )
+    result = simulate(scenario, 1)
+    assert result.info["profile"]["consume"] == "pull"
+    done = np.sort(result.trace.deliveries["t_done"].to_numpy())
+    batches = done[40:360:4]  # the first message of each batch, from the 11th batch on
+    assert np.allclose(np.diff(batches), 13e-3, atol=3 * US)
+
+
+def test_a_push_window_caps_unacked_messages_per_consumer(tmp_path: Path) -> None:
+    """Push with window W, no acks to wait for (ack none), 1 ms processing, a 4 ms round trip:
+    a message holds a slot for half a round trip down, its processing and half a round trip back
+    (5 ms), so one consumer takes W / 5 ms: 200/s with a window of 1, 400/s with 2, and its
+    processing's 1,000/s once the window is wide enough (10)."""
+    rates = {}
+    for window in (1, 2, 10):
+        path = tmp_path / f"w{window}.yaml"
+        data = profile_data(round_trip="4ms", consume={"mode": "push", "window": window})
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        scenario = make(
+            {"profile": str(path)},
+            producers={"rate": "2000/s", "messages": 600},
+            consumers={"processing": "1ms", "ack": "none"},
+        )
+        rates[window] = 1 / float(np.mean(_done_gaps(scenario)))
+    assert rates[1] == pytest.approx(200, rel=5e-3)
+    assert rates[2] == pytest.approx(400, rel=5e-3)
+    assert rates[10] == pytest.approx(1000, rel=5e-3)
