@@ -345,7 +345,7 @@ def test_shipped_profiles_are_package_data() -> None:
     assert sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) == sorted(BROKER_KINDS)
 
 
-# --------------------------------------------------------------------------- how consumers get messages
+# --------------------------------------------------------------------------- consume modes
 
 
 def _done_gaps(scenario: Scenario) -> np.ndarray:
@@ -367,7 +367,8 @@ def test_a_pull_consumer_pays_a_fetch_round_trip_per_batch(tmp_path: Path) -> No
     assert np.allclose(_done_gaps(scenario), 5e-3, atol=3 * US)
     push = tmp_path / "push.yaml"
     push.write_text(yaml.safe_dump(profile_data(round_trip="1ms", consume={"mode": "push"})))
-    assert np.allclose(_done_gaps(scenario.with_(**{"broker.profile": str(push)})), 4e-3, atol=3 * US)
+    credit = scenario.with_(**{"broker.profile": str(push)})
+    assert np.allclose(_done_gaps(credit), 4e-3, atol=3 * US)
 
 
 def test_a_pull_batch_of_prefetch_pays_one_fetch(tmp_path: Path) -> None:
