@@ -406,3 +406,21 @@ def test_a_push_window_caps_unacked_messages_per_consumer(tmp_path: Path) -> Non
     assert rates[1] == pytest.approx(200, rel=5e-3)
     assert rates[2] == pytest.approx(400, rel=5e-3)
     assert rates[10] == pytest.approx(1000, rel=5e-3)
+
+
+def test_a_pull_batch_without_processing_is_acked_in_one_call(tmp_path: Path) -> None:
+    """Pull, prefetch 4, no processing, 1 ms round trip, a backlog: the harness acks a batch that
+    finished together in one call, so a batch costs one ack and one fetch round trip (2 ms per 4
+    messages, all 4 done at once), not an ack round trip per message."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "5000/s", "messages": 1000},
+        consumers={"prefetch": 4},
+    )
+    deliveries = simulate(scenario, 1).trace.deliveries
+    done = np.unique(np.round(deliveries["t_done"].to_numpy(), 6))
+    assert len(done) == pytest.approx(len(deliveries) / 4, abs=3)
+    assert np.allclose(np.diff(done[10:-10]), 2e-3, atol=3 * US)
+    # The batch is delivered as one reply: its rows share t_delivered.
+    assert deliveries.groupby("t_done")["t_delivered"].nunique().max() == 1

@@ -34,7 +34,6 @@ from brokerlab.core import results
 from brokerlab.core.scenario import LogNormal, Scenario, parse_scenario
 from brokerlab.sim.profile import (
     Profile,
-    apply_profile,
     parse_profile,
 )
 
@@ -366,12 +365,11 @@ def simulate_with(scenario: Scenario, profile: Profile | None, seed: int = 1) ->
     from brokerlab.core.analysis import analyze
     from brokerlab.sim import simulate
 
-    if profile is not None:
-        scenario = apply_profile(scenario, profile).scenario
     scenario = scenario.model_copy(
         update={"broker": scenario.broker.model_copy(update={"profile": "none"})}
     )
-    result = simulate(scenario, seed)
+    # The simulator charges the profile itself: its costs and how consumers get messages.
+    result = simulate(scenario, seed, profile=profile)
     return analyze(
         result.trace, scenario, target="sim", seed=seed, duration_s=_trace_span(result)
     ).to_metrics()

@@ -46,22 +46,28 @@ def set_consume(sim: Simulation, mode: str, window: int) -> str:
 
 
 class _Pull:
-    """Pull fetches on a simulation: replaces its credit steps (instance attributes, so a run
+    """Pull fetches on a simulation: replaces its consumer steps (instance attributes, so a run
     without a profile keeps the engine's path untouched).
 
-    ``asked[c]`` is the size of consumer ``c``'s open fetch (0: none open), ``coming[c]`` the
-    messages its last answer still has on the way. The answer closes the fetch: a broker that
-    delivered something under an open fetch sets the consumer's credit to 0, and the consumer asks
-    again only once it is idle with nothing on the way.
+    ``asked[c]`` is the size of consumer ``c``'s open fetch (0: none open, -1: on its way), and
+    ``coming[c]`` the rows of its answer still on the way. The answer closes the fetch: a broker
+    that delivered something under an open fetch sets the consumer's credit to 0. The answer
+    reaches the client as one reply, so the whole batch is delivered at once when its last row
+    arrives (as the harness records a fetch), and the consumer asks again only once it has
+    processed and acked all of it. With no processing time the harness acks the whole batch in
+    one call (what finished together is acked together): one ack round trip per batch.
     """
 
     def __init__(self, sim: Simulation):
+        from brokerlab.sim.sampling import is_zero
+
         self.sim = sim
         count = len(sim.free)
         self.size = sim.scenario.consumers.prefetch
         # Every consumer starts blocked in a fetch of up to prefetch messages.
         self.asked = [self.size] * count
         self.coming = [0] * count
+        self.arrived: list[list[int]] = [[] for _ in range(count)]
         sim.free = [self.size] * count
         self._offer, self._credit = sim.offer, sim.credit
         self._received, self._finish = sim.received, sim.finish
@@ -69,15 +75,17 @@ class _Pull:
         sim.credit = self.credit  # type: ignore[method-assign]
         sim.released = self.released  # type: ignore[method-assign]
         sim.received = self.received  # type: ignore[method-assign]
-        sim.finish = sim.done = self.finish  # type: ignore[method-assign]
         if "_to_consumer" in vars(sim):  # bound straight to received (no network delay)
             sim._to_consumer = self.received  # type: ignore[method-assign]
+        sim.finish = sim.done = self.finish  # type: ignore[method-assign]
+        if sim.ack_after and is_zero(sim.scenario.consumers.processing) and sim._net is not None:
+            sim._start = self.batch_ack  # type: ignore[method-assign]
 
     def _answer(self, c: int) -> None:
         """Close ``c``'s fetch if the broker just answered it with something."""
         asked = self.asked[c]
         sent = asked - self.sim.free[c]
-        if asked and sent > 0:
+        if asked > 0 and sent > 0:
             self.sim.free[c] = 0
             self.asked[c] = 0
             self.coming[c] += sent
@@ -97,8 +105,24 @@ class _Pull:
             self.sim.acked(r)
 
     def received(self, r: int) -> None:
-        self.coming[self.sim.row_consumer[r]] -= 1
-        self._received(r)
+        """A row of ``c``'s answer arrived; the last one hands the whole batch over."""
+        sim = self.sim
+        c = sim.row_consumer[r]
+        self.coming[c] -= 1
+        arrived = self.arrived[c]
+        arrived.append(r)
+        if self.coming[c]:
+            return
+        # The consumer is idle (it asked only once idle): the first row starts now, the rest
+        # are in hand, delivered now too.
+        self.arrived[c] = []
+        first, rest = arrived[0], arrived[1:]
+        now = sim.env.now
+        hand = sim.hand[c]
+        for more in rest:
+            sim.row_t_delivered[more] = now
+            hand.append(more)
+        self._received(first)
 
     def finish(self, r: int) -> None:
         sim = self.sim
@@ -106,7 +130,7 @@ class _Pull:
         c = sim.row_consumer[r]
         if not sim.busy[c] and not self.coming[c] and not self.asked[c]:
             # Idle, the whole answer processed (and acked): ask for the next batch.
-            self.asked[c] = -1  # on its way
+            self.asked[c] = -1
             sim._to_broker(c, self.fetched, c)
 
     def fetched(self, c: int) -> None:
@@ -115,3 +139,20 @@ class _Pull:
         self.asked[c] = self.size
         sim.free[c] = self.size
         self.credit(c)
+
+    def batch_ack(self, c: int, r: int) -> None:
+        """No processing time: the batch in hand is acked in one call, done when it returns."""
+        sim = self.sim
+        rows = [r, *sim.hand[c]]
+        sim.hand[c].clear()
+        for row in rows[:-1]:
+            sim._to_broker(c, self.released, row)
+        sim._to_broker(c, self._batch_acked, rows)
+
+    def _batch_acked(self, rows: list[int]) -> None:
+        self.released(rows[-1])
+        self.sim._to_client(self.sim.row_consumer[rows[0]], self._batch_done, rows)
+
+    def _batch_done(self, rows: list[int]) -> None:
+        for row in rows:
+            self.finish(row)
