@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import socket
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,9 +60,13 @@ class Step:
     changes: dict[str, Any]
 
 
+#: Runs of every rung; the fit takes the medians (a busy machine stalls one run, rarely three).
+REPEATS = 3
+
+
 def ladder(target: str, quick: bool = False) -> list[Step]:
     """The runs that calibrate ``target`` (``quick``: shorter runs, for tests)."""
-    seconds = 1.5 if quick else 3.0
+    seconds = 1.5 if quick else 2.0
     light = {"producers.rate": "200/s", "consumers.count": 1, "consumers.prefetch": 1}
     steps = [
         Step("light", "round trip, publish and delivery latency", dict(light)),
@@ -109,9 +114,41 @@ def base_scenario(target: str) -> Scenario:
     )
 
 
+#: Paths of the metrics a calibration reads, fits and replays (medians over the repeats).
+FITTED_METRICS = (
+    ("throughput_per_s", "delivered"),
+    ("latency_ms", "end_to_end", "p50"),
+    ("latency_ms", "end_to_end", "p99"),
+    ("latency_ms", "publish", "p50"),
+    ("latency_ms", "publish", "p99"),
+    ("latency_ms", "completion", "p50"),
+)
+
+
+def median_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :data:`FITTED_METRICS` of several runs of one rung, each the median over the runs
+    (a busy machine stalls one run, not the same moment of three)."""
+    merged: dict[str, Any] = {}
+    for path in FITTED_METRICS:
+        values = [v for v in (_get(run, path) for run in runs) if v is not None and v == v]
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = statistics.median(values) if values else None
+    return merged
+
+
+def spread(runs: list[dict[str, Any]], path: tuple[str, ...]) -> float | None:
+    """(max - min) / median of one metric over the repeats of a rung (None with one run)."""
+    values = [v for v in (_get(run, path) for run in runs) if v is not None and v == v]
+    if len(values) < 2 or not statistics.median(values):
+        return None
+    return (max(values) - min(values)) / statistics.median(values)
+
+
 @dataclass
 class Measured:
-    """What one real rung measured (seconds, per second)."""
+    """What one real rung measured (seconds, per second): medians over its repeats."""
 
     step: Step
     record: RunRecord
@@ -121,10 +158,16 @@ class Measured:
     e2e_p99: float
     completion_p50: float
     delivered: float
+    #: every repeat of the rung (``record`` is the first)
+    records: list[RunRecord] = field(default_factory=list)
+    #: the medians over the repeats, shaped as metrics.json
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, step: Step, record: RunRecord) -> Measured:
-        latency = record.metrics["latency_ms"]
+    def of(cls, step: Step, record: RunRecord | list[RunRecord]) -> Measured:
+        records = record if isinstance(record, list) else [record]
+        metrics = median_metrics([r.metrics for r in records])
+        latency = metrics["latency_ms"]
 
         def stat(kind: str, name: str) -> float | None:
             value = (latency.get(kind) or {}).get(name)
@@ -132,13 +175,15 @@ class Measured:
 
         return cls(
             step=step,
-            record=record,
+            record=records[0],
             publish_p50=stat("publish", "p50"),
             publish_p99=stat("publish", "p99"),
             e2e_p50=stat("end_to_end", "p50") or 0.0,
             e2e_p99=stat("end_to_end", "p99") or 0.0,
             completion_p50=stat("completion", "p50") or 0.0,
-            delivered=float(record.metrics["throughput_per_s"]["delivered"] or 0.0),
+            delivered=float(metrics["throughput_per_s"]["delivered"] or 0.0),
+            records=records,
+            metrics=metrics,
         )
 
 
@@ -270,7 +315,7 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         def ratio(
             name: str, path: tuple[str, ...], sims: dict[str, Any] = sims, damping: float = 0.5
         ) -> float | None:
-            real, sim = _get(measured[name].record.metrics, path), _get(sims[name], path)
+            real, sim = _get(measured[name].metrics, path), _get(sims[name], path)
             if not real or not sim or real != real or sim != sim:
                 return None
             # Damped: costs interact (FIFO links, queueing), so full steps overshoot.
@@ -332,7 +377,7 @@ def _misfit(sims: dict[str, dict[str, Any]], measured: dict[str, Measured]) -> f
     total = 0.0
     for name, m in measured.items():
         for path, weight in _MISFIT:
-            real, sim = _get(m.record.metrics, path), _get(sims[name], path)
+            real, sim = _get(m.metrics, path), _get(sims[name], path)
             if real and sim and real == real and sim == sim:
                 total += weight * abs(math.log(sim / real))
     return total
@@ -346,7 +391,7 @@ def replay_errors(
     for m in measured:
         scenario = parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}")
         sim = simulate_with(scenario, profile, seed)
-        real = m.record.metrics
+        real = m.metrics
         row = {"run": m.step.name}
         for label, path in (
             ("delivered/s", ("throughput_per_s", "delivered")),
@@ -355,6 +400,13 @@ def replay_errors(
             ("publish p50", ("latency_ms", "publish", "p50")),
         ):
             row[label] = (_get(sim, path), _get(real, path))
+        # How far the repeats of this rung disagreed among themselves: a replay error within it
+        # is as close as this machine lets anyone tell.
+        runs = [r.metrics for r in m.records]
+        row["spread"] = {
+            "delivered/s": spread(runs, ("throughput_per_s", "delivered")),
+            "e2e p50": spread(runs, ("latency_ms", "end_to_end", "p50")),
+        }
         rows.append(row)
     return rows
 
@@ -404,8 +456,10 @@ def calibrate(
     out: Path | None = None,
     quick: bool = False,
     store: bool = True,
+    repeats: int | None = None,
 ) -> list[Calibration]:
-    """Run the ladder on each target, fit, replay, store; return every target's calibration."""
+    """Run the ladder on each target (each rung ``repeats`` times: :data:`REPEATS`, one when
+    ``quick``), fit the medians, replay, store; return every target's calibration."""
     from brokerlab.sim.profile import store_profile
 
     done = []
@@ -415,11 +469,12 @@ def calibrate(
         base = base_scenario(target)
         measured: dict[str, Measured] = {}
         steps = ladder(target, quick)
+        times = repeats or (1 if quick else REPEATS)
         for index, step in enumerate(steps, 1):
             say(f"{target} [{index}/{len(steps)}] {step.name}: {step.measures}")
             scenario = base.with_(paths={**step.changes}, name=f"calibrate-{target}-{step.name}")
-            record = run_scenario(scenario, target, options)
-            measured[step.name] = Measured.of(step, record)
+            records = [run_scenario(scenario, target, options) for _ in range(times)]
+            measured[step.name] = Measured.of(step, records)
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
             "origin": "calibrated",
@@ -427,7 +482,7 @@ def calibrate(
             "date": stamp.isoformat(timespec="seconds"),
             "broker_version": f"{target} {server}" if server else target,
             "lab_version": versions["brokerlab"],
-            "runs": [str(m.record.path) for m in measured.values()],
+            "runs": [str(r.path) for m in measured.values() for r in m.records],
             "note": "fitted by brokerlab calibrate"
             + (
                 f" against {options.redis_url or options.nats_url}"
