@@ -45,7 +45,9 @@ def simulate(
     consume = "credit"
     if chosen is not None:
         # How consumers get messages (pull fetches, a push window) is a step, not a cost.
-        consume = set_consume(model, chosen.consume.mode, chosen.consume.window)
+        consume = set_consume(
+            model, chosen.consume.mode, chosen.consume.window, chosen.consume.wake
+        )
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)

@@ -424,3 +424,21 @@ def test_a_pull_batch_without_processing_is_acked_in_one_call(tmp_path: Path) ->
     assert np.allclose(np.diff(done[10:-10]), 2e-3, atol=3 * US)
     # The batch is delivered as one reply: its rows share t_delivered.
     assert deliveries.groupby("t_done")["t_delivered"].nunique().max() == 1
+
+
+def test_a_blocked_fetch_pays_the_wake_up_and_a_backlog_does_not(tmp_path: Path) -> None:
+    """Pull with a 2 ms wake-up, 1 ms round trip: at light load each message finds its consumer
+    blocked in a fetch, so end to end is half a round trip + the wake-up + half a round trip
+    (3 ms); a backlogged consumer with 3 ms processing finds messages waiting at every fetch and
+    keeps its 5 ms cycle (processing, ack and fetch round trips), with no wake-up in it."""
+    path = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull", "wake": "2ms"})
+    light = simulate(make({"profile": str(path)}), 1).trace
+    joined = light.deliveries.merge(light.sends, on="msg_id")
+    e2e = (joined["t_delivered"] - joined["t_intended"]).to_numpy()
+    assert np.allclose(e2e, 3e-3, atol=US)
+    backlog = make(
+        {"profile": str(path)},
+        producers={"rate": "1000/s", "messages": 200},
+        consumers={"processing": "3ms"},
+    )
+    assert np.allclose(_done_gaps(backlog), 5e-3, atol=3 * US)
