@@ -34,6 +34,7 @@ KNOWN = {
     "publish": {"none": "0.05ms", "periodic": "0.05ms", "always": "2ms"},
     "deliver": "0.3ms",
     "client": {"timer": "0.5ms"},
+    "consume": {"mode": "pull", "wake": "1ms"},
     "parallelism": 2,
     "bandwidth": 100_000_000,
     "durable_writes_per_delivery": 1.0,
@@ -56,6 +57,9 @@ def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
     assert profile.round_trip.median == pytest.approx(0.4e-3, rel=0.25)
     fsync = profile.publish.always.mean - profile.publish.none.mean
     assert fsync == pytest.approx(1.95e-3, rel=0.2)
+    # A blocked fetch's wake-up is light load's end to end beyond the round trip and the work.
+    assert profile.consume.mode == "pull"
+    assert profile.consume.wake.median == pytest.approx(1e-3, rel=0.25)  # type: ignore[union-attr]
     # Replayed, the fit predicts what it was fitted on.
     refit = tmp_path / "fitted.yaml"
     refit.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
@@ -120,7 +124,8 @@ def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
 
 
 def test_a_busy_machine_is_named_not_silently_fitted() -> None:
-    """A light rung that delivered 124/s of the 200/s offered says the machine was too busy."""
+    """A light rung that delivered 124/s of the 200/s offered says the machine was too busy; a
+    ceiling rung that kept up with its offer says its ceiling is only a lower bound."""
     step = ladder("redis-streams")[0]
 
     def rung(delivered: float) -> Measured:
@@ -129,3 +134,9 @@ def test_a_busy_machine_is_named_not_silently_fitted() -> None:
     assert busy_warnings("redis-streams", {"light": rung(201.0)}) == []
     (warning,) = busy_warnings("redis-streams", {"light": rung(124.0)})
     assert "light rung delivered 124/s of 200/s" in warning and "too busy" in warning
+    ceiling = next(s for s in ladder("redis-streams") if s.name == "ceiling")
+    kept_up = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 29_900.0)  # type: ignore[arg-type]
+    (warning,) = busy_warnings("redis-streams", {"ceiling": kept_up})
+    assert "29900/s of 30000/s" in warning and "lower bound" in warning
+    saturated = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 15_000.0)  # type: ignore[arg-type]
+    assert busy_warnings("redis-streams", {"ceiling": saturated}) == []

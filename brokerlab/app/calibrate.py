@@ -60,6 +60,10 @@ class Step:
     changes: dict[str, Any]
 
 
+#: What the ceiling rung offers: beyond what the target (harness included) sustains on a small
+#: machine, so it measures the ceiling and not the offered rate, and no more, so the backlog it
+#: builds drains in seconds.
+CEILING_RATE = {"redis-streams": "30000/s", "nats": "30000/s", "nats-jetstream": "12000/s"}
 #: Runs of every rung; the fit takes the medians (a busy machine stalls one run, rarely three).
 REPEATS = 3
 
@@ -84,7 +88,11 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
         Step(
             "ceiling",
             "sustained ceiling (flat out, 2 consumers, prefetch 50)",
-            {"producers.rate": "12000/s", "consumers.count": 2, "consumers.prefetch": 50},
+            {
+                "producers.rate": CEILING_RATE.get(target, "12000/s"),
+                "consumers.count": 2,
+                "consumers.prefetch": 50,
+            },
         ),
     ]
     if FSYNC.get(target):
@@ -213,6 +221,16 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
                 "offered: this machine was too busy to calibrate; the fitted costs are inflated "
                 "(calibrate again when it is quieter)"
             )
+    ceiling = measured.get("ceiling")
+    if ceiling is not None:
+        from brokerlab.core.units import parse_rate
+
+        offered = parse_rate(ceiling.step.changes["producers.rate"])
+        if ceiling.delivered >= 0.95 * offered:
+            warnings.append(
+                f"{target}: the ceiling rung delivered {ceiling.delivered:.0f}/s of "
+                f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
+            )
     return warnings
 
 
@@ -236,13 +254,19 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     # kinds); a push consumer (NATS core) pays only its processing and its own lateness.
     cycle = 1.0 / max(consumer.delivered, 1.0)
     budget = max(cycle - 0.002 - (2 * round_trip.mean if acks else 0.0), 0.0)
-    # What the delivery adds beyond the publish: the broker's dispatch and the consumer's
-    # wake-up. Constant, so parallel servers never reorder a stream; the tail is the round
-    # trip's (FIFO links keep order). An acked consumer pays it in every cycle, so it cannot
-    # exceed what the consumer rung left over.
-    deliver = max(e2e - rtt - publish_work, work / 2)
+    # What the delivery adds beyond the publish. Pull kinds: the broker's delivery work (half of
+    # the work per message), which a consumer pays in every cycle (so no more than the consumer
+    # rung left over), and the wake-up of a consumer blocked in its fetch, which only a message
+    # that finds its consumer waiting pays (light load: the rest of end to end). NATS core: all
+    # of it is the delivery. Constant, so parallel servers never reorder a stream; the tails are
+    # the round trip's and the wake-up's (FIFO links keep order).
+    wake = wake_p99 = 0.0
     if acks:
-        deliver = max(min(deliver, budget), work / 2)
+        deliver = max(min(work / 2, budget), 0.0)
+        wake = max(e2e - rtt - publish_work - deliver, 0.0)
+        wake_p99 = max(e2e_p99 - rtt - publish_work - deliver, wake * 1.05)
+    else:
+        deliver = max(e2e - rtt - publish_work, work / 2)
     timer = max(budget - (deliver if acks else 0.0), 0.0)
     ack = 0.0
     # Parallelism so that the ceiling is the measured one: servers / work per message.
@@ -276,7 +300,9 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         "publish": {"none": publish_work, "periodic": publish_work, "always": publish_work + fsync},
         "deliver": deliver,
         "ack": ack,
-        "consume": {"mode": "push" if target == "nats" else "pull"},
+        "consume": {"mode": "push"}
+        if not acks
+        else {"mode": "pull", "wake": _wake(wake, wake_p99)},
         "client": {"publish": 0.0, "consume": 0.0, "timer": timer},
         "parallelism": parallelism,
         "durable_writes_per_delivery": 1.0 if slow is not None and fsync > 0 else 0.0,
@@ -286,6 +312,17 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     return parse_profile(data, f"calibration of {target}")
 
 
+def _wake(median: float, p99: float) -> dict[str, Any]:
+    """A pull consumer's wake-up: lognormal (its tail is a busy machine's), or none."""
+    if median <= 1e-6:
+        return {"dist": "constant", "value": 0.0}
+    p99 = min(max(p99, median * 1.05), median * WAKE_TAIL_CAP)
+    return {"dist": "lognormal", "median": median, "p99": p99}
+
+
+#: Longest wake-up tail (p99 / median) a fit keeps: the wake-up is latency, not capacity, so a
+#: long tail costs no throughput; a busy machine's light-load p99 is mostly stalled wake-ups.
+WAKE_TAIL_CAP = 60.0
 #: Rounds of :func:`refine` (each replays every rung once in the simulator).
 REFINE_ROUNDS = 4
 
@@ -321,14 +358,34 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             # Damped: costs interact (FIFO links, queueing), so full steps overshoot.
             return min(max(real / sim, 0.25), 4.0) ** damping
 
+        def _gap(name: str, path: tuple[str, ...], sims: dict[str, Any]) -> float | None:
+            """real - simulated, in seconds (latency metrics are in ms)."""
+            real, sim = _get(measured[name].metrics, path), _get(sims[name], path)
+            if real is None or sim is None or real != real or sim != sim:
+                return None
+            return (real - sim) / 1000.0
+
         rtt = data["round_trip"]
         work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
             rtt["median"] *= r
-        if (r := ratio("light", ("latency_ms", "end_to_end", "p99"))) is not None:
+        # The round trip's tail: publish latency's where there is one (pull kinds' end-to-end
+        # tail is the wake-up's), end to end's otherwise.
+        tail = ("latency_ms", "publish", "p99") if acks else ("latency_ms", "end_to_end", "p99")
+        if (r := ratio("light", tail)) is not None:
             rtt["p99"] *= r
         rtt["p99"] = min(max(rtt["p99"], rtt["median"] * 1.05), rtt["median"] * TAIL_CAP)
-        if (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
+        if acks:
+            # Light-load end to end beyond the publish is the wake-up: move it by the difference.
+            wake = data["consume"]["wake"]
+            median = wake.get("median", wake.get("value", 0.0))
+            p99 = wake.get("p99", median)
+            gap = _gap("light", ("latency_ms", "end_to_end", "p50"), sims)
+            median = max(median + 0.7 * gap, 0.0) if gap is not None else median
+            gap = _gap("light", ("latency_ms", "end_to_end", "p99"), sims)
+            p99 = max(p99 + 0.7 * gap, 0.0) if gap is not None else p99
+            data["consume"]["wake"] = _wake(median, p99)
+        elif (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
             data["deliver"]["value"] *= r
         if (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
