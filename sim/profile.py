@@ -125,6 +125,13 @@ class Consume(_Model):
         "waking); paid only by answers to a fetch that had to wait, so light load pays it and a "
         "backlog does not",
     )
+    fetch: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="pull: broker work per fetch request, served on the broker's servers like "
+        "publishes and deliveries (a JetStream pull request is a message the server handles "
+        "and a waiting request it keeps; XREADGROUP is a command): with prefetch 1 every "
+        "message pays it, and all consumers share the servers that do it",
+    )
 
 
 class ClientCost(_Model):

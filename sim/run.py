@@ -46,7 +46,11 @@ def simulate(
     if chosen is not None:
         # How consumers get messages (pull fetches, a push window) is a step, not a cost.
         consume = set_consume(
-            model, chosen.consume.mode, chosen.consume.window, chosen.consume.wake
+            model,
+            chosen.consume.mode,
+            chosen.consume.window,
+            chosen.consume.wake,
+            chosen.consume.fetch,
         )
     model.run()
     fault_windows = windows(scenario)

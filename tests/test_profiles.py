@@ -442,3 +442,24 @@ def test_a_blocked_fetch_pays_the_wake_up_and_a_backlog_does_not(tmp_path: Path)
         consumers={"processing": "3ms"},
     )
     assert np.allclose(_done_gaps(backlog), 5e-3, atol=3 * US)
+
+
+def test_fetch_requests_are_broker_work_the_consumers_share(tmp_path: Path) -> None:
+    """Pull, prefetch 1, 2 ms processing, 1 ms round trip, 2 ms of broker work per fetch: one
+    consumer's cycle is 2 + 1 + 1 + 2 = 6 ms. Four consumers would take 4 / 6 ms = 667/s, but
+    one broker server does 2 ms per fetch, so they get 500/s; four servers let them have 667/s."""
+    rates = {}
+    for servers in (1, 4):
+        path = tmp_path / f"s{servers}.yaml"
+        data = profile_data(
+            round_trip="1ms", consume={"mode": "pull", "fetch": "2ms"}, parallelism=servers
+        )
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        scenario = make(
+            {"profile": str(path)},
+            producers={"rate": "1000/s", "messages": 1500},
+            consumers={"count": 4, "processing": "2ms"},
+        )
+        rates[servers] = 1 / float(np.mean(_done_gaps(scenario)[:-40]))
+    assert rates[1] == pytest.approx(500, rel=0.01)
+    assert rates[4] == pytest.approx(4 / 6e-3, rel=0.01)

@@ -11,7 +11,9 @@ own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those m
     publish p50       = round trip + publish work
     end-to-end p50    = round trip + publish work + delivery work (+ ack work)
     1 / ceiling       = publish work + delivery work + ack work        (one broker server)
-    consumer cycle    = processing + client cost + 2 round trips + delivery work
+    consumer cycle    = processing + client cost + 2 round trips + delivery work (+ fetch work)
+    2 consumers       = parallelism / (publish + delivery + fetch work)   (if the work is shared)
+    light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
 
@@ -86,6 +88,16 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             },
         ),
         Step(
+            "shared",
+            "whether the consumers' per-fetch cost is shared (2 consumers of the consumer rung)",
+            {
+                "producers.rate": "800/s",
+                "consumers.count": 2,
+                "consumers.prefetch": 1,
+                "consumers.processing": "2ms",
+            },
+        ),
+        Step(
             "ceiling",
             "sustained ceiling (flat out, 2 consumers, prefetch 50)",
             {
@@ -95,6 +107,8 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             },
         ),
     ]
+    if target == "nats":
+        steps = [step for step in steps if step.name != "shared"]  # push: no fetch requests
     if FSYNC.get(target):
         steps.append(
             Step(
@@ -267,12 +281,24 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         wake_p99 = max(e2e_p99 - rtt - publish_work - deliver, wake * 1.05)
     else:
         deliver = max(e2e - rtt - publish_work, work / 2)
-    timer = max(budget - (deliver if acks else 0.0), 0.0)
     ack = 0.0
     # Parallelism so that the ceiling is the measured one: servers / work per message.
     parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
     # ... exactly: whole servers, so the publish work takes up the rest.
     publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
+    # Two consumers of the consumer rung: if together they take clearly less than twice what
+    # one takes, part of each cycle is served one at a time, by the broker's servers: the work
+    # of a fetch request (with prefetch 1, one per message). What one consumer's cycle had left
+    # over beyond it is the consumer's own lateness.
+    fetch = 0.0
+    shared = measured.get("shared")
+    if acks and shared is not None and shared.delivered > 0:
+        offered = 800.0
+        alone = min(2.0 / cycle, offered)
+        if shared.delivered < 0.9 * alone:
+            fetch = max(parallelism / shared.delivered - publish_work - deliver - ack, 0.0)
+            fetch = min(fetch, max(budget - deliver, 0.0))
+    timer = max(budget - (deliver + fetch if acks else 0.0), 0.0)
     bandwidth = None
     large = measured.get("large")
     if large is not None:
@@ -300,9 +326,11 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         "publish": {"none": publish_work, "periodic": publish_work, "always": publish_work + fsync},
         "deliver": deliver,
         "ack": ack,
-        "consume": {"mode": "push"}
-        if not acks
-        else {"mode": "pull", "wake": _wake(wake, wake_p99)},
+        "consume": (
+            {"mode": "pull", "wake": _wake(wake, wake_p99), "fetch": fetch}
+            if acks
+            else {"mode": "push"}
+        ),
         "client": {"publish": 0.0, "consume": 0.0, "timer": timer},
         "parallelism": parallelism,
         "durable_writes_per_delivery": 1.0 if slow is not None and fsync > 0 else 0.0,
@@ -400,6 +428,14 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
                 for mode in ("none", "periodic", "always"):
                     cost = data["publish"][mode]
                     cost["value"] = max(cost["value"] + change, 0.0)
+        shared = measured.get("shared")
+        fetch = (data["consume"].get("fetch") or {}).get("value", 0.0)
+        if acks and shared is not None and fetch > 0 and shared.delivered:
+            sim_rate = _get(sims["shared"], ("throughput_per_s", "delivered"))
+            if sim_rate:
+                # Served one at a time on parallelism servers: the rate moves by 1 / work.
+                change = data["parallelism"] * (1 / shared.delivered - 1 / sim_rate)
+                data["consume"]["fetch"] = {"dist": "constant", "value": max(fetch + change, 0.0)}
         consumer = measured["consumer"]
         sim_rate = _get(sims["consumer"], ("throughput_per_s", "delivered"))
         # (NATS core: the simulator counts a pushed message delivered when it reaches the

@@ -31,11 +31,18 @@ if TYPE_CHECKING:
     from brokerlab.sim.engine import Simulation
 
 
-def set_consume(sim: Simulation, mode: str, window: int, wake: Distribution | None = None) -> str:
+def set_consume(
+    sim: Simulation,
+    mode: str,
+    window: int,
+    wake: Distribution | None = None,
+    fetch: Distribution | None = None,
+) -> str:
     """Make ``sim``'s consumers get messages the way ``mode`` says; returns what was installed
     (``credit`` when the engine's own credit stays: no acks, a faulted run, a window of
     ``prefetch``). ``wake``: how long a consumer blocked in a pull fetch takes to see the answer
-    (charged on answers to a fetch that had to wait)."""
+    (charged on answers to a fetch that had to wait); ``fetch``: the broker's work per fetch
+    request (served on its servers)."""
     if sim.faults is not None or not sim.consumer_acks:
         return "credit"
     if mode == "push":
@@ -44,7 +51,7 @@ def set_consume(sim: Simulation, mode: str, window: int, wake: Distribution | No
             return f"push window {window}"
         return "credit"
     if mode == "pull":
-        _Pull(sim, wake)
+        _Pull(sim, wake, fetch)
         return "pull"
     raise ValueError(f"unknown consume mode {mode!r}")
 
@@ -63,7 +70,7 @@ class _Pull:
     finished together is acked together): one ack round trip per batch.
     """
 
-    def __init__(self, sim: Simulation, wake: Distribution | None):
+    def __init__(self, sim: Simulation, wake: Distribution | None, fetch: Distribution | None):
         import numpy as np
 
         from brokerlab.sim.sampling import is_zero, samples
@@ -83,6 +90,11 @@ class _Pull:
             None
             if wake is None or is_zero(wake)
             else samples(wake, np.random.default_rng((sim.seed, 0x70756C6C)))
+        )
+        self.fetch_work = (
+            None
+            if fetch is None or is_zero(fetch)
+            else samples(fetch, np.random.default_rng((sim.seed, 0x6665746368)))
         )
         sim.free = [self.size] * count
         self._offer, self._credit = sim.offer, sim.credit
@@ -120,7 +132,14 @@ class _Pull:
         self._answer(c, blocked=False)
 
     def fetched(self, c: int) -> None:
-        """``c``'s fetch reached the broker: it answers with what it has, or blocks."""
+        """``c``'s fetch reached the broker: its servers handle the request, then answer."""
+        if self.fetch_work is None:
+            self.handled(c)
+        else:
+            self.sim._serve(next(self.fetch_work), self.handled, c)
+
+    def handled(self, c: int) -> None:
+        """The broker has handled ``c``'s fetch: it answers with what it has, or blocks."""
         self.asked[c] = self.size
         self.sim.free[c] = self.size
         self.credit(c)
