@@ -899,12 +899,16 @@ def calibrate(
             ("delivery", profile.deliver),
             ("ack", profile.ack),
             ("consumer client, per message", profile.client.consume),
+            ("consumer lateness after a wait", profile.client.timer),
+            (f"fetch work ({profile.consume.mode})", profile.consume.fetch),
+            ("wake-up of a blocked fetch", profile.consume.wake),
         ):
             median = getattr(dist, "median", getattr(dist, "value", dist.mean))
             p99 = getattr(dist, "p99", median)
             fitted.add_row(name, f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms")
         bandwidth = f"{profile.bandwidth / 1e6:.1f} MB/s" if profile.bandwidth else "-"
         fitted.add_row("bandwidth", bandwidth, "")
+        fitted.add_row("parallelism (broker servers)", str(profile.parallelism), "")
         stdout.print(fitted)
         errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")
         errors.add_column("run")
