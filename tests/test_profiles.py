@@ -462,6 +462,16 @@ def test_shipped_profiles_are_package_data() -> None:
     assert sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) == sorted(BROKER_KINDS)
 
 
+def test_the_suite_never_plays_a_profile_calibrated_on_this_machine() -> None:
+    """The session's profile store is its own empty folder (tests/conftest.py), so ``auto``
+    means the shipped default in every test, whatever was calibrated here before."""
+    from brokerlab.sim.profile import calibrated_dir
+
+    store = calibrated_dir()
+    assert "brokerlab-test-profiles-" in str(store)
+    assert not store.exists() or not any(store.iterdir())
+
+
 # --------------------------------------------------------------------------- consume modes
 
 
