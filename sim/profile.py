@@ -390,7 +390,12 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     processing plus the client's per-message cost and, when it has processing time, its
     lateness waking from it (the ack's round trip is the engine's own: a consumer waits for the
     reply, as the harness does).
-    Producer batching (``linger``) is publish latency that does not use broker capacity. For
+    Producer batching (``linger``) is publish latency that does not use broker capacity. So is
+    an fsync per write (``persistence.mode: always``, the extra of ``publish.always`` over
+    ``publish.none``, and its share per delivery): brokers commit in groups — Redis appends the
+    commands of one event-loop iteration, from every client, with a single write and a single
+    fsync before replying (redis.io, "Redis persistence", appendfsync always) — so each write
+    waits for the fsync but concurrent writes share it. For
     partitioned kinds (Kafka, Kinesis, Event Hubs) the broker's steps are charged at their means
     so that the parallel servers never reorder a producer's messages within a partition.
     Publish quotas (``units × quota``, the units being ``broker.throughput_units``, else
@@ -410,15 +415,17 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         scenario.network.delay,
         Constant(dist="constant", value=size * per_byte / 2),
     )
+    always = broker.persistence.mode == "always"
+    # An fsync per write is group-committed: the time a write waits, not broker capacity.
+    fsync_publish = (
+        max(_mean(profile.publish.always) - _mean(profile.publish.none), 0.0) if always else 0.0
+    )
     work = add(
-        getattr(profile.publish, broker.persistence.mode),
-        Constant(dist="constant", value=0.0),
+        profile.publish.none if always else getattr(profile.publish, broker.persistence.mode),
+        Constant(dist="constant", value=fsync_publish),
     )
     acks = consumers.ack != "none" and broker.kind != "nats"
-    fsync = 0.0
-    if broker.persistence.mode == "always" and profile.durable_writes_per_delivery:
-        extra = _mean(profile.publish.always) - _mean(profile.publish.none)
-        fsync = max(extra, 0.0) * profile.durable_writes_per_delivery
+    fsync = fsync_publish * profile.durable_writes_per_delivery
     deliver = add(
         profile.deliver,
         profile.ack if acks else Constant(dist="constant", value=0.0),
@@ -439,11 +446,13 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     servers = broker.servers if own_servers else profile.parallelism
     linger = _mean(batching)
     publish = add(work, batching)
-    if linger > 0 and not own_servers:
-        # A batch waiting to leave the producer is latency, not broker work: add servers so the
-        # broker's ceiling stays parallelism / (publish + delivery work).
-        busy = _mean(work) + _mean(deliver)
-        servers = max(servers, math.ceil(servers * (busy + linger) / busy) if busy else servers)
+    waits = linger + fsync_publish + fsync  # latency on the servers that is not broker work
+    if waits > 0 and not own_servers:
+        # A batch waiting to leave the producer, or a write waiting for a shared fsync, is
+        # latency, not broker work: add servers so the broker's ceiling stays
+        # parallelism / (publish + delivery work).
+        busy = _mean(work) + _mean(deliver) - fsync_publish - fsync
+        servers = max(servers, math.ceil(servers * (busy + waits) / busy) if busy else servers)
     throttle = None
     quota = profile.quota
     if quota is not None and (quota.messages or quota.bytes):
