@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from heapq import heappush
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -53,6 +54,10 @@ Progress = Callable[[int, int], None]
 
 #: How often the drain looks whether every acknowledged message is done (the harness's poll).
 DRAIN_TICK = 0.02
+
+#: SimPy's priority of an ordinary event (the hot paths push heap entries themselves, as
+#: :meth:`brokerlab.sim.events.Clock.call` does, to save a function call per step)
+NORMAL = 1
 
 
 class ConsumerSteps(Protocol):
@@ -360,8 +365,20 @@ class Simulation:
         # Open loop: the producer never falls behind, so the next send is already known.
         following = i + 1
         if following < self.n:
-            delay = self.t_intended[following] - self.env.now
-            Call(self.env, delay if delay > 0 else 0.0, self._send_async, following)
+            env = self.env
+            now = env.now
+            delay = self.t_intended[following] - now
+            # Call(env, max(delay, 0), self._send_async, following), inlined
+            heappush(
+                env._queue,
+                (
+                    now + (delay if delay > 0 else 0.0),
+                    NORMAL,
+                    next(env._eid),
+                    self._send_async,
+                    following,
+                ),
+            )
         if i == self._report_at:
             self._report(i)
         self._publish(i)
@@ -475,20 +492,28 @@ class Simulation:
     def deliver(self, i: int, c: int) -> None:
         """The broker sends message ``i`` to consumer ``c`` (credit already taken)."""
         r = self.rows
-        if r == len(self.row_msg):
-            self._grow_rows()
+        row_msg = self.row_msg
+        if r == len(row_msg):
+            self._grow_rows()  # grows the lists in place
         self.rows = r + 1
-        number = self.deliveries_of[i] + 1
-        self.deliveries_of[i] = number
-        self.row_msg[r] = i
+        deliveries_of = self.deliveries_of
+        number = deliveries_of[i] + 1
+        deliveries_of[i] = number
+        row_msg[r] = i
         self.row_consumer[r] = c
         self.row_number[r] = number
         if self.track:
-            if self.pending[i] < 0:
+            pending = self.pending
+            if pending[i] < 0:
                 self.in_flight += 1
-            self.pending[i] = r
-            if self._ack_timeout is not None:
-                self._watch(r)
+            pending[i] = r
+            timeout = self._ack_timeout
+            if timeout is not None:
+                # self._watch(r), inlined
+                self._deadlines.append((self.env.now + timeout, r))
+                if not self._timer_set:
+                    self._timer_set = True
+                    Call(self.env, timeout, self._on_timer, self._timer_epoch)
         if self._deliver_time is None:
             self._to_consumer(r)
         else:
@@ -580,7 +605,11 @@ class Simulation:
 
     def _start(self, c: int, r: int) -> None:
         """Consumer ``c`` starts processing delivery row ``r`` (faults change how long it takes)."""
-        Call(self.env, next(self.processing_times), self._processed, r)
+        env = self.env
+        heappush(
+            env._queue,
+            (env.now + next(self.processing_times), NORMAL, next(env._eid), self._processed, r),
+        )
 
     def _processed(self, r: int) -> None:
         if self._net is None:
@@ -619,10 +648,29 @@ class Simulation:
 
     def released(self, r: int) -> None:
         if self.ack_after:
-            self.acked(r)
+            # self.acked(r), inlined
+            i = self.row_msg[r]
+            pending = self.pending
+            if pending[i] >= 0:
+                self.in_flight -= 1
+            pending[i] = ACKED
+            if self._capped:
+                self._uncap()
         c = self.row_consumer[r]
-        self.free[c] += 1
-        self.credit(c)
+        free = self.free
+        free[c] += 1
+        # self.credit(c), inlined for the usual single lane
+        lanes = self.consumer_lanes[c]
+        if len(lanes) == 1:
+            take, deliver, lane = self.take, self.deliver, lanes[0]
+            while free[c] > 0:
+                i = take(lane)
+                if i < 0:
+                    return
+                free[c] -= 1
+                deliver(i, c)
+        else:
+            self.credit(c)
 
     # ------------------------------------------------------------------ acks and redelivery
 

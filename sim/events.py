@@ -120,7 +120,7 @@ def _process(event: Event) -> None:
         raise error
 
 
-def Call(env: Clock, delay: float, fn: Callable[[Any], None], arg: Any) -> None:  # noqa: N802
+def Call(env: Clock, delay: float, fn: Callable[[Any], None], arg: Any) -> None:
     """Call ``fn(arg)`` ``delay`` from now on ``env`` (:meth:`Clock.call`; no object is made)."""
     heappush(env._queue, (env.now + delay, NORMAL, next(env._eid), fn, arg))  # type: ignore[arg-type]
 
