@@ -80,9 +80,18 @@ def _round_us(values: np.ndarray) -> np.ndarray:
     return np.round(values.astype("float64"), 6)
 
 
-def msg_ids(producers: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-    """The lab's message ids, ``producer:seq``, built for whole columns at once."""
-    return np.char.add(np.char.add(producers.astype(str), ":"), seqs.astype(str))
+def msg_ids(producers: np.ndarray, seqs: np.ndarray) -> pd.arrays.ArrowStringArray:
+    """The lab's message ids, ``producer:seq``, built for whole columns at once.
+
+    Joined in Arrow, the storage of the ``string`` dtype: no Python string per row (NumPy's
+    ``char.add`` made half a million of them, a quarter of a simulated run's trace time).
+    """
+    joined = pc.binary_join_element_wise(
+        pa.array(np.asarray(producers)).cast(pa.string()),
+        pa.array(np.asarray(seqs)).cast(pa.string()),
+        ":",
+    )
+    return pd.arrays.ArrowStringArray(joined.cast(pa.large_string()))
 
 
 def make_sends(
