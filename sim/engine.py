@@ -237,7 +237,11 @@ class Simulation:
             self._arrive = self._store  # type: ignore[method-assign]
         if self._net is None:
             self._publish = self._arrive  # type: ignore[method-assign]
-            self._to_consumer = self.received  # type: ignore[method-assign]
+            self._to_consumer = self._received_plain  # type: ignore[method-assign]
+            if self.consumer_acks:
+                self._processed = self._processed_instant  # type: ignore[method-assign]
+        else:
+            self.received = self._received_plain  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ hooks for the models
 
@@ -554,6 +558,30 @@ class Simulation:
         else:
             self._start(c, r)
 
+    def _received_plain(self, r: int) -> None:
+        """:meth:`received` of a fault-free run, whose ``_start`` is the engine's own (inlined)."""
+        c = self.row_consumer[r]
+        buffer = self.buffer[c]
+        if self.buffer_limit is not None and len(buffer) >= self.buffer_limit:
+            self.counts["slow_consumer_drops"] += 1
+            return
+        busy = self.busy
+        if busy[c]:
+            buffer.append(r)
+            return
+        busy[c] = True
+        env = self.env
+        now = env.now
+        self.row_t_delivered[r] = now
+        if self._ack_before:
+            self._ack_batch(c, r)
+        else:
+            # self._start(c, r), inlined
+            heappush(
+                env._queue,
+                (now + next(self.processing_times), NORMAL, next(env._eid), self._processed, r),
+            )
+
     def _fetch(self, c: int) -> None:
         """Consumer ``c``'s handler takes a batch from its buffer: the moment of delivery.
 
@@ -626,6 +654,42 @@ class Simulation:
             self.finish(r)
             if self.consumer_acks:
                 self._to_broker(self.row_consumer[r], self.released, r)
+
+    def _processed_instant(self, r: int) -> None:
+        """:meth:`_processed` of a fault-free run with no network delay and consumer acks:
+        :meth:`finish` then :meth:`released`, inlined (the two run for every message)."""
+        now = self.env.now
+        self.row_t_done[r] = now
+        i = self.row_msg[r]
+        self.finished[i] = 1
+        c = self.row_consumer[r]
+        hand = self.hand[c]
+        if hand:
+            self._start(c, hand.popleft())
+        elif self.buffer[c]:
+            self._fetch(c)
+        else:
+            self.busy[c] = False
+        if self.ack_after:
+            pending = self.pending
+            if pending[i] >= 0:
+                self.in_flight -= 1
+            pending[i] = ACKED
+            if self._capped:
+                self._uncap()
+        free = self.free
+        free[c] += 1
+        lanes = self.consumer_lanes[c]
+        if len(lanes) == 1:
+            take, deliver, lane = self.take, self.deliver, lanes[0]
+            while free[c] > 0:
+                i = take(lane)
+                if i < 0:
+                    return
+                free[c] -= 1
+                deliver(i, c)
+        else:
+            self.credit(c)
 
     def ack_reached(self, r: int) -> None:
         self.released(r)
