@@ -148,7 +148,8 @@ class Simulation:
         # Sends, recorded by message index.
         self.sync = scenario.producers.confirm == "sync" and self.publish_acks
         self.t_sent = np.full(n, math.nan)
-        self.t_acked = np.full(n, math.nan)
+        #: a list, not an array: the hot path sets one entry per message (5x cheaper)
+        self.t_acked: list[float] = [math.nan] * n
         self.t_stored: list[float] = [0.0] * n if broker.retention else []
 
         # Consumer acks, pending entries and redelivery.
@@ -238,6 +239,8 @@ class Simulation:
         if self._net is None:
             self._publish = self._arrive  # type: ignore[method-assign]
             self._to_consumer = self._received_plain  # type: ignore[method-assign]
+            if self.publish_time is None and not self.sync:
+                self._send_async = self._send_and_store  # type: ignore[method-assign]
             if self.consumer_acks:
                 self._processed = self._processed_instant  # type: ignore[method-assign]
         else:
@@ -329,7 +332,8 @@ class Simulation:
             return True
         if not self.publish_acks:
             return False
-        return bool(np.isnan(self.t_acked).any()) or bool(np.nanmax(self.t_acked) > self.env.now)
+        t_acked = np.asarray(self.t_acked, dtype="float64")
+        return bool(np.isnan(t_acked).any()) or bool(np.nanmax(t_acked) > self.env.now)
 
     def owed(self) -> list[int]:
         """Messages the drain waits for: those whose publish was acknowledged (all, fire and
@@ -338,7 +342,7 @@ class Simulation:
             return self.faults.publisher.owed()
         if not self.publish_acks:
             return list(range(self.n))
-        return np.flatnonzero(self.t_acked <= self.env.now).tolist()
+        return np.flatnonzero(np.asarray(self.t_acked, dtype="float64") <= self.env.now).tolist()
 
     def _drain_tick(self, _: Any) -> None:
         # Like the harness's drain loop: from the moment the producers are done, look every
@@ -386,6 +390,30 @@ class Simulation:
         if i == self._report_at:
             self._report(i)
         self._publish(i)
+
+    def _send_and_store(self, i: int) -> None:
+        """:meth:`_send_async` then :meth:`_store`, inlined: a fault-free run with no network
+        delay and no publish service time stores a publish in the callback of its send."""
+        following = i + 1
+        env = self.env
+        now = env.now
+        if following < self.n:
+            delay = self.t_intended[following] - now
+            heappush(
+                env._queue,
+                (
+                    now + (delay if delay > 0 else 0.0),
+                    NORMAL,
+                    next(env._eid),
+                    self._send_async,
+                    following,
+                ),
+            )
+        if i == self._report_at:
+            self._report(i)
+        if self.publish_acks:
+            self.t_acked[i] = now  # acked the moment it is stored (no way back to travel)
+        self.stored(i)
 
     def _start_sync_producers(self) -> None:
         producer = self.plan.producer
@@ -840,7 +868,7 @@ class Simulation:
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (int(code) for code in OutcomeCode)
         if self.publish_acks:
-            t_acked = self.t_acked.copy()
+            t_acked = np.array(self.t_acked, dtype="float64")
             t_acked[t_acked > self.end] = math.nan  # the ack was still on its way
             codes = np.where(np.isnan(t_acked), unknown, acked)
         else:
