@@ -842,15 +842,23 @@ class Simulation:
     def _delivery_columns(self) -> tuple[np.ndarray, ...]:
         """Delivery rows as NumPy columns, keeping only attempts that reached the consumer."""
         rows = self.rows
-        t_delivered = np.array(self.row_t_delivered[:rows], dtype="float64")
-        received = ~np.isnan(t_delivered)
-        return (
-            np.array(self.row_msg[:rows], dtype="int64")[received],
-            np.array(self.row_consumer[:rows], dtype="int32")[received],
-            np.array(self.row_number[:rows], dtype="int32")[received],
-            t_delivered[received],
-            np.array(self.row_t_done[:rows], dtype="float64")[received],
+
+        def column(values: list[Any], dtype: str) -> np.ndarray:
+            # fromiter reads the first ``rows`` entries without copying the list first
+            return np.fromiter(values, dtype=dtype, count=rows)
+
+        t_delivered = column(self.row_t_delivered, "float64")
+        columns = (
+            column(self.row_msg, "int64"),
+            column(self.row_consumer, "int32"),
+            column(self.row_number, "int32"),
+            t_delivered,
+            column(self.row_t_done, "float64"),
         )
+        received = ~np.isnan(t_delivered)
+        if received.all():
+            return columns
+        return tuple(values[received] for values in columns)
 
     def forget(self) -> None:
         """Drop per-message run state once recorded, so building the trace needs less memory."""
@@ -868,7 +876,7 @@ class Simulation:
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (int(code) for code in OutcomeCode)
         if self.publish_acks:
-            t_acked = np.array(self.t_acked, dtype="float64")
+            t_acked = np.fromiter(self.t_acked, dtype="float64", count=n)
             t_acked[t_acked > self.end] = math.nan  # the ack was still on its way
             codes = np.where(np.isnan(t_acked), unknown, acked)
         else:

@@ -255,7 +255,8 @@ def build_timeline(
         edges = np.array([0.0, step])
     sent, _ = np.histogram(t_sent, bins=edges)
     delivered, _ = np.histogram(t_all, bins=edges)
-    failed_mask = sends["outcome"].astype(str).isin(["failed", "unknown"]).to_numpy()
+    # isin on the column itself: no string per row for a categorical outcome column
+    failed_mask = sends["outcome"].isin(["failed", "unknown"]).to_numpy(dtype=bool)
     error_times = t_sent[failed_mask]
     if errors is not None:
         error_times = np.concatenate([error_times, errors])
