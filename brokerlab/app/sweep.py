@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import io
 import itertools
@@ -500,6 +501,12 @@ class Executor:
                         }
                     )
                 )
+                if method == "fork":
+                    # Forked workers share this process's memory until they write to it; the
+                    # garbage collector writes to every object it visits, which would copy the
+                    # whole heap into each worker. Frozen objects are never visited.
+                    gc.freeze()
+                    self._stack.callback(gc.unfreeze)
                 cluster = self._stack.enter_context(
                     LocalCluster(
                         n_workers=self.placement.workers,
