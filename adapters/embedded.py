@@ -446,6 +446,9 @@ class EmbeddedBroker:
         #: RabbitMQ's Erlang distribution port (loopback only), kept across restarts.
         self.dist_port = free_port() if kind == "rabbitmq" else None
         self._epmd: subprocess.Popen[bytes] | None = None
+        #: Tansu: the loopback port it advertises to clients when the lab's fault proxy must
+        #: stand in their path (see :func:`embedded_for`); None advertises its own port.
+        self.advertised_port: int | None = None
         self.info = {"kind": kind, **self.binary.as_dict(), "config": self._config_summary()}
         if kind == "tansu":
             self.info["label"] = TANSU_LABEL
@@ -695,11 +698,13 @@ class EmbeddedBroker:
             return [str(self.binary.path)]
         if self.kind == "tansu":
             address = f"tcp://{self.host}:{self.port}"
+            advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
             return [
                 str(self.binary.path),
                 "broker",
                 "--listener-url", address,
-                "--advertised-listener-url", address,
+                # Metadata answers send clients here: the fault proxy's port in a fault run
+                "--advertised-listener-url", advertised,
                 "--storage-engine", "memory://tansu/",
                 # "tansu" in the cluster id: the adapter labels the run from it
                 "--cluster-id", f"tansu-{self._server_name}",
@@ -1003,12 +1008,18 @@ def _nats_info(host: str, port: int) -> dict[str, Any] | None:
         return None
 
 
-def embedded_for(target: str, broker: Broker, workdir: Path) -> EmbeddedBroker:
+def embedded_for(
+    target: str, broker: Broker, workdir: Path, *, behind_proxy: bool = False
+) -> EmbeddedBroker:
     """An (unstarted) server for a real target, configured from the scenario's broker.
 
     Only server-level settings come from here (Redis AOF policy, JetStream sync interval);
     stream-level ones (storage, limits, dedup window, AckWait) are the adapter's job. The data
     folder is a fresh ``workdir/<kind>-XXXX`` so several brokers can share one run folder.
+    ``behind_proxy``: the run's clients reach the broker through the lab's fault proxies; a
+    Tansu broker then advertises a free port of its own (:attr:`EmbeddedBroker.advertised_port`)
+    where the run's :class:`adapters.proxy.KafkaRouter` will listen, because Kafka clients
+    connect wherever the broker's Metadata answers send them.
     """
     kinds = server_kinds()  # the target records' embedded-server strategies
     if target not in kinds:
@@ -1017,7 +1028,14 @@ def embedded_for(target: str, broker: Broker, workdir: Path) -> EmbeddedBroker:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir))
-    return EmbeddedBroker(kind, data_dir, persistence=broker.persistence)
+    embedded = EmbeddedBroker(kind, data_dir, persistence=broker.persistence)
+    if behind_proxy and kind == "tansu":
+        advertised = free_port()
+        while advertised == embedded.port:  # the kernel may hand out a just-freed port again
+            advertised = free_port()
+        embedded.advertised_port = advertised
+        embedded.info["advertised_listener"] = f"{embedded.host}:{embedded.advertised_port}"
+    return embedded
 
 
 def _targets() -> str:

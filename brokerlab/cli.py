@@ -463,7 +463,11 @@ def select(scenario: Path, candidates: str, sim_only: bool, no_reuse: bool, **fl
         table.add_row(
             f"{row.rank}=" if row.tie else str(row.rank),
             row.candidate,
-            row.target + (" (reused)" if row.reused else ""),
+            escape(
+                row.target
+                + (f" ({row.profile})" if isinstance(row.profile, str) else "")
+                + (" (reused)" if row.reused else "")
+            ),
             f"[{colour}]{row.verdict}[/]",
             escape(row.failed_requirements) or "-",
             escape(row.unknown_requirements) or "-",

@@ -317,8 +317,44 @@ class Simulation:
         Call(self.env, self.end, self._stop_now, None)
         self.env.run(until=self._stop)
         self.end = self.env.now
+        self.drain = self._drain_record()
         if self.progress:
             self.progress(self.n, self.n)
+
+    def _drain_record(self) -> dict[str, Any]:
+        """How the drain ended, in the harness's shape (run.json ``target_info.drain``).
+
+        A drain that timed out leaves acknowledged messages undelivered; some may only be late
+        (still stored at the broker, or in a consumer's client library), so the record says how
+        many each holds and the analysis does not call them lost on the broker's behalf.
+        """
+        owed = self._owed
+        if owed is not None and self._owed_at == len(owed):
+            return {"reason": "complete", "pending": 0}
+        finished = self.finished
+        open_ = [i for i in (owed if owed is not None else self.owed()) if not finished[i]]
+        # Processed and acked, with the ack's answer still on its way back: late, not lost.
+        answering = sum(1 for i in open_ if self.pending[i] == ACKED) if self.track else 0
+        return {
+            "reason": "timeout",
+            "seconds": float(self.scenario.drain_timeout),
+            "pending": len(open_),
+            "at_broker": {
+                "undelivered": self.undelivered(),
+                "unacked": self.unacked() + answering,
+            },
+        }
+
+    def undelivered(self) -> int:
+        """Stored entries no consumer has taken yet (a model that stores nothing holds none)."""
+        return 0
+
+    def unacked(self) -> int:
+        """Messages delivered to a consumer and not yet acknowledged, or waiting in a consumer's
+        client library (fire and forget: delivered but not yet handed to the application)."""
+        if self.track:
+            return self.in_flight
+        return sum(len(buffer) for buffer in self.buffer)
 
     def _stop_now(self, _: Any) -> None:
         if not self._stop.triggered:

@@ -38,6 +38,7 @@ from brokerlab.sim.faults import (
 )
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.process import FaultedBrokerProcess
+from brokerlab.sim.profile import Throttle
 from brokerlab.sim.publisher import Broker as PublisherBroker
 from brokerlab.sim.publisher import RetryingPublisher
 
@@ -219,9 +220,13 @@ class FaultedConsumers:
 
 
 class FaultLayer:
-    """The scenario's fault timeline, played on the engine's collaborators."""
+    """The scenario's fault timeline, played on the engine's collaborators.
 
-    def __init__(self, sim: Simulation):
+    A run with a publish quota (``throttle``) gets the layer too, with or without faults: its
+    publisher is the one that can be refused and retry.
+    """
+
+    def __init__(self, sim: Simulation, throttle: Throttle | None = None):
         network, process = sim.network, sim.process
         assert isinstance(network, FaultedNetwork) and isinstance(process, FaultedBrokerProcess)
         self.sim = sim
@@ -249,6 +254,7 @@ class FaultLayer:
             ),
             sim.counts,
             sim.publish_acks,
+            throttle,
         )
         self.consumers = FaultedConsumers(sim, network, self.publisher)
 

@@ -298,11 +298,31 @@ def profile_to_yaml(profile: Profile) -> str:
 
 
 @dataclass(frozen=True)
+class Throttle:
+    """A publish quota the broker enforces: what goes over it is rejected, not queued.
+
+    ``messages`` and ``bytes`` are per second per unit (None: no such limit). With
+    ``per_partition`` each of ``units`` partitions (Kinesis shards) has its own limit and a
+    message counts against its key's partition; otherwise the ``units`` pool their limits
+    (Event Hubs throughput units, a queue).
+    """
+
+    messages: float | None
+    bytes: float | None
+    units: int
+    per_partition: bool
+
+
+@dataclass(frozen=True)
 class Charged:
-    """A scenario with a profile's costs folded in, and what was charged (for run.json)."""
+    """A scenario with a profile's costs folded in, and what was charged (for run.json).
+
+    ``throttle`` is the profile's publish quota, which the simulator's publisher enforces.
+    """
 
     scenario: Scenario
     charges: dict[str, float]
+    throttle: Throttle | None = None
 
 
 def _mean(dist: Distribution) -> float:
@@ -336,6 +356,14 @@ def scaled(dist: Distribution, factor: float) -> Distribution:
     return type(dist).model_validate(data)
 
 
+def _keeps_partition_order(kind: str) -> bool:
+    """Whether ``kind``'s preset is partitioned: one producer's messages to a partition keep
+    their order (a partition is an ordered log)."""
+    from brokerlab.sim.presets import presets
+
+    return bool((presets().get(kind) or {}).get("partitioned"))
+
+
 def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     """The scenario as the simulator plays it with ``profile``'s costs charged.
 
@@ -347,10 +375,13 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     processing plus the client's per-message cost and, when it has processing time, its
     lateness waking from it (the ack's round trip is the engine's own: a consumer waits for the
     reply, as the harness does).
-    Producer batching (``linger``) is publish latency that does not use broker capacity.
-    Publish quotas cap the publish rate at ``units × quota`` with one server per provisioned unit
-    (``broker.throughput_units``, else ``broker.partitions``): throttled publishes queue there,
-    which approximates a client retrying after ThrottlingException / ServerBusy.
+    Producer batching (``linger``) is publish latency that does not use broker capacity. For
+    partitioned kinds (Kafka, Kinesis, Event Hubs) the broker's steps are charged at their means
+    so that the parallel servers never reorder a producer's messages within a partition.
+    Publish quotas (``units × quota``, the units being ``broker.throughput_units``, else
+    ``broker.partitions``) are not folded in: they come back as :class:`Throttle`, and the
+    publisher rejects a publish over the quota, as the service answers ThrottlingException /
+    ServerBusy; the producer retries it with the scenario's retry policy or gives up.
     """
     broker, consumers = scenario.broker, scenario.consumers
     size = _mean(scenario.producers.size)
@@ -378,29 +409,35 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         profile.ack if acks else Constant(dist="constant", value=0.0),
         Constant(dist="constant", value=fsync),
     )
+    batching = profile.batching
+    if _keeps_partition_order(broker.kind):
+        # Parallel servers with random service times finish out of order, but a partitioned log
+        # appends one producer's messages to a partition in the order they were sent (Kafka
+        # handles a connection's requests one at a time). Equal work per step on FIFO servers
+        # keeps that order, so each step is charged at its mean (the tails come from the round
+        # trip, on FIFO links); the linger is a constant wait for the batch, never a reordering.
+        work, deliver, batching = (
+            Constant(dist="constant", value=_mean(d)) for d in (work, deliver, batching)
+        )
     # A scenario's own servers and service times (anything but the defaults) win over the profile.
     own_servers = broker.servers != 1
     servers = broker.servers if own_servers else profile.parallelism
-    linger = _mean(profile.batching)
-    publish = add(work, profile.batching)
+    linger = _mean(batching)
+    publish = add(work, batching)
     if linger > 0 and not own_servers:
         # A batch waiting to leave the producer is latency, not broker work: add servers so the
         # broker's ceiling stays parallelism / (publish + delivery work).
         busy = _mean(work) + _mean(deliver)
         servers = max(servers, math.ceil(servers * (busy + linger) / busy) if busy else servers)
-    if profile.quota is not None:
-        units = broker.throughput_units or broker.partitions
-        per_unit = [q for q in (profile.quota.messages,) if q is not None]
-        if profile.quota.bytes:
-            per_unit.append(profile.quota.bytes / max(size, 1.0))
-        if per_unit:
-            # Each provisioned unit takes at most its quota: one server per unit whose publish
-            # step lasts at least 1 / quota, so publishes over the quota wait (the time a
-            # throttled client spends retrying) and the ceiling is units x quota.
-            floor = 1.0 / min(per_unit)
-            if _mean(publish) < floor:
-                publish = add(publish, Constant(dist="constant", value=floor - _mean(publish)))
-            servers = units
+    throttle = None
+    quota = profile.quota
+    if quota is not None and (quota.messages or quota.bytes):
+        throttle = Throttle(
+            messages=quota.messages,
+            bytes=quota.bytes,
+            units=broker.throughput_units or broker.partitions,
+            per_partition=quota.unit in ("shard", "partition"),
+        )
     service: dict[str, Any] = dict(broker.service_time)
     if _mean(broker.service_time.publish) == 0:
         service["publish"] = publish
@@ -430,7 +467,13 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         "servers": float(servers),
         "consumer_per_message_mean_s": _mean(processing) - _mean(consumers.processing),
     }
-    return Charged(charged, charges)
+    if throttle is not None:
+        charges["quota_units"] = float(throttle.units)
+        if throttle.messages:
+            charges["quota_messages_per_s"] = throttle.messages * throttle.units
+        if throttle.bytes:
+            charges["quota_bytes_per_s"] = throttle.bytes * throttle.units
+    return Charged(charged, charges, throttle)
 
 
 def profile_record(profile: Profile | None, spec: str) -> dict[str, Any]:

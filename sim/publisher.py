@@ -15,6 +15,11 @@ with its own broker index (delivery_no starts at 1), unless the broker honours `
 and the id is the same (``same-id``; ``new-id`` retries carry a new dedup id, as the harness
 does). The trace keeps one sends row per planned message, so copies show up as duplicate
 deliveries of its msg_id, as in the harness.
+
+A managed service's publish quota (a profile's ``quota``, see :class:`Quotas`) is enforced here
+too: an attempt over it is rejected by the broker (ThrottlingException, ServerBusy), the reply
+travels back, and the producer retries it by its policy or gives up (outcome failed): visible in
+the trace as attempts and as publish latency, never as a queue at the broker.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.profile import Throttle
 
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
 
@@ -51,6 +57,55 @@ class Broker:
     settled: Callable[[int], None] | None
 
 
+class Quotas:
+    """Publish quotas as token buckets, one per unit (or one pooled), each holding one second's
+    quota: a unit takes its per-second limit on average and absorbs no burst beyond a second's
+    worth, as the services' per-second limits do.
+
+    With ``per_partition`` a message counts against its partition's unit: its key's partition
+    (key mod units), keyless messages round robin, as the log model places them.
+    """
+
+    def __init__(self, throttle: Throttle, keys: list[int]):
+        pooled = 1 if throttle.per_partition else throttle.units
+        self.units = throttle.units if throttle.per_partition else 1
+        self.messages = throttle.messages * pooled if throttle.messages else None
+        self.bytes = throttle.bytes * pooled if throttle.bytes else None
+        self._keys = keys
+        # start full: a unit at rest has a second's quota to give
+        self._tokens = [self.messages or 0.0] * self.units
+        self._byte_tokens = [self.bytes or 0.0] * self.units
+        self._last = [0.0] * self.units
+
+    def unit(self, i: int) -> int:
+        """The unit message ``i`` counts against."""
+        if self.units == 1:
+            return 0
+        key = self._keys[i]
+        return key % self.units if key >= 0 else i % self.units
+
+    def admit(self, i: int, size: int, now: float) -> bool:
+        """Whether the broker takes a publish of message ``i`` (``size`` bytes) now."""
+        u = self.unit(i)
+        elapsed = now - self._last[u]
+        self._last[u] = now
+        ok = True
+        if self.messages is not None:
+            tokens = min(self.messages, self._tokens[u] + elapsed * self.messages)
+            self._tokens[u] = tokens
+            ok = tokens >= 1 - 1e-9
+        if self.bytes is not None:
+            byte_tokens = min(self.bytes, self._byte_tokens[u] + elapsed * self.bytes)
+            self._byte_tokens[u] = byte_tokens
+            ok = ok and byte_tokens >= size - 1e-6
+        if ok:
+            if self.messages is not None:
+                self._tokens[u] -= 1
+            if self.bytes is not None:
+                self._byte_tokens[u] -= size
+        return ok
+
+
 class RetryingPublisher:
     """Publish attempts per message: timeouts, retries, refusals, dedup and stored copies."""
 
@@ -65,6 +120,7 @@ class RetryingPublisher:
         broker: Broker,
         counts: dict[str, int],
         publish_acks: bool,
+        throttle: Throttle | None = None,
     ):
         self.env = env
         self.network = network
@@ -109,6 +165,10 @@ class RetryingPublisher:
         self._dedup = preset.dedup and ids_sent and self._window > 0
         self._dedup_at = [math.nan] * n if self._dedup else []
         counts.update(deduplicated=0, retried=0, refused=0, timed_out=0)
+        #: the publish quota the broker enforces (None: no quota)
+        self._quotas = Quotas(throttle, plan.key.tolist()) if throttle is not None else None
+        if self._quotas is not None:
+            counts["throttled"] = 0
 
     # ------------------------------------------------------------------ what the engine calls
 
@@ -243,6 +303,16 @@ class RetryingPublisher:
         self.network.send(p, p, self._size[i], self._arrived, (i, a), True)
 
     def _arrived(self, token: tuple[int, int]) -> None:
+        quotas = self._quotas
+        if quotas is not None:
+            i = token[0]
+            if not quotas.admit(i, self._size[i], self.env.now):
+                self.counts["throttled"] += 1
+                if self.publish_acks:  # the rejection travels back like an ack
+                    p = self._producer_of[i]
+                    link = self.network.producer_down + p
+                    self.network.send(p, link, 0, self._rejected, token, False)
+                return
         service = self.broker.service
         if service is None:
             self._store_copy(token)
@@ -284,6 +354,15 @@ class RetryingPublisher:
         del self._waiting[self._producer_of[i]][i]
         self.t_acked[i] = self.env.now
         self._settled(i)
+
+    def _rejected(self, token: tuple[int, int]) -> None:
+        """The broker refused attempt ``a`` over its quota: nothing was stored."""
+        i, a = token
+        if self.live[i] != a:
+            return  # the producer had given up on this attempt already (timeout)
+        self.live[i] = 0
+        del self._waiting[self._producer_of[i]][i]
+        self._attempt_failed(i, uncertain=False)
 
     def _on_timer(self, _: int) -> None:
         # One timer walks the deadlines in send order (all have the same timeout).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from brokerlab.core.load import plan_load
 from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult
 from brokerlab.sim.engine import Progress
-from brokerlab.sim.faulted import FAULTED
+from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import Preset, resolve
@@ -29,13 +32,17 @@ def simulate(
     spec = profile or scenario.broker.profile
     chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
+    throttle = None
     if chosen is not None:
         charged = apply_profile(scenario, chosen)
-        scenario, charges = charged.scenario, charged.charges
+        scenario, charges, throttle = charged.scenario, charged.charges, charged.throttle
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
-    # Only a run with faults pays for them: a fault-free run gets the plain collaborators.
-    collaborators = FAULTED if scenario.faults else {}
+    # Only a run with faults pays for them: a fault-free run gets the plain collaborators. A
+    # publish quota needs the publisher that can be refused and retry (the fault layer's).
+    collaborators: dict[str, Any] = FAULTED if scenario.faults or throttle else {}
+    if throttle is not None:
+        collaborators = {**FAULTED, "faults": partial(FaultLayer, throttle=throttle)}
     model = MODELS[preset.model](scenario, preset, plan, seed, progress, **collaborators)
     model.run()
     fault_windows = windows(scenario)
@@ -47,6 +54,7 @@ def simulate(
         "end_s": model.end,
         **model.counts,
         "profile": {**profile_record(chosen, spec), "charges": charges},
+        "drain": model.drain,
     }
     warnings = _warnings(scenario, preset)
     if model.counts["unsent"]:
@@ -58,6 +66,15 @@ def simulate(
         warnings.append(
             f"{model.counts['unsent']} messages were never sent: {why} "
             "(outcome 'failed', attempts 0)"
+        )
+    drain = model.drain
+    if drain["reason"] == "timeout":
+        held = drain["at_broker"]
+        warnings.append(
+            f"the drain timed out after {drain['seconds']:g} s with {drain['pending']} "
+            f"acknowledged messages not yet completed; the broker still held "
+            f"{held['undelivered']} undelivered and {held['unacked']} unacknowledged entries: "
+            "those are late, not lost (a longer drain_timeout lets them finish)"
         )
     return TargetResult(trace=trace, faults=fault_windows, info=info, warnings=warnings)
 

@@ -116,6 +116,40 @@ def test_fewest_partitions_treats_each_as_its_own_queue(tmp_path: Path) -> None:
     assert result.value == theory
 
 
+def md1_mean(lam: float, service: float) -> float:
+    """Mean time in an M/D/1 system (seconds): D + ρD / (2(1 − ρ))."""
+    rho = lam * service
+    return math.inf if rho >= 1 else service + rho * service / (2 * (1 - rho))
+
+
+def test_fewest_partitions_counts_one_consumer_per_partition(tmp_path: Path) -> None:
+    """Six consumers of 5 ms constant at 400/s, keys spread over partitions: each partition is
+    an M/D/1 queue with one consumer, so one partition (whatever the consumer count) serves at
+    most 200/s; the fewest partitions is the smallest k ≤ 6 with mean(400/k) ≤ 7.1 ms."""
+    lam, service, bound = 400.0, 0.005, 0.0071
+    theory = next(
+        k for k in range(1, 7) if lam / k < 1 / service and md1_mean(lam / k, service) <= bound
+    )
+    assert theory == 5  # 6.67 ms with 5 partitions; 7.5 ms with 4; 2 or 1 cannot keep up
+    result = find_capacity(
+        scenario(
+            producers={"rate": "400/s", "messages": 40000, "keys": 1000},
+            broker={"kind": "kafka", "partitions": 1},
+            consumers={"count": 6, "processing": "5ms"},
+            requirements={"latency": {"completion": {"mean": "7.1ms"}}},
+        ),
+        "partitions",
+        out=tmp_path,
+        seeds=2,
+        workers=1,
+    )
+    assert result.value == theory
+    by_value = {
+        p["value"]: p["ok"] for p in json.loads((tmp_path / CAPACITY_FILE).read_text())["points"]
+    }
+    assert by_value[1] is False and by_value[4] is False and by_value[5] is True
+
+
 def test_catch_up_after_an_outage_matches_the_fluid_model(tmp_path: Path) -> None:
     """All consumers down 10 s at 500/s: 5,000 messages drain at 1000 − 500 = 500/s: 10 s."""
     lam, outage = 500.0, 10.0

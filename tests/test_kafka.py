@@ -256,6 +256,8 @@ def test_kafka_run_records_the_brokers_own_lag(tmp_path: Path) -> None:
     assert "broker_backlog" in timeline
     sampled = timeline["broker_backlog"].dropna()
     assert len(sampled) > 0 and (sampled >= 0).all()
+    # Kafka counts no unacknowledged messages: the column is left out, never estimated
+    assert "broker_unacked" not in timeline
 
 
 # --------------------------------------------------------------------------- compare
@@ -311,3 +313,199 @@ def test_a_crashed_producer_restarts_and_nothing_acknowledged_is_lost(tmp_path: 
     assert len(acked) >= 0.9 * len(sends)
     assert acked <= set(deliveries["msg_id"])
     assert sends["t_sent"].notna().all()
+
+
+# --------------------------------------------------------------------------- network faults
+
+
+def test_the_lab_broker_advertises_the_fault_proxy_only_in_a_fault_run(tmp_path: Path) -> None:
+    """Known answer from the broker itself: Metadata names the reserved proxy port when the run
+    needs proxies, and the broker's own port otherwise."""
+    from confluent_kafka.admin import AdminClient
+
+    from brokerlab.adapters.embedded import embedded_for
+    from brokerlab.core.scenario import Broker
+
+    for behind_proxy in (True, False):
+        broker = embedded_for(
+            "kafka", Broker(kind="kafka"), tmp_path / str(behind_proxy), behind_proxy=behind_proxy
+        )
+        with broker:
+            admin = AdminClient({"bootstrap.servers": f"{broker.host}:{broker.port}"})
+            (advertised,) = admin.list_topics(timeout=10).brokers.values()
+        if behind_proxy:
+            assert broker.advertised_port not in (None, broker.port)
+            assert advertised.port == broker.advertised_port
+            assert broker.info["advertised_listener"] == f"127.0.0.1:{broker.advertised_port}"
+        else:
+            assert broker.advertised_port is None and advertised.port == broker.port
+
+
+def _network_run(fault: dict[str, Any], tmp_path: Path, **producers: Any) -> Any:
+    """One producer at 200/s for 4 s, one consumer, one network fault from 1 s to 3 s."""
+    scenario = _scenario(
+        producers={"count": 1, "rate": "200/s", "duration": "4s", **producers},
+        consumers={"count": 1, "prefetch": 10},
+        broker={"partitions": 2},
+        faults=[{"at": "1s", "duration": "2s", **fault}],
+    )
+    return _run(scenario, None, tmp_path)
+
+
+def _latencies(result: Any) -> pd.DataFrame:
+    """Per acknowledged message: when it was sent, its publish and its end-to-end latency."""
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    first = deliveries.sort_values("t_delivered").drop_duplicates("msg_id")
+    merged = sends[sends["outcome"] == "acked"].merge(first[["msg_id", "t_delivered"]], on="msg_id")
+    merged["publish"] = merged["t_acked"] - merged["t_sent"]
+    merged["e2e"] = merged["t_delivered"] - merged["t_sent"]
+    return merged
+
+
+def _assert_each_client_went_through_its_proxy(result: Any) -> None:
+    routed = result.info["faults"]["routed_connections"]
+    for client in ("control", "producer-0", "consumer-0"):
+        assert routed.get(client, 0) >= 1, routed
+
+
+def test_latency_on_every_client_adds_two_one_way_delays_end_to_end(tmp_path: Path) -> None:
+    """100 ms one way on every client: a message sent inside the window crosses the producer's
+    link and the consumer's, so it arrives at least 2 x 100 ms later than one sent outside."""
+    delay = 0.1
+    result = _network_run(
+        {"action": "latency", "target": "all", "delay": f"{delay * 1000:g}ms"}, tmp_path
+    )
+    latencies = _latencies(result)
+    assert len(latencies) == len(result.trace.sends)  # nothing lost or left unknown
+    (window,) = result.faults
+    inside = latencies[
+        (latencies.t_sent > window.t_start + 0.1) & (latencies.t_sent < window.t_end - 0.3)
+    ]
+    outside = latencies[(latencies.t_sent < window.t_start - 0.1) | (latencies.t_sent > 3.5)]
+    assert len(inside) > 100 and len(outside) > 50
+    assert inside["e2e"].min() >= 2 * delay * 0.95
+    assert inside["e2e"].median() >= outside["e2e"].median() + 2 * delay * 0.9
+    # the produce request and its answer both cross the producer's link
+    assert inside["publish"].min() >= 2 * delay * 0.95
+    _assert_each_client_went_through_its_proxy(result)
+
+
+def test_partition_of_every_client_loses_nothing_acknowledged_and_the_run_ends(
+    tmp_path: Path,
+) -> None:
+    """A 2 s partition of every client with retries: bytes are held, not lost, so every
+    message is acknowledged and delivered once (the idempotent producer dedups its own
+    retries), and none sent during the cut arrives before the cut ends."""
+    result = _network_run(
+        {"action": "partition", "target": "all"},
+        tmp_path,
+        retry="same-id",
+        max_attempts=3,
+        publish_timeout="10s",
+    )
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    _assert_exactly_once(sends, deliveries)
+    (window,) = result.faults
+    assert window.t_end - window.t_start == pytest.approx(2.0, abs=0.3)
+    latencies = _latencies(result)
+    cut = latencies[(latencies.t_sent > window.t_start + 0.05) & (latencies.t_sent < 2.8)]
+    assert len(cut) > 200
+    assert (cut["t_delivered"] >= window.t_end - 0.05).all()
+    assert (cut["t_acked"] >= window.t_end - 0.05).all()
+    _assert_each_client_went_through_its_proxy(result)
+
+
+def test_partition_of_the_consumers_only_leaves_the_producer_unaffected(tmp_path: Path) -> None:
+    """Consumers cut off for 2 s: the producer's publishes are acknowledged as quickly as
+    outside the window (its link is untouched), while what is sent in the window reaches the
+    consumer only once the cut ends."""
+    result = _network_run({"action": "partition", "target": "consumers"}, tmp_path)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    _assert_exactly_once(sends, deliveries)
+    (window,) = result.faults
+    latencies = _latencies(result)
+    inside = latencies[
+        (latencies.t_sent > window.t_start + 0.05) & (latencies.t_sent < window.t_end - 0.5)
+    ]
+    outside = latencies[(latencies.t_sent < window.t_start - 0.1) | (latencies.t_sent > 3.5)]
+    assert len(inside) > 200
+    assert (inside["t_delivered"] >= window.t_end - 0.05).all()
+    # unaffected: far below the ~1 s a cut producer would wait; same order as outside
+    assert inside["publish"].quantile(0.9) < 0.25
+    assert inside["publish"].median() < outside["publish"].median() + 0.05
+
+
+def test_a_connection_reset_of_every_client_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Every client's connections reset (RST) once: librdkafka reconnects through the router,
+    retries what was in flight, and nothing acknowledged is lost."""
+    result = _network_run(
+        {"action": "connection-reset", "target": "all"},
+        tmp_path,
+        retry="same-id",
+        max_attempts=3,
+        publish_timeout="10s",
+    )
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    acked = set(sends.loc[sends["outcome"] == "acked", "msg_id"])
+    assert len(acked) == len(sends)
+    assert acked == set(deliveries["msg_id"])
+    routed = result.info["faults"]["routed_connections"]
+    # the reset made the producer and the consumer connect again
+    assert routed["producer-0"] >= 2 and routed["consumer-0"] >= 2, routed
+
+
+def test_a_bandwidth_limit_on_the_producer_caps_what_reaches_the_broker(tmp_path: Path) -> None:
+    """10 kB/s on the producer's link for 2 s: each 256 B message takes at least 256 B of it,
+    so at most ~80 messages (20 kB) can be acknowledged inside the window where 200/s would
+    give ~360; the rest is acknowledged after it, and nothing is lost."""
+    result = _network_run(
+        {"action": "bandwidth", "target": "producers", "bandwidth": "10000/s"},
+        tmp_path,
+        size="256B",
+        publish_timeout="20s",
+    )
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    _assert_exactly_once(sends, deliveries)
+    (window,) = result.faults
+    acked_inside = sends[(sends.t_acked > window.t_start + 0.1) & (sends.t_acked <= window.t_end)]
+    fits = 10_000 * (window.t_end - window.t_start) / 256
+    assert len(acked_inside) <= fits + 10
+    assert (sends.t_acked > window.t_end).sum() > 200  # held back by the limit, sent after
+
+
+def test_network_faults_on_a_kafka_given_by_url_are_refused_before_running(
+    tmp_path: Path,
+) -> None:
+    """--kafka-url: the broker advertises its own address, so no proxy can stand in the path;
+    a network fault (or network delay) is a user error raised before anything starts."""
+    from brokerlab.adapters.faults import FaultRefused
+
+    for extra in (
+        {"faults": [{"at": "1s", "action": "partition", "duration": "1s"}]},
+        {"network": {"delay": "5ms"}},
+    ):
+        scenario = _scenario(**extra)
+        with pytest.raises(FaultRefused, match="--kafka-url") as refused:
+            # a port nobody listens on: refusing must not even try to connect
+            _run(scenario, "kafka://127.0.0.1:1", tmp_path)
+        assert "advertises" in str(refused.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_refuses_a_partition_with_kafka_url_as_a_usage_error(tmp_path: Path) -> None:
+    """`brokerlab run --kafka-url` with a partition exits 2 and says why."""
+    from click.testing import CliRunner
+
+    from brokerlab.cli import main
+
+    path = tmp_path / "partition.yaml"
+    path.write_text(
+        "name: partition\nproducers: {rate: 10/s, duration: 1s}\nbroker: {kind: kafka}\n"
+        "faults: [{at: 0.5s, action: partition, duration: 0.2s}]\n"
+    )
+    results = tmp_path / "results"
+    args = ["run", str(path), "-t", "kafka", "--kafka-url", "kafka://127.0.0.1:1"]
+    outcome = CliRunner().invoke(main, [*args, "--results-dir", str(results), "-q"])
+    assert outcome.exit_code == 2, outcome.output
+    assert "faults[0].action" in outcome.output and "--kafka-url" in outcome.output
+    assert not results.exists() or not any(results.rglob("*.json"))

@@ -341,6 +341,28 @@ def test_matrix_writes_one_record_per_cell_and_target(tmp_path: Path) -> None:
         assert (sim["lost"] > 0) == (record["lost"] > 0), (config, fault, sim, record)
 
 
+@pytest.mark.slow
+def test_kafka_partition_cell_plays_on_the_real_broker(tmp_path: Path) -> None:
+    """kafka-tansu x partition on the lab's Tansu: the partition is played (every client's
+    connections cross the fault proxy the broker advertises), the cell matches the table (no
+    loss, no duplicates), its control is clean, and the simulator agrees."""
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    shutil.copy(CELLS / "kafka-tansu--partition.yaml", cells)
+    result = run_matrix(cells, ["sim", "real"], RunOptions(results_dir=tmp_path / "results"))
+    records = {r["target"]: r for r in json.loads((result.path / "matrix.json").read_text())}
+    real = records["real"]
+    assert real["status"] == "match", real["reason"]
+    assert real["fault_window"] and real["lost"] == 0 and real["duplicates"] == 0
+    assert real["acked"] == real["delivered"] > 0
+    assert real["control_lost"] == 0 and real["control_duplicates"] == 0
+    run = json.loads(Path(real["run"], "run.json").read_text())
+    routed = run["target_info"]["faults"]["routed_connections"]
+    assert {"control", "producer-0", "consumer-0"} <= set(routed), routed
+    assert records["sim"]["status"] == "match", records["sim"]["reason"]
+    assert disagreements(result.records).empty
+
+
 def test_disagreements_compare_none_versus_some() -> None:
     """Sim and real disagree when one lost (or duplicated) messages and the other did not;
     an inconclusive run is no evidence either way."""

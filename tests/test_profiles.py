@@ -272,23 +272,95 @@ def test_broker_work_and_parallelism_set_the_ceiling(tmp_path: Path) -> None:
     assert delivered == pytest.approx(1000, rel=0.03)
 
 
-def test_a_quota_throttles_publishes_per_provisioned_unit(tmp_path: Path) -> None:
-    """Kinesis-like: 500 records/s per shard; 2 shards take 1,000/s of the 1,500/s offered, and the
-    publishes over the quota wait (their publish latency grows)."""
+def quota_run(
+    tmp_path: Path, load: dict[str, Any], quota: str = "100/s", seconds: int = 40, **broker: Any
+) -> Any:
+    """Kinesis-like, one shard of ``quota``, offered twice that: 2 x quota x seconds."""
+    path = write_profile(
+        tmp_path,
+        kind="kinesis",
+        quota={"unit": "shard", "messages": quota},
+        round_trip="2ms",
+        parallelism=1000,
+    )
+    rate = 2 * float(quota.removesuffix("/s"))
+    scenario = make(
+        {"kind": "kinesis", "profile": str(path), **broker},
+        producers={"rate": f"{rate:g}/s", "messages": int(rate * seconds), "keys": 64, **load},
+        consumers={"prefetch": 10},
+    )
+    return simulate(scenario, 1)
+
+
+def test_a_publish_over_the_quota_is_rejected_and_fails_without_retry(tmp_path: Path) -> None:
+    """Offered 2 x the quota with retry none: the shard takes its quota (plus the one second
+    its bucket holds at the start) and rejects the rest; a rejected publish failed."""
+    quota, seconds = 100.0, 40
+    result = quota_run(tmp_path, {"retry": "none"}, seconds=seconds)
+    sends = result.trace.sends
+    offered = 2 * quota * seconds
+    assert len(sends) == offered
+    failed = (sends["outcome"] == "failed").mean()
+    assert failed == pytest.approx(0.5 - 1 / (2 * seconds), abs=0.003)  # 0.4875
+    assert (sends["attempts"] == 1).all()
+    assert result.info["throttled"] == (sends["outcome"] == "failed").sum()
+    delivered = result.trace.deliveries["msg_id"].nunique()
+    assert delivered == (sends["outcome"] == "acked").sum()
+    assert delivered / seconds == pytest.approx(quota, rel=0.03)
+    # the failures are the rejections a client sees: answered, not timed out
+    assert result.info["timed_out"] == 0
+
+
+def test_a_throttled_publish_is_retried_with_the_scenarios_backoff(tmp_path: Path) -> None:
+    """Retried after 100 ms: more than half the first attempts are rejected (retries take part
+    of the quota too), the shard still takes exactly its quota, and a message published on its
+    second attempt took at least the backoff plus two round trips."""
+    quota, seconds = 100.0, 40
+    retry = {"retry": "same-id", "retry_backoff": "100ms", "max_attempts": 3}
+    result = quota_run(tmp_path, {**retry, "arrival": "poisson"}, seconds=seconds)
+    sends = result.trace.sends
+    first_rejected = ((sends["attempts"] > 1) | (sends["outcome"] == "failed")).mean()
+    assert first_rejected > 0.5
+    acked = sends["outcome"] == "acked"
+    # every attempt but an acked message's last was rejected
+    rejected = int(sends["attempts"].sum() - acked.sum())
+    assert result.info["throttled"] == rejected
+    assert result.info["retried"] == int((sends["attempts"] - 1).sum())
+    second = sends[acked & (sends["attempts"] == 2)]
+    assert len(second) > 100
+    assert ((second["t_acked"] - second["t_sent"]) >= 0.100 + 2 * 0.002 - US).all()
+    # the shard took its quota for the whole run, plus the second its bucket held at the start
+    assert acked.sum() == pytest.approx(quota * (seconds + 1), rel=0.02)
+    assert result.trace.deliveries["msg_id"].nunique() == acked.sum()
+    assert set(sends["outcome"]) <= {"acked", "failed"}
+
+
+def test_a_quota_holds_per_shard_or_pooled_throughput_units(tmp_path: Path) -> None:
+    """Two shards of 500/s take 1,000/s of 1,500/s offered (keys spread over them); three
+    throughput units pool 1,500/s and take it all."""
     path = write_profile(
         tmp_path, kind="kinesis", quota={"unit": "shard", "messages": "500/s"}, round_trip="1ms"
     )
     scenario = make(
         {"kind": "kinesis", "profile": str(path), "partitions": 2},
-        producers={"rate": "1500/s", "messages": 6000, "keys": 64},
+        producers={"rate": "1500/s", "messages": 30000, "keys": 64},
         consumers={"count": 2, "prefetch": 10},
     )
-    result = metrics(scenario)
-    assert result["throughput_per_s"]["delivered"] == pytest.approx(1000, rel=0.05)
-    assert result["latency_ms"]["publish"]["p99"] > 500  # a backlog of throttled publishes
-    units = scenario.with_(**{"broker.throughput_units": 3})
-    more = metrics(units)["throughput_per_s"]["delivered"]
-    assert more == pytest.approx(1500, rel=0.05)
+    acked = (simulate(scenario, 1).trace.sends["outcome"] == "acked").sum()
+    assert acked / 20 == pytest.approx(1000 * 21 / 20, rel=0.03)  # plus one second's burst
+    hubs = write_profile(
+        tmp_path,
+        kind="event-hubs",
+        quota={"unit": "throughput-unit", "messages": "500/s"},
+        round_trip="1ms",
+    )
+    pooled = make(
+        {"kind": "event-hubs", "profile": str(hubs), "partitions": 2, "throughput_units": 3},
+        producers={"rate": "1400/s", "messages": 28000, "keys": 64},
+        consumers={"count": 2, "prefetch": 10},
+    )
+    outcomes = simulate(pooled, 1).trace.sends["outcome"]
+    assert (outcomes == "acked").all()
 
 
 def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
@@ -308,6 +380,51 @@ def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
         for p in (plain, lingering)
     ]
     assert ceiling[1] == pytest.approx(ceiling[0], rel=0.03)
+
+
+def test_batching_keeps_one_producers_order_within_a_partition(tmp_path: Path) -> None:
+    """Kafka: a 5 ms linger and random broker work on parallel servers must not reorder one
+    producer's messages within a partition (Kafka appends them in send order). Charged at the
+    means, the publish latency of a lone message is exactly rtt + work + linger."""
+    path = write_profile(
+        tmp_path,
+        kind="kafka",
+        round_trip="1ms",
+        publish={"none": {"dist": "lognormal", "median": "1ms", "p99": "10ms"}},
+        deliver={"dist": "lognormal", "median": "0.2ms", "p99": "2ms"},
+        parallelism=4,
+        batching="5ms",
+    )
+    light = make({"kind": "kafka", "profile": str(path)})
+    work = load_profile(path).publish.none.mean
+    sends = simulate(light, 1).trace.sends
+    publish = (sends["t_acked"] - sends["t_sent"]).to_numpy()
+    assert np.allclose(publish, 1e-3 + work + 5e-3, atol=US)
+    busy = make(
+        {"kind": "kafka", "profile": str(path), "partitions": 3},
+        producers={"rate": "2000/s", "messages": 6000, "arrival": "poisson", "keys": 16},
+        consumers={"count": 3, "prefetch": 10},
+    )
+    trace = simulate(busy, 1).trace
+    rows = trace.deliveries.merge(trace.sends[["msg_id", "key", "seq"]], on="msg_id")
+    assert len(rows) == 6000
+    for column in ("t_delivered", "t_done"):
+        ordered = rows.sort_values([column, "seq"], kind="stable")
+        assert (ordered.groupby("key")["seq"].diff().dropna() > 0).all(), column
+
+
+def test_the_shipped_kafka_profile_keeps_per_key_order() -> None:
+    """The shipped kafka profile (linger, lognormal work, 8 request threads): no reordering."""
+    scenario = make(
+        {"kind": "kafka", "profile": "default", "partitions": 4},
+        producers={"rate": "3000/s", "messages": 9000, "arrival": "poisson", "keys": 32},
+        consumers={"count": 4, "prefetch": 20},
+    )
+    trace = simulate(scenario, 2).trace
+    rows = trace.deliveries.merge(trace.sends[["msg_id", "key", "seq"]], on="msg_id")
+    assert len(rows) == 9000
+    ordered = rows.sort_values(["t_delivered", "seq"], kind="stable")
+    assert (ordered.groupby("key")["seq"].diff().dropna() > 0).all()
 
 
 def test_a_scenarios_own_service_time_and_network_win(tmp_path: Path) -> None:
@@ -343,3 +460,13 @@ def test_reference_scenarios_use_the_ideal_broker() -> None:
 
 def test_shipped_profiles_are_package_data() -> None:
     assert sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) == sorted(BROKER_KINDS)
+
+
+def test_the_suite_never_plays_a_profile_calibrated_on_this_machine() -> None:
+    """The session's profile store is its own empty folder (tests/conftest.py), so ``auto``
+    means the shipped default in every test, whatever was calibrated here before."""
+    from brokerlab.sim.profile import calibrated_dir
+
+    store = calibrated_dir()
+    assert "brokerlab-test-profiles-" in str(store)
+    assert not store.exists() or not any(store.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from brokerlab.adapters.proxy import FaultProxy, ThreadedFaultProxy
+from brokerlab.adapters.proxy import (
+    FaultProxy,
+    KafkaRouter,
+    ThreadedFaultProxy,
+    read_kafka_client_id,
+)
 
 REDIS = ("127.0.0.1", 6379)
 NATS = ("127.0.0.1", 4222)
@@ -341,3 +347,102 @@ async def test_threaded_proxy_controlled_from_a_scheduler_coroutine(
         assert time.monotonic() - started >= 0.3
         await scheduler
         writer.close()
+
+
+# --------------------------------------------------------------------------- Kafka routing
+
+
+def _kafka_request(client_id: bytes | None, body: bytes = b"", flexible: bool = False) -> bytes:
+    """A Kafka request: header v1 (or v2, with an empty tagged-field block) and ``body``."""
+    name = struct.pack(">h", -1) if client_id is None else struct.pack(">h", len(client_id))
+    header = struct.pack(">hhi", 18, 3 if flexible else 2, 42) + name + (client_id or b"")
+    payload = header + (b"\x00" if flexible else b"") + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+async def _client_id_of(data: bytes) -> tuple[bytes, str | None]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return await read_kafka_client_id(reader)
+
+
+async def test_kafka_client_id_is_read_from_the_first_request_header() -> None:
+    """Known answers: header v1 and flexible v2 (client_id stays a plain STRING), a null id,
+    a truncated request; the bytes read are exactly the request's start, nothing more."""
+    request = _kafka_request(b"brokerlab-r1-producer-0", b"body")
+    read, client_id = await _client_id_of(request)
+    assert client_id == "brokerlab-r1-producer-0"
+    assert read == request[: 4 + 10 + len(b"brokerlab-r1-producer-0")]
+    flexible = _kafka_request(b"rdkafka-consumer-1", b"\x01\x02", flexible=True)
+    assert (await _client_id_of(flexible))[1] == "rdkafka-consumer-1"
+    assert await _client_id_of(_kafka_request(None)) == (_kafka_request(None)[:14], None)
+    assert await _client_id_of(request[:9]) == (request[:9], None)
+    assert await _client_id_of(request[:20]) == (request[:20], None)
+    # a length the request's size cannot hold is no client_id
+    lying = struct.pack(">ihhih", 12, 18, 2, 1, 500) + b"x" * 20
+    assert (await _client_id_of(lying))[1] is None
+
+
+async def test_kafka_router_hands_each_connection_to_its_clients_proxy(
+    echo_server: tuple[str, int],
+) -> None:
+    """Two clients on the one router port: the one whose proxy is blackholed gets nothing
+    back, the other gets its whole request echoed (the header the router read included); a
+    connection of no known client goes through the fault-free proxy."""
+    proxies = {name: FaultProxy(*echo_server, listen=False) for name in ("a", "b", "other")}
+    seen: list[str | None] = []
+
+    def route(client_id: str | None) -> FaultProxy:
+        seen.append(client_id)
+        return proxies.get((client_id or "").rpartition("-")[2], proxies["other"])
+
+    router = KafkaRouter(route)
+    for proxy in proxies.values():
+        await proxy.start()
+    await router.start()
+    try:
+        proxies["a"].blackhole()
+        streams = {}
+        for name in ("run-a", "run-b", "stranger"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+            request = _kafka_request(name.encode(), b"payload-" + name.encode())
+            writer.write(request)
+            streams[name] = (reader, writer, request)
+        for name in ("run-b", "stranger"):
+            reader, _writer, request = streams[name]
+            echoed = await asyncio.wait_for(reader.readexactly(len(request)), timeout=5)
+            assert echoed == request
+        reader, _writer, request = streams["run-a"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), timeout=0.5)
+        proxies["a"].blackhole(False)
+        assert await asyncio.wait_for(reader.readexactly(len(request)), timeout=5) == request
+        assert sorted(seen, key=str) == ["run-a", "run-b", "stranger"]
+        assert [proxies[n].stats.connections_opened for n in ("a", "b", "other")] == [1, 1, 1]
+        for _reader, writer, _request in streams.values():
+            writer.close()
+    finally:
+        await router.stop()
+        for proxy in proxies.values():
+            await proxy.stop()
+
+
+async def test_kafka_router_stop_resets_a_connection_still_being_read(
+    echo_server: tuple[str, int],
+) -> None:
+    """A client that connects and sends half a header is reset when the router stops."""
+    proxy = FaultProxy(*echo_server, listen=False)
+    await proxy.start()
+    router = KafkaRouter(lambda _client_id: proxy)
+    await router.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+    writer.write(b"\x00\x00")
+    await asyncio.sleep(0.1)
+    await router.stop()
+    await router.stop()
+    with contextlib.suppress(ConnectionError):
+        assert await asyncio.wait_for(reader.read(100), timeout=5) == b""
+    assert proxy.stats.connections_opened == 0
+    await proxy.stop()
+    writer.close()

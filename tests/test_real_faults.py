@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from brokerlab.adapters import run_real
 from brokerlab.adapters.faults import FaultRefused, delay_as_latency
+from brokerlab.app.runner import analyze_result
 from brokerlab.core.checks import DeliveryCheck, check_delivery
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import TargetResult
@@ -83,6 +84,7 @@ def test_a_drain_that_times_out_says_what_is_pending_and_that_the_broker_still_h
         producers={"rate": "200/s", "duration": "1s"},
         consumers={"processing": "50ms"},
         drain_timeout="0.5s",
+        requirements={"max_lost": 0},
     )
     result, checks = _run("redis-streams", scenario, tmp_path)
     drain = result.info["drain"]
@@ -97,6 +99,10 @@ def test_a_drain_that_times_out_says_what_is_pending_and_that_the_broker_still_h
     # Consumers stop fetching after the drain, so all but the batch in hand are still there.
     assert at_broker["undelivered"] + at_broker["unacked"] >= drain["pending"] - 1
     assert any("drain timed out" in w and "may only be late" in w for w in result.warnings)
+    # Nothing was lost, so max_lost cannot fail on this backlog: it cannot tell, and says why.
+    (lost,) = analyze_result(result, scenario, "redis-streams", 7).requirements
+    assert lost.name == "max_lost" and lost.measured == checks.lost + checks.unprocessed
+    assert lost.ok is None and "still at the broker" in lost.note, lost
 
 
 def test_a_drain_that_completes_says_so(tmp_path: Path) -> None:

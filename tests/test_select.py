@@ -300,3 +300,26 @@ def test_payments_ranking_is_the_same_whatever_the_candidate_order(tmp_path: Pat
     tied = {candidate for rank_, candidate, tie in only if rank_ == 1}
     assert {"kafka", "nats-jetstream"} <= tied
     assert all(tie for rank_, _, tie in only if rank_ == 1)
+
+
+def test_simulated_speed_verdicts_name_the_profile_they_rest_on(tmp_path: Path) -> None:
+    """A simulated candidate judged on speed says which profile it played and where that profile
+    comes from (shipped default with its sources here), in the ranking and beside each speed
+    verdict; the ideal broker (profile none) is not judged on speed and names no profile."""
+    profiled = parse_scenario({**USE_CASE, "broker": {"kind": "redis-streams"}})
+    chosen = select(profiled, ["kafka", "sqs"], RunOptions(results_dir=tmp_path), real=False)
+    for candidate in ("kafka", "sqs"):
+        (profile,) = chosen.ranking.loc[chosen.ranking["candidate"] == candidate, "profile"]
+        assert profile.startswith(f"{candidate}: shipped default ("), profile
+        speed = chosen.evidence.query(
+            "candidate == @candidate and requirement in ['throughput', 'end_to_end p99']"
+        )
+        assert len(speed) == 2 and set(speed["status"]) <= {"ok", "fail"}
+        assert all(f"predicted with the profile {profile}" in note for note in speed["note"])
+        loss = chosen.evidence.query("candidate == @candidate and requirement == 'max_lost'")
+        assert "predicted with" not in str(loss["note"].iloc[0])
+    ideal = select(
+        parse_scenario(USE_CASE), ["kafka"], RunOptions(results_dir=tmp_path / "ideal"), real=False
+    )
+    assert ideal.ranking["profile"].iloc[0] == "none (ideal broker, no costs)"
+    assert ideal.ranking["not_modelled"].iloc[0] == "throughput, end_to_end p99"

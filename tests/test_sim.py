@@ -378,6 +378,40 @@ def test_per_key_order_holds_with_one_consumer_or_partitions(
     assert rows["consumer"].nunique() == consumers
 
 
+@pytest.mark.parametrize(("partitions", "busy"), [(1, 1), (3, 3), (6, 4)])
+def test_a_partition_is_read_by_one_consumer_of_the_group(partitions: int, busy: int) -> None:
+    """Kafka groups: each partition goes to exactly one consumer, the rest sit idle. Four
+    consumers of 5 ms on one partition deliver 1 / 5 ms = 200/s (one consumer), not 400/s."""
+    scenario = make(
+        producers={"rate": "400/s", "messages": 2000, "keys": 64},
+        broker={"kind": "kafka", "partitions": partitions},
+        consumers={"count": 4, "processing": "5ms"},
+    )
+    trace = run(scenario)
+    rows = joined(trace)
+    assert len(rows) == 2000
+    assert rows["consumer"].nunique() == busy
+    assert (rows.groupby("key")["consumer"].nunique() == 1).all()
+    analysis = analyze(trace, scenario, target="sim", seed=1, duration_s=5.0)
+    delivered = analysis.throughput.delivered
+    if partitions == 1:
+        # message k is handed over at k x 5 ms: 2000 / (1999 x 5 ms)
+        assert delivered == pytest.approx(2000 / (1999 * 0.005), rel=1e-3)
+    else:
+        assert delivered == pytest.approx(400, rel=0.01)
+
+
+def test_keyless_messages_go_round_robin_over_partitions() -> None:
+    """Without keys a producer spreads messages evenly over the partitions."""
+    scenario = make(
+        producers={"rate": "400/s", "messages": 1200},
+        broker={"kind": "kafka", "partitions": 3},
+        consumers={"count": 3},
+    )
+    counts = run(scenario).deliveries["consumer"].value_counts().tolist()
+    assert counts == [400, 400, 400]
+
+
 def test_competing_consumers_on_one_stream_finish_keys_out_of_order() -> None:
     """Three consumers sharing one cursor: per-key completion order is not kept (the contrast)."""
     rows = joined(run(ordering_scenario("redis-streams", 3)))

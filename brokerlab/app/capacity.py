@@ -586,11 +586,6 @@ def _answer(
         return f"{where}: no answer: {detail}"
     if find == "rate":
         return f"{where}: highest rate meeting every requirement: {_fmt(value)}/s ({detail})"
-    if find == "partitions" and value == 1 and target == "sim":
-        detail += (
-            "; note: the simulator lets every consumer read a single partition, where a real "
-            "partitioned broker gives it to one consumer"
-        )
     if find in ("consumers", "partitions"):
         return (
             f"{where}: fewest {find} meeting every requirement at "

@@ -253,7 +253,7 @@ def drain_cut(sends: pd.DataFrame, deliveries: pd.DataFrame, drain_timeout: floa
 
 
 def still_at_broker(info: Mapping[str, Any]) -> str:
-    """Why a run's ``lost`` may only be late, from the harness's own drain record (run.json
+    """Why a run's ``lost`` may only be late, from the target's own drain record (run.json
     ``target_info.drain``): the drain timed out while the broker still held entries for the
     consumers (undelivered or unacknowledged). A broker that lost them holds none. Returns the
     reason, or "" when the drain completed, the broker held nothing, or could not say.

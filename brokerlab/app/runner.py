@@ -302,7 +302,25 @@ def analyze_result(result: TargetResult, scenario: Scenario, target: str, seed: 
     """The one analysis of a target's result, as ``run_scenario`` does it (the trace's span is
     the run's duration). Sweeps call it where the target ran, e.g. on a Dask worker."""
     duration_s = _trace_span(result)
-    return analyze(result.trace, scenario, target=target, seed=seed, duration_s=duration_s)
+    return analyze(
+        result.trace,
+        scenario,
+        target=target,
+        seed=seed,
+        duration_s=duration_s,
+        held=held_at_drain(result.info),
+    )
+
+
+def held_at_drain(info: dict[str, Any]) -> int | None:
+    """Messages the target still held when a timed-out drain ended (entries at the broker not
+    yet delivered or not yet acknowledged), from run.json's ``drain`` record; None when the
+    drain completed or the target could not say."""
+    drain = info.get("drain") or {}
+    at_broker = drain.get("at_broker")
+    if drain.get("reason") != "timeout" or not at_broker:
+        return None
+    return max(0, int(at_broker.get("undelivered", 0))) + max(0, int(at_broker.get("unacked", 0)))
 
 
 def write_run_files(

@@ -156,6 +156,7 @@ def evidence_rows(
     run_path: Path,
     scenario: Scenario,
     target: str = "sim",
+    profile_of: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Every requirement of one candidate, judged once: its run's measurement and the
     capability table's verdict for the same requirement share one row.
@@ -163,8 +164,11 @@ def evidence_rows(
     ``status`` is ``ok``, ``fail``, ``unknown`` (the run could not tell, or the only fact is
     unverified) or ``not modelled`` (a speed requirement of a simulated candidate whose preset
     has no performance profile); ``ok`` is True / False for the first two, None otherwise.
+    A simulated speed verdict names the profile it rests on, read from the run's run.json (in
+    ``profile_of`` when the run's files are not yet at ``run_path``).
     """
     unmodelled = target == "sim" and not has_profile(candidate, scenario.broker.profile)
+    profile = profile_label(profile_of or run_path) if target == "sim" else None
     measured = {
         r["name"]: r for r in metrics["requirements"] if r["name"] not in CAPABILITY_REQUIREMENTS
     }
@@ -182,6 +186,8 @@ def evidence_rows(
                 run_status = {True: "ok", False: "fail", None: "unknown"}[run["ok"]]
                 if run.get("note"):
                     notes.append(str(run["note"]))
+                if target == "sim" and is_performance(name):
+                    notes.append(f"predicted with the profile {profile or 'recorded nowhere'}")
         if fact is not None and not fact.verified:
             finding = "would pass" if fact.finding else "would fail"
             notes.append(f"capability fact unverified ({finding}): decides nothing")
@@ -248,6 +254,7 @@ def rank(evidence: pd.DataFrame, runs: dict[str, dict[str, Any]]) -> pd.DataFram
             {
                 "candidate": candidate,
                 "target": info["target"],
+                "profile": info.get("profile"),
                 "verdict": verdict,
                 "failed": len(failed),
                 "failed_requirements": ", ".join(failed),
@@ -377,6 +384,9 @@ def select(
                         as_run, target, replace(options, seed=seed, out=folder / candidate), source
                     )
                     metrics, run_path = record.metrics, final / candidate
+                # Where the run's files are now (a new run sits in the staging folder until the
+                # selection is complete).
+                written = previous if previous is not None else folder / candidate
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # a broken candidate must not hide the others
@@ -386,8 +396,11 @@ def select(
                 "target": target,
                 "run": str(run_path),
                 "reused": previous is not None,
+                "profile": profile_label(written) if target == "sim" else None,
             }
-            rows.extend(evidence_rows(candidate, metrics, run_path, as_run, target))
+            rows.extend(
+                evidence_rows(candidate, metrics, run_path, as_run, target, profile_of=written)
+            )
         evidence = evidence_table(rows)
         ranking = rank(evidence, runs) if runs else pd.DataFrame()
         if len(ranking):  # evidence in rank order too, so no listing order shows through
@@ -468,6 +481,19 @@ def _notes(scenario: Scenario, runs: dict[str, dict[str, Any]]) -> tuple[str, ..
                 "semantics, not the product's storage, replication or speed"
             )
     return tuple(notes)
+
+
+def profile_label(run: Path) -> str | None:
+    """Which performance profile a simulated run played, with its provenance (run.json
+    ``target_info.profile.describe``: calibrated where and when, or shipped default with its
+    sources, or none), so a verdict on speed says what it rests on."""
+    try:
+        record = json.loads((run / results.RUN_FILE).read_text("utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    profile = (record.get("target_info") or {}).get("profile") or {}
+    described = profile.get("describe") if isinstance(profile, dict) else None
+    return str(described) if described else None
 
 
 def _broker_label(run: Path) -> str | None:

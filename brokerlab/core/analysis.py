@@ -277,6 +277,7 @@ def evaluate_requirements(
     checks: DeliveryCheck,
     latency: dict[str, LatencySummary],
     throughput: Throughput,
+    held: int | None = None,
 ) -> tuple[RequirementResult, ...]:
     """One result per requirement the scenario states, in a stable order.
 
@@ -288,6 +289,11 @@ def evaluate_requirements(
     unprocessed (taken by a consumer, never processed to the end). Replay and message size are
     listed with ok None: a run cannot show them, a capability table judges them. Ids delivered
     that were never sent add a failed ``unexpected deliveries`` requirement: always a bug.
+
+    ``held`` is how many entries the broker (or a consumer's client library) still held when a
+    drain that timed out ended: undelivered messages may then only be late, not lost. ``max_lost``
+    fails only if more than ``held`` of its count exceed the bound (those are gone for sure),
+    and cannot tell otherwise.
     """
     counts = checks.counts()
     empty = _empty_run(counts)
@@ -316,6 +322,8 @@ def evaluate_requirements(
         result = _at_most("max_lost", requirements.max_lost, gone, nothing_acked or "")
         if checks.unprocessed and gone is not None:
             result = replace(result, note=f"{checks.lost} lost + {checks.unprocessed} unprocessed")
+        if held and gone is not None and result.ok is False:
+            result = _late_not_lost(result, gone, held, requirements.max_lost)
         results.append(result)
     if requirements.max_duplicates is not None:
         duplicates = None if nothing_delivered else checks.duplicates
@@ -337,6 +345,23 @@ def evaluate_requirements(
         size = requirements.max_message_size
         results.append(RequirementResult("max_message_size", size, None, None, _CAPABILITY_NOTE))
     return tuple(results)
+
+
+def _late_not_lost(
+    result: RequirementResult, gone: int, held: int, bound: int
+) -> RequirementResult:
+    """``max_lost`` when the drain ended with ``held`` entries still at the broker: at least
+    ``gone - held`` messages are gone for sure; the rest may only be late."""
+    surely = max(0, gone - held)
+    known = f"at least {surely} are lost and the rest" if surely else "none is known lost: all"
+    late = (
+        f"the drain timed out with {held} entries still at the broker: of {gone} not delivered "
+        f"(or not processed), {known} may only be late (a longer drain_timeout, or a faster "
+        "consumer, tells them apart)"
+    )
+    if surely > bound:
+        return replace(result, note=late)
+    return replace(result, ok=None, note=late)
 
 
 def _warnings(checks: DeliveryCheck, latency: dict[str, LatencySummary]) -> list[str]:
@@ -370,19 +395,26 @@ def _warnings(checks: DeliveryCheck, latency: dict[str, LatencySummary]) -> list
 
 
 def analyze(
-    trace: Trace, scenario: Scenario, *, target: str, seed: int | None, duration_s: float
+    trace: Trace,
+    scenario: Scenario,
+    *,
+    target: str,
+    seed: int | None,
+    duration_s: float,
+    held: int | None = None,
 ) -> Analysis:
     """Analyse one drained run: delivery checks, latencies, throughput, requirements, verdict.
 
     Delivery checks cover every message; latency percentiles and throughput leave out messages
     intended before ``scenario.producers.warmup`` (start-up transients are not the steady state
-    the use case cares about).
+    the use case cares about). ``held``: entries the target still held when a timed-out drain
+    ended (see :func:`evaluate_requirements`).
     """
     warmup = scenario.producers.warmup
     checks = check_delivery(trace.sends, trace.deliveries)
     latency = measure_latency(trace.sends, checks, warmup)
     throughput = measure_throughput(trace.sends, checks, scenario.producers.rate, warmup)
-    requirements = evaluate_requirements(scenario.requirements, checks, latency, throughput)
+    requirements = evaluate_requirements(scenario.requirements, checks, latency, throughput, held)
     # A real run whose own client was the bottleneck cannot fail the broker on speed.
     lab = saturation.judge(trace.timeline, [r.name for r in requirements if r.ok is False])
     requirements = tuple(

@@ -25,6 +25,7 @@ from brokerlab.core.vocabulary import LATENCY_KINDS
 
 __all__ = [
     "LAGGING_P99_MS",
+    "MACHINE_BUSY",
     "SATURATED_CPU",
     "SATURATED_SHARE",
     "LabLimit",
@@ -43,6 +44,9 @@ SATURATED_SHARE = 0.2
 #: The lab's event loop lags when its timers ran this late (milliseconds) at the 99th
 #: percentile of the sampled intervals: every send, receive and timestamp waits that long.
 LAGGING_P99_MS = 50.0
+#: The machine has no CPU to spare when all of its CPUs are this busy (percent, every process
+#: counted) in at least :data:`SATURATED_SHARE` of the sampled intervals.
+MACHINE_BUSY = 95.0
 
 
 def speed_bound(requirement: str) -> bool:
@@ -63,6 +67,10 @@ class LabLimit:
     peak_cpu: float
     lag_p99_ms: float
     sampled: int
+    #: share of sampled intervals with every CPU of the machine at least MACHINE_BUSY busy
+    machine_share: float = 0.0
+    #: share of sampled intervals in which the broker itself used at least SATURATED_CPU
+    broker_share: float = 0.0
 
     @property
     def saturated(self) -> bool:
@@ -73,9 +81,23 @@ class LabLimit:
         return self.lag_p99_ms > LAGGING_P99_MS
 
     @property
+    def machine_bound(self) -> bool:
+        """The machine had no CPU to spare while the broker itself was not saturated: the
+        broker (and the lab) ran slower than they would with a free core, whoever took it."""
+        return self.machine_share >= SATURATED_SHARE and self.broker_share < SATURATED_SHARE
+
+    @property
     def limited(self) -> bool:
-        """True when the lab's client may have been the bottleneck."""
-        return self.saturated or self.lagging
+        """True when the lab's client, or the machine it shares with the broker, may have been
+        the bottleneck."""
+        return self.saturated or self.lagging or self.machine_bound
+
+    @property
+    def who(self) -> str:
+        """What was the limit, in words for notes and warnings."""
+        if self.saturated or self.lagging:
+            return "the lab's client"
+        return "the machine (no idle CPU)"
 
     def describe(self) -> str:
         """Why the lab was the limit, with its figures (empty when it was not)."""
@@ -89,6 +111,11 @@ class LabLimit:
             reasons.append(
                 f"its event loop ran late by {self.lag_p99_ms:.0f} ms at p99 "
                 f"(over {LAGGING_P99_MS:g} ms)"
+            )
+        if self.machine_bound:
+            reasons.append(
+                f"all of the machine's CPUs were ≥{MACHINE_BUSY:g}% busy in "
+                f"{self.machine_share:.0%} of the run while the broker used less than a core"
             )
         return " and ".join(reasons)
 
@@ -107,7 +134,18 @@ def lab_limit(timeline: pd.DataFrame) -> LabLimit | None:
         peak_cpu=float(cpu.max()) if len(cpu) else float("nan"),
         lag_p99_ms=float(np.percentile(lag, 99)) if len(lag) else 0.0,
         sampled=int(max(len(cpu), len(lag))),
+        machine_share=_share(timeline, "machine_cpu", MACHINE_BUSY),
+        broker_share=_share(timeline, "broker_cpu", SATURATED_CPU),
     )
+
+
+def _share(timeline: pd.DataFrame, column: str, threshold: float) -> float:
+    """Share of the sampled intervals (non-NaN) in which ``column`` reached ``threshold``."""
+    if column not in timeline:
+        return 0.0
+    values = timeline[column].to_numpy(dtype="float64")
+    values = values[~np.isnan(values)]
+    return float(np.mean(values >= threshold)) if len(values) else 0.0
 
 
 @dataclass(frozen=True)
@@ -128,17 +166,19 @@ def judge(timeline: pd.DataFrame, failed: Iterable[str]) -> SaturationJudgement:
     """Which of the ``failed`` requirements the lab's own limit makes undecided.
 
     A failed throughput or latency requirement becomes undecided when the lab was saturated or
-    lagging (:meth:`LabLimit.limited`); other failures stand.
+    lagging, or the machine had no idle CPU while the broker itself was not saturated
+    (:meth:`LabLimit.limited`); other failures stand. A broker at a whole core is the limit
+    itself, so a busy machine does not excuse it.
     """
     limit = lab_limit(timeline)
     spoiled = [name for name in failed if speed_bound(name)]
     if limit is None or not limit.limited or not spoiled:
         return SaturationJudgement(limit)
-    why = limit.describe()
-    note = f"not judged: the lab's client was the limit ({why}), not necessarily the broker"
+    why, who = limit.describe(), limit.who
+    note = f"not judged: {who} was the limit ({why}), not necessarily the broker"
     warning = (
-        f"these figures reflect the lab's client, not only the broker: {why}; "
-        f"{', '.join(spoiled)} not judged (run with a lower load, more worker processes, or "
-        "the lab on another machine)"
+        f"these figures reflect {who}, not only the broker: {why}; "
+        f"{', '.join(spoiled)} not judged (run with a lower load, more worker processes, on a "
+        "quieter machine, or the lab on another machine)"
     )
     return SaturationJudgement(limit, {name: note for name in spoiled}, warning)

@@ -59,9 +59,10 @@ TIMELINE_SCHEMA: dict[str, str] = {
     "lab_cpu": "float64",  # busiest lab process (main or worker), percent of one core
     "broker_cpu": "float64",  # the broker process, percent of one core
     "loop_lag_ms": "float64",  # worst lateness of the lab's event loop
+    "machine_cpu": "float64",  # all of the machine's CPUs, percent busy (every process)
 }
 #: The timeline columns :func:`with_resources` fills from ``adapters.monitor``'s samples.
-RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms")
+RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms", "machine_cpu")
 
 #: The broker's own view, sampled during a real run (columns only present when the target
 #: reports them): ``broker_backlog`` = messages the broker holds for the group that no consumer
@@ -235,7 +236,7 @@ def build_timeline(
     has yet received (each message counted once, however many copies or redeliveries it had).
     ``errors`` counts failed or unknown publishes started in the interval (plus any
     target-specific error times passed in). ``faults`` names the faults active in the interval.
-    ``lab_cpu``, ``broker_cpu`` and ``loop_lag_ms`` come from ``resources`` (see
+    ``lab_cpu``, ``broker_cpu``, ``loop_lag_ms`` and ``machine_cpu`` come from ``resources`` (see
     :func:`with_resources`); without them (the simulator) they are NaN. ``first`` is
     :func:`first_deliveries` when the target already knows it (the simulator does, by message
     index, and skips the id join). ``broker`` (column ``t``
@@ -305,7 +306,8 @@ class ResourceSamples:
 
     Window ``i`` is ``[t_start[i], t_end[i])`` on the run's clock; the values are the lab's
     busiest process's CPU and the broker's CPU over the window (percent of one core; NaN when
-    not known) and the worst event-loop lateness seen in it (milliseconds).
+    not known), the worst event-loop lateness seen in it (milliseconds), and how busy the whole
+    machine's CPUs were (percent of all of them; NaN when not sampled).
     """
 
     t_start: np.ndarray
@@ -313,6 +315,7 @@ class ResourceSamples:
     lab_cpu: np.ndarray
     broker_cpu: np.ndarray
     loop_lag_ms: np.ndarray
+    machine_cpu: np.ndarray | None = None
 
 
 def with_resources(timeline: pd.DataFrame, samples: ResourceSamples) -> pd.DataFrame:
@@ -328,7 +331,10 @@ def with_resources(timeline: pd.DataFrame, samples: ResourceSamples) -> pd.DataF
     order = np.argsort(samples.t_start, kind="stable")
     starts, ends = samples.t_start[order], samples.t_end[order]
     for column in RESOURCE_COLUMNS:
-        values = np.asarray(getattr(samples, column), dtype="float64")[order]
+        sampled = getattr(samples, column)
+        if sampled is None:
+            sampled = np.full(len(samples.t_start), np.nan)
+        values = np.asarray(sampled, dtype="float64")[order]
         filled = np.full(len(frame), np.nan)
         for row in range(len(frame)):
             overlapping = values[(starts < hi[row]) & (ends > lo[row])]

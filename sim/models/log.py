@@ -5,8 +5,9 @@ pending until acked and come back first after the ack timeout. The log keeps ack
 ``max_length`` trims the oldest entries whether or not the group has read them (undelivered ones
 are lost), and ``retention`` drops entries older than that. Trimming is applied lazily when the
 cursor or a redelivery reaches an entry, which gives the same result as trimming on every append.
-With ``partitioned`` presets a key always maps to the same partition and each partition to one
-consumer, so per-key order holds with many consumers.
+With ``partitioned`` presets a key always maps to the same partition (keyless messages go round
+robin) and each partition to exactly one consumer of the group, so per-key order holds with many
+consumers and consumers beyond the partition count sit idle.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ class LogModel(Simulation):
         self.max_length = self.broker.max_length
         self.retention = self.broker.retention
         self.position: list[int] = [0] * self.n if self.max_length else []
-        if lanes > 1:
-            # Partition p belongs to consumer p mod count (extra consumers idle, as in Kafka).
+        if self.preset.partitioned:
+            # A group assigns each partition to exactly one consumer (partition p to consumer
+            # p mod count), so consumers beyond the partition count sit idle, as in Kafka: one
+            # partition is read by one consumer however many the group has.
             self.lane_owners = [[p % consumers] for p in range(lanes)]
             self.consumer_lanes = [
                 [p for p in range(lanes) if p % consumers == c] for c in range(consumers)
             ]
             self._rr = [0] * lanes
+        if lanes > 1:
             self.lane_of: list[int] = [0] * self.n
             self._keys: list[int] = self.plan.key.tolist()
 
@@ -109,6 +113,17 @@ class LogModel(Simulation):
         lane = 0 if self.lanes == 1 else self.lane_of[i]
         self.redeliveries[lane].append(i)
         self.offer(lane)
+
+    def undelivered(self) -> int:
+        held = 0
+        for lane, log in enumerate(self.logs):
+            held += sum(1 for i in log[self.cursor[lane] :] if not self._gone(lane, i))
+            held += sum(
+                1
+                for i in self.redeliveries[lane]
+                if not (self.track and self.pending[i] == ACKED) and not self._gone(lane, i)
+            )
+        return held
 
     # ------------------------------------------------------------------ faults
 

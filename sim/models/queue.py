@@ -47,6 +47,15 @@ class QueueModel(Simulation):
             return i
         return -1
 
+    def undelivered(self) -> int:
+        now, retention = self.env.now, self.retention
+        return sum(
+            1
+            for i in self.ready
+            if not (self.track and self.pending[i] == ACKED)
+            and not (retention and now - self.t_stored[i] > retention)
+        )
+
     def requeue(self, i: int) -> None:
         self.ready.appendleft(i)
         self.offer(0)
