@@ -42,5 +42,7 @@ def samples(dist: Distribution, rng: np.random.Generator) -> Iterator[float]:
 
 
 def _chunks(dist: Distribution, rng: np.random.Generator) -> Iterator[float]:
-    while True:
-        yield from draw(dist, rng, CHUNK).tolist()
+    # The same chunks, drawn as lazily as a generator would, but chained in C: ``next()`` is a
+    # list iterator's step, not a generator's resumption (one sample per message and step).
+    chunks = map(lambda _: draw(dist, rng, CHUNK).tolist(), itertools.repeat(None))
+    return itertools.chain.from_iterable(chunks)

@@ -672,3 +672,61 @@ def test_quickstart_with_seed_7_is_pinned() -> None:
     )
     assert rows["t_done"].max() == pytest.approx(10.001225, abs=1e-9)
     assert rows["t_delivered"].sum() == pytest.approx(24439.116136, abs=1e-6)
+
+
+def test_event_loop_order_is_simpys_own() -> None:
+    """The engine's Clock files callbacks as heap entries; the order they run in must be the one
+    SimPy's own loop gives Timeout events (time, then scheduling order for ties), including
+    callbacks that schedule more callbacks and a stop event that ends the run."""
+    import simpy
+
+    from brokerlab.sim.events import Call, Clock
+
+    def play(env: simpy.Environment, schedule: Any, stop: simpy.Event) -> list[tuple[float, int]]:
+        seen: list[tuple[float, int]] = []
+        rng = np.random.default_rng(7)
+        # Delays on a coarse grid so that many events tie on time.
+        delays = (rng.integers(0, 4, size=4000) * 0.25).tolist()
+
+        def fire(k: int) -> None:
+            seen.append((env.now, k))
+            if k == 2500:
+                stop.succeed()
+            for child in (2 * k + 1, 2 * k + 2):
+                if child < len(delays):
+                    schedule(delays[child], fire, child)
+
+        schedule(0.0, fire, 0)
+        env.run(until=stop)
+        return seen
+
+    reference = simpy.Environment()
+
+    def timeout(delay: float, fn: Any, arg: int) -> None:
+        reference.timeout(delay).callbacks.append(lambda _: fn(arg))
+
+    expected = play(reference, timeout, reference.event())
+    clock = Clock()
+    got = play(clock, lambda delay, fn, arg: Call(clock, delay, fn, arg), clock.event())
+    assert got == expected
+    assert len(got) > 2500  # the stop came mid-run, not after everything
+    # ``scheduled`` counts callbacks (run or still pending), not SimPy's own stop event.
+    pending = sum(1 for entry in clock._queue if isinstance(entry[4], int))
+    assert pending < len(clock._queue)  # the stop event is filed there too
+    assert clock.scheduled == len(got) + pending
+
+
+def test_samples_are_the_chunks_numpy_draws() -> None:
+    """Samples come in fixed chunks, so a seed always gives the same sequence across chunks."""
+    import itertools
+
+    from brokerlab.core.load import draw
+    from brokerlab.core.scenario import Exponential
+    from brokerlab.sim.sampling import CHUNK, samples
+
+    dist = Exponential(dist="exponential", mean=0.001)
+    got = list(itertools.islice(samples(dist, np.random.default_rng(3)), 2 * CHUNK + 10))
+    rng = np.random.default_rng(3)
+    expected = [*draw(dist, rng, CHUNK).tolist(), *draw(dist, rng, CHUNK).tolist()]
+    expected += draw(dist, rng, CHUNK).tolist()[:10]
+    assert got == expected

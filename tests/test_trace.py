@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from trace_builders import deliveries_table, sends_table
 
 from brokerlab.core.trace import (
@@ -95,3 +98,53 @@ def test_first_deliveries_is_the_earliest_receipt_per_sent_message() -> None:
     sends = sends_table([0, 0, 0], [0, 1, 2])
     deliveries = deliveries_table(["0:1", "0:0", "0:1"], [0.9, 0.4, 0.3], delivery_no=[1, 1, 2])
     np.testing.assert_array_equal(first_deliveries(sends, deliveries), [0.4, 0.3, np.nan])
+
+
+def test_msg_ids_are_producer_colon_seq() -> None:
+    """Ids are joined in Arrow; they must read exactly as ``producer:seq`` in decimal."""
+    from brokerlab.core.trace import msg_ids
+
+    producers = np.array([0, 1, 12, -1, 2_147_483_647], dtype="int32")
+    seqs = np.array([0, 5, 123_456_789_012, 7, -3], dtype="int64")
+    assert list(msg_ids(producers, seqs)) == [
+        "0:0",
+        "1:5",
+        "12:123456789012",
+        "-1:7",
+        "2147483647:-3",
+    ]
+    assert len(msg_ids(producers[:0], seqs[:0])) == 0
+    sends = make_sends(
+        producers, seqs, np.full(5, -1), np.full(5, 10), *([np.zeros(5)] * 3),
+        np.array(["acked"] * 5), np.ones(5, dtype="int16"),
+    )  # fmt: skip
+    assert str(sends["msg_id"].dtype) == "string"
+    assert sends["msg_id"].tolist()[2] == "12:123456789012"
+
+
+def test_a_run_whose_trace_cannot_be_written_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace is written on a thread while it is analysed; a failure there is the run's
+    failure, raised in the caller, and nothing half-written is left behind."""
+    from brokerlab.app import runner
+    from brokerlab.core.scenario import parse_scenario
+    from brokerlab.core.trace import Trace
+
+    def broken(self: Trace, folder: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Trace, "write", broken)
+    scenario = parse_scenario(
+        {
+            "name": "tiny",
+            "producers": {"rate": "100/s", "messages": 50},
+            "broker": {"kind": "redis-streams", "profile": "none"},
+            "consumers": {"processing": "1ms"},
+        }
+    )
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="disk full"):
+        runner.run_scenario(scenario, "sim", runner.RunOptions(out=out, results_dir=tmp_path))
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []

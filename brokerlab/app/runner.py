@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from brokerlab.adapters import targets as registry
 from brokerlab.core import results
 from brokerlab.core.analysis import Analysis, analyze
 from brokerlab.core.scenario import Scenario, scenario_to_yaml
-from brokerlab.core.trace import TargetResult
+from brokerlab.core.trace import TargetResult, Trace
 from brokerlab.core.vocabulary import BROKER_FAULTS
 
 Progress = Callable[[int, int], None]
@@ -240,7 +241,12 @@ def run_scenario(
     with results.staged_dir(final) as folder:
         clock = time.perf_counter()
         result = TARGETS[target](scenario, seed, folder, options)
-        analysis = analyze_result(result, scenario, target, seed)
+        # Parquet encoding releases the GIL: the trace is written while it is analysed.
+        written = _write_trace_in_background(result.trace, folder)
+        try:
+            analysis = analyze_result(result, scenario, target, seed)
+        finally:
+            written()
         wall = time.perf_counter() - clock
         metrics = analysis.to_metrics()
         write_run_files(
@@ -256,8 +262,40 @@ def run_scenario(
             wall_time_s=wall,
             source=source,
             run_id=final.name,
+            trace_written=True,
         )
     return RunRecord(final, target, metrics, analysis, result, wall)
+
+
+def _write_trace_in_background(trace: Trace, folder: Path) -> Callable[[], None]:
+    """Start writing ``trace`` into ``folder`` on a thread; the returned function waits for it
+    and raises what writing raised.
+
+    The thread gets shallow copies of the tables (same data, its own pandas block managers), so
+    whatever pandas does to the caller's tables meanwhile cannot disturb the writer.
+    """
+    tables = Trace(
+        sends=trace.sends.copy(deep=False),
+        deliveries=trace.deliveries.copy(deep=False),
+        timeline=trace.timeline.copy(deep=False),
+    )
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            tables.write(folder)
+        except BaseException as error:  # handed to the caller's thread
+            failures.append(error)
+
+    thread = threading.Thread(target=write, name="brokerlab-trace-writer", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failures:
+            raise failures[0]
+
+    return wait
 
 
 def analyze_result(result: TargetResult, scenario: Scenario, target: str, seed: int) -> Analysis:
@@ -300,16 +338,19 @@ def write_run_files(
     source: str | None,
     run_id: str,
     trace_files: Mapping[str, bytes] | None = None,
+    trace_written: bool = False,
 ) -> None:
     """Write a run folder's files (trace, scenario.yaml, metrics.json, run.json) into ``folder``.
 
     Split from :func:`run_scenario` so a sweep can run a target on another machine and write
     the folder where its results are kept: the files are the same either way. ``trace_files``
     (file name -> Parquet bytes) are the trace already encoded where it was made; without them
-    ``result.trace`` is written here.
+    ``result.trace`` is written here, unless ``trace_written`` says the caller already did.
     """
     versions = results.package_versions()
-    if trace_files is None:
+    if trace_written:
+        pass
+    elif trace_files is None:
         result.trace.write(folder)
     else:
         for name, data in trace_files.items():

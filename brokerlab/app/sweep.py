@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import io
 import itertools
@@ -484,9 +485,28 @@ class Executor:
                 # worker imports pandas, pyarrow and brokerlab again), and a script needs no
                 # `__main__` guard. Elsewhere fork is unsafe (macOS frameworks): spawn.
                 method = "fork" if sys.platform.startswith("linux") else "spawn"
+                # The simulator too, so forked workers do not import it for their first point.
+                import brokerlab.sim.run  # noqa: F401
+
                 self._stack.enter_context(
-                    dask.config.set({"distributed.worker.multiprocessing-method": method})
+                    dask.config.set(
+                        {
+                            "distributed.worker.multiprocessing-method": method,
+                            # Send every point to a worker at once instead of one more per
+                            # finished point: the scheduler runs on a thread of this process,
+                            # which also writes the run folders, and a worker must not sit
+                            # idle while this process holds the GIL. Points cost about the
+                            # same, and work stealing still evens out the end.
+                            "distributed.scheduler.worker-saturation": float("inf"),
+                        }
+                    )
                 )
+                if method == "fork":
+                    # Forked workers share this process's memory until they write to it; the
+                    # garbage collector writes to every object it visits, which would copy the
+                    # whole heap into each worker. Frozen objects are never visited.
+                    gc.freeze()
+                    self._stack.callback(gc.unfreeze)
                 cluster = self._stack.enter_context(
                     LocalCluster(
                         n_workers=self.placement.workers,
