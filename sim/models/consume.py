@@ -97,6 +97,11 @@ class _Pull:
             else samples(fetch, np.random.default_rng((sim.seed, 0x6665746368)))
         )
         sim.free = [self.size] * count
+        # The engine's fault-free shortcuts inline steps this class replaces (``_start``,
+        # ``finish``, ``released``): put back the generic steps, which call the replacements.
+        engine = type(sim)
+        sim.received = engine.received.__get__(sim)  # type: ignore[method-assign]
+        sim._processed = engine._processed.__get__(sim)  # type: ignore[method-assign]
         self._offer, self._credit = sim.offer, sim.credit
         self._received, self._finish = sim.received, sim.finish
         sim.offer = self.offer  # type: ignore[method-assign]
