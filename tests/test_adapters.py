@@ -374,3 +374,19 @@ def test_a_fetch_or_ack_stuck_in_the_client_library_times_out_and_the_consumer_c
     assert deliveries["t_done"].notna().all()
     assert stuck == {"fetch": 0, "ack": 0}
     assert "consumer errors (retried): TimeoutError ×2" in result.warnings, result.warnings
+
+
+def test_the_sends_table_names_each_outcome_code_it_recorded() -> None:
+    """The harness records outcomes as codes; the sends table must name each one right
+    (acked, failed, unknown), and a never-sent message stays failed with 0 attempts."""
+    from brokerlab.adapters.harness.recording import ACKED, FAILED, UNKNOWN, SendLog
+    from brokerlab.core.load import plan_load
+
+    scenario = _scenario("redis-streams", producers={"count": 1, "rate": "4/s", "duration": "1s"})
+    log = SendLog(plan_load(scenario, 7))
+    assert len(log.outcome) == 4
+    log.outcome[:3] = [UNKNOWN, ACKED, FAILED]
+    log.attempts[:3] = [1, 2, 3]
+    sends = log.table(0.0)
+    assert sends["outcome"].astype(str).tolist() == ["unknown", "acked", "failed", "failed"]
+    assert sends["attempts"].tolist() == [1, 2, 3, 0]
