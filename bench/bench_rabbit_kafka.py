@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -275,7 +276,11 @@ def bench(target: str, url: str | None, messages: int) -> None:
         bare_values, values = _alternating(
             bare, lambda: adapter_rates(target, broker_url, messages), messages
         )
-    print(f"{target} ({messages:,} messages of {PAYLOAD} B, {REPEATS} runs each, median):")
+    load = "/".join(f"{value:.1f}" for value in os.getloadavg())
+    print(
+        f"{target} ({messages:,} messages of {PAYLOAD} B, {REPEATS} runs each, median;"
+        f" load average {load} at the end):"
+    )
     for label, runs in ((bare_label, bare_values), ("adapter", values)):
         print(f"  {label:<28} acked     {_median(runs, 0):>9,.0f}/s  [{_fmt(runs, 0)}]")
         print(f"  {label:<28} delivered {_median(runs, 1):>9,.0f}/s  [{_fmt(runs, 1)}]")

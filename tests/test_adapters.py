@@ -329,3 +329,64 @@ def test_modest_load_is_sent_on_time_and_each_message_is_processed_for_its_drawn
     held = (deliveries["t_done"] - deliveries["t_delivered"]).to_numpy()
     assert drawn.min() > 0  # the check below means something
     assert (held >= drawn - 2e-6).all()  # both times are rounded to the microsecond
+
+
+def test_a_fetch_or_ack_stuck_in_the_client_library_times_out_and_the_consumer_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client call that never returns must not hang the run: the consumers' watchdog ends
+    a fetch or an ack past its deadline as a TimeoutError, counted in the warnings, and the
+    one consumer goes on to complete every message (without the deadline it would hang until
+    the drain timed out, with nothing delivered)."""
+    from brokerlab.adapters import redis_streams
+    from brokerlab.adapters.harness import consumers
+
+    monkeypatch.setattr(consumers, "GUARD_TICK", 0.05)
+    monkeypatch.setattr(consumers, "FETCH_DEADLINE", 0.6)
+    monkeypatch.setattr(consumers, "FETCH_GRACE", 0.6)
+    adapter = redis_streams.RedisStreamsAdapter
+    fetch, ack = adapter.fetch, adapter.ack
+    stuck = {"fetch": 1, "ack": 1}
+
+    async def stuck_fetch(self: Any, *args: Any) -> Any:
+        if stuck["fetch"]:  # stuck before asking the broker: nothing is taken from the stream
+            stuck["fetch"] -= 1
+            await asyncio.Event().wait()
+        return await fetch(self, *args)
+
+    async def stuck_ack(self: Any, *args: Any) -> None:
+        await ack(self, *args)
+        if stuck["ack"]:  # stuck after the broker applied the ack: nothing is redelivered
+            stuck["ack"] -= 1
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(adapter, "fetch", stuck_fetch)
+    monkeypatch.setattr(adapter, "ack", stuck_ack)
+    scenario = _scenario(
+        "redis-streams",
+        producers={"count": 1, "rate": "100/s", "duration": "2s", "keys": 1},
+        consumers={"count": 1, "processing": "0ms", "ack": "after"},
+    )
+    url = MACHINE_URLS["redis-streams"] if _listening(MACHINE_URLS["redis-streams"]) else None
+    result = run_real(scenario, "redis-streams", 7, workdir=tmp_path, redis_url=url, workers=1)
+    sends, deliveries = result.trace.sends, result.trace.deliveries
+    _assert_exactly_once(sends, deliveries)
+    assert deliveries["t_done"].notna().all()
+    assert stuck == {"fetch": 0, "ack": 0}
+    assert "consumer errors (retried): TimeoutError ×2" in result.warnings, result.warnings
+
+
+def test_the_sends_table_names_each_outcome_code_it_recorded() -> None:
+    """The harness records outcomes as codes; the sends table must name each one right
+    (acked, failed, unknown), and a never-sent message stays failed with 0 attempts."""
+    from brokerlab.adapters.harness.recording import ACKED, FAILED, UNKNOWN, SendLog
+    from brokerlab.core.load import plan_load
+
+    scenario = _scenario("redis-streams", producers={"count": 1, "rate": "4/s", "duration": "1s"})
+    log = SendLog(plan_load(scenario, 7))
+    assert len(log.outcome) == 4
+    log.outcome[:3] = [UNKNOWN, ACKED, FAILED]
+    log.attempts[:3] = [1, 2, 3]
+    sends = log.table(0.0)
+    assert sends["outcome"].astype(str).tolist() == ["unknown", "acked", "failed", "failed"]
+    assert sends["attempts"].tolist() == [1, 2, 3, 0]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from brokerlab.adapters.harness.adapter import Received
 from brokerlab.adapters.harness.payload import HEADER
@@ -49,7 +50,8 @@ class SendLog:
             plan.t_intended,
             self.t_sent - t0,
             self.t_acked - t0,
-            np.asarray(OUTCOMES, dtype=object)[self.outcome],
+            # from the codes: no column of 1 string per message to build and hash again
+            pd.Categorical.from_codes(self.outcome, categories=OUTCOMES),
             self.attempts,
         )
 
