@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 CELLS = REPO / "scenarios" / "faults"
 #: The counts shown per way, in table order, with their short headers.
 SHOWN = (("lost", "lost"), ("duplicates", "dup"), ("redelivered", "redel"), ("unknown", "unk"))
+#: The counts the CSV holds per way (medians, and each seed's figure).
+CSV_COUNTS = ("lost", "unprocessed", "duplicates", "redelivered", "unknown", "out_of_order")
 #: How the printed table abbreviates a status.
 SHORT = {"match": "ok", "mismatch": "MISMATCH", "inconclusive": "inconcl"}
 #: How the printed table abbreviates a rule of the expectation table.
@@ -149,7 +151,7 @@ def rules_text(cell: Cell) -> str:
 def table(
     cells: list[Cell], records: dict[tuple[str, str, str], list[dict[str, Any]]], names: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per cell: per way the median counts, unprocessed and the status."""
+    """One row per cell: per way the median counts, each seed's counts, the status and reasons."""
     rows = []
     for cell in cells:
         row: dict[str, Any] = {
@@ -159,9 +161,10 @@ def table(
         }
         for name in names:
             runs = records.get((cell.config, cell.fault, name), [])
-            for key, _ in SHOWN:
+            for key in CSV_COUNTS:
                 row[f"{name}_{key}"] = median([r.get(key) for r in runs])
-            row[f"{name}_unprocessed"] = median([r.get("unprocessed") for r in runs])
+            for key in CSV_COUNTS:
+                row[f"{name}_{key}_per_seed"] = " ".join(_fmt(_number(r.get(key))) for r in runs)
             row[f"{name}_status"] = status_of(runs) if runs else ""
             row[f"{name}_seeds"] = len(runs)
             row[f"{name}_reason"] = " | ".join(str(r.get("reason") or "") for r in runs)
@@ -212,6 +215,16 @@ def changes(rows: list[dict[str, Any]]) -> list[str]:
         for r in rows
         if r["sim-none_status"] != r["sim-prof_status"]
     ]
+
+
+def mismatch_reasons(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Why each way of each cell is not a match: the judgement's reason for every seed."""
+    said = []
+    for row in rows:
+        for name in names:
+            if row[f"{name}_status"] not in ("match", ""):
+                said.append(f"{row['config']} x {row['fault']} {name}: {row[f'{name}_reason']}")
+    return said
 
 
 def _output_folder(out: str | None) -> Path:
@@ -267,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sim-none profile: none (ideal broker, no costs); sim-prof --profile {args.profile}:")
     for kind, describe in sorted(used.items()):
         print(f"  {kind}: {describe}")
+    reasons = mismatch_reasons(rows, names)
+    if reasons:
+        print("not a match (the matrix's reason; seeds separated by |):")
+        for line in reasons:
+            print(f"  {line}")
     moved = changes(rows)
     print("status changed by the profile: " + ("; ".join(moved) if moved else "none"))
     csv_path = work / "magnitudes.csv"
