@@ -100,8 +100,13 @@ _ADDRESS_IN_USE_OTHER = ("eaddrinuse", "address in use")
 #: Every server kind this module can start.
 SERVER_KINDS = ("redis", "nats", "rabbitmq", "tansu")
 #: How long a start may take by default: a RabbitMQ node boots an Erlang VM and its database
-#: (3-4 s on an idle machine, ~13 s measured on a busy 2-core one); the others start at once.
+#: (3-4 s on an idle machine, 6-12 s measured on a busy 2-core one); the others start at once.
 START_TIMEOUT = {"redis": 20.0, "nats": 20.0, "rabbitmq": 90.0, "tansu": 20.0}
+#: The one plugin a private RabbitMQ node runs: per-queue statistics over HTTP (unacked counts,
+#: which AMQP cannot report), lighter to boot than the management plugin.
+RABBITMQ_PLUGINS = ("rabbitmq_prometheus",)
+#: How often the node's queues publish their statistics (ms; RabbitMQ's default is 5000).
+RABBITMQ_STATS_INTERVAL_MS = 500
 #: What a Tansu broker is, for every place a Kafka-protocol run is labelled.
 TANSU_LABEL = "Kafka protocol on Tansu, memory only, one node"
 
@@ -445,6 +450,8 @@ class EmbeddedBroker:
         self._server_name = f"brokerlab-{uuid.uuid4().hex[:12]}"
         #: RabbitMQ's Erlang distribution port (loopback only), kept across restarts.
         self.dist_port = free_port() if kind == "rabbitmq" else None
+        #: RabbitMQ's Prometheus (statistics) port, chosen per start attempt until one succeeds.
+        self.metrics_port: int | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
         #: Tansu: the loopback port it advertises to clients when the lab's fault proxy must
         #: stand in their path (see :func:`embedded_for`); None advertises its own port.
@@ -614,30 +621,51 @@ class EmbeddedBroker:
 
     def _env(self) -> dict[str, str] | None:
         """The server's environment (None: the lab's own). A RabbitMQ node is configured
-        entirely through it: its own node name, ports, folders, cookie (``HOME``) and epmd."""
+        entirely through it: its own node name, ports, folders, cookie (``HOME``) and epmd.
+
+        What a node boots is cut to what the lab uses (measured: docs/architecture.md):
+        a plugins folder holding only the applications the broker and its one plugin need
+        (the VM looks every module up along that path, and RabbitMQ scans it for plugins and
+        feature flags), no host-wide ``rabbitmq-env.conf``, and RabbitMQ's own VM defaults
+        kept (no scheduler busy-waiting, which on a small machine takes CPU from the lab's
+        clients)."""
         if self.kind != "rabbitmq":
             return None
         d = self.data_dir
-        (d / "rabbitmq.conf").write_text(
-            "# written by brokerlab; rewritten on every start\n"
-            f"listeners.tcp.1 = {self.host}:{self.port}\n"
-            "loopback_users = none\n",
+        if self.metrics_port is None or not self._port_fixed:
+            self.metrics_port = free_port()
+        self.info["metrics_url"] = f"http://{self.host}:{self.metrics_port}"
+        # Erlang terms, not the rabbitmq.conf format: the node then skips translating its
+        # settings schema (Cuttlefish), a measurable part of its boot.
+        (d / "rabbitmq.config").write_text(
+            "%% written by brokerlab; rewritten on every start\n"
+            f'[{{rabbit, [{{tcp_listeners, [{{"{self.host}", {self.port}}}]}},\n'
+            "            {loopback_users, []},\n"
+            f"            {{collect_statistics_interval, {RABBITMQ_STATS_INTERVAL_MS}}}]}},\n"
+            " {rabbitmq_prometheus, [{tcp_config, "
+            f'[{{ip, "{self.host}"}}, {{port, {self.metrics_port}}}]}}]}}].\n',
             encoding="utf-8",
         )
-        (d / "enabled_plugins").write_text("[].\n", encoding="utf-8")
+        (d / "enabled_plugins").write_text(f"[{','.join(RABBITMQ_PLUGINS)}].\n", encoding="utf-8")
+        (d / "rabbitmq-env.conf").write_text("# written by brokerlab: nothing\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        plugins_dir = _rabbitmq_plugins_dir(self.binary.path, d / "plugins", RABBITMQ_PLUGINS)
+        if plugins_dir is not None:
+            env["RABBITMQ_PLUGINS_DIR"] = str(plugins_dir)
         env.update(
             HOME=str(d),
             RABBITMQ_NODENAME=self.node_name,
             RABBITMQ_NODE_IP_ADDRESS=self.host,
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.config"),
             RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
             RABBITMQ_LOG_BASE=str(d / "log"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(d / "pid"),
-            RABBITMQ_SERVER_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            # added to RabbitMQ's VM arguments, not replacing them (+sbwt none among them)
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             # exec the VM directly instead of a shell that traps signals: our pid is the node's
             RUNNING_UNDER_SYSTEMD="true",
             # A private epmd (started by the node, found and stopped by us on this port), so
@@ -866,6 +894,10 @@ class EmbeddedBroker:
             return False
         if self.node_name.partition("@")[0].encode() + b"@" not in start:
             return False
+        # The statistics endpoint starts with the plugins, just after AMQP: wait for it too,
+        # so the first run's unacked samples do not find it missing.
+        if self.metrics_port is not None and not _listening(self.host, self.metrics_port):
+            return False
         match = re.search(rb"version\S\x00\x00\x00.([0-9][0-9.]*)", start)
         if match:
             self.info["server_version"] = match.group(1).decode()
@@ -935,6 +967,47 @@ class EmbeddedBroker:
         self.pid = None
         self.paused = False
         _unregister(self)
+
+
+def _listening(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+        return True
+    return False
+
+
+def _rabbitmq_plugins_dir(script: Path, folder: Path, plugins: tuple[str, ...]) -> Path | None:
+    """A plugins folder of links to the applications a node needs: ``rabbit``, its
+    dependencies and ``plugins`` with theirs, read from the installed ``.app`` files (about 30
+    of the ~70 a Debian install ships). None when the install's layout is not the expected
+    ``<home>/sbin/rabbitmq-server`` + ``<home>/plugins``: the node then uses its default."""
+    installed = script.resolve().parent.parent / "plugins"
+    if not installed.is_dir():
+        return None
+    apps: dict[str, tuple[Path, list[str]]] = {}
+    for app_file in installed.glob("*/ebin/*.app"):
+        text = app_file.read_text(encoding="utf-8", errors="replace")
+        needs: list[str] = []
+        for key in ("applications", "included_applications"):
+            match = re.search(r"\{\s*" + key + r"\s*,\s*\[([^\]]*)\]", text)
+            if match:
+                needs += re.findall(r"[a-z][a-zA-Z0-9_]*", match.group(1))
+        apps[app_file.stem] = (app_file.parent.parent, needs)
+    wanted, todo = set(), ["rabbit", "rabbitmq_prelaunch", *plugins]
+    while todo:
+        app = todo.pop()
+        if app in wanted or app not in apps:  # OTP's own applications live elsewhere
+            continue
+        wanted.add(app)
+        todo += apps[app][1]
+    if not {"rabbit", *plugins} <= wanted:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for app in wanted:
+        target = apps[app][0]
+        link = folder / target.name
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+    return folder
 
 
 class _AddressInUse(Exception):

@@ -55,7 +55,7 @@ LAG_TICK = 0.02
 #: How often the set of lab processes (worker processes come and go) is looked up again.
 CHILDREN_REFRESH = 1.0
 #: Broker servers the lab may start: children that are not lab processes.
-BROKER_NAMES = frozenset({"redis-server", "nats-server"})
+BROKER_NAMES = frozenset({"redis-server", "nats-server", "beam.smp", "epmd"})  # RabbitMQ: VM, epmd
 #: Host names that mean "this machine" in a broker URL.
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 

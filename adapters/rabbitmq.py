@@ -30,12 +30,16 @@ plus one, otherwise 2 for a message marked redelivered (AMQP does not count furt
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.metadata
+import json
 import logging
+import re
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -58,6 +62,11 @@ for _name in ("aio_pika", "aiormq"):
 
 #: Connection and AMQP method timeouts (seconds).
 CONNECT_TIMEOUT = 10.0
+#: Where a broker given by URL is asked for its unacked count: the management API, then the
+#: Prometheus plugin's per-queue metrics, on the URL's host (their default ports).
+MANAGEMENT_PORT, PROMETHEUS_PORT = 15672, 15692
+#: How long one statistics request over HTTP may take (seconds).
+STATS_TIMEOUT = 2.0
 #: Persistent (2) or transient (1) delivery mode.
 PERSISTENT, TRANSIENT = 2, 1
 _version = importlib.metadata.version
@@ -94,6 +103,117 @@ class _Inbox:
         self.ready.set()
 
 
+async def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = STATS_TIMEOUT
+) -> tuple[int, bytes]:
+    """``GET url`` over plain HTTP/1.1 (or TLS for ``https``): (status, body). A few lines of
+    asyncio instead of an HTTP client dependency; enough for the broker's statistics pages."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if tls else 80)
+    target = parts.path or "/"
+    if parts.query:
+        target += f"?{parts.query}"
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls or None)
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            response = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ConnectionError(f"not an HTTP answer from {host}:{port}")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _unchunk(body)
+    return int(status_line[1]), body
+
+
+def _unchunk(body: bytes) -> bytes:
+    out, rest = bytearray(), body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2 :]
+    return bytes(out)
+
+
+def prometheus_unacked(text: str, vhost: str, queue: str) -> float | None:
+    """``rabbitmq_detailed_queue_messages_unacked`` of one queue from a Prometheus page of
+    ``/metrics/detailed?family=queue_coarse_metrics`` (None if the queue is not on it)."""
+    pattern = re.compile(r"^rabbitmq_detailed_queue_messages_unacked\{([^}]*)\}\s+(\S+)", re.M)
+    for labels, value in pattern.findall(text):
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels))
+        if found.get("queue") == queue and found.get("vhost") == vhost:
+            return float(value)
+    return None
+
+
+class UnackedSource:
+    """Where the broker's count of delivered-but-unacknowledged messages of one queue comes
+    from. AMQP itself cannot say; RabbitMQ's management API and its Prometheus plugin can, from
+    the statistics each queue emits every ``collect_statistics_interval`` (5 s by default; the
+    lab's own node emits every 0.5 s), so a figure may be that old. ``kind`` is ``management``
+    or ``prometheus``; ``url`` never carries credentials (they go in a header)."""
+
+    def __init__(self, kind: str, url: str, headers: dict[str, str] | None = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.headers = headers or {}
+
+    async def unacked(self, vhost: str, queue: str) -> float | None:
+        """The queue's unacked count now, or None when the broker has no figure for it yet."""
+        status, body = await http_get(self.url, self.headers)
+        if status != 200:
+            raise ConnectionError(f"{self.kind} statistics answered HTTP {status}")
+        if self.kind == "management":
+            value = json.loads(body).get("messages_unacknowledged")
+            return None if value is None else float(value)
+        return prometheus_unacked(body.decode("utf-8", "replace"), vhost, queue)
+
+    @classmethod
+    async def find(
+        cls, amqp_url: str, vhost: str, queue: str, metrics_url: str | None
+    ) -> UnackedSource | None:
+        """The first source that answers for this queue: ``metrics_url`` (the Prometheus
+        endpoint of a node the lab started), else the management API, then the Prometheus
+        plugin on the AMQP URL's host at their default ports; None if none does."""
+        parts = urlsplit(amqp_url)
+        host = parts.hostname or "127.0.0.1"
+        scheme = "https" if parts.scheme == "amqps" else "http"
+        detailed = f"/metrics/detailed?vhost={quote(vhost, safe='')}&family=queue_coarse_metrics"
+        candidates: list[UnackedSource] = []
+        if metrics_url:
+            candidates.append(cls("prometheus", metrics_url.rstrip("/") + detailed))
+        else:
+            user = unquote(parts.username or "guest")
+            password = unquote(parts.password or "guest")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            candidates += [
+                cls(
+                    "management",
+                    f"{scheme}://{host}:{MANAGEMENT_PORT}/api/queues/{quote(vhost, safe='')}/"
+                    f"{quote(queue, safe='')}?columns=messages_unacknowledged",
+                    {"Authorization": f"Basic {token}"},
+                ),
+                cls("prometheus", f"{scheme}://{host}:{PROMETHEUS_PORT}{detailed}"),
+            ]
+        for source in candidates:
+            with contextlib.suppress(Exception):
+                await source.unacked(vhost, queue)
+                return source
+        return None
+
+
 class RabbitMQAdapter(BrokerAdapter):
     """Queue ``brokerlab.<run id>`` of the scenario's type; each client its own connection."""
 
@@ -119,6 +239,10 @@ class RabbitMQAdapter(BrokerAdapter):
         self.acks: dict[int, tuple[Any, int]] = {}
         self._ack_tasks: set[asyncio.Future[Any]] = set()
         self.ack_errors = 0
+        #: where ``broker_unacked`` comes from (None: nowhere; the column stays empty)
+        self.unacked_source: UnackedSource | None = None
+        path = urlsplit(self.url).path
+        self.vhost = unquote(path[1:]) if len(path) > 1 else "/"
 
     # ---- connections
 
@@ -177,6 +301,7 @@ class RabbitMQAdapter(BrokerAdapter):
                 "client": CLIENT,
             }
         )
+        await self._find_unacked_source()
         if self.queue_type == "stream" and self.scenario.consumers.count > 1:
             self.warnings.append(
                 "stream queue: every consumer reads the whole stream (no competing consumers), "
@@ -184,6 +309,24 @@ class RabbitMQAdapter(BrokerAdapter):
             )
         for producer in range(self.scenario.producers.count):
             await self.open_producer(producer)
+
+    async def _find_unacked_source(self) -> None:
+        own = self.own_broker or {}
+        metrics_url = own.get("metrics_url") if own.get("kind") == "rabbitmq" else None
+        source = await UnackedSource.find(self.url, self.vhost, self.queue, metrics_url)
+        self.unacked_source = source
+        if source is None:
+            self.info["broker_unacked"] = (
+                "unknown: AMQP cannot report it and neither the management API "
+                f"(port {MANAGEMENT_PORT}) nor the Prometheus plugin (port {PROMETHEUS_PORT}) "
+                "answered on the broker's host; the column stays empty"
+            )
+        else:
+            where = source.url.split("?", 1)[0]
+            self.info["broker_unacked"] = (
+                f"{source.kind} statistics at {where}, as fresh as the broker's "
+                "collect_statistics_interval (the lab's own node: 0.5 s; RabbitMQ's default: 5 s)"
+            )
 
     async def open_producer(self, producer: int) -> None:
         client = await self._connect(f"producer-{producer}", confirms=True)
@@ -379,13 +522,23 @@ class RabbitMQAdapter(BrokerAdapter):
     # ---- broker's own view
 
     async def broker_stats(self) -> dict[str, float]:
-        """The queue's depth (ready messages) as the broker reports it. AMQP has no way to ask
-        for unacknowledged messages (that needs the management plugin), so none is given."""
+        """The queue's depth (ready messages, from a passive declare: always current) and,
+        when the broker has a statistics endpoint (:class:`UnackedSource`), its unacked count.
+        AMQP has no way to ask for unacked messages, so without one that figure is absent
+        rather than guessed."""
         control = self.control
         if control is None or not control.alive:
             return {}
         declared = await control.raw.queue_declare(self.queue, passive=True, timeout=2.0)
-        return {"broker_backlog": float(declared.message_count or 0)}
+        stats = {"broker_backlog": float(declared.message_count or 0)}
+        source = self.unacked_source
+        if source is not None:
+            unacked = None
+            with contextlib.suppress(Exception):  # a missed figure, not a failed sample
+                unacked = await source.unacked(self.vhost, self.queue)
+            if unacked is not None:
+                stats["broker_unacked"] = unacked
+        return stats
 
     # ---- teardown
 

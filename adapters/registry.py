@@ -91,6 +91,7 @@ async def run_real_async(
     plan = plan_load(scenario, seed)
     count = 1 if needs_proxies(scenario) else worker_count(scenario, record, workers)
     adapter: BrokerAdapter = record.adapter_class()(url, scenario, names)
+    adapter.own_broker = broker.info if broker is not None else None
     async with (
         RunMonitor(url, broker) as monitor,  # the lab's and the broker's CPU, loop lag
         fault_injection(scenario, url, broker=broker, seed=seed, target=record) as faults,

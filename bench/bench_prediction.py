@@ -6,7 +6,9 @@ message sizes, processing distributions, one flat out) on each local broker thre
 in the simulator with that broker's profile, and prints per case and metric: simulated, real
 (median of the reruns), the error, the real reruns' own spread (the floor no model can beat) and
 whether the goal holds (delivered throughput within 5%, end-to-end p50 within 20%, p99 within
-35%, sustained ceiling within 15%; completion p50 is shown against the p50 goal).
+35%, sustained ceiling within 15%; completion p50 is shown against the p50 goal). The spread is
+(max - min) / median of the reruns; a cell whose error is within max(goal, spread) is as close
+as this machine lets anyone tell, and is counted separately.
 
     python bench/bench_prediction.py [--targets redis-streams,nats,nats-jetstream]
                                      [--profiles DIR] [--reruns 3] [--seconds 4]
@@ -152,16 +154,31 @@ def main() -> int:
         f"{'target':15} {'case':48} {'metric':18} {'sim':>10} {'real':>10} {'error':>8} "
         f"{'spread':>7} {'goal':>5} ok"
     )
-    met = total = 0
+    met = fair = total = 0
+    by_metric: dict[str, list[int]] = {}
     for target, name, label, s, real, error, spread, goal in rows:
         ok = error is not None and abs(error) <= goal
+        # The reruns' own spread is the floor no model can beat: within it counts as explained.
+        within = error is not None and abs(error) <= max(goal, spread or 0.0)
         met += ok
+        fair += within
         total += 1
+        tally = by_metric.setdefault(label, [0, 0, 0])
+        tally[0] += ok
+        tally[1] += within
+        tally[2] += 1
         print(
             f"{target:15} {name[:48]:48} {label:18} {_n(s):>10} {_n(real):>10} "
-            f"{_p(error):>8} {_p(spread, signed=False):>7} {goal:>5.0%} {'yes' if ok else 'NO'}"
+            f"{_p(error):>8} {_p(spread, signed=False):>7} {goal:>5.0%} "
+            f"{'yes' if ok else 'within spread' if within else 'NO'}"
         )
-    print(f"\ngoals met: {met} of {total}; results in {work}")
+    print()
+    for label, (ok, within, count) in by_metric.items():
+        print(f"{label:18} within goal {ok:2} of {count}, within max(goal, spread) {within:2}")
+    print(
+        f"\ngoals met: {met} of {total}; within max(goal, real rerun spread): {fair} of {total}; "
+        f"results in {work}"
+    )
     return 0
 
 

@@ -899,18 +899,25 @@ def calibrate(
             ("delivery", profile.deliver),
             ("ack", profile.ack),
             ("consumer client, per message", profile.client.consume),
+            ("consumer lateness after a wait", profile.client.timer),
+            (f"fetch work ({profile.consume.mode})", profile.consume.fetch),
+            ("wake-up of a blocked fetch", profile.consume.wake),
         ):
             median = getattr(dist, "median", getattr(dist, "value", dist.mean))
             p99 = getattr(dist, "p99", median)
             fitted.add_row(name, f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms")
         bandwidth = f"{profile.bandwidth / 1e6:.1f} MB/s" if profile.bandwidth else "-"
         fitted.add_row("bandwidth", bandwidth, "")
+        fitted.add_row("parallelism (broker servers)", str(profile.parallelism), "")
         stdout.print(fitted)
         errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")
         errors.add_column("run")
-        labels = [k for k in calibration.errors[0] if k != "run"] if calibration.errors else []
+        first = calibration.errors[0] if calibration.errors else {}
+        labels = [k for k in first if k not in ("run", "spread")]
         for label in labels:
             errors.add_column(f"{label} sim / real (error)", justify="right")
+        # The repeats' own disagreement: an error within it is noise, not the model.
+        errors.add_column("repeats' spread delivered / e2e p50", justify="right")
         for row in calibration.errors:
             cells = []
             for label in labels:
@@ -921,6 +928,10 @@ def calibrate(
                     if sim is None or real is None
                     else f"{sim:,.3f} / {real:,.3f} ({'-' if error is None else f'{error:+.0%}'})"
                 )
+            spreads = row.get("spread") or {}
+            cells.append(
+                " / ".join("-" if v is None else f"{v:.0%}" for v in spreads.values()) or "-"
+            )
             errors.add_row(row["run"], *cells)
         stdout.print(errors)
         if calibration.path:

@@ -40,7 +40,7 @@ from brokerlab.core.vocabulary import OUTCOMES, OutcomeCode
 from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
-from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.process import BrokerProcess, InOrder, reorders
 from brokerlab.sim.publisher import RetryingPublisher
 from brokerlab.sim.sampling import is_zero, samples
 
@@ -131,6 +131,15 @@ class Simulation:
         #: the broker process (its servers; a faulted run's can stop): chosen by the caller
         self.process = process(self.env, broker.servers)
         self._serve = self.process.serve
+        # Parallel servers with random service times would reorder one connection's work; the
+        # broker keeps it in order (None: the servers cannot reorder it).
+        servers = broker.servers
+        self._publish_order = (
+            InOrder(self.process, scenario.producers.count) if reorders(servers, publish) else None
+        )
+        self._deliver_order = (
+            InOrder(self.process, consumers.count) if reorders(servers, deliver) else None
+        )
 
         # The network (links per connection direction): chosen by the caller.
         producers, count = scenario.producers.count, consumers.count
@@ -441,8 +450,10 @@ class Simulation:
     def _arrive(self, i: int) -> None:
         if self.publish_time is None:
             self._store(i)
-        else:
+        elif self._publish_order is None:
             self._serve(next(self.publish_time), self._store, i)
+        else:  # a producer's publishes are stored in the order sent (see InOrder)
+            self._publish_order.serve(next(self.publish_time), self.producer_of[i], self._store, i)
 
     def _store(self, i: int) -> None:
         if self.publish_acks:
@@ -527,8 +538,10 @@ class Simulation:
                 self._watch(r)
         if self._deliver_time is None:
             self._to_consumer(r)
-        else:
+        elif self._deliver_order is None:
             self._serve(next(self._deliver_time), self._to_consumer, r)
+        else:  # a consumer's deliveries leave in the order taken (see InOrder)
+            self._deliver_order.serve(next(self._deliver_time), c, self._to_consumer, r)
 
     def _grow_rows(self) -> None:
         more = max(1024, len(self.row_msg) // 2)

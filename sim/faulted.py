@@ -25,7 +25,7 @@ The engine calls the collaborators through a small interface: the publisher's ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from brokerlab.core.load import streams
 from brokerlab.sim.events import Call
@@ -44,6 +44,7 @@ from brokerlab.sim.publisher import RetryingPublisher
 
 if TYPE_CHECKING:
     from brokerlab.sim.engine import Simulation
+    from brokerlab.sim.models.log import LogModel
 
 
 class FaultedConsumers:
@@ -165,6 +166,18 @@ class FaultedConsumers:
         if members is not None and c not in members:
             members.append(c)
         sim.credit(c)
+        join_group: Callable[[int], None] | None = getattr(sim, "join_group", None)
+        if join_group is not None:
+            join_group(c)  # back after its session expired: the group rebalances
+
+    def _session_expired(self, job: tuple[int, int]) -> None:
+        """A crashed member's session timed out: what it held uncommitted becomes deliverable
+        again (first in its partition), then the group hands its partitions to the survivors."""
+        c, life = job
+        if not self.crashed[c] or life != self.life[c]:
+            return  # it came back (or crashed again: that crash has its own timer)
+        self.give_back(c)
+        cast("LogModel", self.sim).leave_group(c)
 
     def crash(self, c: int) -> None:
         """The process dies mid-message: nothing it holds is finished or acked."""
@@ -178,6 +191,9 @@ class FaultedConsumers:
         # buffered was never delivered: lost for NATS core, redelivered by acking brokers.
         sim.hand[c].clear()
         sim.buffer[c].clear()
+        timeout = sim.preset.session_timeout
+        if timeout and sim.preset.partitioned:
+            Call(self.env, timeout, self._session_expired, (c, self.life[c]))
 
     # ------------------------------------------------------------------ inside
 

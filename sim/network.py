@@ -10,6 +10,7 @@ bandwidth faults act on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +53,25 @@ class Network:
 
     def hop(self, link: int, fn: Callable[[Any], None], arg: Any) -> None:
         """Send ``arg`` over ``link``; ``fn(arg)`` runs when it arrives."""
-        Call(self.env, self.arrival(link) - self.env.now, fn, arg)
+        Call(self.env, self.delay_to(link, self.arrival(link)), fn, arg)
+
+    def delay_to(self, link: int, t: float) -> float:
+        """The delay that schedules an arrival at ``t`` on ``link``, never before the previous.
+
+        The clock adds the delay to ``now``, which can round one step (an ulp) above ``t``; a
+        later send held back to the same ``t`` (TCP keeps order) could then round below and
+        overtake it. The link remembers the time actually scheduled, and a delay that would
+        round below it is nudged up: equal times then fire in the order they were sent.
+        """
+        now = self.env.now
+        free = self.free[link]
+        if t < free:
+            t = free
+        delay = t - now
+        while now + delay < t:
+            delay = math.nextafter(delay, math.inf)
+        self.free[link] = now + delay
+        return delay
 
 
 class FaultedNetwork(Network):
@@ -121,11 +140,9 @@ class FaultedNetwork(Network):
                 if self._drop_when_cut and not up:
                     return True
                 t = max(t, entry.end + delay)
-        if t < self.free[link]:
-            t = self.free[link]  # TCP keeps order
-        self.free[link] = t
         arrive = self._at_broker if up else self._at_client
-        Call(env, t - now, arrive, (fn, arg, client, self.epoch[client]))
+        # TCP keeps order: never before what was sent earlier on the link.
+        Call(env, self.delay_to(link, t), arrive, (fn, arg, client, self.epoch[client]))
         return True
 
     def _at_client(self, hop: Hop) -> None:

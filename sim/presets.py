@@ -38,6 +38,9 @@ class Preset:
     dedup: bool = False
     #: the window the broker applies when the scenario's ``dedup_window`` is 0 (seconds)
     dedup_default_window: float = 0.0
+    #: partitioned kinds: a crashed group member's partitions move to the survivors this long
+    #: after the crash (its session times out); 0 = never (they wait for its return)
+    session_timeout: float = 0.0
 
 
 @cache
@@ -78,4 +81,5 @@ def resolve(broker: Broker) -> Preset:
         unpersisted=entry.get("unpersisted", "memory"),
         dedup=bool(entry.get("dedup", False)),
         dedup_default_window=parse_duration(entry.get("dedup_default_window", 0)),
+        session_timeout=parse_duration(entry.get("session_timeout", 0)),
     )

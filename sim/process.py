@@ -29,6 +29,8 @@ class BrokerProcess:
         self.servers = servers
         self.busy = 0
         self.queue: deque[tuple[float, Callable[[Any], None], Any]] = deque()
+        #: in-order releases of this process's work (a kill empties them)
+        self.ordered: list[InOrder] = []
 
     @property
     def up(self) -> bool:
@@ -63,6 +65,57 @@ class BrokerProcess:
     def timer_due(self) -> bool:
         """The ack timer fired: it acts now."""
         return True
+
+
+class InOrder:
+    """Work of one connection, done on the parallel servers and released in the order taken.
+
+    Parallel servers with random service times finish out of order, but a broker applies one
+    producer's publishes and writes one consumer's deliveries (one fetch reply, one channel) in
+    the order it took them: work that finishes early waits for the work of its connection taken
+    before it. The servers' costs and ceiling are unchanged (each piece still takes its own
+    time on its own server); only the release waits. A kill drops the waiting work with the
+    work in service (:meth:`BrokerProcess.kill` calls :meth:`clear`).
+    """
+
+    def __init__(self, process: BrokerProcess, connections: int):
+        self.process = process
+        self.taken: list[deque[Any]] = [deque() for _ in range(connections)]
+        #: finished before their turn: item -> callback
+        self.early: dict[Any, Callable[[Any], None]] = {}
+        process.ordered.append(self)
+
+    def serve(self, duration: float, connection: int, fn: Callable[[Any], None], arg: Any) -> None:
+        """``fn(arg)`` after ``duration`` of work, not before earlier work of ``connection``.
+
+        ``arg`` must be unique among the connection's work in service (a row, a message, an
+        attempt)."""
+        self.taken[connection].append(arg)
+        self.process.serve(duration, self._finished, (connection, fn, arg))
+
+    def _finished(self, job: tuple[int, Callable[[Any], None], Any]) -> None:
+        connection, fn, arg = job
+        taken = self.taken[connection]
+        if not taken or taken[0] != arg:
+            self.early[arg] = fn
+            return
+        taken.popleft()
+        fn(arg)
+        early = self.early
+        while taken and taken[0] in early:
+            head = taken.popleft()
+            early.pop(head)(head)
+
+    def clear(self) -> None:
+        for taken in self.taken:
+            taken.clear()
+        self.early.clear()
+
+
+def reorders(servers: int, duration: Any) -> bool:
+    """Whether parallel servers can finish work out of the order it started: more than one
+    server and random durations (equal work on FIFO servers finishes in the order it started)."""
+    return servers > 1 and getattr(duration, "dist", None) != "constant"
 
 
 UP, PAUSED, DOWN = 0, 1, 2
@@ -138,6 +191,8 @@ class FaultedBrokerProcess(BrokerProcess):
         self.queue.clear()
         self.held.clear()
         self.timer_held = False
+        for ordered in self.ordered:
+            ordered.clear()
 
     def restart(self) -> bool:
         """Start a killed process again; False if it was not down."""

@@ -113,10 +113,25 @@ class PublishCost(_Model):
 
 class Consume(_Model):
     """How consumers get messages: ``pull`` (a round trip per fetch of up to ``prefetch``) or
-    ``push`` (the broker sends while fewer than ``window`` are unacked; 0 = ``prefetch``)."""
+    ``push`` (the broker sends while fewer than ``window`` are unacked; 0 = ``prefetch``).
+    Charged by :mod:`brokerlab.sim.models.consume`."""
 
     mode: Literal["pull", "push"] = "pull"
     window: int = Field(0, ge=0)
+    wake: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="pull: how long a consumer blocked in a fetch takes to see the message the "
+        "broker answers it with (the broker waking blocked readers, the client's event loop "
+        "waking); paid only by answers to a fetch that had to wait, so light load pays it and a "
+        "backlog does not",
+    )
+    fetch: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="pull: broker work per fetch request, served on the broker's servers like "
+        "publishes and deliveries (a JetStream pull request is a message the server handles "
+        "and a waiting request it keeps; XREADGROUP is a command): with prefetch 1 every "
+        "message pays it, and all consumers share the servers that do it",
+    )
 
 
 class ClientCost(_Model):

@@ -37,7 +37,7 @@ from brokerlab.core.vocabulary import OutcomeCode
 from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.network import FaultedNetwork
 from brokerlab.sim.presets import Preset
-from brokerlab.sim.process import BrokerProcess
+from brokerlab.sim.process import BrokerProcess, InOrder, reorders
 from brokerlab.sim.profile import Throttle
 
 ACKED, FAILED, UNKNOWN = (int(code) for code in OutcomeCode)
@@ -125,6 +125,10 @@ class RetryingPublisher:
         self.env = env
         self.network = network
         self.process = process
+        #: a producer's attempts are stored in the order they reached the broker (see InOrder)
+        self._order: InOrder | None = None
+        if reorders(scenario.broker.servers, scenario.broker.service_time.publish):
+            self._order = InOrder(process, scenario.producers.count)
         self.broker = broker
         self.counts = counts
         self.publish_acks = publish_acks
@@ -317,7 +321,11 @@ class RetryingPublisher:
         if service is None:
             self._store_copy(token)
         else:
-            self.process.serve(next(service), self._store_copy, token)
+            if self._order is None:
+                self.process.serve(next(service), self._store_copy, token)
+            else:
+                p = self._producer_of[token[0]]
+                self._order.serve(next(service), p, self._store_copy, token)
 
     def _store_copy(self, token: tuple[int, int]) -> None:
         """The broker writes an attempt: dedup, then a new copy unless it is the first."""

@@ -12,25 +12,30 @@ from brokerlab.sim.engine import Progress
 from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
+from brokerlab.sim.models.consume import set_consume
 from brokerlab.sim.presets import Preset, resolve
-from brokerlab.sim.profile import apply_profile, profile_record, resolve_profile
+from brokerlab.sim.profile import Profile, apply_profile, profile_record, resolve_profile
 
 
 def simulate(
     scenario: Scenario,
     seed: int,
     progress: Progress | None = None,
-    profile: str | None = None,
+    profile: str | Profile | None = None,
 ) -> TargetResult:
     """Play ``scenario`` in the discrete-event simulator; the same seed gives the same trace.
 
     ``progress(done, total)`` is called about every 1% of the messages sent, and once at the end.
-    ``profile`` overrides ``broker.profile`` (auto, default, none or a profile file); a profile's
+    ``profile`` overrides ``broker.profile`` (auto, default, none, a profile file or a loaded
+    :class:`~brokerlab.sim.profile.Profile`); a profile's
     costs are charged by playing the scenario with them folded in (see
     :func:`brokerlab.sim.profile.apply_profile`); ``none`` plays the scenario exactly as written.
     """
-    spec = profile or scenario.broker.profile
-    chosen = resolve_profile(spec, scenario.broker.kind)
+    if isinstance(profile, Profile):
+        spec, chosen = "given", profile
+    else:
+        spec = profile or scenario.broker.profile
+        chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
     throttle = None
     if chosen is not None:
@@ -44,6 +49,16 @@ def simulate(
     if throttle is not None:
         collaborators = {**FAULTED, "faults": partial(FaultLayer, throttle=throttle)}
     model = MODELS[preset.model](scenario, preset, plan, seed, progress, **collaborators)
+    consume = "credit"
+    if chosen is not None:
+        # How consumers get messages (pull fetches, a push window) is a step, not a cost.
+        consume = set_consume(
+            model,
+            chosen.consume.mode,
+            chosen.consume.window,
+            chosen.consume.wake,
+            chosen.consume.fetch,
+        )
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)
@@ -53,7 +68,7 @@ def simulate(
         "events": model.events,
         "end_s": model.end,
         **model.counts,
-        "profile": {**profile_record(chosen, spec), "charges": charges},
+        "profile": {**profile_record(chosen, spec), "charges": charges, "consume": consume},
         "drain": model.drain,
     }
     warnings = _warnings(scenario, preset)

@@ -34,6 +34,7 @@ KNOWN = {
     "publish": {"none": "0.05ms", "periodic": "0.05ms", "always": "2ms"},
     "deliver": "0.3ms",
     "client": {"timer": "0.5ms"},
+    "consume": {"mode": "pull", "wake": "1ms"},
     "parallelism": 2,
     "bandwidth": 100_000_000,
     "durable_writes_per_delivery": 1.0,
@@ -56,6 +57,10 @@ def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
     assert profile.round_trip.median == pytest.approx(0.4e-3, rel=0.25)
     fsync = profile.publish.always.mean - profile.publish.none.mean
     assert fsync == pytest.approx(1.95e-3, rel=0.2)
+    # A blocked fetch's wake-up is light load's end to end beyond the round trip and the work.
+    assert profile.consume.mode == "pull"
+    assert profile.consume.wake.median == pytest.approx(1e-3, rel=0.25)  # type: ignore[union-attr]
+    assert profile.consume.fetch.mean == pytest.approx(0.0, abs=0.2e-3)
     # Replayed, the fit predicts what it was fitted on.
     refit = tmp_path / "fitted.yaml"
     refit.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
@@ -65,6 +70,27 @@ def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
         scenario = base.with_(paths=dict(step.changes), name=f"replay-{name}")
         again = run_scenario(scenario, "sim", replay).metrics["throughput_per_s"]["delivered"]
         assert again == pytest.approx(measured[name].delivered, rel=0.05), name
+
+
+def test_fit_finds_fetch_work_the_consumers_share(tmp_path: Path) -> None:
+    """One broker server doing 1.5 ms per fetch request: two consumers of the consumer rung take
+    less than twice what one takes, and the fit finds the fetch's work again (and leaves it out
+    of the consumer's own lateness)."""
+    known = tmp_path / "known.yaml"
+    shared = {**KNOWN, "parallelism": 1, "consume": {"mode": "pull", "fetch": "1.5ms"}}
+    shared["publish"] = {"none": "0.05ms"}
+    known.write_text(yaml.safe_dump(shared), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    base = base_scenario("redis-streams")
+    measured = {}
+    for step in ladder("redis-streams", quick=True):
+        if step.name in ("fsync", "large"):
+            continue
+        scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
+        measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.consume.fetch.mean == pytest.approx(1.5e-3, rel=0.25)
+    assert profile.client.timer.mean == pytest.approx(0.5e-3, abs=0.4e-3)
 
 
 def test_calibrate_refuses_targets_it_cannot_run(tmp_path: Path) -> None:
@@ -120,7 +146,8 @@ def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
 
 
 def test_a_busy_machine_is_named_not_silently_fitted() -> None:
-    """A light rung that delivered 124/s of the 200/s offered says the machine was too busy."""
+    """A light rung that delivered 124/s of the 200/s offered says the machine was too busy; a
+    ceiling rung that kept up with its offer says its ceiling is only a lower bound."""
     step = ladder("redis-streams")[0]
 
     def rung(delivered: float) -> Measured:
@@ -129,3 +156,9 @@ def test_a_busy_machine_is_named_not_silently_fitted() -> None:
     assert busy_warnings("redis-streams", {"light": rung(201.0)}) == []
     (warning,) = busy_warnings("redis-streams", {"light": rung(124.0)})
     assert "light rung delivered 124/s of 200/s" in warning and "too busy" in warning
+    ceiling = next(s for s in ladder("redis-streams") if s.name == "ceiling")
+    kept_up = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 29_900.0)  # type: ignore[arg-type]
+    (warning,) = busy_warnings("redis-streams", {"ceiling": kept_up})
+    assert "29900/s of 30000/s" in warning and "lower bound" in warning
+    saturated = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 15_000.0)  # type: ignore[arg-type]
+    assert busy_warnings("redis-streams", {"ceiling": saturated}) == []

@@ -470,3 +470,123 @@ def test_the_suite_never_plays_a_profile_calibrated_on_this_machine() -> None:
     store = calibrated_dir()
     assert "brokerlab-test-profiles-" in str(store)
     assert not store.exists() or not any(store.iterdir())
+
+
+# --------------------------------------------------------------------------- consume modes
+
+
+def _done_gaps(scenario: Scenario) -> np.ndarray:
+    """Time between consecutive completions of a backlogged consumer (first batches dropped)."""
+    done = np.sort(simulate(scenario, 1).trace.deliveries["t_done"].to_numpy())
+    return np.diff(done[20:])
+
+
+def test_a_pull_consumer_pays_a_fetch_round_trip_per_batch(tmp_path: Path) -> None:
+    """Pull, prefetch 1, 3 ms processing, a 1 ms round trip, a backlog: each message costs its
+    processing, the ack's round trip and the next fetch's round trip, 5 ms (200/s). The engine's
+    credit (a push window of prefetch) gives the next message as the ack arrives: 4 ms."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "1000/s", "messages": 200},
+        consumers={"processing": "3ms"},
+    )
+    assert np.allclose(_done_gaps(scenario), 5e-3, atol=3 * US)
+    push = tmp_path / "push.yaml"
+    push.write_text(yaml.safe_dump(profile_data(round_trip="1ms", consume={"mode": "push"})))
+    credit = scenario.with_(**{"broker.profile": str(push)})
+    assert np.allclose(_done_gaps(credit), 4e-3, atol=3 * US)
+
+
+def test_a_pull_batch_of_prefetch_pays_one_fetch(tmp_path: Path) -> None:
+    """Pull, prefetch 4, 2 ms processing, 1 ms round trip: a batch of 4 takes 4 x (2 + 1) ms of
+    processing and acks, then one fetch round trip: 13 ms per 4 messages."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "1000/s", "messages": 400},
+        consumers={"processing": "2ms", "prefetch": 4},
+    )
+    result = simulate(scenario, 1)
+    assert result.info["profile"]["consume"] == "pull"
+    done = np.sort(result.trace.deliveries["t_done"].to_numpy())
+    batches = done[40:360:4]  # the first message of each batch, from the 11th batch on
+    assert np.allclose(np.diff(batches), 13e-3, atol=3 * US)
+
+
+def test_a_push_window_caps_unacked_messages_per_consumer(tmp_path: Path) -> None:
+    """Push with window W, no acks to wait for (ack none), 1 ms processing, a 4 ms round trip:
+    a message holds a slot for half a round trip down, its processing and half a round trip back
+    (5 ms), so one consumer takes W / 5 ms: 200/s with a window of 1, 400/s with 2, and its
+    processing's 1,000/s once the window is wide enough (10)."""
+    rates = {}
+    for window in (1, 2, 10):
+        path = tmp_path / f"w{window}.yaml"
+        data = profile_data(round_trip="4ms", consume={"mode": "push", "window": window})
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        scenario = make(
+            {"profile": str(path)},
+            producers={"rate": "2000/s", "messages": 600},
+            consumers={"processing": "1ms", "ack": "none"},
+        )
+        rates[window] = 1 / float(np.mean(_done_gaps(scenario)))
+    assert rates[1] == pytest.approx(200, rel=5e-3)
+    assert rates[2] == pytest.approx(400, rel=5e-3)
+    assert rates[10] == pytest.approx(1000, rel=5e-3)
+
+
+def test_a_pull_batch_without_processing_is_acked_in_one_call(tmp_path: Path) -> None:
+    """Pull, prefetch 4, no processing, 1 ms round trip, a backlog: the harness acks a batch that
+    finished together in one call, so a batch costs one ack and one fetch round trip (2 ms per 4
+    messages, all 4 done at once), not an ack round trip per message."""
+    pull = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull"})
+    scenario = make(
+        {"profile": str(pull)},
+        producers={"rate": "5000/s", "messages": 1000},
+        consumers={"prefetch": 4},
+    )
+    deliveries = simulate(scenario, 1).trace.deliveries
+    done = np.unique(np.round(deliveries["t_done"].to_numpy(), 6))
+    assert len(done) == pytest.approx(len(deliveries) / 4, abs=3)
+    assert np.allclose(np.diff(done[10:-10]), 2e-3, atol=3 * US)
+    # The batch is delivered as one reply: its rows share t_delivered.
+    assert deliveries.groupby("t_done")["t_delivered"].nunique().max() == 1
+
+
+def test_a_blocked_fetch_pays_the_wake_up_and_a_backlog_does_not(tmp_path: Path) -> None:
+    """Pull with a 2 ms wake-up, 1 ms round trip: at light load each message finds its consumer
+    blocked in a fetch, so end to end is half a round trip + the wake-up + half a round trip
+    (3 ms); a backlogged consumer with 3 ms processing finds messages waiting at every fetch and
+    keeps its 5 ms cycle (processing, ack and fetch round trips), with no wake-up in it."""
+    path = write_profile(tmp_path, round_trip="1ms", consume={"mode": "pull", "wake": "2ms"})
+    light = simulate(make({"profile": str(path)}), 1).trace
+    joined = light.deliveries.merge(light.sends, on="msg_id")
+    e2e = (joined["t_delivered"] - joined["t_intended"]).to_numpy()
+    assert np.allclose(e2e, 3e-3, atol=US)
+    backlog = make(
+        {"profile": str(path)},
+        producers={"rate": "1000/s", "messages": 200},
+        consumers={"processing": "3ms"},
+    )
+    assert np.allclose(_done_gaps(backlog), 5e-3, atol=3 * US)
+
+
+def test_fetch_requests_are_broker_work_the_consumers_share(tmp_path: Path) -> None:
+    """Pull, prefetch 1, 2 ms processing, 1 ms round trip, 2 ms of broker work per fetch: one
+    consumer's cycle is 2 + 1 + 1 + 2 = 6 ms. Four consumers would take 4 / 6 ms = 667/s, but
+    one broker server does 2 ms per fetch, so they get 500/s; four servers let them have 667/s."""
+    rates = {}
+    for servers in (1, 4):
+        path = tmp_path / f"s{servers}.yaml"
+        data = profile_data(
+            round_trip="1ms", consume={"mode": "pull", "fetch": "2ms"}, parallelism=servers
+        )
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        scenario = make(
+            {"profile": str(path)},
+            producers={"rate": "1000/s", "messages": 1500},
+            consumers={"count": 4, "processing": "2ms"},
+        )
+        rates[servers] = 1 / float(np.mean(_done_gaps(scenario)[:-40]))
+    assert rates[1] == pytest.approx(500, rel=0.01)
+    assert rates[4] == pytest.approx(4 / 6e-3, rel=0.01)

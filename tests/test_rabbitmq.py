@@ -1,7 +1,7 @@
 """The rabbitmq target: runs on a private node the lab starts and on the machine's own RabbitMQ.
 
 No mocks: every run talks to a real RabbitMQ. The machine's service (5672) is used only through
-this run's uniquely named queue, which is deleted at the end; a private node takes ~4-15 s to
+this run's uniquely named queue, which is deleted at the end; a private node takes ~4-12 s to
 boot, so the tests that start one are few and the long ones are marked slow.
 """
 
@@ -364,3 +364,57 @@ def test_a_stream_queue_is_read_by_offset_and_a_restarted_consumer_resumes(
     done = deliveries[deliveries["t_done"].notna()]
     assert set(done["msg_id"]) == set(sends.loc[sends["outcome"] == "acked", "msg_id"])
     assert result.info["queue_type"] == "stream"
+
+
+# --------------------------------------------------------------------------- the broker's view
+
+
+def test_prometheus_unacked_reads_one_queue_of_one_vhost() -> None:
+    """The per-queue line of the right vhost and queue, not a neighbour's; None if absent."""
+    from brokerlab.adapters.rabbitmq import prometheus_unacked
+
+    page = (
+        "# TYPE rabbitmq_detailed_queue_messages_unacked gauge\n"
+        'rabbitmq_detailed_queue_messages_unacked{vhost="/",queue="other"} 9\n'
+        'rabbitmq_detailed_queue_messages_unacked{vhost="v2",queue="q"} 4\n'
+        'rabbitmq_detailed_queue_messages_unacked{vhost="/",queue="q"} 7\n'
+        'rabbitmq_detailed_queue_messages_ready{vhost="/",queue="q"} 23\n'
+    )
+    assert prometheus_unacked(page, "/", "q") == 7.0
+    assert prometheus_unacked(page, "v2", "q") == 4.0
+    assert prometheus_unacked(page, "/", "missing") is None
+
+
+@needs_server
+def test_broker_unacked_on_the_own_node_is_what_a_slow_consumer_holds(tmp_path: Path) -> None:
+    """Known answer: one consumer with prefetch 5 and slow processing holds 5 deliveries
+    unacked while the queue has more ready, so the broker's unacked count reaches 5 and never
+    exceeds it; the ready count (backlog) is a different figure."""
+    prefetch = 5
+    scenario = _scenario(
+        producers={"count": 1, "rate": "100/s", "duration": "0.3s", "keys": 1},
+        consumers={"count": 1, "prefetch": prefetch, "processing": "150ms"},
+    )
+    result = _run(scenario, None, tmp_path)
+    _assert_exactly_once(result.trace.sends, result.trace.deliveries)
+    timeline = result.trace.timeline
+    assert "prometheus" in result.info["broker_unacked"]
+    unacked = timeline["broker_unacked"].dropna()
+    assert len(unacked) > 0
+    assert unacked.max() == prefetch
+    assert (timeline["broker_backlog"].dropna() > prefetch).any()
+
+
+def test_broker_unacked_stays_empty_where_the_broker_cannot_say(tmp_path: Path) -> None:
+    """The machine's RabbitMQ serves neither the management API nor the Prometheus plugin: no
+    unacked figure is made up, run.json says why, the ready count is still sampled."""
+    url = _machine()
+    for port in (15672, 15692):
+        if _listening(port):
+            pytest.skip(f"the machine's broker serves statistics on {port}")
+    scenario = _scenario(consumers={"processing": "20ms", "prefetch": 4})
+    result = _run(scenario, url, tmp_path)
+    timeline = result.trace.timeline
+    assert result.info["broker_unacked"].startswith("unknown")
+    assert "broker_unacked" not in timeline or timeline["broker_unacked"].isna().all()
+    assert timeline["broker_backlog"].notna().any()

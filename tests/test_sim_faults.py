@@ -359,3 +359,93 @@ def test_a_fault_that_touches_nothing_leaves_the_trace_as_without_faults(kind: s
     faulted = simulate(make(broker, after_the_run, network=random), 3).trace
     pd.testing.assert_frame_equal(plain.sends, faulted.sends)
     pd.testing.assert_frame_equal(plain.deliveries, faulted.deliveries)
+
+
+# ---------------------------------------------------------------------------- kafka rebalance
+
+
+def kafka_crash(broker: dict[str, str], down: str, seconds: int) -> Scenario:
+    """Kafka, 2 partitions, 2 consumers (prefetch 5, 8 ms each: busy 80%) at 200/s (Poisson)
+    over 8 keys; consumer-0 crashes at 2 s for ``down``. Offsets only (no ack timer) unless
+    ``broker`` sets ``ack_timeout``."""
+    crash = {"at": "2s", "action": "consumer-crash", "target": "consumer-0", "duration": down}
+    data: dict[str, Any] = {
+        "name": "rebalance",
+        "producers": {"rate": "200/s", "messages": 200 * seconds, "keys": 8},
+        "broker": {"kind": "kafka", "partitions": 2, "profile": "none", **broker},
+        "consumers": {
+            "count": 2,
+            "prefetch": 5,
+            "processing": "8ms",
+        },
+        "network": {"delay": "1ms"},
+        "faults": [crash],
+    }
+    return parse_scenario(data)
+
+
+@pytest.mark.parametrize(
+    "ack_timeout", [{}, {"ack_timeout": "1s"}], ids=["offsets", "with-ack-timeout"]
+)
+def test_kafka_hands_a_crashed_members_partitions_to_the_survivor(
+    ack_timeout: dict[str, str],
+) -> None:
+    """Consumer-0 dies at 2 s and never returns: after the 6 s session timeout the group gives
+    partition 0 to consumer-1, which delivers it again from what consumer-0 had not committed
+    (redelivered first, then the rest in order): nothing is stuck, nothing lost, per-key order."""
+    scenario = kafka_crash(ack_timeout, "60s", 12)
+    result = simulate(scenario, 1)
+    deliveries = result.trace.deliveries
+    rows = deliveries.merge(result.trace.sends[["msg_id", "key", "seq"]], on="msg_id")
+    partition0 = rows["key"] % 2 == 0
+    survivor = rows["consumer"] == 1
+    # Until the session times out (2 s + 6 s) consumer-1 reads partition 1 only.
+    assert not (survivor & partition0 & (rows["t_delivered"] < 8.0)).any()
+    taken = rows[survivor & partition0]
+    assert len(taken) > 0 and taken["t_delivered"].min() < 8.1
+    # Everything is delivered and processed: partition 0 is not stuck behind the dead member.
+    checks = check_delivery(result.trace.sends, deliveries)
+    assert checks.lost == 0 and checks.unprocessed == 0
+    assert result.info["drain"]["reason"] == "complete"
+    # What consumer-0 held uncommitted at the crash is delivered again, by consumer-1.
+    died = rows[(rows["consumer"] == 0) & rows["t_done"].isna()]
+    assert len(died) > 0
+    again = taken[taken["msg_id"].isin(died["msg_id"])]
+    assert set(again["msg_id"]) == set(died["msg_id"])
+    assert (again["delivery_no"] >= 2).all()
+    # (attempts sent to consumer-0 that never reached it count as redelivered too)
+    assert checks.redelivered >= len(died) and checks.duplicates == len(died)
+    # Per key, consumer-1's deliveries follow the log (redeliveries first, then new entries).
+    ordered = taken.sort_values(["t_delivered", "seq"], kind="stable")
+    assert (ordered.groupby("key")["seq"].diff().dropna() > 0).all()
+    counts = analyze(result.trace, scenario, target="sim", seed=1, duration_s=12.0)
+    assert counts.checks.counts()["out_of_order"] == 0
+
+
+def test_kafka_gives_the_partitions_back_when_the_member_returns() -> None:
+    """Consumer-0 is back at 10 s (after its session expired at 8 s): the group rebalances and
+    it reads partition 0 again; consumer-1 never reads partition 0 after the handover."""
+    scenario = kafka_crash({}, "8s", 14)
+    result = simulate(scenario, 1)
+    rows = result.trace.deliveries.merge(result.trace.sends[["msg_id", "key"]], on="msg_id")
+    partition0 = rows["key"] % 2 == 0
+    late = rows["t_delivered"] > 10.2
+    assert (rows[partition0 & late]["consumer"] == 0).all()
+    assert (rows[~partition0]["consumer"] == 1).all()
+    meanwhile = rows[(rows["consumer"] == 1) & partition0]
+    assert len(meanwhile) > 0  # it had partition 0 meanwhile
+    # One reader at a time: consumer-1 finished partition 0's last entry before consumer-0 got
+    # its first one back (the handover waited for what consumer-1 had fetched).
+    back = rows[(rows["consumer"] == 0) & partition0 & (rows["t_delivered"] > 3.0)]
+    assert meanwhile["t_done"].max() <= back["t_delivered"].min()
+    assert back["t_delivered"].min() < 10.2
+    checks = check_delivery(result.trace.sends, result.trace.deliveries)
+    assert checks.lost == 0 and checks.unprocessed == 0 and checks.out_of_order == 0
+
+
+def test_a_crash_shorter_than_the_session_keeps_the_partitions() -> None:
+    """Back before its session times out, a member keeps its partitions: no rebalance."""
+    scenario = kafka_crash({}, "3s", 8)
+    result = simulate(scenario, 1)
+    rows = result.trace.deliveries.merge(result.trace.sends[["msg_id", "key"]], on="msg_id")
+    assert (rows[rows["key"] % 2 == 0]["consumer"] == 0).all()

@@ -95,6 +95,9 @@ class BrokerAdapter(ABC):
         #: connects to. Empty unless a fault run puts a proxy in front of each client; set
         #: before :meth:`setup`, so adapters create their connections in ``setup`` or later.
         self.client_urls: dict[str, str] = {}
+        #: What the lab knows of a broker it started itself (``EmbeddedBroker.info``: kind,
+        #: ports, endpoints), None for a broker given by URL. Set before :meth:`setup`.
+        self.own_broker: dict[str, Any] | None = None
 
     def survived_error(self, doing: str, error: BaseException) -> None:
         """Count an error the run carried on after, so the run's warnings show it.

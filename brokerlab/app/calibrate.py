@@ -11,7 +11,9 @@ own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those m
     publish p50       = round trip + publish work
     end-to-end p50    = round trip + publish work + delivery work (+ ack work)
     1 / ceiling       = publish work + delivery work + ack work        (one broker server)
-    consumer cycle    = processing + client cost + 2 round trips + delivery work
+    consumer cycle    = processing + client cost + 2 round trips + delivery work (+ fetch work)
+    2 consumers       = parallelism / (publish + delivery + fetch work)   (if the work is shared)
+    light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import socket
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +37,6 @@ from brokerlab.core import results
 from brokerlab.core.scenario import LogNormal, Scenario, parse_scenario
 from brokerlab.sim.profile import (
     Profile,
-    apply_profile,
     parse_profile,
 )
 
@@ -60,9 +62,17 @@ class Step:
     changes: dict[str, Any]
 
 
+#: What the ceiling rung offers: beyond what the target (harness included) sustains on a small
+#: machine, so it measures the ceiling and not the offered rate, and no more, so the backlog it
+#: builds drains in seconds.
+CEILING_RATE = {"redis-streams": "30000/s", "nats": "30000/s", "nats-jetstream": "8000/s"}
+#: Runs of every rung; the fit takes the medians (a busy machine stalls one run, rarely three).
+REPEATS = 3
+
+
 def ladder(target: str, quick: bool = False) -> list[Step]:
     """The runs that calibrate ``target`` (``quick``: shorter runs, for tests)."""
-    seconds = 1.5 if quick else 3.0
+    seconds = 1.5 if quick else 2.0
     light = {"producers.rate": "200/s", "consumers.count": 1, "consumers.prefetch": 1}
     steps = [
         Step("light", "round trip, publish and delivery latency", dict(light)),
@@ -78,11 +88,27 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             },
         ),
         Step(
+            "shared",
+            "whether the consumers' per-fetch cost is shared (2 consumers of the consumer rung)",
+            {
+                "producers.rate": "600/s",
+                "consumers.count": 2,
+                "consumers.prefetch": 1,
+                "consumers.processing": "2ms",
+            },
+        ),
+        Step(
             "ceiling",
             "sustained ceiling (flat out, 2 consumers, prefetch 50)",
-            {"producers.rate": "12000/s", "consumers.count": 2, "consumers.prefetch": 50},
+            {
+                "producers.rate": CEILING_RATE.get(target, "12000/s"),
+                "consumers.count": 2,
+                "consumers.prefetch": 50,
+            },
         ),
     ]
+    if target == "nats":
+        steps = [step for step in steps if step.name != "shared"]  # push: no fetch requests
     if FSYNC.get(target):
         steps.append(
             Step(
@@ -92,7 +118,10 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             )
         )
     for step in steps:
-        step.changes["producers.duration"] = f"{seconds}s"
+        # Overloaded rungs drain their backlog after the offer ends: shorter offers keep the
+        # whole ladder within minutes.
+        overloaded = step.name in ("consumer", "shared", "ceiling")
+        step.changes["producers.duration"] = f"{min(seconds, 1.5) if overloaded else seconds}s"
     return steps
 
 
@@ -110,9 +139,41 @@ def base_scenario(target: str) -> Scenario:
     )
 
 
+#: Paths of the metrics a calibration reads, fits and replays (medians over the repeats).
+FITTED_METRICS = (
+    ("throughput_per_s", "delivered"),
+    ("latency_ms", "end_to_end", "p50"),
+    ("latency_ms", "end_to_end", "p99"),
+    ("latency_ms", "publish", "p50"),
+    ("latency_ms", "publish", "p99"),
+    ("latency_ms", "completion", "p50"),
+)
+
+
+def median_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The :data:`FITTED_METRICS` of several runs of one rung, each the median over the runs
+    (a busy machine stalls one run, not the same moment of three)."""
+    merged: dict[str, Any] = {}
+    for path in FITTED_METRICS:
+        values = [v for v in (_get(run, path) for run in runs) if v is not None and v == v]
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = statistics.median(values) if values else None
+    return merged
+
+
+def spread(runs: list[dict[str, Any]], path: tuple[str, ...]) -> float | None:
+    """(max - min) / median of one metric over the repeats of a rung (None with one run)."""
+    values = [v for v in (_get(run, path) for run in runs) if v is not None and v == v]
+    if len(values) < 2 or not statistics.median(values):
+        return None
+    return (max(values) - min(values)) / statistics.median(values)
+
+
 @dataclass
 class Measured:
-    """What one real rung measured (seconds, per second)."""
+    """What one real rung measured (seconds, per second): medians over its repeats."""
 
     step: Step
     record: RunRecord
@@ -122,10 +183,16 @@ class Measured:
     e2e_p99: float
     completion_p50: float
     delivered: float
+    #: every repeat of the rung (``record`` is the first)
+    records: list[RunRecord] = field(default_factory=list)
+    #: the medians over the repeats, shaped as metrics.json
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, step: Step, record: RunRecord) -> Measured:
-        latency = record.metrics["latency_ms"]
+    def of(cls, step: Step, record: RunRecord | list[RunRecord]) -> Measured:
+        records = record if isinstance(record, list) else [record]
+        metrics = median_metrics([r.metrics for r in records])
+        latency = metrics["latency_ms"]
 
         def stat(kind: str, name: str) -> float | None:
             value = (latency.get(kind) or {}).get(name)
@@ -133,13 +200,15 @@ class Measured:
 
         return cls(
             step=step,
-            record=record,
+            record=records[0],
             publish_p50=stat("publish", "p50"),
             publish_p99=stat("publish", "p99"),
             e2e_p50=stat("end_to_end", "p50") or 0.0,
             e2e_p99=stat("end_to_end", "p99") or 0.0,
             completion_p50=stat("completion", "p50") or 0.0,
-            delivered=float(record.metrics["throughput_per_s"]["delivered"] or 0.0),
+            delivered=float(metrics["throughput_per_s"]["delivered"] or 0.0),
+            records=records,
+            metrics=metrics,
         )
 
 
@@ -169,6 +238,16 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
                 "offered: this machine was too busy to calibrate; the fitted costs are inflated "
                 "(calibrate again when it is quieter)"
             )
+    ceiling = measured.get("ceiling")
+    if ceiling is not None:
+        from brokerlab.core.units import parse_rate
+
+        offered = parse_rate(ceiling.step.changes["producers.rate"])
+        if ceiling.delivered >= 0.95 * offered:
+            warnings.append(
+                f"{target}: the ceiling rung delivered {ceiling.delivered:.0f}/s of "
+                f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
+            )
     return warnings
 
 
@@ -192,19 +271,37 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     # kinds); a push consumer (NATS core) pays only its processing and its own lateness.
     cycle = 1.0 / max(consumer.delivered, 1.0)
     budget = max(cycle - 0.002 - (2 * round_trip.mean if acks else 0.0), 0.0)
-    # What the delivery adds beyond the publish: the broker's dispatch and the consumer's
-    # wake-up. Constant, so parallel servers never reorder a stream; the tail is the round
-    # trip's (FIFO links keep order). An acked consumer pays it in every cycle, so it cannot
-    # exceed what the consumer rung left over.
-    deliver = max(e2e - rtt - publish_work, work / 2)
+    # What the delivery adds beyond the publish. Pull kinds: the broker's delivery work (half of
+    # the work per message), which a consumer pays in every cycle (so no more than the consumer
+    # rung left over), and the wake-up of a consumer blocked in its fetch, which only a message
+    # that finds its consumer waiting pays (light load: the rest of end to end). NATS core: all
+    # of it is the delivery. Constant, so parallel servers never reorder a stream; the tails are
+    # the round trip's and the wake-up's (FIFO links keep order).
+    wake = wake_p99 = 0.0
     if acks:
-        deliver = max(min(deliver, budget), work / 2)
-    timer = max(budget - (deliver if acks else 0.0), 0.0)
+        deliver = max(min(work / 2, budget), 0.0)
+        wake = max(e2e - rtt - publish_work - deliver, 0.0)
+        wake_p99 = max(e2e_p99 - rtt - publish_work - deliver, wake * 1.05)
+    else:
+        deliver = max(e2e - rtt - publish_work, work / 2)
     ack = 0.0
     # Parallelism so that the ceiling is the measured one: servers / work per message.
     parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
     # ... exactly: whole servers, so the publish work takes up the rest.
     publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
+    # Two consumers of the consumer rung: if together they take clearly less than twice what
+    # one takes, part of each cycle is served one at a time, by the broker's servers: the work
+    # of a fetch request (with prefetch 1, one per message). What one consumer's cycle had left
+    # over beyond it is the consumer's own lateness.
+    fetch = 0.0
+    shared = measured.get("shared")
+    if acks and shared is not None and shared.delivered > 0:
+        offered = 600.0
+        alone = min(2.0 / cycle, offered)
+        if shared.delivered < 0.9 * alone:
+            fetch = max(parallelism / shared.delivered - publish_work - deliver - ack, 0.0)
+            fetch = min(fetch, max(budget - deliver, 0.0))
+    timer = max(budget - (deliver + fetch if acks else 0.0), 0.0)
     bandwidth = None
     large = measured.get("large")
     if large is not None:
@@ -232,7 +329,11 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         "publish": {"none": publish_work, "periodic": publish_work, "always": publish_work + fsync},
         "deliver": deliver,
         "ack": ack,
-        "consume": {"mode": "push" if target == "nats" else "pull"},
+        "consume": (
+            {"mode": "pull", "wake": _wake(wake, wake_p99), "fetch": fetch}
+            if acks
+            else {"mode": "push"}
+        ),
         "client": {"publish": 0.0, "consume": 0.0, "timer": timer},
         "parallelism": parallelism,
         "durable_writes_per_delivery": 1.0 if slow is not None and fsync > 0 else 0.0,
@@ -242,6 +343,17 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     return parse_profile(data, f"calibration of {target}")
 
 
+def _wake(median: float, p99: float) -> dict[str, Any]:
+    """A pull consumer's wake-up: lognormal (its tail is a busy machine's), or none."""
+    if median <= 1e-6:
+        return {"dist": "constant", "value": 0.0}
+    p99 = min(max(p99, median * 1.05), median * WAKE_TAIL_CAP)
+    return {"dist": "lognormal", "median": median, "p99": p99}
+
+
+#: Longest wake-up tail (p99 / median) a fit keeps: the wake-up is latency, not capacity, so a
+#: long tail costs no throughput; a busy machine's light-load p99 is mostly stalled wake-ups.
+WAKE_TAIL_CAP = 60.0
 #: Rounds of :func:`refine` (each replays every rung once in the simulator).
 REFINE_ROUNDS = 4
 
@@ -271,20 +383,40 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         def ratio(
             name: str, path: tuple[str, ...], sims: dict[str, Any] = sims, damping: float = 0.5
         ) -> float | None:
-            real, sim = _get(measured[name].record.metrics, path), _get(sims[name], path)
+            real, sim = _get(measured[name].metrics, path), _get(sims[name], path)
             if not real or not sim or real != real or sim != sim:
                 return None
             # Damped: costs interact (FIFO links, queueing), so full steps overshoot.
             return min(max(real / sim, 0.25), 4.0) ** damping
 
+        def _gap(name: str, path: tuple[str, ...], sims: dict[str, Any]) -> float | None:
+            """real - simulated, in seconds (latency metrics are in ms)."""
+            real, sim = _get(measured[name].metrics, path), _get(sims[name], path)
+            if real is None or sim is None or real != real or sim != sim:
+                return None
+            return (real - sim) / 1000.0
+
         rtt = data["round_trip"]
         work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
             rtt["median"] *= r
-        if (r := ratio("light", ("latency_ms", "end_to_end", "p99"))) is not None:
+        # The round trip's tail: publish latency's where there is one (pull kinds' end-to-end
+        # tail is the wake-up's), end to end's otherwise.
+        tail = ("latency_ms", "publish", "p99") if acks else ("latency_ms", "end_to_end", "p99")
+        if (r := ratio("light", tail)) is not None:
             rtt["p99"] *= r
         rtt["p99"] = min(max(rtt["p99"], rtt["median"] * 1.05), rtt["median"] * TAIL_CAP)
-        if (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
+        if acks:
+            # Light-load end to end beyond the publish is the wake-up: move it by the difference.
+            wake = data["consume"]["wake"]
+            median = wake.get("median", wake.get("value", 0.0))
+            p99 = wake.get("p99", median)
+            gap = _gap("light", ("latency_ms", "end_to_end", "p50"), sims)
+            median = max(median + 0.7 * gap, 0.0) if gap is not None else median
+            gap = _gap("light", ("latency_ms", "end_to_end", "p99"), sims)
+            p99 = max(p99 + 0.7 * gap, 0.0) if gap is not None else p99
+            data["consume"]["wake"] = _wake(median, p99)
+        elif (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
             data["deliver"]["value"] *= r
         if (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
@@ -299,6 +431,14 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
                 for mode in ("none", "periodic", "always"):
                     cost = data["publish"][mode]
                     cost["value"] = max(cost["value"] + change, 0.0)
+        shared = measured.get("shared")
+        fetch = (data["consume"].get("fetch") or {}).get("value", 0.0)
+        if acks and shared is not None and fetch > 0 and shared.delivered:
+            sim_rate = _get(sims["shared"], ("throughput_per_s", "delivered"))
+            if sim_rate:
+                # Served one at a time on parallelism servers: the rate moves by 1 / work.
+                change = data["parallelism"] * (1 / shared.delivered - 1 / sim_rate)
+                data["consume"]["fetch"] = {"dist": "constant", "value": max(fetch + change, 0.0)}
         consumer = measured["consumer"]
         sim_rate = _get(sims["consumer"], ("throughput_per_s", "delivered"))
         # (NATS core: the simulator counts a pushed message delivered when it reaches the
@@ -311,7 +451,10 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if slow is not None and data.get("durable_writes_per_delivery") and slow.delivered:
             sim_rate = _get(sims["fsync"], ("throughput_per_s", "delivered"))
             extra = data["publish"]["always"]["value"] - data["publish"]["none"]["value"]
-            if sim_rate and extra > 0 and slow.delivered < 0.95 * offered:
+            # Either way: a real broker that fell behind needs more fsyncs per delivery, one
+            # that kept up where the simulator fell behind needs fewer.
+            behind = slow.delivered < 0.95 * offered or sim_rate < 0.95 * offered
+            if sim_rate and extra > 0 and behind:
                 writes = data["durable_writes_per_delivery"]
                 writes += (1 / slow.delivered - 1 / sim_rate) / extra
                 data["durable_writes_per_delivery"] = min(max(writes, 0.0), 10.0)
@@ -333,7 +476,7 @@ def _misfit(sims: dict[str, dict[str, Any]], measured: dict[str, Measured]) -> f
     total = 0.0
     for name, m in measured.items():
         for path, weight in _MISFIT:
-            real, sim = _get(m.record.metrics, path), _get(sims[name], path)
+            real, sim = _get(m.metrics, path), _get(sims[name], path)
             if real and sim and real == real and sim == sim:
                 total += weight * abs(math.log(sim / real))
     return total
@@ -347,7 +490,7 @@ def replay_errors(
     for m in measured:
         scenario = parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}")
         sim = simulate_with(scenario, profile, seed)
-        real = m.record.metrics
+        real = m.metrics
         row = {"run": m.step.name}
         for label, path in (
             ("delivered/s", ("throughput_per_s", "delivered")),
@@ -356,6 +499,13 @@ def replay_errors(
             ("publish p50", ("latency_ms", "publish", "p50")),
         ):
             row[label] = (_get(sim, path), _get(real, path))
+        # How far the repeats of this rung disagreed among themselves: a replay error within it
+        # is as close as this machine lets anyone tell.
+        runs = [r.metrics for r in m.records]
+        row["spread"] = {
+            "delivered/s": spread(runs, ("throughput_per_s", "delivered")),
+            "e2e p50": spread(runs, ("latency_ms", "end_to_end", "p50")),
+        }
         rows.append(row)
     return rows
 
@@ -366,12 +516,11 @@ def simulate_with(scenario: Scenario, profile: Profile | None, seed: int = 1) ->
     from brokerlab.core.analysis import analyze
     from brokerlab.sim import simulate
 
-    if profile is not None:
-        scenario = apply_profile(scenario, profile).scenario
     scenario = scenario.model_copy(
         update={"broker": scenario.broker.model_copy(update={"profile": "none"})}
     )
-    result = simulate(scenario, seed)
+    # The simulator charges the profile itself: its costs and how consumers get messages.
+    result = simulate(scenario, seed, profile=profile)
     return analyze(
         result.trace, scenario, target="sim", seed=seed, duration_s=_trace_span(result)
     ).to_metrics()
@@ -406,8 +555,10 @@ def calibrate(
     out: Path | None = None,
     quick: bool = False,
     store: bool = True,
+    repeats: int | None = None,
 ) -> list[Calibration]:
-    """Run the ladder on each target, fit, replay, store; return every target's calibration."""
+    """Run the ladder on each target (each rung ``repeats`` times: :data:`REPEATS`, one when
+    ``quick``), fit the medians, replay, store; return every target's calibration."""
     from brokerlab.sim.profile import store_profile
 
     done = []
@@ -417,11 +568,12 @@ def calibrate(
         base = base_scenario(target)
         measured: dict[str, Measured] = {}
         steps = ladder(target, quick)
+        times = repeats or (1 if quick else REPEATS)
         for index, step in enumerate(steps, 1):
             say(f"{target} [{index}/{len(steps)}] {step.name}: {step.measures}")
             scenario = base.with_(paths={**step.changes}, name=f"calibrate-{target}-{step.name}")
-            record = run_scenario(scenario, target, options)
-            measured[step.name] = Measured.of(step, record)
+            records = [run_scenario(scenario, target, options) for _ in range(times)]
+            measured[step.name] = Measured.of(step, records)
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
             "origin": "calibrated",
@@ -429,7 +581,7 @@ def calibrate(
             "date": stamp.isoformat(timespec="seconds"),
             "broker_version": f"{target} {server}" if server else target,
             "lab_version": versions["brokerlab"],
-            "runs": [str(m.record.path) for m in measured.values()],
+            "runs": [str(r.path) for m in measured.values() for r in m.records],
             "note": "fitted by brokerlab calibrate"
             + (
                 f" against {options.redis_url or options.nats_url}"

@@ -8,6 +8,13 @@ cursor or a redelivery reaches an entry, which gives the same result as trimming
 With ``partitioned`` presets a key always maps to the same partition (keyless messages go round
 robin) and each partition to exactly one consumer of the group, so per-key order holds with many
 consumers and consumers beyond the partition count sit idle.
+
+A partitioned group rebalances: a member that crashed leaves the group when its session times out
+(the preset's ``session_timeout``), and its partitions are spread over the survivors; what it held
+uncommitted is delivered again to the new owner (first, before the partition's later entries).
+When it returns, it joins and gets its partitions back. A partition a live member still holds
+deliveries of moves only once that member has finished them (Kafka revokes a partition at the
+member's next poll, after the batch it fetched), so no two members ever read one partition at once.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from brokerlab.sim.engine import ACKED, Simulation
+from brokerlab.sim.engine import ACKED, DRAIN_TICK, Simulation
+from brokerlab.sim.events import Call
 
 
 class LogModel(Simulation):
@@ -44,6 +52,10 @@ class LogModel(Simulation):
                 [p for p in range(lanes) if p % consumers == c] for c in range(consumers)
             ]
             self._rr = [0] * lanes
+            #: members whose session is live (a crashed one leaves at its session timeout)
+            self.group: set[int] = set(range(consumers))
+            #: lanes waiting for their old owner to finish what it holds: lane -> (old, new)
+            self._handover: dict[int, tuple[int, int]] = {}
         if lanes > 1:
             self.lane_of: list[int] = [0] * self.n
             self._keys: list[int] = self.plan.key.tolist()
@@ -124,6 +136,86 @@ class LogModel(Simulation):
                 if not (self.track and self.pending[i] == ACKED) and not self._gone(lane, i)
             )
         return held
+
+    # ------------------------------------------------------------------ rebalance
+
+    def leave_group(self, c: int) -> None:
+        """Member ``c``'s session expired: its partitions go to the surviving members."""
+        if self.preset.partitioned and c in self.group:
+            self.group.discard(c)
+            self._rebalance()
+
+    def join_group(self, c: int) -> None:
+        """Member ``c`` is back: the group rebalances and gives it its share again."""
+        if self.preset.partitioned and c not in self.group:
+            self.group.add(c)
+            self._rebalance()
+
+    def owner(self, lane: int) -> int:
+        """The member reading ``lane`` (-1: none, while it waits for a member or a handover)."""
+        owners = self.lane_owners[lane]
+        return owners[0] if owners else -1
+
+    def _rebalance(self) -> None:
+        # Partition p goes to the (p mod k)-th live member: with every member live this is the
+        # initial assignment (p mod count).
+        members = sorted(self.group)
+        held: dict[int, set[int]] = {}  # live member -> lanes it holds unfinished deliveries of
+        for lane in range(self.lanes):
+            new = members[lane % len(members)] if members else -1
+            if lane in self._handover:
+                old = self._handover.pop(lane)[0]
+            else:
+                old = self.owner(lane)
+                if old == new:
+                    continue
+                self._detach(lane, old)
+            if old >= 0 and old != new and old in self.group:
+                if old not in held:
+                    held[old] = self._held_lanes(old)
+                if lane in held[old]:
+                    self._handover[lane] = (old, new)
+                    continue
+            self._attach(lane, new)
+        if self._handover:
+            Call(self.env, DRAIN_TICK, self._handover_tick, None)
+
+    def _handover_tick(self, _: object) -> None:
+        held: dict[int, set[int]] = {}
+        for lane, (old, new) in list(self._handover.items()):
+            if old in self.group:
+                if old not in held:
+                    held[old] = self._held_lanes(old)
+                if lane in held[old]:
+                    continue
+            del self._handover[lane]
+            self._attach(lane, new)
+        if self._handover:
+            Call(self.env, DRAIN_TICK, self._handover_tick, None)
+
+    def _detach(self, lane: int, c: int) -> None:
+        self.lane_owners[lane] = []
+        if c >= 0 and lane in self.consumer_lanes[c]:
+            self.consumer_lanes[c].remove(lane)
+
+    def _attach(self, lane: int, c: int) -> None:
+        if c < 0:
+            return  # no member left: the partition waits for one
+        self.lane_owners[lane] = [c]
+        self.consumer_lanes[c] = sorted({*self.consumer_lanes[c], lane})
+        self.offer(lane)
+
+    def _held_lanes(self, c: int) -> set[int]:
+        """Lanes member ``c`` still has deliveries of that it has not finished (one pass)."""
+        row_msg = self.row_msg
+        lane_of = self.lane_of if self.lanes > 1 else None
+        rows = [*self.buffer[c], *self.hand[c]]
+        if self.track:
+            row_consumer = self.row_consumer
+            rows += [r for r in self.pending if r >= 0 and row_consumer[r] == c]
+        if lane_of is None:
+            return {0} if rows else set()
+        return {lane_of[row_msg[r]] for r in rows}
 
     # ------------------------------------------------------------------ faults
 
