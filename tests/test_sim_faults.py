@@ -449,3 +449,33 @@ def test_a_crash_shorter_than_the_session_keeps_the_partitions() -> None:
     result = simulate(scenario, 1)
     rows = result.trace.deliveries.merge(result.trace.sends[["msg_id", "key"]], on="msg_id")
     assert (rows[rows["key"] % 2 == 0]["consumer"] == 0).all()
+
+
+def test_a_crash_with_the_ack_in_flight_finishes_the_message_as_the_harness_does() -> None:
+    """Known answer: one message at 0 s, 5 ms each hop, 4 ms of processing. It is stored at
+    5 ms and delivered at 10 ms, processed by 14 ms; its ack reaches the broker at 19 ms and the
+    reply would be back at 24 ms; the consumer crashes at 20 ms. Processing finished (t_done at
+    the crash, as the harness records a crash with the ack in flight), the broker applied the
+    ack, so the message is neither unprocessed nor delivered again."""
+    scenario = parse_scenario(
+        {
+            "name": "ack-in-flight",
+            "producers": {"rate": "1/s", "messages": 1, "arrival": "constant"},
+            "broker": {"kind": "redis-streams", "ack_timeout": "1s", "profile": "none"},
+            "consumers": {"count": 1, "processing": "4ms", "prefetch": 1, "ack": "after"},
+            "network": {"delay": "5ms"},
+            "faults": [
+                {"at": "20ms", "action": "consumer-crash", "target": "consumer-0", "duration": "1s"}
+            ],
+            "drain_timeout": "3s",
+        }
+    )
+    result = simulate(scenario, seed=1)
+    deliveries = result.trace.deliveries
+    assert len(deliveries) == 1
+    (row,) = deliveries.itertuples()
+    assert row.t_delivered == pytest.approx(0.010)
+    assert row.t_done == pytest.approx(0.020)
+    checks = check_delivery(result.trace.sends, deliveries)
+    assert (checks.lost, checks.unprocessed, checks.redelivered) == (0, 0, 0)
+    assert result.info["drain"]["reason"] == "complete"
