@@ -855,6 +855,12 @@ def _state_dir() -> Path:
 @click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
 @click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
 @click.option("--quick", is_flag=True, help="Shorter runs (a rougher fit, for smoke tests).")
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Runs of each rung; the fit takes their medians (default 3, 1 with --quick).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks of lab failures.")
 def calibrate(
     targets: str,
@@ -863,6 +869,7 @@ def calibrate(
     redis_url: str | None,
     nats_url: str | None,
     quick: bool,
+    repeats: int | None,
     debug: bool,
 ) -> None:
     """Measure local brokers with a short ladder of real runs and fit their performance profiles.
@@ -884,7 +891,12 @@ def calibrate(
     )
     with _failures(debug, TargetError):
         done = run_calibrate(
-            chosen, options, say=lambda text: _print_plain(err, text), out=out, quick=quick
+            chosen,
+            options,
+            say=lambda text: _print_plain(err, text),
+            out=out,
+            quick=quick,
+            repeats=repeats,
         )
     for calibration in done:
         profile = calibration.profile

@@ -129,9 +129,11 @@ def test_a_quick_calibration_of_a_real_redis_is_found_by_auto(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
-    """The whole ladder on the three local targets through the CLI, with --out."""
+    """The whole ladder on the three local targets through the CLI, with --out (each rung once:
+    the fit's medians over repeats are tested on their own; this is the command end to end)."""
     out = tmp_path / "mine.yaml"
     command = [sys.executable, "-m", "brokerlab.cli", "calibrate", "--out", str(out)]
+    command += ["--repeats", "1"]
     done = subprocess.run(
         [*command, "--results-dir", str(tmp_path / "runs")],
         capture_output=True,
@@ -143,6 +145,19 @@ def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
         path = tmp_path / f"mine-{target}.yaml"
         assert load_profile(path).kind == target
         assert f"{target}: replay of each run" in done.stdout
+
+
+def test_repeats_must_be_a_whole_number_of_runs(tmp_path: Path) -> None:
+    """``--repeats 0`` is a usage error (exit 2) before any broker starts or anything is written."""
+    done = subprocess.run(
+        [sys.executable, "-m", "brokerlab.cli", "calibrate", "--repeats", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "--repeats" in done.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_busy_machine_is_named_not_silently_fitted() -> None:
