@@ -234,8 +234,7 @@ class LocalCrew(Crew):
 
     async def stop(self) -> None:
         self.halt()
-        consumers = self.consumers
-        await stop_tasks([*consumers.tasks.values(), *consumers.helpers], grace=FETCH_WAIT + 1.0)
+        await stop_tasks([*self.consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
 
     def report(self) -> CrewReport:
         consumers = self.consumers
