@@ -915,8 +915,13 @@ class EmbeddedBroker:
             return False
         if not info.get("jetstream"):
             raise BrokerStartError(f"nats-server on port {self.port} runs without JetStream")
+        monitor = self._monitor_url()
+        if monitor is None:
+            # The server writes its ports file just after it starts listening (a busy machine
+            # can show the client port first): not ready until monitoring can be found.
+            return False
         self.info["server_version"] = info.get("version")
-        self.info["monitor_url"] = self._monitor_url()
+        self.info["monitor_url"] = monitor
         self.info["jetstream"] = self._jetstream_config()
         return True
 
