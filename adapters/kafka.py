@@ -16,7 +16,7 @@ The scenario becomes Kafka configuration like this:
   count deliveries).
 
 librdkafka is not asyncio: each producer's delivery reports are served by a poll thread and
-handed to the event loop; each consumer polls in its own single thread executor, so a blocking
+handed to the event loop; each consumer polls in its own single daemon thread, so a blocking
 ``consume`` never stalls the harness loop.
 
 The lab's embedded broker is Tansu (Kafka protocol, memory storage, one node): its results show
@@ -33,6 +33,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -167,6 +168,42 @@ def _settle_all(items: list[tuple[Any, int, float | BaseException]]) -> None:
         settle(index, result)
 
 
+class _CallThread:
+    """One daemon thread that makes blocking calls in order.
+
+    Not a ThreadPoolExecutor: the interpreter joins those threads at exit, so a librdkafka call
+    that never returns (a consumer's close after Ctrl-C killed the broker) kept the lab alive
+    after its run had ended. A daemon thread dies with the process.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            future, function = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function()
+            except BaseException as error:  # handed to the caller, as an executor does
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def submit(self, function: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.jobs.put((future, function))
+        return future
+
+    def shutdown(self) -> None:
+        self.jobs.put(None)
+
+
 class _ConsumerClient:
     """One group member and the one thread that makes every (blocking) call on it."""
 
@@ -174,19 +211,16 @@ class _ConsumerClient:
         self.consumer = consumer
         #: messages polled while waiting for the group to settle, handed out by the next fetch
         self.early: list[Any] = []
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="brokerlab-kafka-consumer"
-        )
+        self.worker = _CallThread("brokerlab-kafka-consumer")
 
     async def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+        return await asyncio.wrap_future(self.worker.submit(lambda: function(*args, **kwargs)))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(ADMIN_TIMEOUT):
                 await self.call(self.consumer.close)
-        self.executor.shutdown(wait=False)
+        self.worker.shutdown()
 
 
 class KafkaAdapter(BrokerAdapter):
