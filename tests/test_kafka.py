@@ -178,6 +178,12 @@ def test_a_crashed_consumers_uncommitted_messages_come_again_after_the_rebalance
     assert set(done["msg_id"]) == set(sends.loc[sends["outcome"] == "acked", "msg_id"])
 
 
+def _default_sigint() -> None:
+    # A suite run in the background of a non-interactive shell inherits SIGINT ignored, and so
+    # would the lab; a user's terminal gives Ctrl-C its default meaning.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 LAB = """
 import json, sys
 from pathlib import Path
@@ -196,7 +202,10 @@ def test_ctrl_c_during_a_run_leaves_no_broker_behind(tmp_path: Path) -> None:
     script = tmp_path / "lab.py"
     script.write_text(LAB)
     lab = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "work")], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(tmp_path / "work")],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     assert lab.stdout is not None and lab.stdout.readline()
     deadline = time.monotonic() + 60

@@ -269,6 +269,13 @@ def test_without_server_or_url_the_cli_names_both_ways_and_exits_2(tmp_path: Pat
 
 # --------------------------------------------------------------------------- cleanup
 
+
+def _default_sigint() -> None:
+    # A suite run in the background of a non-interactive shell inherits SIGINT ignored, and so
+    # would the lab; a user's terminal gives Ctrl-C its default meaning.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 LAB = """
 import json, sys, time
 from pathlib import Path
@@ -291,6 +298,7 @@ def test_a_lab_that_is_interrupted_leaves_no_node_behind(how: str, tmp_path: Pat
         [sys.executable, str(script), str(tmp_path / "node")],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     assert lab.stdout is not None
     line = lab.stdout.readline()
