@@ -734,7 +734,7 @@ class Simulation:
 
     def _processed_instant(self, r: int) -> None:
         """:meth:`_processed` of a fault-free run with no network delay and consumer acks:
-        :meth:`finish` then :meth:`released`, inlined (the two run for every message)."""
+        :meth:`finish` inlined (it runs for every message), then :meth:`released`."""
         now = self.env.now
         self.row_t_done[r] = now
         i = self.row_msg[r]
@@ -747,26 +747,7 @@ class Simulation:
             self._fetch(c)
         else:
             self.busy[c] = False
-        if self.ack_after:
-            pending = self.pending
-            if pending[i] >= 0:
-                self.in_flight -= 1
-            pending[i] = ACKED
-            if self._capped:
-                self._uncap()
-        free = self.free
-        free[c] += 1
-        lanes = self.consumer_lanes[c]
-        if len(lanes) == 1:
-            take, deliver, lane = self.take, self.deliver, lanes[0]
-            while free[c] > 0:
-                i = take(lane)
-                if i < 0:
-                    return
-                free[c] -= 1
-                deliver(i, c)
-        else:
-            self.credit(c)
+        self.released(r)
 
     def ack_reached(self, r: int) -> None:
         self.released(r)
