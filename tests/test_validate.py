@@ -201,6 +201,11 @@ def test_shipped_scenarios_are_valid_and_round_trip(path: Path) -> None:
     """Every scenario in scenarios/ validates, and the stored 'as run' copy reads back equal."""
     scenario = load_scenario(path)
     assert parse_scenario(yaml.safe_load(scenario_to_yaml(scenario))) == scenario
+    # The 'as run' text is the fingerprint that finds runs to reuse: whichever emitter writes it
+    # (libyaml's or PyYAML's own), the text must be the same, or a resumed sweep reruns points.
+    assert scenario_to_yaml(scenario) == yaml.safe_dump(
+        scenario.model_dump(mode="json"), sort_keys=False
+    )
 
 
 def test_units_are_converted_to_base_units() -> None:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from brokerlab.app import runner, sweep_figures
 from brokerlab.app.sweep import (
@@ -51,7 +50,7 @@ from brokerlab.app.sweep import (
 )
 from brokerlab.core import results
 from brokerlab.core.analysis import inconclusive_reasons
-from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.scenario import Scenario, parse_scenario, scenario_to_yaml
 from brokerlab.core.trace import Trace, build_timeline
 from brokerlab.core.units import format_duration
 
@@ -549,9 +548,7 @@ def find_capacity(
         },
         placement=placement.kind,
     )
-    (out / results.SCENARIO_FILE).write_text(
-        yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
+    (out / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
     results.write_json(out / CAPACITY_FILE, _jsonable(result.to_json()))
     return result
 

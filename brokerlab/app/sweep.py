@@ -44,7 +44,13 @@ import yaml
 
 from brokerlab.app import runner
 from brokerlab.core import results
-from brokerlab.core.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from brokerlab.core.scenario import (
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    scenario_to_yaml,
+)
 from brokerlab.core.trace import (
     DELIVERIES_FILE,
     SENDS_FILE,
@@ -388,12 +394,30 @@ class Played:
     unexpected: int
     started: datetime
     wall_time_s: float
+    #: The run folder the worker already wrote (a local cluster shares this machine's disk).
+    stored: str | None = None
 
 
-def play_point(scenario_data: dict[str, Any], target: str, seed: int) -> Played:
+@dataclass(frozen=True)
+class StoreHere:
+    """Asks the worker to write the point's run folder itself instead of returning its files.
+
+    Only for workers on this machine (a local cluster): they share the disk, so each point's few
+    MB of trace need not travel to the one process that writes every folder, which on a small
+    machine competes with the workers for the same cores.
+    """
+
+    folder: str
+    source: str | None
+
+
+def play_point(
+    scenario_data: dict[str, Any], target: str, seed: int, store: StoreHere | None = None
+) -> Played:
     """Run one point where the caller is (a Dask worker, or this process) and analyse it.
 
-    Takes the scenario as plain data so any worker can rebuild it; writes nothing.
+    Takes the scenario as plain data so any worker can rebuild it; writes nothing unless
+    ``store`` says where (then the returned ``Played`` carries no trace files).
     """
     scenario = runner.for_target(parse_scenario(scenario_data, "sweep point"), target)
     started = datetime.now(UTC)
@@ -422,7 +446,7 @@ def play_point(scenario_data: dict[str, Any], target: str, seed: int) -> Played:
         info=result.info,
         warnings=result.warnings,
     )  # fmt: skip
-    return Played(
+    played = Played(
         result=light,
         trace_files=encoded,
         metrics=analysis.to_metrics(),
@@ -431,6 +455,10 @@ def play_point(scenario_data: dict[str, Any], target: str, seed: int) -> Played:
         started=started,
         wall_time_s=wall,
     )
+    if store is not None:
+        _write_folder(scenario, target, seed, played, Path(store.folder), store.source)
+        played.trace_files, played.stored = {}, store.folder
+    return played
 
 
 @dataclass(frozen=True)
@@ -498,6 +526,17 @@ class Executor:
                             # idle while this process holds the GIL. Points cost about the
                             # same, and work stealing still evens out the end.
                             "distributed.scheduler.worker-saturation": float("inf"),
+                            # The dashboard's statistical profiler samples the running point's
+                            # stack every 10 ms on another thread of the worker: about 5% of a
+                            # worker's CPU, for a dashboard a sweep does not show.
+                            "distributed.worker.profile.enabled": False,
+                            # Health checks that wake every worker 10-50 times a second (event
+                            # loop ticks, memory and system monitors) take the GIL from the
+                            # point being simulated; once a second is plenty for a sweep.
+                            "distributed.admin.tick.interval": "1s",
+                            "distributed.worker.memory.monitor-interval": "1s",
+                            "distributed.admin.system-monitor.interval": "2s",
+                            "distributed.admin.system-monitor.disk": False,
                         }
                     )
                 )
@@ -539,8 +578,13 @@ class Executor:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    @property
+    def shares_disk(self) -> bool:
+        """Whether workers write to this machine's disk (a local cluster's do)."""
+        return self.placement.kind == "local"
+
     def map(
-        self, jobs: Sequence[tuple[dict[str, Any], str, int]]
+        self, jobs: Sequence[tuple[dict[str, Any], str, int, StoreHere | None]]
     ) -> Iterator[tuple[int, Played | BaseException]]:
         """Run ``play_point`` on each job; yield (job index, result or exception) as each ends."""
         if self.client is None:
@@ -618,16 +662,18 @@ def _reusable(task: Task, folder: Path) -> dict[str, Any] | None:
     return metrics if same else None
 
 
-def _store(task: Task, played: Played, folder: Path, source: str | None) -> None:
-    """Write a worker's result as an ordinary run folder (all or nothing)."""
+def _write_folder(
+    scenario: Scenario, target: str, seed: int, played: Played, folder: Path, source: str | None
+) -> None:
+    """Write a point's result as an ordinary run folder (all or nothing)."""
     if folder.exists():
         shutil.rmtree(folder)  # a folder of ours that is not this task's run: replace it
     with results.staged_dir(folder) as stage:
         runner.write_run_files(
             stage,
-            task.played,
-            task.target,
-            task.seed,
+            scenario,
+            target,
+            seed,
             played.result,
             played.metrics,
             warnings=played.warnings,
@@ -687,7 +733,12 @@ def run_tasks(
 
     def run_sim() -> None:
         jobs = [
-            (tasks[i].played.model_dump(mode="json"), tasks[i].target, tasks[i].seed)
+            (
+                tasks[i].played.model_dump(mode="json"),
+                tasks[i].target,
+                tasks[i].seed,
+                StoreHere(str(tasks[i].folder(runs_dir)), source) if executor.shares_disk else None,
+            )
             for i in sim_jobs
         ]
         for job_index, played in executor.map(jobs):
@@ -697,7 +748,8 @@ def run_tasks(
                 finish(index, Outcome(task, error=_error_text(played)))
                 continue
             folder = task.folder(runs_dir)
-            _store(task, played, folder, source)
+            if played.stored is None:
+                _write_folder(task.played, task.target, task.seed, played, folder, source)
             finish(index, Outcome(task, played.metrics, folder))
 
     def run_real() -> None:
@@ -951,9 +1003,7 @@ def run_sweep(
         out.mkdir(parents=True, exist_ok=True)
         runs_dir = out / RUNS_DIR
         runs_dir.mkdir(exist_ok=True)
-        (out / results.SCENARIO_FILE).write_text(
-            yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-        )
+        (out / results.SCENARIO_FILE).write_text(scenario_to_yaml(scenario), encoding="utf-8")
         if on_note:
             on_note(
                 f"{len(points)} points × {len(tasks) // len(points)} runs, simulator runs "

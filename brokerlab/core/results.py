@@ -12,6 +12,7 @@ facts under the same keys, and a reader gets them checked instead of guessing wi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -69,7 +70,15 @@ def new_run_id(scenario: str, target: str, seed: int, when: datetime | None = No
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that shape results."""
+    """Versions of Python and of the packages that shape results (a fresh copy each call)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
+    # Read once per process: a sweep writes a run folder per point, and scanning the installed
+    # distributions' metadata each time cost about 10 ms per folder, on the process that also
+    # feeds the sweep's workers.
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         try:

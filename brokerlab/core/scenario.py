@@ -831,5 +831,12 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:
-    """The scenario as run, in base units (seconds, bytes, per second), for results folders."""
-    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+    """The scenario as run, in base units (seconds, bytes, per second), for results folders.
+
+    Uses libyaml's emitter where PyYAML has it (the same text, about 5x faster: a sweep writes
+    and fingerprints one of these per point).
+    """
+    return yaml.dump(scenario.model_dump(mode="json"), Dumper=_SAFE_DUMPER, sort_keys=False)
+
+
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
