@@ -334,13 +334,15 @@ def test_modest_load_is_sent_on_time_and_each_message_is_processed_for_its_drawn
 def test_a_fetch_or_ack_stuck_in_the_client_library_times_out_and_the_consumer_carries_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A client call that never returns must not hang the run: a fetch or an ack past its
-    deadline ends as a TimeoutError, counted in the warnings, and the
+    """A client call that never returns must not hang the run: the consumers' watchdog ends
+    a fetch or an ack past its deadline as a TimeoutError, counted in the warnings, and the
     one consumer goes on to complete every message (without the deadline it would hang until
     the drain timed out, with nothing delivered)."""
     from brokerlab.adapters import redis_streams
     from brokerlab.adapters.harness import consumers
 
+    monkeypatch.setattr(consumers, "GUARD_TICK", 0.05)
+    monkeypatch.setattr(consumers, "FETCH_DEADLINE", 0.6)
     monkeypatch.setattr(consumers, "FETCH_GRACE", 0.6)
     adapter = redis_streams.RedisStreamsAdapter
     fetch, ack = adapter.fetch, adapter.ack

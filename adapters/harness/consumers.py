@@ -2,11 +2,20 @@
 
 Each consumer runs as its own task, so a fault can crash one mid-message (nothing acked, its
 connection dropped) and start it again under the same index and broker-side name.
+
+A consumer's fetch and ack calls have deadlines (a client library stuck in a call must not hang
+the run), but a consumer that keeps up fetches a few messages at a time, and an
+``asyncio.timeout`` per call (a timer armed and cancelled each time) was a measurable share of
+the harness's cost per message. So each consumer stores the deadline of the call in hand in a
+slot, and one watchdog task per group looks at the slots every :data:`GUARD_TICK`: a call past
+its deadline has its consumer's task cancelled, and the consumer turns that cancellation into
+the :class:`TimeoutError` the call would have raised (up to one tick late).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -19,10 +28,15 @@ from brokerlab.adapters.harness.adapter import (
     FETCH_WAIT,
     BrokerAdapter,
 )
-from brokerlab.adapters.harness.clock import now, sleep_until
+from brokerlab.adapters.harness.clock import TICK, now, sleep_until
 from brokerlab.adapters.harness.recording import DeliveryLog
 from brokerlab.core.load import draw
 from brokerlab.core.scenario import Scenario
+
+#: How often the watchdog looks for a fetch or ack past its deadline (seconds).
+GUARD_TICK = TICK
+#: Deadline of a fetch: the adapter's own wait plus the grace a client library may take.
+FETCH_DEADLINE = FETCH_WAIT + FETCH_GRACE
 
 
 class ConsumerGroup:
@@ -51,10 +65,44 @@ class ConsumerGroup:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         #: Processing time multiplier per consumer while a slow-consumer fault is on.
         self.slowdown: dict[int, float] = {}
+        #: Per consumer: monotonic deadline of the fetch or ack in hand (``inf``: none).
+        self._guards: dict[int, list[float]] = {}
+        #: Consumers whose task the watchdog cancelled for a call past its deadline.
+        self._expired: set[int] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     def start(self, consumer: int, reconnect: bool = False) -> None:
         """Run one consumer as a task (after connecting again, for a restart after a crash)."""
         self.tasks[consumer] = asyncio.create_task(self._live(consumer, reconnect))
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch())
+
+    @property
+    def helpers(self) -> list[asyncio.Task[None]]:
+        """Tasks besides the consumers' own (the deadline watchdog), to stop with them."""
+        return [self._watchdog] if self._watchdog is not None else []
+
+    async def _watch(self) -> None:
+        """Cancel a consumer whose fetch or ack is past its deadline (see the module doc)."""
+        while not self.stopping or any(not task.done() for task in self.tasks.values()):
+            await asyncio.sleep(GUARD_TICK)
+            t = now()
+            for consumer, guard in self._guards.items():
+                if guard[0] < t:
+                    task = self.tasks.get(consumer)
+                    guard[0] = math.inf
+                    if task is not None and not task.done():
+                        self._expired.add(consumer)
+                        task.cancel()
+
+    def _timed_out(self, consumer: int) -> bool:
+        """In a consumer's ``except CancelledError``: was it the watchdog (a call past its
+        deadline, to carry on from) rather than a crash or the end of the run (to obey)?"""
+        if consumer not in self._expired:
+            return False
+        self._expired.discard(consumer)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     async def _live(self, consumer: int, reconnect: bool) -> None:
         if reconnect:
@@ -110,13 +158,23 @@ class ConsumerGroup:
         adapter, log = self.adapter, self.log
         prefetch, mode = self.config.prefetch, self.config.ack
         backoff = FETCH_BACKOFF
+        guard = self._guards[consumer] = [math.inf]
+        self._expired.discard(consumer)
         while not self.stopping:
             try:
-                async with asyncio.timeout(FETCH_WAIT + FETCH_GRACE):
-                    received = await adapter.fetch(consumer, prefetch, FETCH_WAIT)
+                guard[0] = now() + FETCH_DEADLINE
+                received = await adapter.fetch(consumer, prefetch, FETCH_WAIT)
+                guard[0] = math.inf
             except asyncio.CancelledError:
-                raise
+                guard[0] = math.inf
+                if not self._timed_out(consumer):
+                    raise
+                self._error(TimeoutError("fetch past its deadline"))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
+                continue
             except Exception as error:
+                guard[0] = math.inf
                 self._error(error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
@@ -168,12 +226,18 @@ class ConsumerGroup:
         self.log.complete([positions[j] for j in rows])
 
     async def _ack(self, consumer: int, handles: list[Any]) -> None:
+        guard = self._guards[consumer]
         try:
-            async with asyncio.timeout(FETCH_GRACE):
-                await self.adapter.ack(consumer, handles)
+            guard[0] = now() + FETCH_GRACE
+            await self.adapter.ack(consumer, handles)
+            guard[0] = math.inf
         except asyncio.CancelledError:
-            raise
+            guard[0] = math.inf
+            if not self._timed_out(consumer):
+                raise
+            self._error(TimeoutError("ack past its deadline"))
         except Exception as error:  # an unacked message is redelivered: that is the test
+            guard[0] = math.inf
             self._error(error)
 
     def _error(self, error: BaseException) -> None:

@@ -234,7 +234,8 @@ class LocalCrew(Crew):
 
     async def stop(self) -> None:
         self.halt()
-        await stop_tasks([*self.consumers.tasks.values()], grace=FETCH_WAIT + 1.0)
+        consumers = self.consumers
+        await stop_tasks([*consumers.tasks.values(), *consumers.helpers], grace=FETCH_WAIT + 1.0)
 
     def report(self) -> CrewReport:
         consumers = self.consumers
