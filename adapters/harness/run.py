@@ -306,6 +306,11 @@ async def play(
         tasks.append(asyncio.create_task(_sample_broker(adapter, t0, broker_samples)))
         warnings += await crew.send(t0 + send_budget(scenario, plan))
         drain = await _drain(scenario, crew)
+        # Consumers stop fetching now, with no await since the drain counted what is pending:
+        # only the batch in hand is finished after that count. Halting later (after asking
+        # the broker for its backlog, a round trip that is slow on a loaded machine) let a
+        # consumer fetch and complete more, and the trace disagreed with ``drain.pending``.
+        crew.halt()
         if drain["reason"] == DRAIN_TIMED_OUT:
             drain["at_broker"] = await _backlog(adapter)
         await crew.finish()
