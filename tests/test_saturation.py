@@ -178,8 +178,12 @@ requirements:
   throughput: 200000/s
   latency: {end_to_end: {p99: 5ms}}
   max_lost: 1000000
-drain_timeout: 5s
+drain_timeout: 1s
 """
+# The drain is short on purpose: after the send, one consumer works through the backlog at well
+# under a core (64-72% measured: it waits on Redis round trips), and over a 5 s drain those
+# intervals outnumbered the starved send enough to put the saturated share near its 20%
+# threshold (0.34-0.36 measured, once under it in a full run on a quiet machine).
 
 
 def test_a_real_run_with_a_starved_lab_says_so_and_is_inconclusive(tmp_path: Path) -> None:
