@@ -310,3 +310,52 @@ def test_ctrl_c_at_twenty_random_moments_of_real_runs(tmp_path: Path) -> None:
     worker left, no half-written results folder."""
     lines = _interrupt_at_random_moments(tmp_path, 20, seed=20261129, configs=CONFIGS)
     assert len(lines) == 20
+
+
+def test_ctrl_c_while_the_trace_is_still_being_written_leaves_no_half_written_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the analysis, while the run waits for its trace writer: the writer is waited
+    for and the staging folder removed, so nothing half-written remains (a writer left running
+    once recreated files in a folder being removed)."""
+    import threading
+
+    from brokerlab.app import runner
+    from brokerlab.core.scenario import parse_scenario
+    from brokerlab.core.trace import Trace
+
+    scenario = parse_scenario(
+        {
+            "name": "ctrl-c-writer",
+            "producers": {"rate": "200/s", "messages": 200},
+            "consumers": {"count": 1, "processing": "1ms"},
+            "broker": {"kind": "redis-streams", "profile": "none"},
+        }
+    )
+    write = Trace.write
+    started, written = threading.Event(), threading.Event()
+
+    def slow_write(self: Trace, folder: Path) -> None:
+        started.set()
+        time.sleep(2.0)  # still writing when Ctrl-C comes
+        write(self, folder)
+        written.set()
+
+    analyze = runner.analyze_result
+
+    def analyze_then_ctrl_c(*args: object, **kwargs: object) -> object:
+        analysis = analyze(*args, **kwargs)
+        assert started.wait(30)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return analysis  # the main thread now waits for the writer: Ctrl-C lands there
+
+    monkeypatch.setattr(Trace, "write", slow_write)
+    monkeypatch.setattr(runner, "analyze_result", analyze_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_scenario(scenario, "sim", runner.RunOptions(results_dir=tmp_path))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert written.is_set(), "the run gave up while its trace writer still wrote into the folder"
+    assert list(tmp_path.iterdir()) == [], "a half-written run folder was left"

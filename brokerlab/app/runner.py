@@ -8,8 +8,10 @@ fast.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -242,11 +244,8 @@ def run_scenario(
         clock = time.perf_counter()
         result = TARGETS[target](scenario, seed, folder, options)
         # Parquet encoding releases the GIL: the trace is written while it is analysed.
-        written = _write_trace_in_background(result.trace, folder)
-        try:
+        with _trace_written_in_background(result.trace, folder):
             analysis = analyze_result(result, scenario, target, seed)
-        finally:
-            written()
         wall = time.perf_counter() - clock
         metrics = analysis.to_metrics()
         write_run_files(
@@ -267,12 +266,15 @@ def run_scenario(
     return RunRecord(final, target, metrics, analysis, result, wall)
 
 
-def _write_trace_in_background(trace: Trace, folder: Path) -> Callable[[], None]:
-    """Start writing ``trace`` into ``folder`` on a thread; the returned function waits for it
-    and raises what writing raised.
+@contextlib.contextmanager
+def _trace_written_in_background(trace: Trace, folder: Path) -> Iterator[None]:
+    """Write ``trace`` into ``folder`` on a thread while the block runs; on leaving, wait for it
+    and raise what writing raised.
 
     The thread gets shallow copies of the tables (same data, its own pandas block managers), so
-    whatever pandas does to the caller's tables meanwhile cannot disturb the writer.
+    whatever pandas does to the caller's tables meanwhile cannot disturb the writer. The wait
+    outlasts a Ctrl-C: a writer still running while the staging folder is removed would leave a
+    half-written folder behind.
     """
     tables = Trace(
         sends=trace.sends.copy(deep=False),
@@ -280,22 +282,44 @@ def _write_trace_in_background(trace: Trace, folder: Path) -> Callable[[], None]
         timeline=trace.timeline.copy(deep=False),
     )
     failures: list[BaseException] = []
+    finished = threading.Event()
 
     def write() -> None:
         try:
             tables.write(folder)
         except BaseException as error:  # handed to the caller's thread
             failures.append(error)
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=write, name="brokerlab-trace-writer", daemon=True)
+    # Ctrl-C is held back while the thread starts (Thread.start waits for it, and a
+    # KeyboardInterrupt there would leave a running writer unwaited for).
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     thread.start()
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        yield
+    finally:
+        _wait_through_ctrl_c(finished)
+    if failures:
+        raise failures[0]
 
-    def wait() -> None:
-        thread.join()
-        if failures:
-            raise failures[0]
 
-    return wait
+def _wait_through_ctrl_c(finished: threading.Event) -> None:
+    """Wait for ``finished`` even if Ctrl-C interrupts the wait; then re-raise the Ctrl-C.
+
+    An event, not ``Thread.join``: before Python 3.13 a join cut short by Ctrl-C marks the
+    thread as ended while it still runs, so a second join returns at once.
+    """
+    interrupted: KeyboardInterrupt | None = None
+    while not finished.is_set():
+        try:
+            finished.wait()
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted
 
 
 def analyze_result(result: TargetResult, scenario: Scenario, target: str, seed: int) -> Analysis:

@@ -149,12 +149,12 @@ def staged_dir(final: Path) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-    except BaseException:
+        if final.exists():  # an empty folder named by --out
+            final.rmdir()
+        staging.rename(final)
+    except BaseException:  # Ctrl-C included, even while renaming
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if final.exists():  # an empty folder named by --out
-        final.rmdir()
-    staging.rename(final)
 
 
 def write_json(path: Path, data: Any) -> None:
