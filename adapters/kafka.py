@@ -212,7 +212,7 @@ class _ConsumerClient:
         #: messages polled while waiting for the group to settle, handed out by the next fetch
         self.early: list[Any] = []
         #: the next batch, read ahead while the harness handles the last one (see ``fetch``)
-        self.ahead: tuple[tuple[int, float], concurrent.futures.Future[Any]] | None = None
+        self.ahead: concurrent.futures.Future[Any] | None = None
         self.worker = _CallThread("brokerlab-kafka-consumer")
 
     async def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -432,30 +432,23 @@ class KafkaAdapter(BrokerAdapter):
         client = self.consumers.get(consumer)
         if client is None:
             raise ConnectionError(f"consumer-{consumer} is not connected")
+        messages, client.early = client.early, []
         ahead, client.ahead = client.ahead, None
-        if client.early:
-            messages, client.early = client.early, []
-            if ahead is not None:
-                messages += await asyncio.wrap_future(ahead[1])
-        elif ahead is not None and ahead[0] == (max_messages, wait):
-            messages = await asyncio.wrap_future(ahead[1])
-        else:
-            if ahead is not None:  # asked differently: keep what it read, then ask again
-                client.early = list(await asyncio.wrap_future(ahead[1]))
+        if ahead is not None:
+            messages += await asyncio.wrap_future(ahead)
+        elif not messages:
             messages = await client.call(client.consumer.consume, max_messages, wait)
         if self.scenario.consumers.ack != "none":
             # Read the next batch on the consumer's thread while the harness handles this one,
             # as a bare consume loop on its own thread does: otherwise each batch waits for a
             # hand-over between that thread and the event loop, ~9% of the delivered rate when
-            # flat out. Offsets are committed explicitly after processing, so a batch read
-            # ahead but never handed out (a crash) is not committed and is delivered again
-            # after the rebalance. Not with auto-commit (ack none): librdkafka would commit
-            # what the lab has not seen yet.
+            # flat out. The batch is read with this call's arguments: the harness asks the same
+            # (prefetch, FETCH_WAIT) every time. Offsets are committed explicitly after
+            # processing, so a batch read ahead but never handed out (a crash) is not committed
+            # and is delivered again after the rebalance. Not with auto-commit (ack none):
+            # librdkafka would commit what the lab has not seen yet.
             consume = client.consumer.consume
-            client.ahead = (
-                (max_messages, wait),
-                client.worker.submit(lambda: consume(max_messages, wait)),
-            )
+            client.ahead = client.worker.submit(lambda: consume(max_messages, wait))
         received: list[Received] = []
         delivered = self.delivered
         for message in messages:

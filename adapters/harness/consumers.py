@@ -161,21 +161,20 @@ class ConsumerGroup:
         guard = self._guards[consumer] = [math.inf]
         self._expired.discard(consumer)
         while not self.stopping:
+            guard[0] = now() + FETCH_DEADLINE
+            failure: BaseException | None = None
             try:
-                guard[0] = now() + FETCH_DEADLINE
                 received = await adapter.fetch(consumer, prefetch, FETCH_WAIT)
-                guard[0] = math.inf
             except asyncio.CancelledError:
-                guard[0] = math.inf
                 if not self._timed_out(consumer):
                     raise
-                self._error(TimeoutError("fetch past its deadline"))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
-                continue
+                failure = TimeoutError("fetch past its deadline")
             except Exception as error:
+                failure = error
+            finally:
                 guard[0] = math.inf
-                self._error(error)
+            if failure is not None:
+                self._error(failure)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, FETCH_BACKOFF_MAX)
                 continue
@@ -227,18 +226,17 @@ class ConsumerGroup:
 
     async def _ack(self, consumer: int, handles: list[Any]) -> None:
         guard = self._guards[consumer]
+        guard[0] = now() + FETCH_GRACE
         try:
-            guard[0] = now() + FETCH_GRACE
             await self.adapter.ack(consumer, handles)
-            guard[0] = math.inf
         except asyncio.CancelledError:
-            guard[0] = math.inf
             if not self._timed_out(consumer):
                 raise
             self._error(TimeoutError("ack past its deadline"))
         except Exception as error:  # an unacked message is redelivered: that is the test
-            guard[0] = math.inf
             self._error(error)
+        finally:
+            guard[0] = math.inf
 
     def _error(self, error: BaseException) -> None:
         self.errors.append(now())
