@@ -47,7 +47,8 @@ METRICS = {
 
 def cases(seconds: float) -> dict[str, dict[str, Any]]:
     """Scenarios unlike the calibration ladder's (which used 200/s, 600/s with 2 ms constant
-    processing on one consumer, 12,000/s flat out with prefetch 50, 256 B and 16 kB)."""
+    processing on one consumer, flat out with prefetch 50 (the offer doubled while the broker
+    keeps up), 256 B and 16 kB)."""
     duration = f"{seconds}s"
     return {
         "400/s 2 consumers lognormal 1ms": {
@@ -74,8 +75,10 @@ def cases(seconds: float) -> dict[str, dict[str, Any]]:
             "producers": {"rate": "100/s", "duration": duration, "size": "4kB"},
             "consumers": {"count": 1, "prefetch": 1},
         },
+        # Far beyond any local broker's ceiling here (15,000/s was kept up with on a quiet
+        # machine, which measures the offer, not the ceiling); 2 s keeps the backlog drainable.
         "flat out 3 consumers prefetch 20 1kB (ceiling)": {
-            "producers": {"rate": "15000/s", "duration": duration, "size": "1kB"},
+            "producers": {"rate": "60000/s", "duration": f"{min(seconds, 2.0)}s", "size": "1kB"},
             "consumers": {"count": 3, "prefetch": 20},
         },
     }

@@ -8,8 +8,10 @@ on brokers the lab starts itself.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,17 @@ import yaml
 
 from brokerlab.app.calibrate import (
     Measured,
+    _lognormal_mean,
+    _p99_for_mean,
     base_scenario,
     busy_warnings,
     calibrate,
     fit,
+    kept_up,
     ladder,
+    raise_offer,
     refine,
+    run_rung,
 )
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.sim.profile import load_profile, resolve_profile
@@ -91,6 +98,78 @@ def test_fit_finds_fetch_work_the_consumers_share(tmp_path: Path) -> None:
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.consume.fetch.mean == pytest.approx(1.5e-3, rel=0.25)
     assert profile.client.timer.mean == pytest.approx(0.5e-3, abs=0.4e-3)
+
+
+def test_a_consumer_faster_than_the_light_rungs_round_trips_allow_is_honoured(
+    tmp_path: Path,
+) -> None:
+    """The light rungs come from a world whose round trip has a long tail (p99 20x the median:
+    an idle machine's wake-ups), the consumer rung from one whose round trips are tight (a busy
+    machine's). With no consumer lateness left to take away, the fit shortens the round trip's
+    tail until the simulated consumer rung is as fast as the measured one, and keeps the light
+    rung's median."""
+    tight = {**KNOWN, "client": {"timer": "0ms"}, "consume": {"mode": "pull"}}
+    tight["round_trip"] = {"dist": "lognormal", "median": "0.4ms", "p99": "0.42ms"}
+    idle = {**tight, "round_trip": {"dist": "lognormal", "median": "0.4ms", "p99": "8ms"}}
+    base = base_scenario("redis-streams")
+    measured = {}
+    for world, names in ((idle, ("light", "large", "fsync", "ceiling")), (tight, ("consumer",))):
+        path = tmp_path / f"{len(measured)}.yaml"
+        path.write_text(yaml.safe_dump(world), encoding="utf-8")
+        options = RunOptions(results_dir=tmp_path / "runs", profile=str(path))
+        for step in ladder("redis-streams", quick=True):
+            if step.name in names:
+                scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
+                measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.round_trip.median == pytest.approx(0.4e-3, rel=0.25)
+    assert profile.round_trip.p99 < 4e-3  # the idle world's 8 ms tail would slow the consumer
+    refit = tmp_path / "fitted.yaml"
+    refit.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
+    step = next(s for s in ladder("redis-streams", quick=True) if s.name == "consumer")
+    scenario = base.with_(paths=dict(step.changes), name="replay-consumer")
+    replay = RunOptions(results_dir=tmp_path / "replay", profile=str(refit))
+    again = run_scenario(scenario, "sim", replay).metrics["throughput_per_s"]["delivered"]
+    assert again == pytest.approx(measured["consumer"].delivered, rel=0.03)
+
+
+def test_lognormal_tail_for_a_mean_inverts_the_mean() -> None:
+    """The helper the fit uses to shorten a round trip's tail gives back the tail it came from."""
+    for p99 in (0.21e-3, 1e-3, 3e-3):
+        mean = _lognormal_mean({"median": 0.2e-3, "p99": p99})
+        assert _p99_for_mean(0.2e-3, mean) == pytest.approx(p99, rel=1e-9)
+    # sigma 1: mean = median e^(1/2)
+    assert _lognormal_mean({"median": 1.0, "p99": math.exp(2.3263478740408408)}) == pytest.approx(
+        math.exp(0.5)
+    )
+    assert _p99_for_mean(0.2e-3, 0.1e-3) == pytest.approx(0.21e-3)  # no tail left to remove
+
+
+def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
+    tmp_path: Path,
+) -> None:
+    """A broker that takes 40,000/s (8 servers, 0.2 ms of work per message) keeps up with the
+    ceiling rung's first offer of 30,000/s: the rung doubles its offer once, and what it measures
+    there is the broker's ceiling, not the offer (a quiet machine's real brokers did the same)."""
+    fast = {
+        **KNOWN,
+        "publish": {"none": "0.05ms", "periodic": "0.05ms", "always": "0.05ms"},
+        "deliver": "0.15ms",
+        "parallelism": 8,
+    }
+    known = tmp_path / "fast.yaml"
+    known.write_text(yaml.safe_dump(fast), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
+    step = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
+    first = run(step)
+    assert kept_up(first)
+    said: list[str] = []
+    step, found = raise_offer(step, first, run, said.append)
+    assert step.changes["producers.rate"] == "60000/s"
+    assert said == ["ceiling: not saturated by its offer; offering 60,000/s"]
+    assert not kept_up(found, 0.85)
+    assert found.metrics["throughput_per_s"]["delivered"] == pytest.approx(40_000, rel=0.1)
 
 
 def test_calibrate_refuses_targets_it_cannot_run(tmp_path: Path) -> None:

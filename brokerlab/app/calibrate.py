@@ -27,8 +27,9 @@ import math
 import socket
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,23 @@ class Step:
     changes: dict[str, Any]
 
 
-#: What the ceiling rung offers: beyond what the target (harness included) sustains on a small
-#: machine, so it measures the ceiling and not the offered rate, and no more, so the backlog it
-#: builds drains in seconds.
+#: What the ceiling rung offers first: beyond what the target (harness included) sustains on a
+#: small busy machine, and no more, so the backlog it builds drains in seconds; where the target
+#: keeps up, the offer is doubled (:data:`CEILING_DOUBLINGS`).
 CEILING_RATE = {"redis-streams": "30000/s", "nats": "30000/s", "nats-jetstream": "8000/s"}
 #: Runs of every rung; the fit takes the medians (a busy machine stalls one run, rarely three).
 REPEATS = 3
+#: Times the ceiling rung doubles its offer until the target falls clearly behind (see
+#: :data:`SATURATED`): a quiet machine's broker takes more than :data:`CEILING_RATE`, and a
+#: ceiling rung that kept up measured its offer, not the ceiling. The target delivered at least
+#: 85% of the offer before, so the doubled offer's backlog still drains in about two seconds.
+CEILING_DOUBLINGS = 3
+#: A rung "kept up" when it delivered at least this share of its offer.
+KEPT_UP = 0.95
+#: The ceiling rung's offer is doubled until the target delivers less than this share of it: a
+#: target that nearly keeps up still answers small fetches, and a backlog (full batches) is
+#: what shows its ceiling (JetStream delivered 15,500/s of 16,000/s, and 24,000/s of 60,000/s).
+SATURATED = 0.85
 
 
 def ladder(target: str, quick: bool = False) -> list[Step]:
@@ -343,17 +355,42 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     return parse_profile(data, f"calibration of {target}")
 
 
+#: z-score of a normal distribution's 99th percentile (a lognormal's p99 / median = e^(z sigma)).
+_Z99 = 2.3263478740408408
+
+
+def _lognormal_mean(dist: dict[str, Any]) -> float:
+    """Mean of a lognormal given as ``{median, p99}`` (median e^(sigma^2 / 2))."""
+    sigma = math.log(dist["p99"] / dist["median"]) / _Z99
+    return dist["median"] * math.exp(sigma * sigma / 2)
+
+
+def _p99_for_mean(median: float, mean: float) -> float:
+    """The p99 of the lognormal with this median and mean (at least 5% over the median, like
+    every tail the fit keeps)."""
+    if mean <= median:
+        return median * 1.05
+    sigma = math.sqrt(2 * math.log(mean / median))
+    return max(median * math.exp(_Z99 * sigma), median * 1.05)
+
+
 def _wake(median: float, p99: float) -> dict[str, Any]:
-    """A pull consumer's wake-up: lognormal (its tail is a busy machine's), or none."""
+    """A pull consumer's wake-up: lognormal (its tail is a busy machine's), or none.
+
+    A wake-up that is nearly always prompt can still have a tail (light load's p99 beyond the
+    round trip's): its median is then the least the tail cap allows.
+    """
     if median <= 1e-6:
-        return {"dist": "constant", "value": 0.0}
+        if p99 <= 1e-5:
+            return {"dist": "constant", "value": 0.0}
+        median = p99 / WAKE_TAIL_CAP
     p99 = min(max(p99, median * 1.05), median * WAKE_TAIL_CAP)
     return {"dist": "lognormal", "median": median, "p99": p99}
 
 
 #: Longest wake-up tail (p99 / median) a fit keeps: the wake-up is latency, not capacity, so a
 #: long tail costs no throughput; a busy machine's light-load p99 is mostly stalled wake-ups.
-WAKE_TAIL_CAP = 60.0
+WAKE_TAIL_CAP = 1000.0
 #: Rounds of :func:`refine` (each replays every rung once in the simulator).
 REFINE_ROUNDS = 4
 
@@ -370,6 +407,8 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
     data = profile.model_dump(mode="json")
     acks = profile.kind != "nats"
     best: tuple[float, Profile] | None = None
+    #: the longest mean round trip the consumer rung allows (see below), once it has said so
+    mean_cap = math.inf
     for _ in range(rounds + 1):
         current = parse_profile(data, f"calibration of {profile.kind}")
         sims = {
@@ -397,6 +436,7 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             return (real - sim) / 1000.0
 
         rtt = data["round_trip"]
+        rtt_mean = _lognormal_mean(rtt)  # what this round's replays paid per round trip
         work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
             rtt["median"] *= r
@@ -406,6 +446,8 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if (r := ratio("light", tail)) is not None:
             rtt["p99"] *= r
         rtt["p99"] = min(max(rtt["p99"], rtt["median"] * 1.05), rtt["median"] * TAIL_CAP)
+        if mean_cap < math.inf:
+            rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
         if acks:
             # Light-load end to end beyond the publish is the wake-up: move it by the difference.
             wake = data["consume"]["wake"]
@@ -445,6 +487,16 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         # client, before its handler takes it, so that rung's rate says nothing of the timer.)
         if acks and sim_rate and consumer.delivered:
             timer = data["client"]["timer"]["value"] + 1 / consumer.delivered - 1 / sim_rate
+            if timer < 0:
+                # Slower than the real consumer even with no lateness of its own: its two round
+                # trips per message (fetch, ack) cost less than the light rung's round trip
+                # says, whose tail is an idle machine's wake-ups and a busy moment's stalls (a
+                # busy machine's round trips are shorter: the consumer rung's publish p50 is
+                # about half the light rung's). The tail comes down until the mean round trip
+                # is shorter by half the excess, and stays down in later rounds (the light
+                # rung's tail then goes to the wake-up); the median stays (light-load latency).
+                mean_cap = min(mean_cap, rtt_mean + timer / 2)
+                rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
             data["client"]["timer"] = {"dist": "constant", "value": max(timer, 0.0)}
         slow = measured.get("fsync")
         offered = 200.0
@@ -548,6 +600,42 @@ def relative(sim: float | None, real: float | None) -> float | None:
     return sim / real - 1.0
 
 
+def run_rung(base: Scenario, target: str, options: RunOptions, step: Step) -> RunRecord:
+    """One run of a rung: the calibration scenario with the rung's changes, on ``target``."""
+    scenario = base.with_(paths={**step.changes}, name=f"calibrate-{target}-{step.name}")
+    return run_scenario(scenario, target, options)
+
+
+def _prefixed(say: Say, target: str, line: str) -> None:
+    say(f"{target} {line}")
+
+
+def kept_up(record: RunRecord, share: float = KEPT_UP) -> bool:
+    """Whether a run delivered at least ``share`` of what it offered (then it did not find the
+    ceiling)."""
+    throughput = record.metrics["throughput_per_s"]
+    offered, delivered = throughput.get("offered"), throughput.get("delivered")
+    return bool(offered and delivered and delivered >= share * offered)
+
+
+def raise_offer(
+    step: Step, first: RunRecord, run: Callable[[Step], RunRecord], say: Say
+) -> tuple[Step, RunRecord]:
+    """The ceiling rung at an offer the target cannot keep up with: doubled (at most
+    :data:`CEILING_DOUBLINGS` times) until it delivers less than :data:`SATURATED` of it;
+    returns the rung and its run there."""
+    from brokerlab.core.units import parse_rate
+
+    for _ in range(CEILING_DOUBLINGS):
+        if not kept_up(first, SATURATED):
+            break
+        rate = 2 * parse_rate(step.changes["producers.rate"])
+        say(f"ceiling: not saturated by its offer; offering {rate:,.0f}/s")
+        step = replace(step, changes={**step.changes, "producers.rate": f"{rate:g}/s"})
+        first = run(step)
+    return step, first
+
+
 def calibrate(
     targets: list[str],
     options: RunOptions,
@@ -569,10 +657,13 @@ def calibrate(
         measured: dict[str, Measured] = {}
         steps = ladder(target, quick)
         times = repeats or (1 if quick else REPEATS)
+        run = partial(run_rung, base, target, options)
         for index, step in enumerate(steps, 1):
             say(f"{target} [{index}/{len(steps)}] {step.name}: {step.measures}")
-            scenario = base.with_(paths={**step.changes}, name=f"calibrate-{target}-{step.name}")
-            records = [run_scenario(scenario, target, options) for _ in range(times)]
+            first = run(step)
+            if step.name == "ceiling":
+                step, first = raise_offer(step, first, run, partial(_prefixed, say, target))
+            records = [first] + [run(step) for _ in range(times - 1)]
             measured[step.name] = Measured.of(step, records)
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
