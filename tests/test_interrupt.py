@@ -4,8 +4,9 @@ Each case starts ``brokerlab run`` as a user would (a subprocess, SIGINT at its 
 terminal gives it), sends SIGINT at a seeded random moment of the run — Python start-up, broker
 start, load, drain, teardown — and checks what the user relies on: the command ends within
 :data:`PROMISE` seconds with exit 130 (or, before Python has even started, killed by SIGINT,
-which shells show as 130 too), no process it started (brokers, worker processes) is left, and
-the results folder holds complete runs only.
+which shells show as 130 too; or 0 when Ctrl-C came as it was exiting, its run complete and
+written before the signal), no process it started (brokers, worker processes) is left, and the
+results folder holds complete runs only.
 
 The moments are stratified over a calibration run's length, counted in phases seen from outside
 (start-up until a broker runs, the measurement while it runs, finishing after it stopped), so
@@ -79,6 +80,7 @@ class Outcome:
     signalled: bool  # False when the run ended before its moment came
     phase: int  # the phase the run was in when SIGINT was sent (or when it ended)
     stderr: str
+    sent_at: float = 0.0  # wall-clock time SIGINT was sent (time.time())
 
 
 def _start(scenario: Path, target: str, workers: str, results: Path) -> subprocess.Popen[str]:
@@ -155,7 +157,7 @@ def _run(
     signalled = moment is not None and watcher.until(*moment)
     at_signal = sorted(watcher.alive) if signalled else []
     phase_at_signal = watcher.phase
-    sent = time.monotonic()
+    sent, sent_at = time.monotonic(), time.time()
     if signalled:
         with contextlib.suppress(ProcessLookupError):
             lab.send_signal(signal.SIGINT)
@@ -176,6 +178,7 @@ def _run(
         signalled,
         phase_at_signal,
         stderr,
+        sent_at,
     )
 
 
@@ -221,6 +224,18 @@ def _half_written(results: Path) -> list[str]:
         if entry.name.startswith(".") or not complete:
             bad.append(entry.name)
     return bad
+
+
+def _complete_before(results: Path, moment: float) -> bool:
+    """Whether ``results`` holds one complete run whose files were all written before
+    ``moment`` (wall-clock): a run that was finished when Ctrl-C came."""
+    if not results.exists():
+        return False
+    runs = list(results.iterdir())
+    if len(runs) != 1 or _half_written(results):
+        return False
+    files = [path for path in runs[0].rglob("*") if path.is_file()]
+    return bool(files) and max(path.stat().st_mtime for path in files) <= moment
 
 
 def _kill_leftovers(outcome: Outcome, results: Path) -> None:
@@ -275,7 +290,16 @@ def _interrupt_at_random_moments(
         outcome = _run(files[target], target, workers, results, (phase, offset))
         left = _left_running(outcome, results)
         half = _half_written(results)
-        if outcome.signalled:
+        if (
+            outcome.signalled
+            and outcome.returncode == 0
+            and _complete_before(results, outcome.sent_at)
+        ):
+            # Ctrl-C as the lab was exiting, its results already in place: nothing was cut
+            # short, and exit 0 says so (130 would claim an interrupted, unwritten run).
+            ok_code = True
+            when = f"exit 0 {outcome.exit_after:.2f}s after a SIGINT that came after its results"
+        elif outcome.signalled:
             ok_code = outcome.returncode in (130, -signal.SIGINT)
             when = f"exit {outcome.returncode} {outcome.exit_after:.2f}s after SIGINT"
         else:  # it ended before its moment: then it must have ended well
