@@ -35,7 +35,7 @@ from typing import Any
 
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
-from brokerlab.core.scenario import LogNormal, Scenario, parse_scenario
+from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
 from brokerlab.sim.profile import (
     Profile,
     parse_profile,
@@ -244,7 +244,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
     for name in ("light", "large"):
         m = measured.get(name)
         offered = 200.0
-        if m is not None and m.delivered < 0.95 * offered:
+        if m is not None and m.delivered < KEPT_UP * offered:
             warnings.append(
                 f"{target}: the {name} rung delivered {m.delivered:.0f}/s of {offered:.0f}/s "
                 "offered: this machine was too busy to calibrate; the fitted costs are inflated "
@@ -255,7 +255,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
         from brokerlab.core.units import parse_rate
 
         offered = parse_rate(ceiling.step.changes["producers.rate"])
-        if ceiling.delivered >= 0.95 * offered:
+        if ceiling.delivered >= KEPT_UP * offered:
             warnings.append(
                 f"{target}: the ceiling rung delivered {ceiling.delivered:.0f}/s of "
                 f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
@@ -355,23 +355,13 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     return parse_profile(data, f"calibration of {target}")
 
 
-#: z-score of a normal distribution's 99th percentile (a lognormal's p99 / median = e^(z sigma)).
-_Z99 = 2.3263478740408408
-
-
-def _lognormal_mean(dist: dict[str, Any]) -> float:
-    """Mean of a lognormal given as ``{median, p99}`` (median e^(sigma^2 / 2))."""
-    sigma = math.log(dist["p99"] / dist["median"]) / _Z99
-    return dist["median"] * math.exp(sigma * sigma / 2)
-
-
 def _p99_for_mean(median: float, mean: float) -> float:
     """The p99 of the lognormal with this median and mean (at least 5% over the median, like
     every tail the fit keeps)."""
     if mean <= median:
         return median * 1.05
     sigma = math.sqrt(2 * math.log(mean / median))
-    return max(median * math.exp(_Z99 * sigma), median * 1.05)
+    return max(median * math.exp(Z99 * sigma), median * 1.05)
 
 
 def _wake(median: float, p99: float) -> dict[str, Any]:
@@ -436,7 +426,7 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             return (real - sim) / 1000.0
 
         rtt = data["round_trip"]
-        rtt_mean = _lognormal_mean(rtt)  # what this round's replays paid per round trip
+        rtt_mean = LogNormal(**rtt).mean  # what this round's replays paid per round trip
         work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         if acks and (r := ratio("light", ("latency_ms", "publish", "p50"))) is not None:
             rtt["median"] *= r
@@ -446,8 +436,6 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if (r := ratio("light", tail)) is not None:
             rtt["p99"] *= r
         rtt["p99"] = min(max(rtt["p99"], rtt["median"] * 1.05), rtt["median"] * TAIL_CAP)
-        if mean_cap < math.inf:
-            rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
         if acks:
             # Light-load end to end beyond the publish is the wake-up: move it by the difference.
             wake = data["consume"]["wake"]
@@ -496,8 +484,9 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
                 # is shorter by half the excess, and stays down in later rounds (the light
                 # rung's tail then goes to the wake-up); the median stays (light-load latency).
                 mean_cap = min(mean_cap, rtt_mean + timer / 2)
-                rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
             data["client"]["timer"] = {"dist": "constant", "value": max(timer, 0.0)}
+        if mean_cap < math.inf:
+            rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
         slow = measured.get("fsync")
         offered = 200.0
         if slow is not None and data.get("durable_writes_per_delivery") and slow.delivered:

@@ -86,6 +86,11 @@ class Uniform(_Model):
         return (self.min + self.max) / 2
 
 
+#: z-score of the 99th percentile of a standard normal distribution (a lognormal's
+#: p99 / median is e^(Z99 sigma)).
+Z99 = 2.3263478740408408
+
+
 class LogNormal(_Model):
     """Long-tailed service times, given as a median and a 99th percentile as people measure them."""
 
@@ -101,8 +106,7 @@ class LogNormal(_Model):
 
     @property
     def sigma(self) -> float:
-        # z-score of the 99th percentile of a standard normal distribution
-        return math.log(self.p99 / self.median) / 2.3263478740408408
+        return math.log(self.p99 / self.median) / Z99
 
     @property
     def mean(self) -> float:
