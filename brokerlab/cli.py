@@ -920,6 +920,18 @@ def calibrate(
             fitted.add_row(name, f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms")
         bandwidth = f"{profile.bandwidth / 1e6:.1f} MB/s" if profile.bandwidth else "-"
         fitted.add_row("bandwidth", bandwidth, "")
+        capacity = profile.capacity
+        if capacity is not None:
+            fitted.add_row(
+                "flat-out capacity, messages",
+                f"{capacity.messages:,.0f}/s" if capacity.messages else "-",
+                "",
+            )
+            fitted.add_row(
+                "flat-out capacity, bytes",
+                f"{capacity.bytes / 1e6:.1f} MB/s" if capacity.bytes else "-",
+                "",
+            )
         fitted.add_row("parallelism (broker servers)", str(profile.parallelism), "")
         stdout.print(fitted)
         errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")

@@ -169,6 +169,24 @@ class Quota(_Model):
     bytes: ByteRate = Field(None, description="published bytes per second per unit")
 
 
+class Capacity(_Model):
+    """What the broker and its clients move together flat out, beyond what its servers say: a
+    message of ``size`` bytes uses ``1 / messages + size / bytes`` seconds of it. Charged as
+    capacity only, with no latency below it (:mod:`brokerlab.sim.pace`): flat out, the machine's
+    CPU is shared by the broker and the clients, and bigger messages cost more of it, while at
+    light load that work runs beside the message's own path."""
+
+    messages: ByteRate = Field(None, description="messages per second (of no size)")
+    bytes: ByteRate = Field(None, description="bytes per second")
+
+    def seconds(self) -> tuple[float, float]:
+        """Capacity a message uses: (seconds per message, seconds per byte)."""
+        return (
+            1.0 / self.messages if self.messages else 0.0,
+            1.0 / self.bytes if self.bytes else 0.0,
+        )
+
+
 class Profile(_Model):
     """The costs that decide latency and capacity of one broker kind."""
 
@@ -200,6 +218,11 @@ class Profile(_Model):
         description="producer linger before a batch leaves (Kafka linger.ms)",
     )
     quota: Quota | None = None
+    capacity: Capacity | None = Field(
+        None,
+        description="flat-out capacity of broker and clients together, charged without latency "
+        "(brokerlab calibrate measures it with small and large messages)",
+    )
 
     def describe(self) -> str:
         return self.provenance.describe(self.kind)
@@ -332,12 +355,15 @@ class Throttle:
 class Charged:
     """A scenario with a profile's costs folded in, and what was charged (for run.json).
 
-    ``throttle`` is the profile's publish quota, which the simulator's publisher enforces.
+    ``throttle`` is the profile's publish quota, which the simulator's publisher enforces;
+    ``pace`` the profile's capacity, (seconds per message, seconds per byte), which paces
+    deliveries (:mod:`brokerlab.sim.pace`).
     """
 
     scenario: Scenario
     charges: dict[str, float]
     throttle: Throttle | None = None
+    pace: tuple[float, float] | None = None
 
 
 def _mean(dist: Distribution) -> float:
@@ -401,7 +427,9 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     Publish quotas (``units × quota``, the units being ``broker.throughput_units``, else
     ``broker.partitions``) are not folded in: they come back as :class:`Throttle`, and the
     publisher rejects a publish over the quota, as the service answers ThrottlingException /
-    ServerBusy; the producer retries it with the scenario's retry policy or gives up.
+    ServerBusy; the producer retries it with the scenario's retry policy or gives up. Nor is the
+    profile's ``capacity`` (what broker and clients move flat out, by messages and bytes): it
+    comes back as ``pace`` and paces deliveries without adding latency below it.
     """
     broker, consumers = scenario.broker, scenario.consumers
     size = _mean(scenario.producers.size)
@@ -491,13 +519,17 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         "servers": float(servers),
         "consumer_per_message_mean_s": _mean(processing) - _mean(consumers.processing),
     }
+    pace = None
+    if profile.capacity is not None and any(profile.capacity.seconds()):
+        pace = profile.capacity.seconds()
+        charges["capacity_per_s"] = 1.0 / (pace[0] + pace[1] * size)
     if throttle is not None:
         charges["quota_units"] = float(throttle.units)
         if throttle.messages:
             charges["quota_messages_per_s"] = throttle.messages * throttle.units
         if throttle.bytes:
             charges["quota_bytes_per_s"] = throttle.bytes * throttle.units
-    return Charged(charged, charges, throttle)
+    return Charged(charged, charges, throttle, pace)
 
 
 def profile_record(profile: Profile | None, spec: str) -> dict[str, Any]:

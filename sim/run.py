@@ -13,6 +13,7 @@ from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.models.consume import set_consume
+from brokerlab.sim.pace import set_pace
 from brokerlab.sim.presets import Preset, resolve
 from brokerlab.sim.profile import Profile, apply_profile, profile_record, resolve_profile
 
@@ -38,9 +39,11 @@ def simulate(
         chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
     throttle = None
+    pace: tuple[float, float] | None = None
     if chosen is not None:
         charged = apply_profile(scenario, chosen)
         scenario, charges, throttle = charged.scenario, charged.charges, charged.throttle
+        pace = charged.pace
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
     # Only a run with faults pays for them: a fault-free run gets the plain collaborators. A
@@ -59,6 +62,7 @@ def simulate(
             chosen.consume.wake,
             chosen.consume.fetch,
         )
+    paced = set_pace(model, *pace) if pace is not None else "none"
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)
@@ -68,7 +72,12 @@ def simulate(
         "events": model.events,
         "end_s": model.end,
         **model.counts,
-        "profile": {**profile_record(chosen, spec), "charges": charges, "consume": consume},
+        "profile": {
+            **profile_record(chosen, spec),
+            "charges": charges,
+            "consume": consume,
+            "pace": paced,
+        },
         "drain": model.drain,
     }
     warnings = _warnings(scenario, preset)

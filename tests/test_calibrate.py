@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from brokerlab.app.calibrate import (
+    SATURATED,
     Measured,
     _p99_for_mean,
     base_scenario,
@@ -25,6 +27,7 @@ from brokerlab.app.calibrate import (
     fit,
     kept_up,
     ladder,
+    measure,
     raise_offer,
     refine,
     run_rung,
@@ -144,8 +147,9 @@ def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
     tmp_path: Path,
 ) -> None:
     """A broker that takes 40,000/s (8 servers, 0.2 ms of work per message) keeps up with the
-    ceiling rung's first offer of 30,000/s: the rung doubles its offer once, and what it measures
-    there is the broker's ceiling, not the offer (a quiet machine's real brokers did the same)."""
+    ceiling rung's first offer of 30,000/s and takes two thirds of 60,000/s: the rung doubles its
+    offer twice, and what it measures there is the broker's ceiling, not the offer (a quiet
+    machine's real brokers did the same)."""
     fast = {
         **KNOWN,
         "publish": {"none": "0.05ms", "periodic": "0.05ms", "always": "0.05ms"},
@@ -161,10 +165,55 @@ def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
     assert kept_up(first)
     said: list[str] = []
     step, found = raise_offer(step, first, run, said.append)
-    assert step.changes["producers.rate"] == "60000/s"
-    assert said == ["ceiling: not saturated by its offer; offering 60,000/s"]
-    assert not kept_up(found, 0.85)
-    assert found.metrics["throughput_per_s"]["delivered"] == pytest.approx(40_000, rel=0.1)
+    assert step.changes["producers.rate"] == "120000/s"
+    assert said == [
+        "ceiling: not saturated by its offer; offering 60,000/s",
+        "ceiling: not saturated by its offer; offering 120,000/s",
+    ]
+    assert not kept_up(found, SATURATED)
+    # Far past its ceiling the broker's servers also idle while consumers fetch, as real ones do.
+    assert 0.85 * 40_000 < found.metrics["throughput_per_s"]["delivered"] < 1.02 * 40_000
+
+
+def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -> None:
+    """A world whose flat-out capacity is 25,000 messages and 50 MB a second (fast servers):
+    the ladder measures it with 256 B and 4 kB messages (each offer raised until the world falls
+    behind), and the fitted profile predicts a size it never saw: flat out with 1 kB messages,
+    1 / (40 us + 20.5 us) = 16,500/s, within 5% of the world's own."""
+    world = {
+        **KNOWN,
+        "publish": {"none": "0.01ms", "periodic": "0.01ms", "always": "0.5ms"},
+        "deliver": "0.01ms",
+        "capacity": {"messages": "25000/s", "bytes": "50MB/s"},
+    }
+    known = tmp_path / "world.yaml"
+    known.write_text(yaml.safe_dump(world), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
+    said: list[str] = []
+    measured = measure(ladder("redis-streams", quick=True), run, said.append, 1)
+    assert "[6/7] ceiling-large: capacity's byte cost" in "\n".join(said)
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.capacity is not None
+    per_message, per_byte = profile.capacity.seconds()
+    assert per_message + 1024 * per_byte == pytest.approx(1 / 16_500, rel=0.1)
+    fitted = tmp_path / "fitted.yaml"
+    fitted.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
+    ceiling = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
+    unseen = replace(
+        ceiling, changes={**ceiling.changes, "producers.size": "1kB", "consumers.count": 3}
+    )
+    rates = [
+        run_rung(
+            base_scenario("redis-streams"),
+            "sim",
+            RunOptions(results_dir=tmp_path / name, profile=str(path)),
+            unseen,
+        ).metrics["throughput_per_s"]["delivered"]
+        for name, path in (("world", known), ("fitted", fitted))
+    ]
+    assert rates[0] < 0.8 * 30_000  # the world fell behind: this measures its capacity
+    assert rates[1] == pytest.approx(rates[0], rel=0.05)
 
 
 def test_calibrate_refuses_targets_it_cannot_run(tmp_path: Path) -> None:

@@ -382,6 +382,31 @@ def test_batching_is_latency_not_capacity(tmp_path: Path) -> None:
     assert ceiling[1] == pytest.approx(ceiling[0], rel=0.03)
 
 
+def test_capacity_limits_flat_out_by_size_and_adds_no_light_load_latency(tmp_path: Path) -> None:
+    """A capacity of 40,000 messages and 20 MB a second: flat out, 256 B messages pass at
+    1 / (25 us + 12.8 us) = 26,455/s and 4 kB ones at 1 / (25 us + 204.8 us) = 4,352/s (a
+    message uses 1 / messages + size / bytes of it), while light load's latency is exactly what
+    it is without it (the capacity is no service time)."""
+    base = {"publish": {"none": "0.01ms"}, "round_trip": "0.2ms"}
+    plain = write_profile(tmp_path, **base)
+    capped = tmp_path / "capped.yaml"
+    capacity = {"messages": "40000/s", "bytes": "20MB/s"}
+    capped.write_text(yaml.safe_dump(profile_data(**base, capacity=capacity)), encoding="utf-8")
+    for size, expected in ((256, 26_455), (4096, 4_352)):
+        flat_out = make(
+            {"profile": str(capped)},
+            producers={"rate": "60000/s", "messages": 60_000, "size": f"{size}B"},
+            consumers={"count": 2, "prefetch": 50},
+        )
+        delivered = metrics(flat_out)["throughput_per_s"]["delivered"]
+        assert delivered == pytest.approx(expected, rel=0.03), size
+    light = [
+        simulate(make({"profile": str(p)}, producers={"size": "4kB"}), 1).trace.deliveries
+        for p in (plain, capped)
+    ]
+    assert np.array_equal(light[0]["t_delivered"], light[1]["t_delivered"])
+
+
 def test_batching_keeps_one_producers_order_within_a_partition(tmp_path: Path) -> None:
     """Kafka: a 5 ms linger and random broker work on parallel servers must not reorder one
     producer's messages within a partition (Kafka appends them in send order). Charged at the

@@ -5,8 +5,10 @@ and analysis as every other run): light load (the round trip and the per-message
 light load with large messages (the byte cost), light load with an fsync per write (the
 persistence cost, where the broker has one), one consumer with a known processing time offered
 more than it can take (the consumer's own per-message cost, fetch and ack round trips included),
-and a flat-out load with a deep prefetch (the sustained ceiling). The fit solves the simulator's
-own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those measurements:
+and a flat-out load with a deep prefetch (the sustained ceiling), with small and with 4 kB
+messages (flat out, bigger messages cost broker and clients more of the machine). The fit solves
+the simulator's own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those
+measurements:
 
     publish p50       = round trip + publish work
     end-to-end p50    = round trip + publish work + delivery work (+ ack work)
@@ -16,6 +18,7 @@ own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those m
     light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
+    1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (flat out, 256 B and 4 kB)
 
 then replays every ladder run in the simulator with the fitted profile and reports the error
 per run, so a user sees how well the profile explains what it was fitted on.
@@ -37,6 +40,7 @@ from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
 from brokerlab.sim.profile import (
+    Capacity,
     Profile,
     parse_profile,
 )
@@ -46,6 +50,11 @@ LOCAL_TARGETS = ("redis-streams", "nats", "nats-jetstream")
 #: Persistence mode that costs an fsync per write, per target (None: the broker has none).
 FSYNC = {"redis-streams": "always", "nats-jetstream": "always", "nats": None}
 SMALL, LARGE = 256, 16_384
+#: Message size of the flat-out rung with large messages (the capacity's byte cost).
+CEILING_LARGE = 4096
+#: With a fitted capacity, the broker's servers could serve this many times its ceiling (the
+#: capacity is the limit; their work is the latency a message waits for).
+CAPACITY_HEADROOM = 2
 #: Longest round-trip tail (p99 / median) a fit keeps: a lognormal's mean grows with its tail
 #: (at 15x the mean is 2x the median), and every consumer cycle pays the mean. Stalls of a busy
 #: machine beyond that are not a round trip's property.
@@ -72,14 +81,16 @@ REPEATS = 3
 #: Times the ceiling rung doubles its offer until the target falls clearly behind (see
 #: :data:`SATURATED`): a quiet machine's broker takes more than :data:`CEILING_RATE`, and a
 #: ceiling rung that kept up measured its offer, not the ceiling. The target delivered at least
-#: 85% of the offer before, so the doubled offer's backlog still drains in about two seconds.
-CEILING_DOUBLINGS = 3
+#: 60% of the offer before, so the doubled offer's backlog drains in a few seconds; a third
+#: doubling (NATS core at 240,000/s) cost a minute of runs and replays for a few percent.
+CEILING_DOUBLINGS = 2
 #: A rung "kept up" when it delivered at least this share of its offer.
 KEPT_UP = 0.95
 #: The ceiling rung's offer is doubled until the target delivers less than this share of it: a
-#: target that nearly keeps up still answers small fetches, and a backlog (full batches) is
-#: what shows its ceiling (JetStream delivered 15,500/s of 16,000/s, and 24,000/s of 60,000/s).
-SATURATED = 0.85
+#: target that nearly keeps up still answers small fetches and sends small batches, and only a
+#: deep backlog (full batches, pipelined publishes) shows its ceiling: JetStream delivered
+#: 15,500/s of 16,000/s, 12,000/s of 16,000/s and 18,000/s of 60,000/s.
+SATURATED = 0.6
 
 
 def ladder(target: str, quick: bool = False) -> list[Step]:
@@ -119,6 +130,14 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             },
         ),
     ]
+    steps.append(
+        Step(
+            "ceiling-large",
+            f"capacity's byte cost (flat out with {CEILING_LARGE // 1024} kB messages, offered "
+            "what the ceiling rung delivered)",
+            {**steps[-1].changes, "producers.size": f"{CEILING_LARGE}B"},
+        )
+    )
     if target == "nats":
         steps = [step for step in steps if step.name != "shared"]  # push: no fetch requests
     if FSYNC.get(target):
@@ -132,7 +151,7 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
     for step in steps:
         # Overloaded rungs drain their backlog after the offer ends: shorter offers keep the
         # whole ladder within minutes.
-        overloaded = step.name in ("consumer", "shared", "ceiling")
+        overloaded = step.name in ("consumer", "shared", "ceiling", "ceiling-large")
         step.changes["producers.duration"] = f"{min(seconds, 1.5) if overloaded else seconds}s"
     return steps
 
@@ -250,14 +269,16 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
                 "offered: this machine was too busy to calibrate; the fitted costs are inflated "
                 "(calibrate again when it is quieter)"
             )
-    ceiling = measured.get("ceiling")
-    if ceiling is not None:
-        from brokerlab.core.units import parse_rate
+    from brokerlab.core.units import parse_rate
 
+    for name in ("ceiling", "ceiling-large"):
+        ceiling = measured.get(name)
+        if ceiling is None:
+            continue
         offered = parse_rate(ceiling.step.changes["producers.rate"])
         if ceiling.delivered >= KEPT_UP * offered:
             warnings.append(
-                f"{target}: the ceiling rung delivered {ceiling.delivered:.0f}/s of "
+                f"{target}: the {name} rung delivered {ceiling.delivered:.0f}/s of "
                 f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
             )
     return warnings
@@ -301,6 +322,15 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
     # ... exactly: whole servers, so the publish work takes up the rest.
     publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
+    # Flat out with small and large messages: the capacity of broker and clients together. When
+    # it is known, it sets the ceiling (without latency, see brokerlab.sim.pace) and the servers
+    # get headroom, less work per message: two limits at one rate take each other's slack (the
+    # simulated ceiling fell 11% short with both).
+    big = measured.get("ceiling-large")
+    capacity = _capacity(ceiling.delivered, big.delivered, _size(big)) if big else None
+    if capacity is not None:
+        publish_work /= CAPACITY_HEADROOM
+        deliver /= CAPACITY_HEADROOM
     # Two consumers of the consumer rung: if together they take clearly less than twice what
     # one takes, part of each cycle is served one at a time, by the broker's servers: the work
     # of a fetch request (with prefetch 1, one per message). What one consumer's cycle had left
@@ -352,7 +382,32 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     }
     if bandwidth is not None:
         data["bandwidth"] = bandwidth
+    if capacity is not None:
+        data["capacity"] = capacity
     return parse_profile(data, f"calibration of {target}")
+
+
+def _capacity(small: float, large: float, size: float) -> dict[str, float] | None:
+    """The flat-out capacity (messages and bytes per second) that moves ``small`` per second of
+    :data:`SMALL` messages and ``large`` per second of ``size`` bytes: each message uses
+    ``1 / messages + size / bytes`` of it, so two sizes give both."""
+    if large <= 0 or small <= 0 or size <= SMALL:
+        return None
+    per_byte = max((1 / large - 1 / small) / (size - SMALL), 0.0)
+    per_message = max(1 / small - SMALL * per_byte, 0.0)
+    capacity = {}
+    if per_message > 0:
+        capacity["messages"] = 1 / per_message
+    if per_byte > 0:
+        capacity["bytes"] = 1 / per_byte
+    return capacity or None
+
+
+def _size(m: Measured) -> float:
+    """Message size of a rung, in bytes."""
+    from brokerlab.core.units import parse_size
+
+    return float(parse_size(m.step.changes.get("producers.size", f"{SMALL}B")))
 
 
 def _p99_for_mean(median: float, mean: float) -> float:
@@ -448,7 +503,20 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             data["consume"]["wake"] = _wake(median, p99)
         elif (r := ratio("light", ("latency_ms", "end_to_end", "p50"))) is not None:
             data["deliver"]["value"] *= r
-        if (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
+        large = measured.get("ceiling-large")
+        sim_small = _get(sims["ceiling"], ("throughput_per_s", "delivered"))
+        sim_large = _get(sims.get("ceiling-large") or {}, ("throughput_per_s", "delivered"))
+        if data.get("capacity") and large is not None and sim_small and sim_large:
+            # The capacity sets the ceiling: each size's capacity per message, scaled by how far
+            # the simulator was off there (the fetches and servers in front of it cost a little).
+            per_message, per_byte = Capacity.model_validate(data["capacity"]).seconds()
+            small = measured["ceiling"]
+            used = [
+                (per_message + _size(m) * per_byte) * sim / m.delivered
+                for m, sim in ((small, sim_small), (large, sim_large))
+            ]
+            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large))
+        elif (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
                 data["parallelism"] = max(1, round(data["parallelism"] * r))
             else:
@@ -619,10 +687,30 @@ def raise_offer(
         if not kept_up(first, SATURATED):
             break
         rate = 2 * parse_rate(step.changes["producers.rate"])
-        say(f"ceiling: not saturated by its offer; offering {rate:,.0f}/s")
+        say(f"{step.name}: not saturated by its offer; offering {rate:,.0f}/s")
         step = replace(step, changes={**step.changes, "producers.rate": f"{rate:g}/s"})
         first = run(step)
     return step, first
+
+
+def measure(
+    steps: list[Step], run: Callable[[Step], RunRecord], say: Say, times: int
+) -> dict[str, Measured]:
+    """Run each rung ``times`` times (``run`` plays one run of a rung), the flat-out ones at
+    offers they cannot keep up with (:func:`raise_offer`; the large messages' rung is first
+    offered what the ceiling rung delivered); the medians per rung."""
+    measured: dict[str, Measured] = {}
+    for index, step in enumerate(steps, 1):
+        say(f"[{index}/{len(steps)}] {step.name}: {step.measures}")
+        if step.name == "ceiling-large" and "ceiling" in measured:
+            rate = max(measured["ceiling"].delivered, 100.0)
+            step = replace(step, changes={**step.changes, "producers.rate": f"{rate:.0f}/s"})
+        first = run(step)
+        if step.name in ("ceiling", "ceiling-large"):
+            step, first = raise_offer(step, first, run, say)
+        records = [first] + [run(step) for _ in range(times - 1)]
+        measured[step.name] = Measured.of(step, records)
+    return measured
 
 
 def calibrate(
@@ -642,18 +730,9 @@ def calibrate(
     stamp = datetime.now(UTC)
     versions = results.package_versions()
     for target in targets:
-        base = base_scenario(target)
-        measured: dict[str, Measured] = {}
-        steps = ladder(target, quick)
+        run = partial(run_rung, base_scenario(target), target, options)
         times = repeats or (1 if quick else REPEATS)
-        run = partial(run_rung, base, target, options)
-        for index, step in enumerate(steps, 1):
-            say(f"{target} [{index}/{len(steps)}] {step.name}: {step.measures}")
-            first = run(step)
-            if step.name == "ceiling":
-                step, first = raise_offer(step, first, run, partial(_prefixed, say, target))
-            records = [first] + [run(step) for _ in range(times - 1)]
-            measured[step.name] = Measured.of(step, records)
+        measured = measure(ladder(target, quick), run, partial(_prefixed, say, target), times)
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
             "origin": "calibrated",
