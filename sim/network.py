@@ -18,6 +18,7 @@ import numpy as np
 
 from brokerlab.sim.events import Call, Clock
 from brokerlab.sim.faults import Entry
+from brokerlab.sim.idle import Wakes
 from brokerlab.sim.process import BrokerProcess
 
 #: (callback, argument, client, connection epoch) of something travelling on a connection
@@ -36,6 +37,8 @@ class Network:
         self.consumer_up = 2 * producers + consumers
         #: when each link is next free (an arrival is never before the previous one)
         self.free = [0.0] * (2 * producers + 2 * consumers)
+        #: an idle machine's slow wake-ups (a profile's ``idle``), None: charged nothing
+        self.wakes: Wakes | None = None
 
     @property
     def instant(self) -> bool:
@@ -46,6 +49,8 @@ class Network:
         """Arrival time of something sent now over ``link``."""
         assert self.delays is not None
         t = self.env.now + next(self.delays)
+        if self.wakes is not None:
+            t = self.wakes.arrive(link, self.env.now, t)
         if t < self.free[link]:
             t = self.free[link]
         self.free[link] = t
@@ -140,6 +145,8 @@ class FaultedNetwork(Network):
                 if self._drop_when_cut and not up:
                     return True
                 t = max(t, entry.end + delay)
+        if self.wakes is not None:
+            t = self.wakes.arrive(link, now, t)
         arrive = self._at_broker if up else self._at_client
         # TCP keeps order: never before what was sent earlier on the link.
         Call(env, self.delay_to(link, t), arrive, (fn, arg, client, self.epoch[client]))

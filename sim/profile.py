@@ -32,6 +32,7 @@ from brokerlab.core.load import draw
 from brokerlab.core.scenario import (
     Constant,
     Distribution,
+    Duration,
     Empirical,
     Scenario,
     TimeDistribution,
@@ -187,6 +188,17 @@ class Capacity(_Model):
         )
 
 
+class Idle(_Model):
+    """An idle machine wakes slowly (:mod:`brokerlab.sim.idle`): a hop that reaches a process
+    idle for ``t`` takes ``cost * (1 - exp(-t / tau))`` longer."""
+
+    cost: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="the wake-up of a process idle for long (the round trip is a busy one's)",
+    )
+    tau: Duration = Field(0.003, gt=0, description="how fast the wake-up grows with idle time")
+
+
 class Profile(_Model):
     """The costs that decide latency and capacity of one broker kind."""
 
@@ -218,6 +230,11 @@ class Profile(_Model):
         description="producer linger before a batch leaves (Kafka linger.ms)",
     )
     quota: Quota | None = None
+    idle: Idle | None = Field(
+        None,
+        description="an idle machine's slow wake-ups, charged on hops (brokerlab calibrate "
+        "measures them at light and at busier load)",
+    )
     capacity: Capacity | None = Field(
         None,
         description="flat-out capacity of broker and clients together, charged without latency "

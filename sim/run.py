@@ -11,6 +11,7 @@ from brokerlab.core.trace import TargetResult
 from brokerlab.sim.engine import Progress
 from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
+from brokerlab.sim.idle import set_idle
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.models.consume import set_consume
 from brokerlab.sim.pace import set_pace
@@ -63,6 +64,9 @@ def simulate(
             chosen.consume.fetch,
         )
     paced = set_pace(model, *pace) if pace is not None else "none"
+    woken = "none"
+    if chosen is not None and chosen.idle is not None:
+        woken = set_idle(model, chosen.idle.cost, chosen.idle.tau)
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)
@@ -77,6 +81,7 @@ def simulate(
             "charges": charges,
             "consume": consume,
             "pace": paced,
+            "idle": woken,
         },
         "drain": model.drain,
     }

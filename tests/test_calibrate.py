@@ -192,7 +192,7 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
     run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
     said: list[str] = []
     measured = measure(ladder("redis-streams", quick=True), run, said.append, 1)
-    assert "[6/7] ceiling-large: capacity's byte cost" in "\n".join(said)
+    assert "[7/8] ceiling-large: capacity's byte cost" in "\n".join(said)
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.capacity is not None
     per_message, per_byte = profile.capacity.seconds()
@@ -214,6 +214,42 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
     ]
     assert rates[0] < 0.8 * 30_000  # the world fell behind: this measures its capacity
     assert rates[1] == pytest.approx(rates[0], rel=0.05)
+
+
+def test_fit_separates_a_busy_round_trip_from_an_idle_machines_wake_ups(tmp_path: Path) -> None:
+    """A world whose busy round trip is 0.15 ms and whose idle processes wake 0.45 ms late (tau
+    3 ms, as measured here): the light rung (200/s) and the busy one (1,000/s) give both back,
+    and the fit predicts publish latency at a rate it never saw (500/s) within 10%, where a single
+    round trip fitted to light load is 40% off."""
+    world = {
+        **KNOWN,
+        "round_trip": {"dist": "lognormal", "median": "0.15ms", "p99": "0.3ms"},
+        "idle": {"cost": "0.45ms", "tau": "3ms"},
+    }
+    known = tmp_path / "world.yaml"
+    known.write_text(yaml.safe_dump(world), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
+    measured = measure(ladder("redis-streams", quick=True), run, lambda _: None, 1)
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.idle is not None
+    assert profile.idle.cost.mean == pytest.approx(0.45e-3, rel=0.25)
+    assert profile.round_trip.median == pytest.approx(0.15e-3, rel=0.25)
+    fitted = tmp_path / "fitted.yaml"
+    fitted.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
+    light = next(s for s in ladder("redis-streams", quick=True) if s.name == "light")
+    unseen = replace(light, changes={**light.changes, "producers.rate": "500/s"})
+    p50 = [
+        run_rung(
+            base_scenario("redis-streams"),
+            "sim",
+            RunOptions(results_dir=tmp_path / name, profile=str(path)),
+            unseen,
+        ).metrics["latency_ms"]["publish"]["p50"]
+        for name, path in (("world", known), ("fitted", fitted))
+    ]
+    assert p50[1] == pytest.approx(p50[0], rel=0.1)
+    assert measured["light"].publish_p50 * 1e3 > 1.3 * p50[0]  # one round trip would miss it
 
 
 def test_calibrate_refuses_targets_it_cannot_run(tmp_path: Path) -> None:
