@@ -920,6 +920,14 @@ def calibrate(
             fitted.add_row(name, f"{median * 1e3:.3f} ms", f"{p99 * 1e3:.3f} ms")
         bandwidth = f"{profile.bandwidth / 1e6:.1f} MB/s" if profile.bandwidth else "-"
         fitted.add_row("bandwidth", bandwidth, "")
+        if profile.idle is not None:
+            cost = profile.idle.cost
+            median = getattr(cost, "median", getattr(cost, "value", cost.mean))
+            fitted.add_row(
+                f"wake-up after idling (tau {profile.idle.tau * 1e3:.1f} ms)",
+                f"{median * 1e3:.3f} ms",
+                f"{getattr(cost, 'p99', median) * 1e3:.3f} ms",
+            )
         capacity = profile.capacity
         if capacity is not None:
             fitted.add_row(

@@ -146,7 +146,7 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
         Step(
             "ceiling-large",
             f"capacity's byte cost (flat out with {CEILING_LARGE // 1024} kB messages, offered "
-            "what the ceiling rung delivered)",
+            "twice what the ceiling rung delivered)",
             {**steps[-1].changes, "producers.size": f"{CEILING_LARGE}B"},
         )
     )
@@ -163,8 +163,11 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
     for step in steps:
         # Overloaded rungs drain their backlog after the offer ends: shorter offers keep the
         # whole ladder within minutes.
-        overloaded = step.name in ("busy", "consumer", "shared", "ceiling", "ceiling-large")
-        step.changes["producers.duration"] = f"{min(seconds, 1.5) if overloaded else seconds}s"
+        overloaded = step.name in ("busy", "consumer", "shared")
+        flat_out = step.name in ("ceiling", "ceiling-large")
+        # Flat out, one second builds a backlog of seconds (and replaying it costs the most).
+        short = 1.0 if flat_out else min(seconds, 1.5) if overloaded else seconds
+        step.changes["producers.duration"] = f"{short}s"
     return steps
 
 
@@ -304,9 +307,9 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     acks = target != "nats"
     work = 1.0 / max(ceiling.delivered, 1.0)  # broker seconds per message at the ceiling
     # An idle machine wakes slowly (brokerlab.sim.idle): the light rung's latency beyond the busy
-    # rung's is wake-ups, paid by the share of hops that find their process idle (one on a
-    # publish's way, the broker's; two on NATS core's end to end, the broker's and the
-    # consumer's). What is left of light load's latency is a busy machine's.
+    # rung's is wake-ups, paid by the share of hops that find their process idle (the broker's,
+    # on a publish's way and on NATS core's end to end: the clients' process is awake then).
+    # What is left of light load's latency is a busy machine's.
     idle_cost = light_wakes = 0.0
     busy = measured.get("busy")
     if busy is not None:
@@ -315,8 +318,8 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
             idle_cost = max(light.publish_p50 - busy.publish_p50, 0.0) / grew
             light_wakes = idle_cost * idle_share(LIGHT_RATE)
         elif not acks:
-            idle_cost = max(light.e2e_p50 - busy.e2e_p50, 0.0) / (2 * grew)
-            light_wakes = 2 * idle_cost * idle_share(LIGHT_RATE)
+            idle_cost = max(light.e2e_p50 - busy.e2e_p50, 0.0) / grew
+            light_wakes = idle_cost * idle_share(LIGHT_RATE)
     e2e, e2e_p99 = light.e2e_p50 - light_wakes, light.e2e_p99 - light_wakes
     # Broker work split evenly between the publish and the delivery (with its ack).
     publish_work = work / 2
@@ -523,12 +526,11 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         work_before = data["publish"]["none"]["value"] + data["deliver"]["value"]
         # With the idle machine's wake-ups, the round trip is the busy rung's, and the light
         # rung's latency beyond it moves the wake-up's cost (publish latency where there is
-        # one; NATS core's end to end, which pays two wake-ups, otherwise).
+        # one, NATS core's end to end otherwise).
         idle = data.get("idle")
         latency = ("latency_ms", "publish", "p50") if acks else ("latency_ms", "end_to_end", "p50")
         if idle and "busy" in measured and (gap := _gap("light", latency, sims)) is not None:
-            wakes = idle_share(LIGHT_RATE) * (1 if acks else 2)
-            cost = max(idle["cost"]["value"] + 0.7 * gap / wakes, 0.0)
+            cost = max(idle["cost"]["value"] + 0.7 * gap / idle_share(LIGHT_RATE), 0.0)
             idle["cost"] = {"dist": "constant", "value": cost}
         fast = "busy" if idle and "busy" in measured else "light"
         if acks and (r := ratio(fast, ("latency_ms", "publish", "p50"))) is not None:
@@ -746,12 +748,12 @@ def measure(
 ) -> dict[str, Measured]:
     """Run each rung ``times`` times (``run`` plays one run of a rung), the flat-out ones at
     offers they cannot keep up with (:func:`raise_offer`; the large messages' rung is first
-    offered what the ceiling rung delivered); the medians per rung."""
+    offered twice what the ceiling rung delivered); the medians per rung."""
     measured: dict[str, Measured] = {}
     for index, step in enumerate(steps, 1):
         say(f"[{index}/{len(steps)}] {step.name}: {step.measures}")
         if step.name == "ceiling-large" and "ceiling" in measured:
-            rate = max(measured["ceiling"].delivered, 100.0)
+            rate = max(2 * measured["ceiling"].delivered, 100.0)
             step = replace(step, changes={**step.changes, "producers.rate": f"{rate:.0f}/s"})
         first = run(step)
         if step.name in ("ceiling", "ceiling-large"):
