@@ -48,7 +48,11 @@ class Pacer:
         """Delivery row ``r`` leaves for its consumer once the capacity allows it."""
         now = self.env.now
         start = self.free_at if self.free_at > now else now
-        self.free_at = start + self.cost[self.sim.row_msg[r]]
+        i = self.sim.row_msg[r]
+        if i >= len(self.cost):  # a second stored copy of a retried publish (a faulted run)
+            assert self.sim.faults is not None
+            i = self.sim.faults.publisher.message(i)
+        self.free_at = start + self.cost[i]
         if start > now:
             Call(self.env, start - now, self._next, r)
         else:

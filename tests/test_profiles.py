@@ -19,7 +19,7 @@ import yaml
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.analysis import analyze
 from brokerlab.core.load import plan_load
-from brokerlab.core.scenario import Scenario, parse_scenario
+from brokerlab.core.scenario import Scenario, load_scenario, parse_scenario
 from brokerlab.core.vocabulary import BROKER_KINDS
 from brokerlab.sim import simulate
 from brokerlab.sim.models import MODELS
@@ -405,6 +405,20 @@ def test_capacity_limits_flat_out_by_size_and_adds_no_light_load_latency(tmp_pat
         for p in (plain, capped)
     ]
     assert np.array_equal(light[0]["t_delivered"], light[1]["t_delivered"])
+
+
+def test_capacity_paces_the_copies_a_faulted_run_stores_twice(tmp_path: Path) -> None:
+    """A broker pause makes producers retry, and a retried publish without dedup is stored twice:
+    those second copies are deliveries too, and pay the capacity of the message they copy."""
+    capped = write_profile(
+        tmp_path, round_trip="0.2ms", capacity={"messages": "40000/s", "bytes": "20MB/s"}
+    )
+    scenario = load_scenario(Path("scenarios/faults/redis-none--broker-pause.yaml"))
+    result = simulate(scenario, 1, profile=str(capped))
+    assert result.info["profile"]["pace"] != "none"
+    deliveries = result.trace.deliveries
+    first = deliveries[deliveries["delivery_no"] == 1]
+    assert len(first) > first["msg_id"].nunique()  # second copies were delivered (and paced)
 
 
 def test_batching_keeps_one_producers_order_within_a_partition(tmp_path: Path) -> None:

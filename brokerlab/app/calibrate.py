@@ -478,7 +478,7 @@ def _wake(median: float, p99: float) -> dict[str, Any]:
 #: long tail costs no throughput; a busy machine's light-load p99 is mostly stalled wake-ups.
 WAKE_TAIL_CAP = 1000.0
 #: Rounds of :func:`refine` (each replays every rung once in the simulator).
-REFINE_ROUNDS = 4
+REFINE_ROUNDS = 3
 
 
 def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE_ROUNDS) -> Profile:
