@@ -46,9 +46,10 @@ METRICS = {
 
 
 def cases(seconds: float) -> dict[str, dict[str, Any]]:
-    """Scenarios unlike the calibration ladder's (which used 200/s, 600/s with 2 ms constant
-    processing on one consumer, flat out with prefetch 50 (the offer doubled while the broker
-    keeps up), 256 B and 16 kB)."""
+    """Scenarios unlike the calibration ladder's (which used one consumer with prefetch 1 at
+    200/s and 1,000/s, 600/s with 2 ms constant processing on one and on two consumers, and
+    two consumers with prefetch 50 flat out (the offer doubled while the broker keeps up), with
+    256 B messages, 16 kB at 200/s and 4 kB flat out)."""
     duration = f"{seconds}s"
     return {
         "400/s 2 consumers lognormal 1ms": {
