@@ -22,11 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from brokerlab.core.scenario import Distribution
-    from brokerlab.sim.engine import Simulation
 
 
 class Wakes:
@@ -46,17 +41,3 @@ class Wakes:
         if self.busy_until < t:
             self.busy_until = t
         return t
-
-
-def set_idle(sim: Simulation, cost: Distribution, tau: float) -> str:
-    """Charge ``sim``'s hops an idle machine's wake-ups; returns what was installed, for
-    run.json (``none`` when the hops take no time at all, or the cost is zero)."""
-    import numpy as np
-
-    from brokerlab.sim.sampling import is_zero, samples
-
-    if sim._net is None or is_zero(cost):
-        return "none"
-    rng = np.random.default_rng((sim.seed, 0x69646C65))
-    sim.network.wakes = Wakes(samples(cost, rng), tau)
-    return f"mean {cost.mean * 1e3:.3g} ms after idling, tau {tau * 1e3:.3g} ms"

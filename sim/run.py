@@ -5,18 +5,21 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from brokerlab.core.load import plan_load
-from brokerlab.core.scenario import Scenario
+from brokerlab.core.scenario import Distribution, Scenario
 from brokerlab.core.trace import TargetResult
-from brokerlab.sim.engine import Progress
+from brokerlab.sim.engine import Progress, Simulation
 from brokerlab.sim.faulted import FAULTED, FaultLayer
 from brokerlab.sim.faults import resolve_entries, windows
-from brokerlab.sim.idle import set_idle
+from brokerlab.sim.idle import Wakes
 from brokerlab.sim.models import MODELS
 from brokerlab.sim.models.consume import set_consume
 from brokerlab.sim.pace import set_pace
 from brokerlab.sim.presets import Preset, resolve
 from brokerlab.sim.profile import Profile, apply_profile, profile_record, resolve_profile
+from brokerlab.sim.sampling import is_zero, samples
 
 
 def simulate(
@@ -66,7 +69,7 @@ def simulate(
     paced = set_pace(model, *pace) if pace is not None else "none"
     woken = "none"
     if chosen is not None and chosen.idle is not None:
-        woken = set_idle(model, chosen.idle.cost, chosen.idle.tau)
+        woken = _set_idle(model, chosen.idle.cost, chosen.idle.tau)
     model.run()
     fault_windows = windows(scenario)
     trace = model.trace(fault_windows)
@@ -131,3 +134,13 @@ def _warnings(scenario: Scenario, preset: Preset) -> list[str]:
             "ignored (a retried publish that lands twice is a duplicate)"
         )
     return warnings
+
+
+def _set_idle(sim: Simulation, cost: Distribution, tau: float) -> str:
+    """Charge ``sim``'s hops an idle machine's wake-ups; returns what was installed, for
+    run.json (``none`` when the hops take no time at all, or the cost is zero)."""
+    if sim._net is None or is_zero(cost):
+        return "none"
+    rng = np.random.default_rng((sim.seed, 0x69646C65))
+    sim.network.wakes = Wakes(samples(cost, rng), tau)
+    return f"mean {cost.mean * 1e3:.3g} ms after idling, tau {tau * 1e3:.3g} ms"

@@ -288,12 +288,13 @@ def test_a_quick_calibration_of_a_real_redis_is_found_by_auto(
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
-    """The whole ladder on the three local targets through the CLI, with --out (each rung once:
-    the fit's medians over repeats are tested on their own; this is the command end to end)."""
+def test_full_calibration_of_the_nats_brokers_through_the_cli(tmp_path: Path) -> None:
+    """The whole ladder on the two NATS targets through the CLI, with --out (each rung once:
+    the fit's medians over repeats are tested on their own; this is the command end to end;
+    Redis's ladder runs in the test above)."""
     out = tmp_path / "mine.yaml"
     command = [sys.executable, "-m", "brokerlab.cli", "calibrate", "--out", str(out)]
-    command += ["--repeats", "1"]
+    command += ["--repeats", "1", "--targets", "nats,nats-jetstream"]
     done = subprocess.run(
         [*command, "--results-dir", str(tmp_path / "runs")],
         capture_output=True,
@@ -301,7 +302,7 @@ def test_full_calibration_of_every_local_broker(tmp_path: Path) -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stderr
-    for target in ("redis-streams", "nats", "nats-jetstream"):
+    for target in ("nats", "nats-jetstream"):
         path = tmp_path / f"mine-{target}.yaml"
         assert load_profile(path).kind == target
         assert f"{target}: replay of each run" in done.stdout
