@@ -33,8 +33,8 @@ class Wakes:
         #: when the last hop arrived (the machine is busy until then)
         self.busy_until = 0.0
 
-    def arrive(self, link: int, now: float, t: float) -> float:
-        """When something sent now over ``link``, due at ``t``, arrives."""
+    def arrive(self, now: float, t: float) -> float:
+        """When something sent now, due at ``t``, arrives."""
         idle = now - self.busy_until
         if idle > 0:
             t += next(self.cost) * (1.0 - math.exp(-idle / self.tau))

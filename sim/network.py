@@ -50,7 +50,7 @@ class Network:
         assert self.delays is not None
         t = self.env.now + next(self.delays)
         if self.wakes is not None:
-            t = self.wakes.arrive(link, self.env.now, t)
+            t = self.wakes.arrive(self.env.now, t)
         if t < self.free[link]:
             t = self.free[link]
         self.free[link] = t
@@ -146,7 +146,7 @@ class FaultedNetwork(Network):
                     return True
                 t = max(t, entry.end + delay)
         if self.wakes is not None:
-            t = self.wakes.arrive(link, now, t)
+            t = self.wakes.arrive(now, t)
         arrive = self._at_broker if up else self._at_client
         # TCP keeps order: never before what was sent earlier on the link.
         Call(env, self.delay_to(link, t), arrive, (fn, arg, client, self.epoch[client]))

@@ -189,12 +189,12 @@ class Capacity(_Model):
 
 
 class Idle(_Model):
-    """An idle machine wakes slowly (:mod:`brokerlab.sim.idle`): a hop that reaches a process
-    idle for ``t`` takes ``cost * (1 - exp(-t / tau))`` longer."""
+    """An idle machine wakes slowly (:mod:`brokerlab.sim.idle`): a hop sent after the machine
+    has been idle for ``t`` takes ``cost * (1 - exp(-t / tau))`` longer."""
 
     cost: TimeDistribution = Field(
         Constant(dist="constant", value=0.0),
-        description="the wake-up of a process idle for long (the round trip is a busy one's)",
+        description="the wake-up of a machine idle for long (the round trip is a busy one's)",
     )
     tau: Duration = Field(0.003, gt=0, description="how fast the wake-up grows with idle time")
 
@@ -372,15 +372,12 @@ class Throttle:
 class Charged:
     """A scenario with a profile's costs folded in, and what was charged (for run.json).
 
-    ``throttle`` is the profile's publish quota, which the simulator's publisher enforces;
-    ``pace`` the profile's capacity, (seconds per message, seconds per byte), which paces
-    deliveries (:mod:`brokerlab.sim.pace`).
+    ``throttle`` is the profile's publish quota, which the simulator's publisher enforces.
     """
 
     scenario: Scenario
     charges: dict[str, float]
     throttle: Throttle | None = None
-    pace: tuple[float, float] | None = None
 
 
 def _mean(dist: Distribution) -> float:
@@ -445,8 +442,9 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     ``broker.partitions``) are not folded in: they come back as :class:`Throttle`, and the
     publisher rejects a publish over the quota, as the service answers ThrottlingException /
     ServerBusy; the producer retries it with the scenario's retry policy or gives up. Nor is the
-    profile's ``capacity`` (what broker and clients move flat out, by messages and bytes): it
-    comes back as ``pace`` and paces deliveries without adding latency below it.
+    profile's ``capacity`` (what broker and clients move flat out, by messages and bytes), which
+    paces deliveries without adding latency below it (:mod:`brokerlab.sim.pace`), nor its
+    ``idle`` wake-ups, charged on hops (:mod:`brokerlab.sim.idle`).
     """
     broker, consumers = scenario.broker, scenario.consumers
     size = _mean(scenario.producers.size)
@@ -536,17 +534,16 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         "servers": float(servers),
         "consumer_per_message_mean_s": _mean(processing) - _mean(consumers.processing),
     }
-    pace = None
     if profile.capacity is not None and any(profile.capacity.seconds()):
-        pace = profile.capacity.seconds()
-        charges["capacity_per_s"] = 1.0 / (pace[0] + pace[1] * size)
+        per_message, per_byte = profile.capacity.seconds()
+        charges["capacity_per_s"] = 1.0 / (per_message + per_byte * size)
     if throttle is not None:
         charges["quota_units"] = float(throttle.units)
         if throttle.messages:
             charges["quota_messages_per_s"] = throttle.messages * throttle.units
         if throttle.bytes:
             charges["quota_bytes_per_s"] = throttle.bytes * throttle.units
-    return Charged(charged, charges, throttle, pace)
+    return Charged(charged, charges, throttle)
 
 
 def profile_record(profile: Profile | None, spec: str) -> dict[str, Any]:

@@ -43,11 +43,9 @@ def simulate(
         chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
     throttle = None
-    pace: tuple[float, float] | None = None
     if chosen is not None:
         charged = apply_profile(scenario, chosen)
         scenario, charges, throttle = charged.scenario, charged.charges, charged.throttle
-        pace = charged.pace
     preset = resolve(scenario.broker)
     plan = plan_load(scenario, seed)
     # Only a run with faults pays for them: a fault-free run gets the plain collaborators. A
@@ -66,8 +64,10 @@ def simulate(
             chosen.consume.wake,
             chosen.consume.fetch,
         )
-    paced = set_pace(model, *pace) if pace is not None else "none"
-    woken = "none"
+    # Capacity and wake-ups are steps too: the pacer in front of deliveries, the network's clock.
+    paced = woken = "none"
+    if chosen is not None and chosen.capacity is not None:
+        paced = set_pace(model, *chosen.capacity.seconds())
     if chosen is not None and chosen.idle is not None:
         woken = _set_idle(model, chosen.idle.cost, chosen.idle.tau)
     model.run()

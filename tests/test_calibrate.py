@@ -20,6 +20,7 @@ import yaml
 from brokerlab.app.calibrate import (
     SATURATED,
     Measured,
+    Step,
     _p99_for_mean,
     base_scenario,
     busy_warnings,
@@ -34,7 +35,7 @@ from brokerlab.app.calibrate import (
 )
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.scenario import LogNormal
-from brokerlab.sim.profile import load_profile, resolve_profile
+from brokerlab.sim.profile import Profile, load_profile, resolve_profile
 
 KNOWN = {
     "kind": "redis-streams",
@@ -175,6 +176,34 @@ def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
     assert 0.85 * 40_000 < found.metrics["throughput_per_s"]["delivered"] < 1.02 * 40_000
 
 
+def ladder_in(
+    tmp_path: Path, world: dict, said: list[str] | None = None
+) -> tuple[Path, dict[str, Measured]]:
+    """The quick ladder played, as calibrate plays it, in a simulated world with known costs
+    (its progress lines appended to ``said``)."""
+    known = tmp_path / "world.yaml"
+    known.write_text(yaml.safe_dump(world), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
+    say = said.append if said is not None else lambda _: None
+    return known, measure(ladder("redis-streams", quick=True), run, say, 1)
+
+
+def world_and_fit(tmp_path: Path, known: Path, fitted: Profile, step: Step) -> list[dict]:
+    """metrics.json of ``step`` played in the known world and with the fitted profile."""
+    path = tmp_path / "fitted.yaml"
+    path.write_text(yaml.safe_dump(fitted.model_dump(mode="json")), encoding="utf-8")
+    return [
+        run_rung(
+            base_scenario("redis-streams"),
+            "sim",
+            RunOptions(results_dir=tmp_path / name, profile=str(profile)),
+            step,
+        ).metrics
+        for name, profile in (("world", known), ("fitted", path))
+    ]
+
+
 def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -> None:
     """A world whose flat-out capacity is 25,000 messages and 50 MB a second (fast servers):
     the ladder measures it with 256 B and 4 kB messages (each offer raised until the world falls
@@ -186,31 +215,19 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
         "deliver": "0.01ms",
         "capacity": {"messages": "25000/s", "bytes": "50MB/s"},
     }
-    known = tmp_path / "world.yaml"
-    known.write_text(yaml.safe_dump(world), encoding="utf-8")
-    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
-    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
     said: list[str] = []
-    measured = measure(ladder("redis-streams", quick=True), run, said.append, 1)
+    known, measured = ladder_in(tmp_path, world, said)
     assert "[7/8] ceiling-large: capacity's byte cost" in "\n".join(said)
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.capacity is not None
     per_message, per_byte = profile.capacity.seconds()
     assert per_message + 1024 * per_byte == pytest.approx(1 / 16_500, rel=0.1)
-    fitted = tmp_path / "fitted.yaml"
-    fitted.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
     ceiling = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
     unseen = replace(
         ceiling, changes={**ceiling.changes, "producers.size": "1kB", "consumers.count": 3}
     )
     rates = [
-        run_rung(
-            base_scenario("redis-streams"),
-            "sim",
-            RunOptions(results_dir=tmp_path / name, profile=str(path)),
-            unseen,
-        ).metrics["throughput_per_s"]["delivered"]
-        for name, path in (("world", known), ("fitted", fitted))
+        m["throughput_per_s"]["delivered"] for m in world_and_fit(tmp_path, known, profile, unseen)
     ]
     assert rates[0] < 0.8 * 30_000  # the world fell behind: this measures its capacity
     assert rates[1] == pytest.approx(rates[0], rel=0.05)
@@ -227,27 +244,15 @@ def test_fit_separates_a_busy_round_trip_from_an_idle_machines_wake_ups(tmp_path
         "round_trip": {"dist": "lognormal", "median": "0.15ms", "p99": "0.3ms"},
         "idle": {"cost": "0.45ms", "tau": "3ms"},
     }
-    known = tmp_path / "world.yaml"
-    known.write_text(yaml.safe_dump(world), encoding="utf-8")
-    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
-    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
-    measured = measure(ladder("redis-streams", quick=True), run, lambda _: None, 1)
+    known, measured = ladder_in(tmp_path, world)
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.idle is not None
     assert profile.idle.cost.mean == pytest.approx(0.45e-3, rel=0.25)
     assert profile.round_trip.median == pytest.approx(0.15e-3, rel=0.35)
-    fitted = tmp_path / "fitted.yaml"
-    fitted.write_text(yaml.safe_dump(profile.model_dump(mode="json")), encoding="utf-8")
     light = next(s for s in ladder("redis-streams", quick=True) if s.name == "light")
     unseen = replace(light, changes={**light.changes, "producers.rate": "500/s"})
     p50 = [
-        run_rung(
-            base_scenario("redis-streams"),
-            "sim",
-            RunOptions(results_dir=tmp_path / name, profile=str(path)),
-            unseen,
-        ).metrics["latency_ms"]["publish"]["p50"]
-        for name, path in (("world", known), ("fitted", fitted))
+        m["latency_ms"]["publish"]["p50"] for m in world_and_fit(tmp_path, known, profile, unseen)
     ]
     assert p50[1] == pytest.approx(p50[0], rel=0.1)
     assert measured["light"].publish_p50 * 1e3 > 1.3 * p50[0]  # one round trip would miss it

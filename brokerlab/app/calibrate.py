@@ -39,6 +39,7 @@ from typing import Any
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
+from brokerlab.core.units import parse_rate, parse_size
 from brokerlab.sim.profile import (
     Capacity,
     Profile,
@@ -274,8 +275,6 @@ class Calibration:
 def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
     """Rungs that could not keep up with a light load: the machine (not the broker) was busy,
     and every cost fitted from them is inflated."""
-    from brokerlab.core.units import parse_rate
-
     warnings = []
     for name in ("light", "large", "busy"):
         m = measured.get(name)
@@ -307,18 +306,14 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     acks = target != "nats"
     work = 1.0 / max(ceiling.delivered, 1.0)  # broker seconds per message at the ceiling
     # An idle machine wakes slowly (brokerlab.sim.idle): the light rung's latency beyond the busy
-    # rung's is wake-ups, paid by the share of hops that find their process idle (the broker's,
-    # on a publish's way and on NATS core's end to end: the clients' process is awake then).
-    # What is left of light load's latency is a busy machine's.
+    # rung's is wake-ups, paid by the share of messages that find the machine idle. What is left
+    # of light load's latency is a busy machine's.
     idle_cost = light_wakes = 0.0
     busy = measured.get("busy")
     if busy is not None:
-        grew = idle_share(LIGHT_RATE) - idle_share(BUSY_RATE)
-        if acks and light.publish_p50 is not None and busy.publish_p50 is not None:
-            idle_cost = max(light.publish_p50 - busy.publish_p50, 0.0) / grew
-            light_wakes = idle_cost * idle_share(LIGHT_RATE)
-        elif not acks:
-            idle_cost = max(light.e2e_p50 - busy.e2e_p50, 0.0) / grew
+        slow, fast = _latency_p50(light, acks), _latency_p50(busy, acks)
+        if slow is not None and fast is not None:
+            idle_cost = max(slow - fast, 0.0) / (idle_share(LIGHT_RATE) - idle_share(BUSY_RATE))
             light_wakes = idle_cost * idle_share(LIGHT_RATE)
     e2e, e2e_p99 = light.e2e_p50 - light_wakes, light.e2e_p99 - light_wakes
     # Broker work split evenly between the publish and the delivery (with its ack).
@@ -422,6 +417,12 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     return parse_profile(data, f"calibration of {target}")
 
 
+def _latency_p50(m: Measured, acks: bool) -> float | None:
+    """The latency a rung's round trip shows best: publish where the broker acks publishes, end
+    to end otherwise (NATS core)."""
+    return m.publish_p50 if acks else m.e2e_p50
+
+
 def idle_share(rate: float) -> float:
     """The share of the idle cost a hop pays at ``rate`` messages a second (Poisson arrivals:
     its process idle for the median gap between them)."""
@@ -446,8 +447,6 @@ def _capacity(small: float, large: float, size: float) -> dict[str, float] | Non
 
 def _size(m: Measured) -> float:
     """Message size of a rung, in bytes."""
-    from brokerlab.core.units import parse_size
-
     return float(parse_size(m.step.changes.get("producers.size", f"{SMALL}B")))
 
 
@@ -731,8 +730,6 @@ def raise_offer(
     """The ceiling rung at an offer the target cannot keep up with: doubled (at most
     :data:`CEILING_DOUBLINGS` times) until it delivers less than :data:`SATURATED` of it;
     returns the rung and its run there."""
-    from brokerlab.core.units import parse_rate
-
     for _ in range(CEILING_DOUBLINGS):
         if not kept_up(first, SATURATED):
             break
