@@ -18,9 +18,14 @@ from types import FrameType
 
 def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
     # Ctrl-C while the command's libraries load (up to a second or two on a busy machine): end
-    # with the same exit status as any other interrupt, not a traceback of an import.
+    # with the same exit status as any other interrupt, not a traceback of an import. Ended
+    # here and now, not by raising SystemExit: an exception raised in a signal handler surfaces
+    # wherever the main thread happens to be, and code that catches everything there (a bare
+    # ``except:`` in a library) once swallowed it, so a Ctrl-C'd run went on and exited 0.
+    # Nothing exists yet to clean up: no broker, worker or results folder is made before
+    # ``_Lab.invoke`` replaces this handler.
     os.write(2, b"interrupted\n")
-    raise SystemExit(130)
+    os._exit(130)
 
 
 # Only when this module is the program (the console script or ``python -m brokerlab.cli``), not
@@ -200,17 +205,29 @@ class _Lab(click.Group):
     the run's stream is deleted, the lab's brokers stop); whatever still runs after
     ``embedded.INTERRUPT_DEADLINE`` seconds is killed (see ``adapters.embedded``). A Ctrl-C
     between steps (loading a scenario, writing a report) is reported the same way, not as
-    click's "Aborted!" with exit 1.
+    click's "Aborted!" with exit 1. A command that carried on after a Ctrl-C (something on the
+    way caught its ``KeyboardInterrupt``) still ends with 130, never with its own status.
     """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from brokerlab.adapters.embedded import interrupt_handling
+        from brokerlab.adapters.embedded import interrupt_handling, interrupted
 
         try:
             if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             with interrupt_handling(cleanup=_remove_own_stages):
-                return super().invoke(ctx)
+                try:
+                    result = super().invoke(ctx)
+                except SystemExit as done:
+                    if interrupted() and done.code != EXIT_INTERRUPTED:
+                        raise KeyboardInterrupt from None
+                    raise
+            if interrupted():
+                # The Ctrl-C's KeyboardInterrupt was caught on its way (by a library that
+                # catches everything) and the command went on: the user still asked to stop,
+                # and exit 0 would say the command ran as asked.
+                raise KeyboardInterrupt
+            return result
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(EXIT_INTERRUPTED)

@@ -383,3 +383,50 @@ def test_ctrl_c_while_the_trace_is_still_being_written_leaves_no_half_written_fo
         signal.signal(signal.SIGINT, previous)
     assert written.is_set(), "the run gave up while its trace writer still wrote into the folder"
     assert list(tmp_path.iterdir()) == [], "a half-written run folder was left"
+
+
+#: A library that catches everything (a bare ``except:``) around whatever the main thread was
+#: doing when Ctrl-C came: the exception a signal handler raises surfaces there and dies.
+_SWALLOWED = """\
+import os, signal, sys, time
+sys.argv[0] = "brokerlab"  # as the console script is called: its start-up handler is installed
+import brokerlab.cli
+{before_command}
+@brokerlab.cli.main.command("busy-work")
+def busy_work():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(3)
+    except BaseException:
+        pass
+    print("carried on")
+
+brokerlab.cli.main(["busy-work"])
+"""
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["while the command's libraries load", "while a command runs"],
+)
+def test_ctrl_c_caught_by_a_library_still_ends_the_command_with_130(where: str) -> None:
+    """A Ctrl-C whose exception something catches on its way (once seen as a JetStream run that
+    printed "interrupted", carried on and exited 0) still ends the command with exit 130,
+    before it carries on when the command has not started yet."""
+    before = (
+        "try:\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(3)\n"
+        'except BaseException:\n    pass\nprint("started anyway")'
+        if where.startswith("while the command's")
+        else ""
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED.format(before_command=before)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_sigint,
+    )
+    assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
+    assert "interrupted" in done.stderr
+    if before:
+        assert "started anyway" not in done.stdout
