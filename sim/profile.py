@@ -171,11 +171,11 @@ class Quota(_Model):
 
 
 class Capacity(_Model):
-    """What the broker and its clients move together flat out, beyond what its servers say: a
+    """What the broker and its clients sustain together, beyond what its servers say: a
     message of ``size`` bytes uses ``1 / messages + size / bytes`` seconds of it. Charged as
-    capacity only, with no latency below it (:mod:`brokerlab.sim.pace`): flat out, the machine's
-    CPU is shared by the broker and the clients, and bigger messages cost more of it, while at
-    light load that work runs beside the message's own path."""
+    capacity only, with no latency below it (:mod:`brokerlab.sim.pace`): near its ceiling the
+    machine's CPU is shared by the broker and the clients, and bigger messages cost more of it,
+    while at light load that work runs beside the message's own path."""
 
     messages: ByteRate = Field(None, description="messages per second (of no size)")
     bytes: ByteRate = Field(None, description="bytes per second")
@@ -237,7 +237,7 @@ class Profile(_Model):
     )
     capacity: Capacity | None = Field(
         None,
-        description="flat-out capacity of broker and clients together, charged without latency "
+        description="sustained capacity of broker and clients together, charged without latency "
         "(brokerlab calibrate measures it with small and large messages)",
     )
 
@@ -442,7 +442,7 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     ``broker.partitions``) are not folded in: they come back as :class:`Throttle`, and the
     publisher rejects a publish over the quota, as the service answers ThrottlingException /
     ServerBusy; the producer retries it with the scenario's retry policy or gives up. Nor is the
-    profile's ``capacity`` (what broker and clients move flat out, by messages and bytes), which
+    profile's ``capacity`` (what broker and clients sustain, by messages and bytes), which
     paces deliveries without adding latency below it (:mod:`brokerlab.sim.pace`), nor its
     ``idle`` wake-ups, charged on hops (:mod:`brokerlab.sim.idle`).
     """

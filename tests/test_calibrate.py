@@ -18,23 +18,24 @@ import pytest
 import yaml
 
 from brokerlab.app.calibrate import (
-    SATURATED,
+    SUSTAINED_BISECTIONS,
     Measured,
     Step,
     _p99_for_mean,
     base_scenario,
     busy_warnings,
     calibrate,
+    find_sustained,
     fit,
-    kept_up,
     ladder,
     measure,
-    raise_offer,
     refine,
     run_rung,
+    sustained,
 )
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.scenario import LogNormal
+from brokerlab.core.units import parse_rate
 from brokerlab.sim.profile import Profile, load_profile, resolve_profile
 
 KNOWN = {
@@ -144,13 +145,12 @@ def test_lognormal_tail_for_a_mean_inverts_the_mean() -> None:
     assert _p99_for_mean(0.2e-3, 0.1e-3) == pytest.approx(0.21e-3)  # no tail left to remove
 
 
-def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
-    tmp_path: Path,
-) -> None:
+def test_the_ceiling_rung_finds_the_highest_offer_kept_up_with(tmp_path: Path) -> None:
     """A broker that takes 40,000/s (8 servers, 0.2 ms of work per message) keeps up with the
-    ceiling rung's first offer of 30,000/s and takes two thirds of 60,000/s: the rung doubles its
-    offer twice, and what it measures there is the broker's ceiling, not the offer (a quiet
-    machine's real brokers did the same)."""
+    ceiling rung's first offer of 30,000/s and not with 60,000/s: the rung doubles its offer once,
+    then bisects between 30,000/s and 44,000/s (just above what the 60,000/s run delivered), and
+    measures the highest offer it kept up with, 6% below to 3% above 40,000/s (a run of 1.5 s at
+    the ceiling itself still keeps its tails within bounds): the sustained ceiling."""
     fast = {
         **KNOWN,
         "publish": {"none": "0.05ms", "periodic": "0.05ms", "always": "0.05ms"},
@@ -163,17 +163,35 @@ def test_a_ceiling_rung_that_kept_up_offers_more_until_it_finds_the_ceiling(
     run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
     step = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
     first = run(step)
-    assert kept_up(first)
+    assert sustained(first)
     said: list[str] = []
-    step, found = raise_offer(step, first, run, said.append)
-    assert step.changes["producers.rate"] == "120000/s"
-    assert said == [
-        "ceiling: not saturated by its offer; offering 60,000/s",
-        "ceiling: not saturated by its offer; offering 120,000/s",
-    ]
-    assert not kept_up(found, SATURATED)
-    # Far past its ceiling the broker's servers also idle while consumers fetch, as real ones do.
-    assert 0.85 * 40_000 < found.metrics["throughput_per_s"]["delivered"] < 1.02 * 40_000
+    step, found, bounded = find_sustained(step, first, run, said.append)
+    assert bounded
+    assert said[0] == "ceiling: kept up; offering 60,000/s"
+    assert said[1].startswith("ceiling: the ceiling lies between 30,000/s and 4")
+    assert len(said) == 1 + SUSTAINED_BISECTIONS
+    rate = parse_rate(step.changes["producers.rate"])
+    assert 0.94 * 40_000 <= rate <= 1.03 * 40_000
+    assert sustained(found)
+    assert found.metrics["throughput_per_s"]["delivered"] == pytest.approx(rate, rel=0.05)
+
+
+def test_a_ceiling_rung_that_keeps_up_with_every_offer_is_a_lower_bound(tmp_path: Path) -> None:
+    """A broker far faster than every offer the rung may make: the search stops after its
+    doublings, says the ceiling was not found, and calibrate's warning calls it a lower bound."""
+    fast = {**KNOWN, "publish": {"none": "0.001ms"}, "deliver": "0.001ms", "parallelism": 64}
+    known = tmp_path / "fast.yaml"
+    known.write_text(yaml.safe_dump(fast), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
+    step = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
+    step = replace(step, changes={**step.changes, "producers.rate": "1000/s"})
+    step, found, bounded = find_sustained(step, run(step), run, lambda _: None)
+    assert not bounded and step.changes["producers.rate"] == "4000/s"
+    measured = Measured.of(step, found)
+    measured.lower_bound = True
+    (warning,) = busy_warnings("redis-streams", {"ceiling": measured})
+    assert "lower bound" in warning
 
 
 def ladder_in(
@@ -338,7 +356,7 @@ def test_a_busy_machine_is_named_not_silently_fitted() -> None:
     (warning,) = busy_warnings("redis-streams", {"light": rung(124.0)})
     assert "light rung delivered 124/s of 200/s" in warning and "too busy" in warning
     ceiling = next(s for s in ladder("redis-streams") if s.name == "ceiling")
-    kept_up = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 29_900.0)  # type: ignore[arg-type]
+    kept_up = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 29_900.0, lower_bound=True)  # type: ignore[arg-type]
     (warning,) = busy_warnings("redis-streams", {"ceiling": kept_up})
     assert "29900/s of 30000/s" in warning and "lower bound" in warning
     saturated = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 15_000.0)  # type: ignore[arg-type]

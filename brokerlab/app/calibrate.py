@@ -5,8 +5,9 @@ and analysis as every other run): light load (the round trip and the per-message
 light load with large messages (the byte cost), light load with an fsync per write (the
 persistence cost, where the broker has one), one consumer with a known processing time offered
 more than it can take (the consumer's own per-message cost, fetch and ack round trips included),
-and a flat-out load with a deep prefetch (the sustained ceiling), with small and with 4 kB
-messages (flat out, bigger messages cost broker and clients more of the machine). The fit solves
+and the sustained ceiling with a deep prefetch (the highest offer kept up with, found by
+doubling and bisecting the offer), with small and with 4 kB messages (bigger messages cost
+broker and clients more of the machine). The fit solves
 the simulator's own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those
 measurements:
 
@@ -18,7 +19,7 @@ measurements:
     light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
-    1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (flat out, 256 B and 4 kB)
+    1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (256 B and 4 kB)
 
 then replays every ladder run in the simulator with the fitted profile and reports the error
 per run, so a user sees how well the profile explains what it was fitted on.
@@ -58,7 +59,7 @@ LIGHT_RATE, BUSY_RATE = 200.0, 1000.0
 #: How fast a wake-up grows with the time a process idled (brokerlab.sim.idle): measured on the
 #: development machine, Redis's publish p50 from 100/s to 2,000/s follows it within 0.05 ms.
 IDLE_TAU = 0.003
-#: Message size of the flat-out rung with large messages (the capacity's byte cost).
+#: Message size of the ceiling rung with large messages (the capacity's byte cost).
 CEILING_LARGE = 4096
 #: With a fitted capacity, the broker's servers could serve this many times its ceiling (the
 #: capacity is the limit; their work is the latency a message waits for).
@@ -86,19 +87,21 @@ class Step:
 CEILING_RATE = {"redis-streams": "30000/s", "nats": "30000/s", "nats-jetstream": "8000/s"}
 #: Runs of every rung; the fit takes the medians (a busy machine stalls one run, rarely three).
 REPEATS = 3
-#: Times the ceiling rung doubles its offer until the target falls clearly behind (see
-#: :data:`SATURATED`): a quiet machine's broker takes more than :data:`CEILING_RATE`, and a
-#: ceiling rung that kept up measured its offer, not the ceiling. The target delivered at least
-#: 60% of the offer before, so the doubled offer's backlog drains in a few seconds; a third
-#: doubling (NATS core at 240,000/s) cost a minute of runs and replays for a few percent.
+#: Times the ceiling rung doubles its offer while the target keeps up with it: a quiet machine's
+#: broker takes more than :data:`CEILING_RATE`, and a rung that kept up with every offer measured
+#: its offer, not the ceiling (then the fitted ceiling is only a lower bound, and said so).
 CEILING_DOUBLINGS = 2
 #: A rung "kept up" when it delivered at least this share of its offer.
 KEPT_UP = 0.95
-#: The ceiling rung's offer is doubled until the target delivers less than this share of it: a
-#: target that nearly keeps up still answers small fetches and sends small batches, and only a
-#: deep backlog (full batches, pipelined publishes) shows its ceiling: JetStream delivered
-#: 15,500/s of 16,000/s, 12,000/s of 16,000/s and 18,000/s of 60,000/s.
-SATURATED = 0.6
+#: ... and, for the ceiling rungs, when its tails stayed within these (seconds): the sustained
+#: ceiling is the highest offer a target keeps up with for good, as ``brokerlab capacity --find
+#: rate`` asks it (a backlog that grows for the whole run breaks them long before the delivered
+#: share falls).
+SUSTAINED_E2E_P99 = 0.100
+SUSTAINED_DELAY_P99 = 0.020
+#: Bisections of the ceiling rung's offer between the highest offer kept up with and the lowest
+#: not (about 5% apart after three, from a doubling).
+SUSTAINED_BISECTIONS = 3
 
 
 def ladder(target: str, quick: bool = False) -> list[Step]:
@@ -135,7 +138,7 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
         ),
         Step(
             "ceiling",
-            "sustained ceiling (flat out, 2 consumers, prefetch 50)",
+            "sustained ceiling (the highest offer kept up with, 2 consumers, prefetch 50)",
             {
                 "producers.rate": CEILING_RATE.get(target, "12000/s"),
                 "consumers.count": 2,
@@ -146,8 +149,8 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
     steps.append(
         Step(
             "ceiling-large",
-            f"capacity's byte cost (flat out with {CEILING_LARGE // 1024} kB messages, offered "
-            "twice what the ceiling rung delivered)",
+            f"capacity's byte cost (the sustained ceiling with {CEILING_LARGE // 1024} kB "
+            "messages)",
             {**steps[-1].changes, "producers.size": f"{CEILING_LARGE}B"},
         )
     )
@@ -165,9 +168,10 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
         # Overloaded rungs drain their backlog after the offer ends: shorter offers keep the
         # whole ladder within minutes.
         overloaded = step.name in ("busy", "consumer", "shared")
-        flat_out = step.name in ("ceiling", "ceiling-large")
-        # Flat out, one second builds a backlog of seconds (and replaying it costs the most).
-        short = 1.0 if flat_out else min(seconds, 1.5) if overloaded else seconds
+        # The ceiling rungs run as long as a light one: an offer a little beyond the ceiling
+        # must have time to break the tails' bounds (5% beyond, a backlog grows by 50 ms a
+        # second).
+        short = min(seconds, 1.5) if overloaded else seconds
         step.changes["producers.duration"] = f"{short}s"
     return steps
 
@@ -234,6 +238,8 @@ class Measured:
     records: list[RunRecord] = field(default_factory=list)
     #: the medians over the repeats, shaped as metrics.json
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: a ceiling rung that kept up with every offer it made: its ceiling is only a lower bound
+    lower_bound: bool = False
 
     @classmethod
     def of(cls, step: Step, record: RunRecord | list[RunRecord]) -> Measured:
@@ -292,7 +298,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
         if ceiling is None:
             continue
         offered = parse_rate(ceiling.step.changes["producers.rate"])
-        if ceiling.delivered >= KEPT_UP * offered:
+        if ceiling.lower_bound:
             warnings.append(
                 f"{target}: the {name} rung delivered {ceiling.delivered:.0f}/s of "
                 f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
@@ -350,7 +356,7 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     parallelism = max(1, math.ceil(ceiling.delivered * (publish_work + deliver + ack)))
     # ... exactly: whole servers, so the publish work takes up the rest.
     publish_work = max(parallelism / max(ceiling.delivered, 1.0) - deliver - ack, 0.0)
-    # Flat out with small and large messages: the capacity of broker and clients together. When
+    # Sustained ceilings with small and large messages: the capacity of broker and clients. When
     # it is known, it sets the ceiling (without latency, see brokerlab.sim.pace) and the servers
     # get headroom, less work per message: two limits at one rate take each other's slack (the
     # simulated ceiling fell 11% short with both).
@@ -430,7 +436,7 @@ def idle_share(rate: float) -> float:
 
 
 def _capacity(small: float, large: float, size: float) -> dict[str, float] | None:
-    """The flat-out capacity (messages and bytes per second) that moves ``small`` per second of
+    """The capacity (messages and bytes per second) that moves ``small`` per second of
     :data:`SMALL` messages and ``large`` per second of ``size`` bytes: each message uses
     ``1 / messages + size / bytes`` of it, so two sizes give both."""
     if large <= 0 or small <= 0 or size <= SMALL:
@@ -724,37 +730,96 @@ def kept_up(record: RunRecord, share: float = KEPT_UP) -> bool:
     return bool(offered and delivered and delivered >= share * offered)
 
 
-def raise_offer(
+def sustained(record: RunRecord) -> bool:
+    """Whether a run kept up for good: delivered :data:`KEPT_UP` of its offer with end-to-end
+    and publish-delay tails within :data:`SUSTAINED_E2E_P99` and :data:`SUSTAINED_DELAY_P99`."""
+    latency = record.metrics.get("latency_ms") or {}
+    e2e = (latency.get("end_to_end") or {}).get("p99")
+    delay = (latency.get("publish_delay") or {}).get("p99")
+    return (
+        kept_up(record)
+        and (e2e is None or e2e <= SUSTAINED_E2E_P99 * 1000)
+        and (delay is None or delay <= SUSTAINED_DELAY_P99 * 1000)
+    )
+
+
+def _offered(step: Step) -> float:
+    return parse_rate(step.changes["producers.rate"])
+
+
+def _at(step: Step, rate: float) -> Step:
+    return replace(step, changes={**step.changes, "producers.rate": f"{rate:.0f}/s"})
+
+
+def find_sustained(
     step: Step, first: RunRecord, run: Callable[[Step], RunRecord], say: Say
-) -> tuple[Step, RunRecord]:
-    """The ceiling rung at an offer the target cannot keep up with: doubled (at most
-    :data:`CEILING_DOUBLINGS` times) until it delivers less than :data:`SATURATED` of it;
-    returns the rung and its run there."""
-    for _ in range(CEILING_DOUBLINGS):
-        if not kept_up(first, SATURATED):
+) -> tuple[Step, RunRecord, bool]:
+    """The ceiling rung at the highest offer the target keeps up with (:func:`sustained`).
+
+    Why not flat out: a target far beyond its ceiling works in full batches (a producer behind
+    schedule sends everything due at once, every fetch comes back full) and delivers far more
+    than it can sustain: Redis delivered 30,600/s of 40,000/s and 37,000-49,000/s of 60,000/s
+    offered, yet kept up with no more than 29,000/s. A simulator fitted to the flat-out figure
+    answered ``capacity --find rate`` with twice the real ceiling.
+
+    The offer is doubled while the target keeps up (at most :data:`CEILING_DOUBLINGS` times),
+    then bisected :data:`SUSTAINED_BISECTIONS` times between the highest offer kept up with and
+    the lowest not, which is also at most 10% above what that run delivered (it could not take
+    more). Returns the rung, its run and whether the ceiling was found (False: every offer was
+    kept up with, a lower bound).
+    """
+    best: tuple[Step, RunRecord] | None = None
+    record = first
+    for doubling in range(CEILING_DOUBLINGS + 1):
+        if not sustained(record):
             break
-        rate = 2 * parse_rate(step.changes["producers.rate"])
-        say(f"{step.name}: not saturated by its offer; offering {rate:,.0f}/s")
-        step = replace(step, changes={**step.changes, "producers.rate": f"{rate:g}/s"})
-        first = run(step)
-    return step, first
+        best = (step, record)
+        if doubling == CEILING_DOUBLINGS:
+            return step, record, False
+        step = _at(step, 2 * _offered(step))
+        say(f"{step.name}: kept up; offering {_offered(step):,.0f}/s")
+        record = run(step)
+    delivered = float(record.metrics["throughput_per_s"].get("delivered") or 0.0)
+    low = _offered(best[0]) if best else 0.0
+    high = max(min(_offered(step), 1.1 * delivered), low)
+    low = low or high / 2
+    for _ in range(SUSTAINED_BISECTIONS):
+        if high - low < 0.01 * high:
+            break
+        middle = _at(step, (low + high) / 2)
+        say(f"{step.name}: the ceiling lies between {low:,.0f}/s and {high:,.0f}/s; trying "
+            f"{_offered(middle):,.0f}/s")  # fmt: skip
+        tried = run(middle)
+        if sustained(tried):
+            best, low = (middle, tried), _offered(middle)
+        else:
+            high = _offered(middle)
+    if best is None:
+        # Nothing tried was kept up with: the bracket's floor, half the first shortfall.
+        step = _at(step, low)
+        best = (step, run(step))
+    return best[0], best[1], True
 
 
 def measure(
     steps: list[Step], run: Callable[[Step], RunRecord], say: Say, times: int
 ) -> dict[str, Measured]:
-    """Run each rung ``times`` times (``run`` plays one run of a rung), the flat-out ones at
-    offers they cannot keep up with (:func:`raise_offer`; the large messages' rung is first
-    offered twice what the ceiling rung delivered); the medians per rung."""
+    """Run each rung ``times`` times (``run`` plays one run of a rung); the medians per rung.
+    The ceiling rungs are searches instead (:func:`find_sustained`; the large messages' rung
+    starts at the small ones' ceiling), measured at the highest offer kept up with."""
     measured: dict[str, Measured] = {}
     for index, step in enumerate(steps, 1):
         say(f"[{index}/{len(steps)}] {step.name}: {step.measures}")
         if step.name == "ceiling-large" and "ceiling" in measured:
-            rate = max(2 * measured["ceiling"].delivered, 100.0)
-            step = replace(step, changes={**step.changes, "producers.rate": f"{rate:.0f}/s"})
+            # Larger messages cost more: the small ones' ceiling is beyond theirs.
+            step = _at(step, max(_offered(measured["ceiling"].step), 100.0))
         first = run(step)
         if step.name in ("ceiling", "ceiling-large"):
-            step, first = raise_offer(step, first, run, say)
+            # Found by a search, not repeated: the runs around the answer are its evidence.
+            step, found, bounded = find_sustained(step, first, run, say)
+            measured[step.name] = Measured.of(step, found)
+            measured[step.name].lower_bound = not bounded
+            continue
         records = [first] + [run(step) for _ in range(times - 1)]
         measured[step.name] = Measured.of(step, records)
     return measured
