@@ -312,12 +312,12 @@ def test_a_quick_calibration_of_a_real_redis_is_found_by_auto(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_full_calibration_of_the_nats_brokers_through_the_cli(tmp_path: Path) -> None:
-    """The whole ladder on the two NATS targets through the CLI, with --out (each rung once:
-    the fit's medians over repeats are tested on their own; this is the command end to end;
-    Redis's ladder runs in the test above)."""
+    """The whole ladder on the two NATS targets through the CLI, with --out (``--quick``: each
+    rung once and shorter; the fit's medians over repeats are tested on their own; this is the
+    command end to end; Redis's ladder runs in the test above)."""
     out = tmp_path / "mine.yaml"
     command = [sys.executable, "-m", "brokerlab.cli", "calibrate", "--out", str(out)]
-    command += ["--repeats", "1", "--targets", "nats,nats-jetstream"]
+    command += ["--quick", "--targets", "nats,nats-jetstream"]
     done = subprocess.run(
         [*command, "--results-dir", str(tmp_path / "runs")],
         capture_output=True,
