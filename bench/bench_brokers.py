@@ -42,6 +42,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brokerlab.adapters.registry import run_real_async
+from brokerlab.app.calibrate import (
+    KEPT_UP,
+    SUSTAINED_DELAY_P99,
+    SUSTAINED_E2E_P99,
+    sustained_requirements,
+)
 from brokerlab.core.scenario import Scenario, parse_scenario
 
 REPEATS = 3
@@ -54,9 +60,7 @@ LATENCY_SECONDS = 3.0
 #: rate at least SUSTAINED_DELIVERED of the offered rate, p99 end-to-end latency under
 #: SUSTAINED_E2E_P99, p99 publish delay under SUSTAINED_DELAY_P99 (seconds).
 SUSTAINED_SECONDS = 2.0
-SUSTAINED_DELIVERED = 0.95
-SUSTAINED_E2E_P99 = 0.100
-SUSTAINED_DELAY_P99 = 0.020
+SUSTAINED_DELIVERED = KEPT_UP  # calibrate's "keeps up", the one the lab's ceilings use
 #: The search (``brokerlab capacity --find rate``) starts at this fraction of the burst delivered
 #: ceiling, doubles until a run fails (halves while the start fails), then bisects until the
 #: bracket is within SUSTAINED_TOLERANCE (3 bisections after a doubling).
@@ -377,13 +381,7 @@ def sustained_scenario(target: str, rate: float) -> Scenario:
     """The latency points' load with "keeps up" written as requirements: p99 end-to-end latency
     and p99 publish delay bounds (the delivered share is capacity's ``keep_up``)."""
     data = latency_scenario(target, rate, SUSTAINED_SECONDS).model_dump(mode="json")
-    data["requirements"] = {
-        "latency": {
-            "end_to_end": {"p99": SUSTAINED_E2E_P99},
-            "publish_delay": {"p99": SUSTAINED_DELAY_P99},
-        },
-        "max_lost": None,
-    }
+    data["requirements"] = sustained_requirements()
     return parse_scenario(data)
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from brokerlab.app.calibrate import LOCAL_TARGETS, calibrate
+from brokerlab.app.calibrate import KEPT_UP, LOCAL_TARGETS, calibrate, sustained_requirements
 from brokerlab.app.capacity import find_capacity
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.scenario import Scenario, parse_scenario
@@ -47,8 +47,6 @@ GOALS = {
     "sustained ceiling /s": 0.15,
     "flat out /s": 0.15,
 }
-#: "Keeps up" for the sustained ceiling: the delivered share (``keep_up``) and these bounds.
-SUSTAINED = {"end_to_end": {"p99": 0.100}, "publish_delay": {"p99": 0.020}}
 #: Where the sustained-ceiling search starts (doubling, then bisection to SUSTAINED_TOLERANCE).
 SUSTAINED_START = 5000.0
 SUSTAINED_TOLERANCE = 0.05
@@ -126,14 +124,14 @@ def sustained_ceiling(
     played = scenario(name, target, sections).model_dump(mode="json")
     played["producers"]["rate"] = f"{SUSTAINED_START:.0f}/s"
     played["producers"]["arrival"] = "poisson"
-    played["requirements"] = {"latency": SUSTAINED, "max_lost": None}
+    played["requirements"] = sustained_requirements()
     result = find_capacity(
         parse_scenario(played),
         "rate",
         target=where,
         out=out,
         seeds=1,
-        keep_up=0.95,
+        keep_up=KEPT_UP,
         tolerance=SUSTAINED_TOLERANCE,
         workers=1,
         options=options,

@@ -99,6 +99,20 @@ KEPT_UP = 0.95
 #: share falls).
 SUSTAINED_E2E_P99 = 0.100
 SUSTAINED_DELAY_P99 = 0.020
+
+
+def sustained_requirements() -> dict[str, Any]:
+    """The same "keeps up" as a scenario's ``requirements``, for ``capacity --find rate`` with
+    ``keep_up`` :data:`KEPT_UP` (the benches measure sustained ceilings with it)."""
+    return {
+        "latency": {
+            "end_to_end": {"p99": SUSTAINED_E2E_P99},
+            "publish_delay": {"p99": SUSTAINED_DELAY_P99},
+        },
+        "max_lost": None,
+    }
+
+
 #: Bisections of the ceiling rung's offer between the highest offer kept up with and the lowest
 #: not (about 5% apart after three, from a doubling).
 SUSTAINED_BISECTIONS = 3
@@ -286,7 +300,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
         m = measured.get(name)
         if m is None:
             continue
-        offered = parse_rate(m.step.changes["producers.rate"])
+        offered = _offered(m.step)
         if m.delivered < KEPT_UP * offered:
             warnings.append(
                 f"{target}: the {name} rung delivered {m.delivered:.0f}/s of {offered:.0f}/s "
@@ -297,7 +311,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
         ceiling = measured.get(name)
         if ceiling is None:
             continue
-        offered = parse_rate(ceiling.step.changes["producers.rate"])
+        offered = _offered(ceiling.step)
         if ceiling.lower_bound:
             warnings.append(
                 f"{target}: the {name} rung delivered {ceiling.delivered:.0f}/s of "
@@ -722,12 +736,11 @@ def _prefixed(say: Say, target: str, line: str) -> None:
     say(f"{target} {line}")
 
 
-def kept_up(record: RunRecord, share: float = KEPT_UP) -> bool:
-    """Whether a run delivered at least ``share`` of what it offered (then it did not find the
-    ceiling)."""
+def kept_up(record: RunRecord) -> bool:
+    """Whether a run delivered at least :data:`KEPT_UP` of what it offered."""
     throughput = record.metrics["throughput_per_s"]
     offered, delivered = throughput.get("offered"), throughput.get("delivered")
-    return bool(offered and delivered and delivered >= share * offered)
+    return bool(offered and delivered and delivered >= KEPT_UP * offered)
 
 
 def sustained(record: RunRecord) -> bool:
