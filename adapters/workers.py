@@ -64,12 +64,28 @@ from brokerlab.adapters.harness import (
     send_budget,
 )
 from brokerlab.adapters.targets import Target, get_target
-from brokerlab.core.load import LoadPlan, plan_load, streams
-from brokerlab.core.scenario import OnOff, Scenario
+from brokerlab.core.load import (
+    WORKERS_ENV,
+    LoadPlan,
+    client_processes,
+    peak_rate,
+    plan_load,
+    requested_processes,
+    streams,
+)
+from brokerlab.core.scenario import Scenario
 from brokerlab.core.trace import TargetResult
 
-#: Environment variable that sets the number of processes (1 = single process), for the CLI too.
-WORKERS_ENV = "BROKERLAB_WORKERS"
+#: The rule and its environment variable live in brokerlab.core.load (the simulator follows it).
+__all__ = [
+    "WORKERS_ENV",
+    "WorkerCrew",
+    "peak_rate",
+    "requested_workers",
+    "run_workers",
+    "worker_count",
+]
+
 #: Longest a worker may take to start, import, connect and open its consumers.
 READY_TIMEOUT = 60.0
 #: Lead between "every worker ready" and the first intended send: workers poll for the start
@@ -89,46 +105,17 @@ FINISH_TIMEOUT = FETCH_WAIT + 1.0 + CLOSE_TIMEOUT + 5.0
 
 def requested_workers() -> int | None:
     """The process count ``BROKERLAB_WORKERS`` asks for, or None when it is unset."""
-    raw = os.environ.get(WORKERS_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a whole number of processes, 1 or more")
-    return value
-
-
-def peak_rate(scenario: Scenario) -> float:
-    """Highest rate the producers offer: the burst rate of on/off arrivals, else the rate."""
-    producers = scenario.producers
-    if isinstance(producers.arrival, OnOff):
-        cycle = producers.arrival.on + producers.arrival.off
-        return producers.rate * cycle / producers.arrival.on
-    return producers.rate
+    return requested_processes()
 
 
 def worker_count(scenario: Scenario, target: str | Target, requested: int | None = None) -> int:
-    """How many processes play a run.
-
-    ``requested`` (or else ``BROKERLAB_WORKERS``) wins; otherwise enough processes that each stays
-    under the target's single-process rate, at most one per CPU. Never more than there are
-    producers or consumers to share out, and always 1 for a target without a worker adapter and
-    for scenarios with faults or network delay, which one process injects (through its fault
-    proxies).
-    """
+    """How many processes play a run: :func:`brokerlab.core.load.client_processes` with the
+    target's single-process rate and this machine's cores; always 1 for a target without a
+    worker adapter."""
     record = target if isinstance(target, Target) else get_target(target)
-    if record.worker_adapter is None or scenario.faults or scenario.network.delay.mean > 0:
+    if record.worker_adapter is None:
         return 1
-    if requested is None:
-        requested = requested_workers()
-    if requested is None:
-        needed = math.ceil(peak_rate(scenario) / record.single_process_rate)
-        requested = min(needed, os.cpu_count() or 1)
-    parts = max(scenario.producers.count, scenario.consumers.count)
-    return max(1, min(requested, parts))
+    return client_processes(scenario, record.single_process_rate, os.cpu_count() or 1, requested)
 
 
 # --------------------------------------------------------------------------- shared state

@@ -252,6 +252,13 @@ def main() -> None:
     Write a scenario (producers, broker, consumers, faults, requirements), simulate it, run it on
     real brokers, and compare the measurements against the use case's requirements.
     """
+    from brokerlab.core.load import requested_processes
+
+    try:
+        # Read by every real run and by the simulator's twins of them: refused before anything.
+        requested_processes()
+    except ValueError as error:
+        _usage_error(str(error))
 
 
 @main.command()
@@ -947,16 +954,26 @@ def calibrate(
             )
         capacity = profile.capacity
         if capacity is not None:
+            one = " (one client process)" if capacity.clients is not None else ""
             fitted.add_row(
-                "flat-out capacity, messages",
+                f"sustained capacity, messages{one}",
                 f"{capacity.messages:,.0f}/s" if capacity.messages else "-",
                 "",
             )
             fitted.add_row(
-                "flat-out capacity, bytes",
+                f"sustained capacity, bytes{one}",
                 f"{capacity.bytes / 1e6:.1f} MB/s" if capacity.bytes else "-",
                 "",
             )
+            if capacity.clients is not None:
+                clients = capacity.clients
+                more = clients.load(1) / clients.load(clients.cores)
+                fitted.add_row(
+                    f"clients' share of a message's CPU (capacity x{more:.2f} with "
+                    f"{clients.cores} client processes)",
+                    f"{clients.share:.0%}",
+                    "",
+                )
         fitted.add_row("parallelism (broker servers)", str(profile.parallelism), "")
         stdout.print(fitted)
         errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")

@@ -16,10 +16,14 @@ deliveries leave at the capacity's rate and the backlog grows at the broker, as 
 real runs (flat out, real publish latency stayed in milliseconds while end to end grew to
 seconds).
 
-One rate for every backlog: a real pipeline far beyond its ceiling works in fuller batches and
-drains a deep backlog faster than it sustains a load (Redis with 1 kB messages kept up with
-29,000/s, yet delivered 37,000-49,000/s of a 60,000/s offer). ``brokerlab calibrate`` fits the
-sustained figure, what capacity questions ask; a deep backlog drains here at that rate.
+One rate for every backlog with the same client processes: a real pipeline far beyond its
+ceiling works in fuller batches and drains a deep backlog faster than it sustains a load (Redis
+with 1 kB messages kept up with 25,000-29,000/s and delivered 28,000-37,000/s of a 40,000/s
+offer, both with one client process). ``brokerlab calibrate`` fits the sustained figure, what
+capacity questions ask; a deep backlog drains here at that rate. What does change the rate is
+the number of client processes (the harness plays a run above its single-process rate in more
+of them): a profile's ``capacity.clients`` scales the capacity for the run's process count
+(:class:`brokerlab.sim.profile.Clients`; Redis delivered 41,000-45,000/s of 60,000/s with two).
 """
 
 from __future__ import annotations

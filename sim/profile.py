@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from brokerlab.core.load import draw
+from brokerlab.core.load import client_processes, draw
 from brokerlab.core.scenario import (
     Constant,
     Distribution,
@@ -170,22 +170,81 @@ class Quota(_Model):
     bytes: ByteRate = Field(None, description="published bytes per second per unit")
 
 
+class Clients(_Model):
+    """Who spends a local broker's capacity: the broker process and the clients' processes,
+    on one machine's cores.
+
+    A message costs CPU in the broker and in the client processes (a Python process uses at
+    most one core). The capacity is what the first of three limits allows: the broker's own
+    cores (Redis runs its commands on one thread), the client processes (one core each) and
+    the machine's cores (all of it). Measured on the development machine, Redis with 1 kB
+    messages offered 60,000/s: one client process used a whole core and delivered about
+    35,000/s with Redis at half a core; two client processes (the harness's rule above
+    40,000/s) used the rest of the machine and delivered 41,000-45,000/s. So the capacity a
+    scenario gets depends on how many client processes play it, which the simulator decides
+    with the harness's own rule (:func:`brokerlab.core.load.client_processes`).
+    """
+
+    share: float = Field(
+        ge=0,
+        le=1,
+        description="of the CPU a message costs, the share spent in the client processes "
+        "(measured by brokerlab calibrate at its ceilings: the machine's busy CPU less the "
+        "broker's)",
+    )
+    broker_cores: float = Field(
+        gt=0, description="cores the broker's own work can use (Redis: 1; NATS: every core)"
+    )
+    cores: int = Field(ge=1, description="the machine's cores")
+    single_process_rate: float = Field(
+        gt=0,
+        description="offered rate one client process plays; above it the harness uses more "
+        "processes (the target's single_process_rate when the profile was measured)",
+    )
+
+    def load(self, processes: int) -> float:
+        """The busiest limit's share of a message's CPU with ``processes`` client processes
+        (per core of that limit): its capacity is proportional to ``1 / load``."""
+        return max(
+            (1.0 - self.share) / self.broker_cores,
+            self.share / max(processes, 1),
+            1.0 / self.cores,
+        )
+
+
 class Capacity(_Model):
     """What the broker and its clients sustain together, beyond what its servers say: a
     message of ``size`` bytes uses ``1 / messages + size / bytes`` seconds of it. Charged as
     capacity only, with no latency below it (:mod:`brokerlab.sim.pace`): near its ceiling the
     machine's CPU is shared by the broker and the clients, and bigger messages cost more of it,
-    while at light load that work runs beside the message's own path."""
+    while at light load that work runs beside the message's own path.
+
+    With ``clients``, ``messages`` and ``bytes`` are the capacity with one client process, and
+    a run played by more processes gets what :meth:`Clients.load` says; without it, one
+    capacity for every run."""
 
     messages: ByteRate = Field(None, description="messages per second (of no size)")
     bytes: ByteRate = Field(None, description="bytes per second")
+    clients: Clients | None = Field(
+        None, description="the broker's and the clients' shares of the machine (see Clients)"
+    )
 
-    def seconds(self) -> tuple[float, float]:
-        """Capacity a message uses: (seconds per message, seconds per byte)."""
+    def seconds(self, processes: int = 1) -> tuple[float, float]:
+        """Capacity a message uses with ``processes`` client processes: (seconds per message,
+        seconds per byte)."""
+        scale = 1.0
+        if self.clients is not None:
+            scale = self.clients.load(processes) / self.clients.load(1)
         return (
-            1.0 / self.messages if self.messages else 0.0,
-            1.0 / self.bytes if self.bytes else 0.0,
+            scale / self.messages if self.messages else 0.0,
+            scale / self.bytes if self.bytes else 0.0,
         )
+
+    def processes(self, scenario: Scenario) -> int:
+        """Client processes a real run of ``scenario`` uses (1 without ``clients``)."""
+        if self.clients is None:
+            return 1
+        return client_processes(scenario, self.clients.single_process_rate, self.clients.cores)
 
 
 class Idle(_Model):
@@ -535,8 +594,11 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
         "consumer_per_message_mean_s": _mean(processing) - _mean(consumers.processing),
     }
     if profile.capacity is not None and any(profile.capacity.seconds()):
-        per_message, per_byte = profile.capacity.seconds()
+        processes = profile.capacity.processes(scenario)
+        per_message, per_byte = profile.capacity.seconds(processes)
         charges["capacity_per_s"] = 1.0 / (per_message + per_byte * size)
+        if profile.capacity.clients is not None:
+            charges["client_processes"] = float(processes)
     if throttle is not None:
         charges["quota_units"] = float(throttle.units)
         if throttle.messages:

@@ -43,6 +43,7 @@ def simulate(
         chosen = resolve_profile(spec, scenario.broker.kind)
     charges: dict[str, float] = {}
     throttle = None
+    given = scenario  # as written: the charged one's network delay is the profile's hops
     if chosen is not None:
         charged = apply_profile(scenario, chosen)
         scenario, charges, throttle = charged.scenario, charged.charges, charged.throttle
@@ -67,7 +68,11 @@ def simulate(
     # Capacity and wake-ups are steps too: the pacer in front of deliveries, the network's clock.
     paced = woken = "none"
     if chosen is not None and chosen.capacity is not None:
-        paced = set_pace(model, *chosen.capacity.seconds())
+        # The capacity depends on how many processes a real run's clients would use.
+        processes = chosen.capacity.processes(given)
+        paced = set_pace(model, *chosen.capacity.seconds(processes))
+        if chosen.capacity.clients is not None and paced != "none":
+            paced += f" ({processes} client process{'' if processes == 1 else 'es'})"
     if chosen is not None and chosen.idle is not None:
         woken = _set_idle(model, chosen.idle.cost, chosen.idle.tau)
     model.run()

@@ -13,10 +13,14 @@ import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
+import brokerlab.app.calibrate as calibration
 from brokerlab.app.calibrate import (
     SUSTAINED_BISECTIONS,
     Measured,
@@ -25,6 +29,7 @@ from brokerlab.app.calibrate import (
     base_scenario,
     busy_warnings,
     calibrate,
+    cpu_share,
     find_sustained,
     fit,
     ladder,
@@ -36,7 +41,7 @@ from brokerlab.app.calibrate import (
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.scenario import LogNormal
 from brokerlab.core.units import parse_rate
-from brokerlab.sim.profile import Profile, load_profile, resolve_profile
+from brokerlab.sim.profile import Clients, Profile, load_profile, resolve_profile
 
 KNOWN = {
     "kind": "redis-streams",
@@ -249,6 +254,66 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
     ]
     assert rates[0] < 0.8 * 30_000  # the world fell behind: this measures its capacity
     assert rates[1] == pytest.approx(rates[0], rel=0.05)
+
+
+def test_fit_finds_a_client_bound_capacity_at_either_process_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A world whose capacity is 25,000 messages and 50 MB a second with one client process and
+    whose clients spend 80% of a message's CPU on two cores, above 20,000/s played by two
+    processes (x1.6). The 256 B ceiling is found with two processes, the 4 kB one with one; the
+    fit puts both on one process and predicts 1 kB flat out with one process (16,500/s) and
+    with two (26,500/s) within 5% of the world's own."""
+    monkeypatch.delenv("BROKERLAB_WORKERS", raising=False)
+    clients = {"share": 0.8, "broker_cores": 1, "cores": 2, "single_process_rate": 20_000}
+    world = {
+        **KNOWN,
+        "publish": {"none": "0.01ms", "periodic": "0.01ms", "always": "0.5ms"},
+        "deliver": "0.01ms",
+        "capacity": {"messages": "25000/s", "bytes": "50MB/s", "clients": clients},
+    }
+    # The simulated rungs have no CPU samples: the shares are the world's.
+    monkeypatch.setattr(calibration, "client_shares", lambda *_: Clients(**clients))
+    known, measured = ladder_in(tmp_path, world)
+    assert parse_rate(measured["ceiling"].step.changes["producers.rate"]) > 20_000
+    assert parse_rate(measured["ceiling-large"].step.changes["producers.rate"]) < 20_000
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.capacity is not None and profile.capacity.clients == Clients(**clients)
+    per_message, per_byte = profile.capacity.seconds()
+    assert per_message + 1024 * per_byte == pytest.approx(1 / 16_534, rel=0.1)
+    ceiling = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
+    for rate, expected in (("19000/s", 16_534), ("30000/s", 26_455)):
+        unseen = replace(
+            ceiling,
+            changes={**ceiling.changes, "producers.size": "1kB", "producers.rate": rate},
+        )
+        (folder := tmp_path / rate[:5]).mkdir()
+        rates = [
+            m["throughput_per_s"]["delivered"]
+            for m in world_and_fit(folder, known, profile, unseen)
+        ]
+        assert rates[0] == pytest.approx(expected, rel=0.05), rate
+        assert rates[1] == pytest.approx(rates[0], rel=0.05), rate
+
+
+def test_the_clients_share_is_the_machines_busy_cpu_less_the_brokers() -> None:
+    """While the run sent (2 s), the broker used half a core and the machine 75% of two cores:
+    the clients used one core of 1.5, two thirds; the drain after the run and samples without
+    the broker's CPU do not count."""
+    timeline = pd.DataFrame(
+        {
+            "t_end": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+            "broker_cpu": [50.0, 50.0, np.nan, 50.0, 100.0, 100.0],
+            "machine_cpu": [75.0, 75.0, 99.0, 75.0, 60.0, 60.0],
+        }
+    )
+    record = SimpleNamespace(
+        result=SimpleNamespace(trace=SimpleNamespace(timeline=timeline)),
+        metrics={"duration_s": 2.0},
+    )
+    assert cpu_share(record, cores=2) == pytest.approx(2 / 3)  # type: ignore[arg-type]
+    timeline["broker_cpu"] = np.nan  # a remote broker
+    assert cpu_share(record, cores=2) is None  # type: ignore[arg-type]
 
 
 def test_fit_separates_a_busy_round_trip_from_an_idle_machines_wake_ups(tmp_path: Path) -> None:

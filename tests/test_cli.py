@@ -144,6 +144,17 @@ def test_unknown_target_exits_2(tmp_path: Path, small: Path) -> None:
     assert "redis-streams" in done.stderr
 
 
+def test_a_bad_process_count_in_the_environment_exits_2(tmp_path: Path, small: Path) -> None:
+    """``BROKERLAB_WORKERS`` decides how many processes play a real run's clients and the
+    simulator's twin of it: a value that is no process count is an input error, before
+    anything runs or is written."""
+    done = brokerlab("run", str(small), cwd=tmp_path, env={"BROKERLAB_WORKERS": "zero"})
+    assert done.returncode == 2
+    assert "BROKERLAB_WORKERS='zero'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
 def test_failed_run_leaves_nothing_half_written(tmp_path: Path) -> None:
     """A target that fails mid-run exits 1 with a message and leaves no results folder."""
     scenario = tmp_path / "real.yaml"

@@ -26,6 +26,7 @@ from brokerlab.sim.models import MODELS
 from brokerlab.sim.presets import presets, resolve
 from brokerlab.sim.profile import (
     PROFILES_DIR,
+    Clients,
     ProfileError,
     apply_profile,
     default_profile,
@@ -405,6 +406,39 @@ def test_capacity_limits_flat_out_by_size_and_adds_no_light_load_latency(tmp_pat
         for p in (plain, capped)
     ]
     assert np.array_equal(light[0]["t_delivered"], light[1]["t_delivered"])
+
+
+def test_more_client_processes_raise_a_client_bound_capacity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capacity of 10,000/s with one client process, all of a message's CPU in the clients,
+    two cores: a run offered more than the single-process rate (15,000/s) is played by two
+    processes, as the harness would, and gets 10,000 x (1 / 0.5) = 20,000/s; one offered less
+    gets 10,000/s; ``BROKERLAB_WORKERS`` changes it as it changes the real run."""
+    monkeypatch.delenv("BROKERLAB_WORKERS", raising=False)
+    clients = {"share": 1.0, "broker_cores": 1, "cores": 2, "single_process_rate": 15_000}
+    path = write_profile(
+        tmp_path, round_trip="0.2ms", capacity={"messages": "10000/s", "clients": clients}
+    )
+
+    def delivered(rate: str) -> float:
+        flat_out = make(
+            {"profile": str(path)},
+            producers={"rate": rate, "messages": 40_000, "size": "0B"},
+            consumers={"count": 2, "prefetch": 50},
+        )
+        return metrics(flat_out)["throughput_per_s"]["delivered"]
+
+    assert delivered("30000/s") == pytest.approx(20_000, rel=0.03)
+    assert delivered("14000/s") == pytest.approx(10_000, rel=0.03)
+    monkeypatch.setenv("BROKERLAB_WORKERS", "2")
+    assert delivered("14000/s") == pytest.approx(14_000, rel=0.03)  # kept up
+    # A broker-bound profile gains nothing from more clients; a machine-bound one stops at its
+    # cores: share 0.8 of 2 cores -> one process 1 / 0.8, two 1 / 0.5 (the machine).
+    load = Clients(share=0.2, broker_cores=1, cores=2, single_process_rate=1)
+    assert load.load(2) == load.load(1) == 0.8
+    load = Clients(share=0.8, broker_cores=1, cores=2, single_process_rate=1)
+    assert load.load(1) / load.load(2) == pytest.approx(1.6)
 
 
 def test_capacity_paces_the_copies_a_faulted_run_stores_twice(tmp_path: Path) -> None:

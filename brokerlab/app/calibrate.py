@@ -28,6 +28,7 @@ per run, so a user sees how well the profile explains what it was fitted on.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import statistics
 from collections.abc import Callable
@@ -39,10 +40,12 @@ from typing import Any
 
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
+from brokerlab.core.load import client_processes
 from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
 from brokerlab.core.units import parse_rate, parse_size
 from brokerlab.sim.profile import (
     Capacity,
+    Clients,
     Profile,
     parse_profile,
 )
@@ -375,7 +378,17 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     # get headroom, less work per message: two limits at one rate take each other's slack (the
     # simulated ceiling fell 11% short with both).
     big = measured.get("ceiling-large")
-    capacity = _capacity(ceiling.delivered, big.delivered, _size(big)) if big else None
+    clients = client_shares(target, measured)
+    capacity = None
+    if big is not None:
+        # Each ceiling as the capacity with one client process (a search's rungs above the
+        # target's single-process rate ran in more processes, which take more of the machine).
+        small_one, big_one = (
+            one_process(m.delivered, _processes(m, clients), clients) for m in (ceiling, big)
+        )
+        capacity = _capacity(small_one, big_one, _size(big))
+    if capacity is not None and clients is not None:
+        capacity["clients"] = clients.model_dump()
     if capacity is not None:
         publish_work /= CAPACITY_HEADROOM
         deliver /= CAPACITY_HEADROOM
@@ -463,6 +476,70 @@ def _capacity(small: float, large: float, size: float) -> dict[str, float] | Non
     if per_byte > 0:
         capacity["bytes"] = 1 / per_byte
     return capacity or None
+
+
+#: Cores the broker's own work can use, where it is not every core: Redis executes commands on
+#: one thread ("Redis is, mostly, a single-threaded server from the POV of commands execution",
+#: redis.io/topics/benchmarks; redis.conf, THREADED I/O: "By default threading is disabled"); the
+#: lab's Redis runs without io-threads. nats-server is a Go program scheduled on every core.
+BROKER_CORES = {"redis-streams": 1.0}
+
+
+def client_shares(target: str, measured: dict[str, Measured]) -> Clients | None:
+    """The clients' share of the CPU a message costs, from the ceiling rungs' CPU samples (the
+    machine's busy CPU less the broker's, over both), with what decides how many processes
+    play the clients; None where the broker's CPU is not known (a remote broker)."""
+    from brokerlab.adapters.targets import get_target
+
+    shares = [
+        share
+        for name in ("ceiling", "ceiling-large")
+        if (m := measured.get(name)) is not None and (share := cpu_share(m.record)) is not None
+    ]
+    if not shares:
+        return None
+    cores = os.cpu_count() or 1
+    return Clients(
+        share=statistics.fmean(shares),
+        broker_cores=min(BROKER_CORES.get(target, float(cores)), float(cores)),
+        cores=cores,
+        single_process_rate=get_target(target).single_process_rate,
+    )
+
+
+def cpu_share(record: RunRecord, cores: int | None = None) -> float | None:
+    """Of the CPU a real run used while it sent, the share outside the broker (the clients),
+    from its timeline's ``machine_cpu`` (percent of all cores) and ``broker_cpu`` (percent of
+    one); None when the broker's CPU was not sampled."""
+    cores = cores or os.cpu_count() or 1
+    timeline = record.result.trace.timeline
+    if timeline is None or "broker_cpu" not in timeline or "machine_cpu" not in timeline:
+        return None
+    sending = float(record.metrics.get("duration_s") or 0.0)
+    window = timeline[(timeline["t_end"] <= sending) if sending > 0 else slice(None)]
+    window = window[["broker_cpu", "machine_cpu"]].dropna()
+    if window.empty:
+        return None
+    broker = float(window["broker_cpu"].mean()) / 100.0
+    machine = float(window["machine_cpu"].mean()) / 100.0 * cores
+    if machine <= 0:
+        return None
+    return min(max((machine - broker) / machine, 0.0), 1.0)
+
+
+def _processes(m: Measured, clients: Clients | None) -> int:
+    """Client processes a rung's run used: the harness's rule, as the simulator applies it."""
+    if clients is None:
+        return 1
+    scenario = parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}")
+    return client_processes(scenario, clients.single_process_rate, clients.cores)
+
+
+def one_process(rate: float, processes: int, clients: Clients | None) -> float:
+    """``rate`` reached with ``processes`` client processes, as the capacity with one."""
+    if clients is None or rate <= 0:
+        return rate
+    return rate * clients.load(processes) / clients.load(1)
 
 
 def _size(m: Measured) -> float:
@@ -584,7 +661,10 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
                 (per_message + _size(m) * per_byte) * sim / m.delivered
                 for m, sim in ((small, sim_small), (large, sim_large))
             ]
+            clients = data["capacity"].get("clients")
             data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large))
+            if data["capacity"] is not None and clients is not None:
+                data["capacity"]["clients"] = clients
         elif (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
                 data["parallelism"] = max(1, round(data["parallelism"] * r))

@@ -7,6 +7,7 @@ up front with NumPy from seeded streams, so the same seed gives the same plan on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,3 +182,54 @@ def plan_load(scenario: Scenario, seed: int) -> LoadPlan:
     else:
         key = np.full(n, NO_KEY, dtype="int64")
     return LoadPlan(producer=producer, seq=seq, key=key, size=size, t_intended=t_intended)
+
+
+#: Environment variable that fixes how many processes play a real run's clients.
+WORKERS_ENV = "BROKERLAB_WORKERS"
+
+
+def requested_processes() -> int | None:
+    """The process count ``BROKERLAB_WORKERS`` asks for, or None when it is unset."""
+    import os
+
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a whole number of processes, 1 or more")
+    return value
+
+
+def peak_rate(scenario: Scenario) -> float:
+    """Highest rate the producers offer: the burst rate of on/off arrivals, else the rate."""
+    producers = scenario.producers
+    if isinstance(producers.arrival, OnOff):
+        cycle = producers.arrival.on + producers.arrival.off
+        return producers.rate * cycle / producers.arrival.on
+    return producers.rate
+
+
+def client_processes(
+    scenario: Scenario, single_process_rate: float, cores: int, requested: int | None = None
+) -> int:
+    """How many processes play a real run's clients: the harness's rule, which the simulator
+    follows too, because the clients' share of the machine decides a local broker's ceiling.
+
+    ``requested`` (or else ``BROKERLAB_WORKERS``) wins; otherwise enough processes that each
+    stays under ``single_process_rate``, at most one per core. Never more than there are
+    producers or consumers to share out, and always 1 for a scenario with faults or network
+    delay, which one process injects (through its fault proxies).
+    """
+    if scenario.faults or scenario.network.delay.mean > 0:
+        return 1
+    if requested is None:
+        requested = requested_processes()
+    if requested is None:
+        needed = math.ceil(peak_rate(scenario) / single_process_rate)
+        requested = min(needed, max(cores, 1))
+    parts = max(scenario.producers.count, scenario.consumers.count)
+    return max(1, min(requested, parts))
