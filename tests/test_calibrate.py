@@ -8,6 +8,7 @@ on brokers the lab starts itself.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -372,6 +373,10 @@ def test_a_quick_calibration_of_a_real_redis_is_found_by_auto(
     assert [row["run"] for row in done.errors] == [s.name for s in ladder("redis-streams")]
     assert any("fsync" in line for line in said)  # progress names each rung
     assert resolve_profile("auto", "redis-streams") == stored
+    # The lab's Redis is in sight: the clients' share is measured; Redis runs on one thread.
+    assert stored.capacity is not None and stored.capacity.clients is not None
+    assert 0 < stored.capacity.clients.share < 1
+    assert stored.capacity.clients.broker_cores == 1
 
 
 @pytest.mark.slow
@@ -392,8 +397,15 @@ def test_full_calibration_of_the_nats_brokers_through_the_cli(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     for target in ("nats", "nats-jetstream"):
         path = tmp_path / f"mine-{target}.yaml"
-        assert load_profile(path).kind == target
+        profile = load_profile(path)
+        assert profile.kind == target
         assert f"{target}: replay of each run" in done.stdout
+        # The clients' share of the machine, from the CPU samples of a broker the lab can see.
+        assert profile.capacity is not None and profile.capacity.clients is not None
+        clients = profile.capacity.clients
+        assert 0 < clients.share < 1 and clients.cores == (os.cpu_count() or 1)
+        assert clients.broker_cores == clients.cores  # nats-server runs on every core
+    assert "clients' share of a message's CPU" in done.stdout
 
 
 def test_repeats_must_be_a_whole_number_of_runs(tmp_path: Path) -> None:
