@@ -41,6 +41,9 @@ class Preset:
     #: partitioned kinds: a crashed group member's partitions move to the survivors this long
     #: after the crash (its session times out); 0 = never (they wait for its return)
     session_timeout: float = 0.0
+    #: the client buffers publishes while the broker is down and sends them, in order, once it
+    #: has reconnected (nats-py's reconnect buffer) instead of failing them
+    buffers_publishes: bool = False
 
 
 @cache
@@ -82,4 +85,5 @@ def resolve(broker: Broker) -> Preset:
         dedup=bool(entry.get("dedup", False)),
         dedup_default_window=parse_duration(entry.get("dedup_default_window", 0)),
         session_timeout=parse_duration(entry.get("session_timeout", 0)),
+        buffers_publishes=bool(entry.get("buffers_publishes", False)),
     )

@@ -143,6 +143,8 @@ class RetryingPublisher:
         self._max_attempts = settings.max_attempts
         self._backoff = settings.retry_backoff
         self._timeout = settings.publish_timeout
+        #: publishes while the broker is down wait in the client for the reconnect
+        self._buffers = preset.buffers_publishes
 
         self.crashed = [False] * producers
         self.attempts = [0] * n
@@ -179,11 +181,19 @@ class RetryingPublisher:
     def publish(self, i: int) -> None:
         """First attempt of message ``i``, when the plan (or a sync producer's last ack) says."""
         p = self._producer_of[i]
-        if not self.network.connected[p] and (self.crashed[p] or not self.process.down):
-            # A crashed producer sends on restart; a reconnecting one once connected. Both keep
-            # the message's t_intended, so publish_delay shows the gap.
-            self._parked[p].append(i)
-            return
+        if not self.network.connected[p]:
+            buffered = self._buffers and self.process.down and not self.crashed[p]
+            if buffered:
+                # The client takes the publish at once (the call returns: t_sent is now) and
+                # sends it, in order, once it has reconnected.
+                self.t_sent[i] = self.env.now
+                self._parked[p].append(i)
+                return
+            if self.crashed[p] or not self.process.down:
+                # A crashed producer sends on restart; a reconnecting one once connected. Both
+                # keep the message's t_intended, so publish_delay shows the gap.
+                self._parked[p].append(i)
+                return
         self._attempt(i)
 
     def message(self, b: int) -> int:
@@ -252,6 +262,11 @@ class RetryingPublisher:
         for i in parked:
             if self.attempts[i]:
                 self._settled(i)  # a retry waiting to reconnect dies with the process
+            elif self._buffers and not math.isnan(self.t_sent[i]):
+                # Taken by a client that buffered it: its call succeeded, the buffer is gone.
+                self.attempts[i] = 1
+                self.sent_ok[i] = True
+                self._settled(i)
             else:
                 self._parked[p].append(i)
 
@@ -286,7 +301,8 @@ class RetryingPublisher:
         self.attempts[i] = a
         now = self.env.now
         if a == 1:
-            self.t_sent[i] = now
+            if math.isnan(self.t_sent[i]):  # else a buffering client took it earlier
+                self.t_sent[i] = now
         else:
             self.counts["retried"] += 1
         if not self.network.connected[p]:
