@@ -878,7 +878,11 @@ def _state_dir() -> Path:
 )
 @click.option("--redis-url", default=None, envvar="BROKERLAB_REDIS_URL", help="Use this Redis.")
 @click.option("--nats-url", default=None, envvar="BROKERLAB_NATS_URL", help="Use this NATS.")
-@click.option("--quick", is_flag=True, help="Shorter runs (a rougher fit, for smoke tests).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Shorter runs and one bisection of each ceiling (a rougher fit, for smoke tests).",
+)
 @click.option(
     "--repeats",
     type=click.IntRange(min=1),

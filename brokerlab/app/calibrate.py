@@ -845,7 +845,11 @@ def _at(step: Step, rate: float) -> Step:
 
 
 def find_sustained(
-    step: Step, first: RunRecord, run: Callable[[Step], RunRecord], say: Say
+    step: Step,
+    first: RunRecord,
+    run: Callable[[Step], RunRecord],
+    say: Say,
+    bisections: int = SUSTAINED_BISECTIONS,
 ) -> tuple[Step, RunRecord, bool]:
     """The ceiling rung at the highest offer the target keeps up with (:func:`sustained`).
 
@@ -856,10 +860,10 @@ def find_sustained(
     answered ``capacity --find rate`` with twice the real ceiling.
 
     The offer is doubled while the target keeps up (at most :data:`CEILING_DOUBLINGS` times),
-    then bisected :data:`SUSTAINED_BISECTIONS` times between the highest offer kept up with and
-    the lowest not, which is also at most 10% above what that run delivered (it could not take
-    more). Returns the rung, its run and whether the ceiling was found (False: every offer was
-    kept up with, a lower bound).
+    then bisected ``bisections`` times (:data:`SUSTAINED_BISECTIONS`) between the highest offer
+    kept up with and the lowest not, which is also at most 10% above what that run delivered
+    (it could not take more). Returns the rung, its run and whether the ceiling was found
+    (False: every offer was kept up with, a lower bound).
     """
     best: tuple[Step, RunRecord] | None = None
     record = first
@@ -876,7 +880,7 @@ def find_sustained(
     low = _offered(best[0]) if best else 0.0
     high = max(min(_offered(step), 1.1 * delivered), low)
     low = low or high / 2
-    for _ in range(SUSTAINED_BISECTIONS):
+    for _ in range(bisections):
         if high - low < 0.01 * high:
             break
         middle = _at(step, (low + high) / 2)
@@ -895,11 +899,16 @@ def find_sustained(
 
 
 def measure(
-    steps: list[Step], run: Callable[[Step], RunRecord], say: Say, times: int
+    steps: list[Step],
+    run: Callable[[Step], RunRecord],
+    say: Say,
+    times: int,
+    bisections: int = SUSTAINED_BISECTIONS,
 ) -> dict[str, Measured]:
     """Run each rung ``times`` times (``run`` plays one run of a rung); the medians per rung.
-    The ceiling rungs are searches instead (:func:`find_sustained`; the large messages' rung
-    starts at the small ones' ceiling), measured at the highest offer kept up with."""
+    The ceiling rungs are searches instead (:func:`find_sustained` with ``bisections``; the
+    large messages' rung starts at the small ones' ceiling), measured at the highest offer kept
+    up with."""
     measured: dict[str, Measured] = {}
     for index, step in enumerate(steps, 1):
         say(f"[{index}/{len(steps)}] {step.name}: {step.measures}")
@@ -909,7 +918,7 @@ def measure(
         first = run(step)
         if step.name in ("ceiling", "ceiling-large"):
             # Found by a search, not repeated: the runs around the answer are its evidence.
-            step, found, bounded = find_sustained(step, first, run, say)
+            step, found, bounded = find_sustained(step, first, run, say, bisections)
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
             continue
@@ -937,7 +946,11 @@ def calibrate(
     for target in targets:
         run = partial(run_rung, base_scenario(target), target, options)
         times = repeats or (1 if quick else REPEATS)
-        measured = measure(ladder(target, quick), run, partial(_prefixed, say, target), times)
+        # --quick: a rougher ceiling too (one bisection: within about 25%, not 5%).
+        bisections = 1 if quick else SUSTAINED_BISECTIONS
+        measured = measure(
+            ladder(target, quick), run, partial(_prefixed, say, target), times, bisections
+        )
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
             "origin": "calibrated",
