@@ -20,6 +20,11 @@ measurements:
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
     1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (256 B and 4 kB)
+    clients' share    = (machine CPU - broker CPU) / machine CPU         (at the ceilings)
+
+(a ceiling reached with more client processes, as the harness plays offers above the target's
+single-process rate, is put back to one process by the clients' share: see
+:class:`brokerlab.sim.profile.Clients`),
 
 then replays every ladder run in the simulator with the fitted profile and reports the error
 per run, so a user sees how well the profile explains what it was fitted on.
