@@ -8,6 +8,7 @@ up front with NumPy from seeded streams, so the same seed gives the same plan on
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,8 +191,6 @@ WORKERS_ENV = "BROKERLAB_WORKERS"
 
 def requested_processes() -> int | None:
     """The process count ``BROKERLAB_WORKERS`` asks for, or None when it is unset."""
-    import os
-
     raw = os.environ.get(WORKERS_ENV, "").strip()
     if not raw:
         return None
