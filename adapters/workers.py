@@ -70,7 +70,6 @@ from brokerlab.core.load import (
     client_processes,
     peak_rate,
     plan_load,
-    requested_processes,
     streams,
 )
 from brokerlab.core.scenario import Scenario
@@ -81,7 +80,6 @@ __all__ = [
     "WORKERS_ENV",
     "WorkerCrew",
     "peak_rate",
-    "requested_workers",
     "run_workers",
     "worker_count",
 ]
@@ -101,11 +99,6 @@ FINISH_TIMEOUT = FETCH_WAIT + 1.0 + CLOSE_TIMEOUT + 5.0
 
 
 # --------------------------------------------------------------------------- how many
-
-
-def requested_workers() -> int | None:
-    """The process count ``BROKERLAB_WORKERS`` asks for, or None when it is unset."""
-    return requested_processes()
 
 
 def worker_count(scenario: Scenario, target: str | Target, requested: int | None = None) -> int:

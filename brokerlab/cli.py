@@ -971,7 +971,7 @@ def calibrate(
             )
             if capacity.clients is not None:
                 clients = capacity.clients
-                more = clients.load(1) / clients.load(clients.cores)
+                more = 1 / clients.scale(clients.cores)
                 fitted.add_row(
                     f"clients' share of a message's CPU (capacity x{more:.2f} with "
                     f"{clients.cores} client processes)",

@@ -211,6 +211,10 @@ class Clients(_Model):
             1.0 / self.cores,
         )
 
+    def scale(self, processes: int) -> float:
+        """Capacity a message uses with ``processes`` client processes, relative to one."""
+        return self.load(processes) / self.load(1)
+
 
 class Capacity(_Model):
     """What the broker and its clients sustain together, beyond what its servers say: a
@@ -232,9 +236,7 @@ class Capacity(_Model):
     def seconds(self, processes: int = 1) -> tuple[float, float]:
         """Capacity a message uses with ``processes`` client processes: (seconds per message,
         seconds per byte)."""
-        scale = 1.0
-        if self.clients is not None:
-            scale = self.clients.load(processes) / self.clients.load(1)
+        scale = 1.0 if self.clients is None else self.clients.scale(processes)
         return (
             scale / self.messages if self.messages else 0.0,
             scale / self.bytes if self.bytes else 0.0,

@@ -391,9 +391,7 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         small_one, big_one = (
             one_process(m.delivered, _processes(m, clients), clients) for m in (ceiling, big)
         )
-        capacity = _capacity(small_one, big_one, _size(big))
-    if capacity is not None and clients is not None:
-        capacity["clients"] = clients.model_dump()
+        capacity = _capacity(small_one, big_one, _size(big), clients)
     if capacity is not None:
         publish_work /= CAPACITY_HEADROOM
         deliver /= CAPACITY_HEADROOM
@@ -467,19 +465,24 @@ def idle_share(rate: float) -> float:
     return 1.0 - math.exp(-(math.log(2) / rate) / IDLE_TAU)
 
 
-def _capacity(small: float, large: float, size: float) -> dict[str, float] | None:
+def _capacity(
+    small: float, large: float, size: float, clients: Clients | None = None
+) -> dict[str, Any] | None:
     """The capacity (messages and bytes per second) that moves ``small`` per second of
     :data:`SMALL` messages and ``large`` per second of ``size`` bytes: each message uses
-    ``1 / messages + size / bytes`` of it, so two sizes give both."""
+    ``1 / messages + size / bytes`` of it, so two sizes give both (with one client process
+    when ``clients`` is known, which the capacity then carries)."""
     if large <= 0 or small <= 0 or size <= SMALL:
         return None
     per_byte = max((1 / large - 1 / small) / (size - SMALL), 0.0)
     per_message = max(1 / small - SMALL * per_byte, 0.0)
-    capacity = {}
+    capacity: dict[str, Any] = {}
     if per_message > 0:
         capacity["messages"] = 1 / per_message
     if per_byte > 0:
         capacity["bytes"] = 1 / per_byte
+    if capacity and clients is not None:
+        capacity["clients"] = clients.model_dump()
     return capacity or None
 
 
@@ -544,7 +547,7 @@ def one_process(rate: float, processes: int, clients: Clients | None) -> float:
     """``rate`` reached with ``processes`` client processes, as the capacity with one."""
     if clients is None or rate <= 0:
         return rate
-    return rate * clients.load(processes) / clients.load(1)
+    return rate * clients.scale(processes)
 
 
 def _size(m: Measured) -> float:
@@ -666,10 +669,8 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
                 (per_message + _size(m) * per_byte) * sim / m.delivered
                 for m, sim in ((small, sim_small), (large, sim_large))
             ]
-            clients = data["capacity"].get("clients")
-            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large))
-            if data["capacity"] is not None and clients is not None:
-                data["capacity"]["clients"] = clients
+            clients = Capacity.model_validate(data["capacity"]).clients
+            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large), clients)
         elif (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
                 data["parallelism"] = max(1, round(data["parallelism"] * r))
