@@ -978,6 +978,18 @@ def calibrate(
                     f"{clients.share:.0%}",
                     "",
                 )
+            fitted.add_row(
+                "publishes' share of the capacity (a backlog drains "
+                f"x{1 / (1 - capacity.publish_share):.2f} faster once the producers stop)",
+                f"{capacity.publish_share:.0%}" if capacity.publish_share else "- (no backlog)",
+                "",
+            )
+            if capacity.publish_batched is not None:
+                fitted.add_row(
+                    "... for a producer behind schedule (what is due in one call)",
+                    f"{capacity.publish_batched:.0%}",
+                    "",
+                )
         fitted.add_row("parallelism (broker servers)", str(profile.parallelism), "")
         stdout.print(fitted)
         errors = Table(title=f"{calibration.target}: replay of each run", title_justify="left")

@@ -16,14 +16,29 @@ deliveries leave at the capacity's rate and the backlog grows at the broker, as 
 real runs (flat out, real publish latency stayed in milliseconds while end to end grew to
 seconds).
 
-One rate for every backlog with the same client processes: a real pipeline far beyond its
-ceiling works in fuller batches and drains a deep backlog faster than it sustains a load (Redis
-with 1 kB messages kept up with 25,000-29,000/s and delivered 28,000-37,000/s of a 40,000/s
-offer, both with one client process). ``brokerlab calibrate`` fits the sustained figure, what
-capacity questions ask; a deep backlog drains here at that rate. What does change the rate is
-the number of client processes (the harness plays a run above its single-process rate in more
-of them): a profile's ``capacity.clients`` scales the capacity for the run's process count
-(:class:`brokerlab.sim.profile.Clients`; Redis delivered 41,000-45,000/s of 60,000/s with two).
+The capacity is the sustained figure, what capacity questions ask (``brokerlab calibrate``
+fits it). A real pipeline far beyond its ceiling drains a deep backlog faster than it sustains a
+load (Redis with 1 kB messages kept up with 25,000-29,000/s and delivered 28,000-37,000/s of a
+40,000/s offer, both with one client process): the publishes' shares below say why. What also
+changes the rate is the number of client processes (the harness plays a run above its
+single-process rate in more of them): a profile's ``capacity.clients`` scales the capacity for
+the run's process count (:class:`brokerlab.sim.profile.Clients`; Redis delivered
+41,000-45,000/s of 60,000/s with two).
+
+Publishing uses the capacity too. A profile's ``capacity.publish_share`` is the share of a
+message's capacity its publish takes (the producer's client work, the broker's write); the
+delivery takes the rest (:class:`SharedPacer`). A stored publish uses its share at once and goes
+on (the real producer is not held: its publish latency stayed in milliseconds); a delivery waits
+until the work before it, publishes and deliveries, is done. A load the pipeline sustains sees no
+difference: every message still uses its whole cost. An overload does: while the producers send,
+deliveries get what the publishes leave, and once they stop the backlog drains at the delivery's
+cost alone. And a producer behind schedule sends what is due in one call (up to 256 messages in
+the harness), whose work per message is far smaller: ``capacity.publish_batched`` is a publish's
+share then. Measured on the development machine, 60,000/s of 1 kB messages for 2 s, three
+consumers: Redis delivered 25,000/s while the producer sent and 73,000/s after it stopped;
+JetStream 6,600/s and 22,000/s, 17,600/s over the whole run, twice what it sustains with calls
+of one message each. A producer counts as behind when its publishes, each costing its whole share
+(calls of one), would need more than the whole capacity for longer than :data:`BEHIND`.
 """
 
 from __future__ import annotations
@@ -68,10 +83,87 @@ class Pacer:
             self._next(r)
 
 
-def set_pace(sim: Simulation, per_message: float, per_byte: float) -> str:
-    """Pace ``sim``'s deliveries to the capacity ``per_message`` and ``per_byte`` seconds say;
-    returns what was installed, for run.json."""
+#: A producer whose calls of one message would owe the capacity more than this is behind
+#: schedule: it sends what is due in one call, at ``publish_batched`` a message.
+BEHIND = 0.001
+#: How far behind a producer's calls of one are counted at most (so that it catches up within
+#: this once its overload ends).
+LAG_CAP = 0.010
+#: Publish work the capacity owes at most: beyond it, more publishes cost it no more (a producer
+#: that far behind is limited by its own process, not the shared capacity), so deliveries never
+#: wait longer than this behind them.
+PUBLISH_BACKLOG = 0.020
+
+
+class SharedPacer(Pacer):
+    """:class:`Pacer` whose capacity the publishes share (see the module docstring): a stored
+    publish uses its share of its message's cost at once (``publish_share``, or
+    ``publish_batched`` while its producer is behind schedule); a delivery uses the rest
+    (``1 - publish_share``) once the work before it is done."""
+
+    def __init__(
+        self,
+        sim: Simulation,
+        per_message: float,
+        per_byte: float,
+        publish_share: float,
+        publish_batched: float,
+    ):
+        super().__init__(sim, per_message * (1.0 - publish_share), per_byte * (1.0 - publish_share))
+        whole = per_message + per_byte * sim.plan.size
+        #: capacity a stored publish uses: sent alone, and in a full call
+        self.alone: list[float] = (whole * publish_share).tolist()
+        self.batched: list[float] = (whole * publish_batched).tolist()
+        self.producer: list[int] = sim.plan.producer.tolist()
+        #: per producer: when its publishes, as calls of one, would have used the capacity up
+        self.calls_done = [0.0] * (max(self.producer, default=0) + 1)
+        if sim.faults is not None:  # the fault layer's publisher stores through its own hook
+            broker = sim.faults.publisher.broker
+            self._store = broker.store
+            broker.store = self.stored
+        else:
+            self._store = sim.stored
+            sim.stored = self.stored  # type: ignore[method-assign]
+
+    def stored(self, b: int) -> None:
+        """Broker index ``b`` is stored: its publish uses its share of the capacity now."""
+        now = self.env.now
+        i = b
+        if i >= len(self.alone):  # a second stored copy of a retried publish
+            assert self.sim.faults is not None
+            i = self.sim.faults.publisher.message(i)
+        alone = self.alone[i]
+        p = self.producer[i]
+        done = self.calls_done[p]
+        done = (done if done > now else now) + alone
+        if done > now + LAG_CAP:
+            done = now + LAG_CAP
+        self.calls_done[p] = done
+        cost = self.batched[i] if done - now > BEHIND else alone
+        free = (self.free_at if self.free_at > now else now) + cost
+        cap = now + PUBLISH_BACKLOG
+        if free > cap:
+            free = cap if cap > self.free_at else self.free_at
+        self.free_at = free
+        self._store(b)
+
+
+def set_pace(
+    sim: Simulation,
+    per_message: float,
+    per_byte: float,
+    publish_share: float = 0.0,
+    publish_batched: float | None = None,
+) -> str:
+    """Pace ``sim``'s deliveries to the capacity ``per_message`` and ``per_byte`` seconds say,
+    ``publish_share`` of it used by each publish (``publish_batched`` in a full call; the same
+    when None); returns what was installed, for run.json."""
     if per_message <= 0 and per_byte <= 0:
         return "none"
+    paced = f"{per_message * 1e6:.3g} us per message + {per_byte * 1e9:.3g} ns per byte"
+    if publish_share > 0:
+        batched = publish_share if publish_batched is None else publish_batched
+        SharedPacer(sim, per_message, per_byte, publish_share, batched)
+        return f"{paced}, {publish_share:.0%} of it by a publish ({batched:.0%} in a full call)"
     Pacer(sim, per_message, per_byte)
-    return f"{per_message * 1e6:.3g} us per message + {per_byte * 1e9:.3g} ns per byte"
+    return paced

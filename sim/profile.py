@@ -225,12 +225,33 @@ class Capacity(_Model):
 
     With ``clients``, ``messages`` and ``bytes`` are the capacity with one client process, and
     a run played by more processes gets what :meth:`Clients.load` says; without it, one
-    capacity for every run."""
+    capacity for every run.
+
+    With ``publish_share``, publishes use that share of it and deliveries the rest
+    (:class:`brokerlab.sim.pace.SharedPacer`): beyond the ceiling, deliveries get what the
+    producers' publishes leave while they send, and a backlog drains faster once they stop, as
+    the real brokers do."""
 
     messages: ByteRate = Field(None, description="messages per second (of no size)")
     bytes: ByteRate = Field(None, description="bytes per second")
     clients: Clients | None = Field(
         None, description="the broker's and the clients' shares of the machine (see Clients)"
+    )
+    publish_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="of the capacity a message uses, the share its publish takes (measured by "
+        "brokerlab calibrate: 1 - the ceiling's rate / the rate a backlog drains at once the "
+        "producers stop); 0: deliveries alone use it",
+    )
+    publish_batched: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="the same share for a publish in a full call, as a producer behind "
+        "schedule sends them (measured by brokerlab calibrate from what an overload delivered "
+        "while its producer sent); unset: publish_share",
     )
 
     def seconds(self, processes: int = 1) -> tuple[float, float]:

@@ -70,7 +70,13 @@ def simulate(
     if chosen is not None and chosen.capacity is not None:
         # The capacity depends on how many processes a real run's clients would use.
         processes = chosen.capacity.processes(given)
-        paced = set_pace(model, *chosen.capacity.seconds(processes))
+        capacity = chosen.capacity
+        paced = set_pace(
+            model,
+            *capacity.seconds(processes),
+            capacity.publish_share,
+            capacity.publish_batched,
+        )
         if chosen.capacity.clients is not None and paced != "none":
             paced += f" ({processes} client process{'' if processes == 1 else 'es'})"
     if chosen is not None and chosen.idle is not None:

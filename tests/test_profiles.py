@@ -441,6 +441,100 @@ def test_more_client_processes_raise_a_client_bound_capacity(
     assert load.load(1) / load.load(2) == pytest.approx(1.6)
 
 
+def phases(result: Any) -> tuple[float, float]:
+    """Distinct messages delivered a second while the producers sent, and after they stopped."""
+    stopped = float(np.nanmax(result.trace.sends["t_sent"]))
+    start = float(np.nanmin(result.trace.sends["t_sent"]))
+    first = result.trace.deliveries.groupby("msg_id")["t_delivered"].min()
+    during, after = first[first <= stopped], first[first > stopped]
+    return len(during) / (stopped - start), len(after) / (float(after.max()) - stopped)
+
+
+def test_publishes_share_the_capacity_and_a_backlog_drains_faster_once_they_stop(
+    tmp_path: Path,
+) -> None:
+    """A capacity of 10,000/s (100 us a message), half of it the publish's: offered 15,000/s
+    for 3 s, the publishes take 15,000 x 50 us = 75% of it, so deliveries get 25% / 50 us =
+    5,000/s while the producer sends, and the 30,000 left drain at 1 / 50 us = 20,000/s after.
+    A load below the capacity is kept up with as before (each message still uses 100 us); so is
+    an overload's total without the share (10,000/s throughout)."""
+    shared = write_profile(
+        tmp_path, round_trip="0.1ms", capacity={"messages": "10000/s", "publish_share": 0.5}
+    )
+    (tmp_path / "plain").mkdir()
+    plain = write_profile(tmp_path / "plain", round_trip="0.1ms", capacity={"messages": "10000/s"})
+
+    def played(path: Path, rate: str, messages: int) -> Any:
+        return simulate(
+            make(
+                {"profile": str(path)},
+                producers={"rate": rate, "messages": messages, "size": "0B"},
+                consumers={"count": 2, "prefetch": 50},
+            ),
+            1,
+        )
+
+    overload = played(shared, "15000/s", 45_000)
+    assert "50% of it by a publish (50% in a full call)" in overload.info["profile"]["pace"]
+    during, after = phases(overload)
+    assert during == pytest.approx(5_000, rel=0.05)
+    assert after == pytest.approx(20_000, rel=0.05)
+    during, after = phases(played(plain, "15000/s", 45_000))
+    assert during == pytest.approx(10_000, rel=0.05)
+    assert after == pytest.approx(10_000, rel=0.05)
+    # 8,000/s uses 80% of the capacity: kept up with, no backlog.
+    kept = played(shared, "8000/s", 8_000)
+    first = kept.trace.deliveries.groupby("msg_id")["t_delivered"].min()
+    sent = kept.trace.sends.set_index("msg_id")["t_sent"]
+    assert len(first) == 8_000
+    assert float((first - sent.loc[first.index]).quantile(0.99)) < 0.005
+
+
+def test_a_producer_behind_schedule_publishes_in_full_calls_at_their_cost(tmp_path: Path) -> None:
+    """A capacity of 10,000/s, a publish 50% of it alone and 10% in a full call. Offered
+    30,000/s, calls of one would need 30,000 x 50 us = 150% of it: the producer falls behind and
+    sends full calls, whose publishes take 30,000 x 10 us = 30%, so deliveries get 70% / 50 us =
+    14,000/s while it sends. Offered 15,000/s (75%) it keeps up with calls of one: 5,000/s."""
+    path = write_profile(
+        tmp_path,
+        round_trip="0.1ms",
+        capacity={"messages": "10000/s", "publish_share": 0.5, "publish_batched": 0.1},
+    )
+
+    def during(rate: str, messages: int) -> float:
+        scenario = make(
+            {"profile": str(path)},
+            producers={"rate": rate, "messages": messages, "size": "0B"},
+            consumers={"count": 2, "prefetch": 50},
+        )
+        return phases(simulate(scenario, 1))[0]
+
+    assert during("30000/s", 60_000) == pytest.approx(14_000, rel=0.05)
+    assert during("15000/s", 30_000) == pytest.approx(5_000, rel=0.05)
+
+
+def test_a_faulted_run_charges_its_publishes_to_a_shared_capacity(tmp_path: Path) -> None:
+    """The fault layer's publisher stores through its own hook: with a publish share, a faulted
+    run's publishes use the capacity too (its deliveries drain faster once they stop)."""
+    shared = write_profile(
+        tmp_path, round_trip="0.1ms", capacity={"messages": "10000/s", "publish_share": 0.5}
+    )
+    scenario = make(
+        {"profile": str(shared)},
+        producers={"rate": "15000/s", "messages": 15_000, "size": "0B"},
+        consumers={"count": 2, "prefetch": 50},
+    ).model_dump(mode="json")
+    # A fault that changes nothing here (no processing to slow), so the fault layer plays it.
+    scenario["faults"] = [
+        {"at": "0.5s", "duration": "0.1s", "action": "slow-consumer", "target": "consumers"}
+    ]
+    result = simulate(parse_scenario(scenario), 1)
+    assert "50% of it by a publish" in result.info["profile"]["pace"]
+    during, after = phases(result)
+    assert during == pytest.approx(5_000, rel=0.08)
+    assert after == pytest.approx(20_000, rel=0.08)
+
+
 def test_capacity_paces_the_copies_a_faulted_run_stores_twice(tmp_path: Path) -> None:
     """A broker pause makes producers retry, and a retried publish without dedup is stored twice:
     those second copies are deliveries too, and pay the capacity of the message they copy."""

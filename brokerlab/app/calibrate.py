@@ -43,6 +43,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.load import client_processes
@@ -70,7 +72,8 @@ IDLE_TAU = 0.003
 #: Message size of the ceiling rung with large messages (the capacity's byte cost).
 CEILING_LARGE = 4096
 #: With a fitted capacity, the broker's servers could serve this many times its ceiling (the
-#: capacity is the limit; their work is the latency a message waits for).
+#: capacity is the limit; their work is the latency a message waits for), or its fastest pace
+#: where the publishes' share of it makes an overload faster (see :func:`publish_shares`).
 CAPACITY_HEADROOM = 2
 #: Longest round-trip tail (p99 / median) a fit keeps: a lognormal's mean grows with its tail
 #: (at 15x the mean is 2x the median), and every consumer cycle pays the mean. Stalls of a busy
@@ -262,6 +265,8 @@ class Measured:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: a ceiling rung that kept up with every offer it made: its ceiling is only a lower bound
     lower_bound: bool = False
+    #: a ceiling search's runs that fell behind their offer (their backlogs' drains)
+    behind: list[RunRecord] = field(default_factory=list)
 
     @classmethod
     def of(cls, step: Step, record: RunRecord | list[RunRecord]) -> Measured:
@@ -392,9 +397,18 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
             one_process(m.delivered, _processes(m, clients), clients) for m in (ceiling, big)
         )
         capacity = _capacity(small_one, big_one, _size(big), clients)
+        share, batched = publish_shares(capacity, measured)
+        if capacity is not None and share is not None:
+            capacity["publish_share"] = share
+            if batched is not None:
+                capacity["publish_batched"] = batched
     if capacity is not None:
-        publish_work /= CAPACITY_HEADROOM
-        deliver /= CAPACITY_HEADROOM
+        # ... room for the capacity's fastest pace too: a full call's publish and a delivery,
+        # as an overload with a producer behind schedule moves them.
+        alone = capacity.get("publish_share", 0.0)
+        fastest = 1.0 - alone + (capacity.get("publish_batched") or alone)
+        publish_work /= CAPACITY_HEADROOM / fastest
+        deliver /= CAPACITY_HEADROOM / fastest
     # Two consumers of the consumer rung: if together they take clearly less than twice what
     # one takes, part of each cycle is served one at a time, by the broker's servers: the work
     # of a fetch request (with prefetch 1, one per message). What one consumer's cycle had left
@@ -466,7 +480,10 @@ def idle_share(rate: float) -> float:
 
 
 def _capacity(
-    small: float, large: float, size: float, clients: Clients | None = None
+    small: float,
+    large: float,
+    size: float,
+    clients: Clients | None = None,
 ) -> dict[str, Any] | None:
     """The capacity (messages and bytes per second) that moves ``small`` per second of
     :data:`SMALL` messages and ``large`` per second of ``size`` bytes: each message uses
@@ -533,6 +550,102 @@ def cpu_share(record: RunRecord, cores: int | None = None) -> float | None:
     if machine <= 0:
         return None
     return min(max((machine - broker) / machine, 0.0), 1.0)
+
+
+#: A backlog's drain tells a rate only when it lasts this long with this many messages (the last
+#: sends' stragglers drain in milliseconds at any load).
+DRAIN_MIN_SECONDS, DRAIN_MIN_MESSAGES = 0.05, 500
+#: The largest publish share a fit keeps: deliveries keep some of the capacity.
+MAX_PUBLISH_SHARE = 0.9
+
+
+def drain_rate(record: RunRecord) -> float | None:
+    """Messages a second a run delivered after its producers stopped (its backlog's drain, with
+    the capacity the deliveries' alone), over the first 99% of them (a straggler does not
+    stretch it); None when too little was left to tell (:data:`DRAIN_MIN_SECONDS`,
+    :data:`DRAIN_MIN_MESSAGES`)."""
+    sends, deliveries = record.result.trace.sends, record.result.trace.deliveries
+    if sends.empty or deliveries.empty:
+        return None
+    stopped = float(sends["t_sent"].max())
+    first = deliveries.groupby("msg_id")["t_delivered"].min()
+    after = first[first > stopped]
+    if len(after) < DRAIN_MIN_MESSAGES:
+        return None
+    span = float(after.quantile(0.99)) - stopped
+    if span < DRAIN_MIN_SECONDS:
+        return None
+    return 0.99 * len(after) / span
+
+
+def sending_rates(record: RunRecord) -> tuple[float, float] | None:
+    """Messages a second a run sent, and delivered, while its producers sent (first send to last
+    send); None for a run too short to tell."""
+    sends, deliveries = record.result.trace.sends, record.result.trace.deliveries
+    if sends.empty or deliveries.empty:
+        return None
+    began, stopped = float(sends["t_sent"].min()), float(sends["t_sent"].max())
+    if stopped - began < DRAIN_MIN_SECONDS:
+        return None
+    first = deliveries.groupby("msg_id")["t_delivered"].min()
+    during = int((first <= stopped).sum())
+    return float(sends["t_sent"].notna().sum()) / (stopped - began), during / (stopped - began)
+
+
+def publish_shares(
+    capacity: dict[str, Any] | None, measured: dict[str, Measured]
+) -> tuple[float | None, float | None]:
+    """The shares of a message's capacity its publish takes, alone and in a full call (see
+    :class:`brokerlab.sim.profile.Capacity`), from the ceiling searches' runs that fell behind.
+
+    Alone: once the producers stop, the backlog drains with the capacity the deliveries' alone,
+    so ``1 - ceiling / drain`` (the capacity's rate for that run's message size and client
+    processes against its drain rate). In a full call: while a producer too far behind to send
+    its messages one by one sent at ``sent`` a second, the deliveries got ``during`` a second of
+    what its publishes left: ``(1 - during x delivery cost) / sent`` of the capacity per publish
+    (only runs whose calls of one would have needed more than the whole capacity). Medians over
+    the runs; None where no run left a backlog to tell."""
+    if not capacity:
+        return None, None
+    fitted = Capacity.model_validate(capacity)
+    runs = []
+    for name in ("ceiling", "ceiling-large"):
+        m = measured.get(name)
+        if m is None:
+            continue
+        for record in m.behind:
+            per_message, per_byte = fitted.seconds(_record_processes(record, fitted.clients))
+            cost = per_message + per_byte * _size(m)
+            if cost > 0:
+                runs.append((record, cost))
+    alone = [
+        min(max(1.0 - 1.0 / (drain * cost), 0.0), MAX_PUBLISH_SHARE)
+        for record, cost in runs
+        if (drain := drain_rate(record)) is not None
+    ]
+    if not alone:
+        return None, None
+    share = statistics.median(alone)
+    batched = [
+        min(max((1.0 - during * (1.0 - share) * cost) / (sent * cost), 0.0), share)
+        for record, cost in runs
+        if (rates := sending_rates(record)) is not None
+        for sent, during in [rates]
+        if sent * share * cost > 1.0
+    ]
+    return share, (statistics.median(batched) if batched else None)
+
+
+def _record_processes(record: RunRecord, clients: Clients | None) -> int:
+    """Client processes a run used: what its harness says (real runs), else the rule's answer."""
+    harness = (record.result.info or {}).get("harness") or {}
+    if isinstance(harness.get("workers"), int):
+        return harness["workers"]
+    if clients is None:
+        return 1
+    data = yaml.safe_load((record.path / results.SCENARIO_FILE).read_text(encoding="utf-8"))
+    scenario = parse_scenario(data, f"calibration run {record.path.name}")
+    return client_processes(scenario, clients.single_process_rate, clients.cores)
 
 
 def _processes(m: Measured, clients: Clients | None) -> int:
@@ -663,14 +776,18 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if data.get("capacity") and large is not None and sim_small and sim_large:
             # The capacity sets the ceiling: each size's capacity per message, scaled by how far
             # the simulator was off there (the fetches and servers in front of it cost a little).
-            per_message, per_byte = Capacity.model_validate(data["capacity"]).seconds()
+            before = Capacity.model_validate(data["capacity"])
+            per_message, per_byte = before.seconds()
             small = measured["ceiling"]
             used = [
                 (per_message + _size(m) * per_byte) * sim / m.delivered
                 for m, sim in ((small, sim_small), (large, sim_large))
             ]
-            clients = Capacity.model_validate(data["capacity"]).clients
-            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large), clients)
+            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large), before.clients)
+            if data["capacity"] is not None:
+                data["capacity"].update(
+                    before.model_dump(include={"publish_share", "publish_batched"})
+                )
         elif (r := ratio("ceiling", ("throughput_per_s", "delivered"), damping=1.0)) is not None:
             if data["parallelism"] >= 10:
                 data["parallelism"] = max(1, round(data["parallelism"] * r))
@@ -856,6 +973,7 @@ def find_sustained(
     run: Callable[[Step], RunRecord],
     say: Say,
     bisections: int = SUSTAINED_BISECTIONS,
+    behind: list[RunRecord] | None = None,
 ) -> tuple[Step, RunRecord, bool]:
     """The ceiling rung at the highest offer the target keeps up with (:func:`sustained`).
 
@@ -869,12 +987,15 @@ def find_sustained(
     then bisected ``bisections`` times (:data:`SUSTAINED_BISECTIONS`) between the highest offer
     kept up with and the lowest not, which is also at most 10% above what that run delivered
     (it could not take more). Returns the rung, its run and whether the ceiling was found
-    (False: every offer was kept up with, a lower bound).
+    (False: every offer was kept up with, a lower bound); the runs that fell behind are appended
+    to ``behind``.
     """
+    behind = [] if behind is None else behind
     best: tuple[Step, RunRecord] | None = None
     record = first
     for doubling in range(CEILING_DOUBLINGS + 1):
         if not sustained(record):
+            behind.append(record)
             break
         best = (step, record)
         if doubling == CEILING_DOUBLINGS:
@@ -896,6 +1017,7 @@ def find_sustained(
         if sustained(tried):
             best, low = (middle, tried), _offered(middle)
         else:
+            behind.append(tried)
             high = _offered(middle)
     if best is None:
         # Nothing tried was kept up with: the bracket's floor, half the first shortfall.
@@ -924,9 +1046,11 @@ def measure(
         first = run(step)
         if step.name in ("ceiling", "ceiling-large"):
             # Found by a search, not repeated: the runs around the answer are its evidence.
-            step, found, bounded = find_sustained(step, first, run, say, bisections)
+            behind: list[RunRecord] = []
+            step, found, bounded = find_sustained(step, first, run, say, bisections, behind)
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
+            measured[step.name].behind = behind
             continue
         records = [first] + [run(step) for _ in range(times - 1)]
         measured[step.name] = Measured.of(step, records)
