@@ -43,6 +43,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aio_pika
 import aiormq
+from aio_pika.connection import make_url
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 
@@ -264,12 +265,15 @@ class RabbitMQAdapter(BrokerAdapter):
         return args
 
     async def _connect(self, client: str, *, confirms: bool = False) -> _Client:
-        connection = await aio_pika.connect(
-            self.url_for(client),
-            timeout=CONNECT_TIMEOUT,
+        # aio_pika.connect() drops a connection whose connect failed without closing it; an
+        # error record that keeps its traceback keeps it alive until the loop ends, and then its
+        # __del__ schedules a close that never runs ("coroutine ... was never awaited").
+        connection = aio_pika.Connection(
+            make_url(self.url_for(client)),
             client_properties={"connection_name": f"brokerlab-{self.names.run_id}-{client}"},
         )
         try:
+            await connection.connect(timeout=CONNECT_TIMEOUT)
             channel = await connection.channel(publisher_confirms=confirms, on_return_raises=False)
             raw = await channel.get_underlay_channel()
         except BaseException:

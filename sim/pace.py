@@ -27,22 +27,25 @@ the run's process count (:class:`brokerlab.sim.profile.Clients`; Redis delivered
 
 Publishing uses the capacity too. A profile's ``capacity.publish_share`` is the share of a
 message's capacity its publish takes (the producer's client work, the broker's write); the
-delivery takes the rest (:class:`SharedPacer`). A stored publish uses its share at once and goes
-on (the real producer is not held: its publish latency stayed in milliseconds); a delivery waits
-until the work before it, publishes and deliveries, is done. A load the pipeline sustains sees no
-difference: every message still uses its whole cost. An overload does: while the producers send,
-deliveries get what the publishes leave, and once they stop the backlog drains at the delivery's
-cost alone. And a producer behind schedule sends what is due in one call (up to 256 messages in
-the harness), whose work per message is far smaller: ``capacity.publish_batched`` is a publish's
-share then. Measured on the development machine, 60,000/s of 1 kB messages for 2 s, three
-consumers: Redis delivered 25,000/s while the producer sent and 73,000/s after it stopped;
-JetStream 6,600/s and 22,000/s, 17,600/s over the whole run, twice what it sustains with calls
-of one message each. A producer counts as behind when its publishes, each costing its whole share
-(calls of one), would need more than the whole capacity for longer than :data:`BEHIND`.
+delivery takes the rest (:class:`SharedPacer`). A stored publish uses its share and goes on (the
+real producer is not held: its publish latency stayed in milliseconds); its work was done while
+it was sent, so on an idle capacity it is over when the broker stores it, and only on a busy one
+does it queue. A delivery waits until the work before it, publishes and deliveries, is done. A
+load the pipeline sustains sees no difference: every message still uses its whole cost. An
+overload does: while the producers send, deliveries get what the publishes leave, and once they
+stop the backlog drains at the delivery's cost alone. And a producer behind schedule sends what
+is due in one call (up to 256 messages in the harness), whose work per message is far smaller:
+``capacity.publish_batched`` is a publish's share then. Measured on the development machine,
+60,000/s of 1 kB messages for 2 s, three consumers: Redis delivered 25,000/s while the producer
+sent and 73,000/s after it stopped; JetStream 6,600/s and 22,000/s, 17,600/s over the whole run,
+twice what it sustains with calls of one message each. A producer counts as behind when its
+publishes, each costing its whole share (calls of one), would need more than the whole capacity
+for longer than :data:`BEHIND`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from brokerlab.sim.events import Call
@@ -117,6 +120,7 @@ class SharedPacer(Pacer):
         self.producer: list[int] = sim.plan.producer.tolist()
         #: per producer: when its publishes, as calls of one, would have used the capacity up
         self.calls_done = [0.0] * (max(self.producer, default=0) + 1)
+        self.free_at = -math.inf  # a first publish's work may end at time 0
         if sim.faults is not None:  # the fault layer's publisher stores through its own hook
             broker = sim.faults.publisher.broker
             self._store = broker.store
@@ -140,7 +144,10 @@ class SharedPacer(Pacer):
             done = now + LAG_CAP
         self.calls_done[p] = done
         cost = self.batched[i] if done - now > BEHIND else alone
-        free = (self.free_at if self.free_at > now else now) + cost
+        # The publish's work was done while it was sent, before the broker stored it: on an idle
+        # capacity it ends now (a delivery of it waits for nothing); on a busy one it queues.
+        begin = now - cost
+        free = (self.free_at if self.free_at > begin else begin) + cost
         cap = now + PUBLISH_BACKLOG
         if free > cap:
             free = cap if cap > self.free_at else self.free_at

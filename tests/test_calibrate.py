@@ -211,7 +211,7 @@ def ladder_in(
     options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
     run = partial(run_rung, base_scenario("redis-streams"), "sim", options)
     say = said.append if said is not None else lambda _: None
-    return known, measure(ladder("redis-streams", quick=True), run, say, 1)
+    return known, measure(ladder("redis-streams", quick=True), run, say, 1, overload=True)
 
 
 def world_and_fit(tmp_path: Path, known: Path, fitted: Profile, step: Step) -> list[dict]:
@@ -303,8 +303,8 @@ def test_fit_finds_the_publishes_shares_from_the_backlogs_the_ceiling_search_lef
 ) -> None:
     """A world whose capacity (25,000 messages and 50 MB a second) is 40% the publishes' (10%
     for a producer behind schedule, in full calls): the ceiling searches' offers beyond it leave
-    backlogs that drain at 1 / (60% of the cost) once the producer stops, and the 4 kB search's
-    first offer (the 256 B ceiling, 22,000/s) is more than calls of one could send. The fit
+    backlogs that drain at 1 / (60% of the cost) once the producer stops, and the deep backlog
+    (four times the 256 B ceiling for 1 s) is more than calls of one could send. The fit
     finds both shares, and predicts 1 kB overloads it never saw within 5%: what was delivered
     while the producer sent and the drain after, at 30,000/s (calls of one) and at 45,000/s
     (behind, full calls: 20,000/s delivered while it sends, where calls of one would leave
@@ -468,10 +468,12 @@ def test_full_calibration_of_the_nats_brokers_through_the_cli(tmp_path: Path) ->
         clients = profile.capacity.clients
         assert 0 < clients.share < 1 and clients.cores == (os.cpu_count() or 1)
         assert clients.broker_cores == clients.cores  # nats-server runs on every core
-        if target == "nats-jetstream":  # its search's 16,000/s offer leaves a deep backlog
+        if target == "nats-jetstream":  # the deep backlog: both publishes' shares
             assert 0 < profile.capacity.publish_share < 1
+            assert profile.capacity.publish_batched is not None
     assert "clients' share of a message's CPU" in done.stdout
     assert "publishes' share of the capacity" in done.stdout
+    assert "nats-jetstream ceiling: a deep backlog for the publishes' share" in done.stderr
 
 
 def test_repeats_must_be_a_whole_number_of_runs(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ persistence cost, where the broker has one), one consumer with a known processin
 more than it can take (the consumer's own per-message cost, fetch and ack round trips included),
 and the sustained ceiling with a deep prefetch (the highest offer kept up with, found by
 doubling and bisecting the offer), with small and with 4 kB messages (bigger messages cost
-broker and clients more of the machine). The fit solves
+broker and clients more of the machine), and a deep backlog beyond it (how much faster a backlog
+drains once the producer stops: the publishes' share of the capacity). The fit solves
 the simulator's own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those
 measurements:
 
@@ -21,6 +22,8 @@ measurements:
     Δ publish p50     = fsync cost                                     (persistence always)
     1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (256 B and 4 kB)
     clients' share    = (machine CPU - broker CPU) / machine CPU         (at the ceilings)
+    publishes' share  = 1 - ceiling / drain once the producer stopped    (offers beyond it)
+    ... in full calls = (1 - delivered while sending x delivery cost) / sent   (deep backlog)
 
 (a ceiling reached with more client processes, as the harness plays offers above the target's
 single-process rate, is put back to one process by the clients' share: see
@@ -1026,17 +1029,25 @@ def find_sustained(
     return best[0], best[1], True
 
 
+#: The deep backlog's offer, times the sustained ceiling, and how long it is offered: far enough
+#: beyond that the producer falls behind and sends full calls (see :func:`publish_shares`).
+OVERLOAD, OVERLOAD_SECONDS = 4.0, 1.0
+
+
 def measure(
     steps: list[Step],
     run: Callable[[Step], RunRecord],
     say: Say,
     times: int,
     bisections: int = SUSTAINED_BISECTIONS,
+    overload: bool = False,
 ) -> dict[str, Measured]:
     """Run each rung ``times`` times (``run`` plays one run of a rung); the medians per rung.
     The ceiling rungs are searches instead (:func:`find_sustained` with ``bisections``; the
     large messages' rung starts at the small ones' ceiling), measured at the highest offer kept
-    up with."""
+    up with. With ``overload``, the small messages' ceiling is then offered :data:`OVERLOAD`
+    times over for :data:`OVERLOAD_SECONDS`, once: a backlog deep enough that the producer
+    sends full calls, kept with the search's runs that fell behind."""
     measured: dict[str, Measured] = {}
     for index, step in enumerate(steps, 1):
         say(f"[{index}/{len(steps)}] {step.name}: {step.measures}")
@@ -1050,6 +1061,12 @@ def measure(
             step, found, bounded = find_sustained(step, first, run, say, bisections, behind)
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
+            if overload and step.name == "ceiling":
+                deep = _at(step, OVERLOAD * _offered(step))
+                deep.changes["producers.duration"] = f"{OVERLOAD_SECONDS}s"
+                say(f"{step.name}: a deep backlog for the publishes' share: offering "
+                    f"{_offered(deep):,.0f}/s for {OVERLOAD_SECONDS:g} s")  # fmt: skip
+                behind.append(run(deep))
             measured[step.name].behind = behind
             continue
         records = [first] + [run(step) for _ in range(times - 1)]
@@ -1079,7 +1096,13 @@ def calibrate(
         # --quick: a rougher ceiling too (one bisection: within about 25%, not 5%).
         bisections = 1 if quick else SUSTAINED_BISECTIONS
         measured = measure(
-            ladder(target, quick), run, partial(_prefixed, say, target), times, bisections
+            ladder(target, quick),
+            run,
+            partial(_prefixed, say, target),
+            times,
+            bisections,
+            # NATS core has no backlog to drain: a subscriber beyond its limits is dropped.
+            overload=target != "nats",
         )
         server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
         provenance = {
