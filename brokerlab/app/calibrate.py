@@ -46,6 +46,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
@@ -562,16 +563,23 @@ DRAIN_MIN_SECONDS, DRAIN_MIN_MESSAGES = 0.05, 500
 MAX_PUBLISH_SHARE = 0.9
 
 
+def _first_deliveries(record: RunRecord) -> tuple[float, float, pd.Series] | None:
+    """A run's first and last send, and each message's first delivery; None without both."""
+    sends, deliveries = record.result.trace.sends, record.result.trace.deliveries
+    if sends.empty or deliveries.empty:
+        return None
+    first = deliveries.groupby("msg_id")["t_delivered"].min()
+    return float(sends["t_sent"].min()), float(sends["t_sent"].max()), first
+
+
 def drain_rate(record: RunRecord) -> float | None:
     """Messages a second a run delivered after its producers stopped (its backlog's drain, with
     the capacity the deliveries' alone), over the first 99% of them (a straggler does not
     stretch it); None when too little was left to tell (:data:`DRAIN_MIN_SECONDS`,
     :data:`DRAIN_MIN_MESSAGES`)."""
-    sends, deliveries = record.result.trace.sends, record.result.trace.deliveries
-    if sends.empty or deliveries.empty:
+    if (run := _first_deliveries(record)) is None:
         return None
-    stopped = float(sends["t_sent"].max())
-    first = deliveries.groupby("msg_id")["t_delivered"].min()
+    _, stopped, first = run
     after = first[first > stopped]
     if len(after) < DRAIN_MIN_MESSAGES:
         return None
@@ -584,15 +592,13 @@ def drain_rate(record: RunRecord) -> float | None:
 def sending_rates(record: RunRecord) -> tuple[float, float] | None:
     """Messages a second a run sent, and delivered, while its producers sent (first send to last
     send); None for a run too short to tell."""
-    sends, deliveries = record.result.trace.sends, record.result.trace.deliveries
-    if sends.empty or deliveries.empty:
+    if (run := _first_deliveries(record)) is None:
         return None
-    began, stopped = float(sends["t_sent"].min()), float(sends["t_sent"].max())
+    began, stopped, first = run
     if stopped - began < DRAIN_MIN_SECONDS:
         return None
-    first = deliveries.groupby("msg_id")["t_delivered"].min()
-    during = int((first <= stopped).sum())
-    return float(sends["t_sent"].notna().sum()) / (stopped - began), during / (stopped - began)
+    sent = float(record.result.trace.sends["t_sent"].notna().sum())
+    return sent / (stopped - began), int((first <= stopped).sum()) / (stopped - began)
 
 
 def publish_shares(
