@@ -506,3 +506,37 @@ def test_a_busy_machine_is_named_not_silently_fitted() -> None:
     assert "29900/s of 30000/s" in warning and "lower bound" in warning
     saturated = Measured(ceiling, None, 1e-3, 2e-3, 1e-3, 5e-3, 1e-3, 15_000.0)  # type: ignore[arg-type]
     assert busy_warnings("redis-streams", {"ceiling": saturated}) == []
+
+
+def test_a_host_that_took_the_machines_cpu_time_during_a_rung_is_named() -> None:
+    """Known answer: one of the light rung's three runs had the host take 25 % of the machine's
+    CPU time (steal) in most of its intervals; the calibration says so, with the peak, and a
+    rung whose host took 3 % is not named."""
+    from types import SimpleNamespace
+
+    step = ladder("redis-streams")[0]
+
+    def run(steal: float) -> SimpleNamespace:
+        frame = pd.DataFrame(
+            {
+                "t_start": np.arange(10) * 0.25,
+                "t_end": np.arange(1, 11) * 0.25,
+                "lab_cpu": 40.0,
+                "loop_lag_ms": 1.0,
+                "broker_cpu": 20.0,
+                "machine_cpu": 50.0,
+                "machine_steal": [steal] * 8 + [2.0] * 2,
+            }
+        )
+        return SimpleNamespace(result=SimpleNamespace(trace=SimpleNamespace(timeline=frame)))
+
+    def rung(steals: list[float]) -> Measured:
+        records = [run(steal) for steal in steals]
+        return Measured(step, records[0], 0.5e-3, 2e-3, 1e-3, 5e-3, 1e-3, 201.0, records=records)
+
+    assert busy_warnings("redis-streams", {"light": rung([3.0, 3.0, 3.0])}) == []
+    (warning,) = busy_warnings("redis-streams", {"light": rung([3.0, 25.0, 3.0])})
+    assert "host took ≥10% of its CPU time (steal, up to 25%) during 1 run(s) of the light" in (
+        warning
+    )
+    assert "inflated" in warning

@@ -21,6 +21,7 @@ from brokerlab.core.saturation import (
     judge,
     lab_limit,
     speed_bound,
+    steal_warning,
 )
 from brokerlab.core.trace import TIMELINE_SCHEMA, ResourceSamples, Trace, empty, with_resources
 
@@ -213,6 +214,7 @@ def test_a_real_run_with_a_starved_lab_says_so_and_is_inconclusive(tmp_path: Pat
     timeline = pd.read_parquet(out / "timeline.parquet")
     assert timeline["lab_cpu"].notna().any() and timeline["loop_lag_ms"].notna().any()
     assert timeline["machine_cpu"].between(0, 100).any()
+    assert timeline["machine_steal"].between(0, 100).any()  # Linux reports steal, 0 on bare metal
     assert timeline["broker_cpu"].notna().any()  # the lab started it: its pid is known
 
 
@@ -282,3 +284,80 @@ def test_a_machine_with_no_idle_cpu_makes_failed_speed_requirements_undecided() 
 def test_a_busy_machine_does_not_excuse_a_saturated_broker_or_spare_cpu(machine, broker) -> None:
     judgement = judge(_busy_machine(machine, broker), FAILED)
     assert judgement.notes == {} and judgement.warning is None
+
+
+def _stolen(steal: float) -> pd.DataFrame:
+    """Half the run with the host taking ``steal`` % of the machine's CPU time; the lab at 70 %
+    of a core, the machine 60 % busy, the broker at 30 %: nothing else was the limit."""
+    frame = timeline([70.0] * 100)
+    frame["machine_cpu"] = 60.0
+    frame["machine_steal"] = [steal] * 50 + [1.0] * 50
+    return frame
+
+
+def test_a_host_taking_the_machines_cpu_time_makes_failed_speed_requirements_undecided() -> None:
+    """Known answer: the host took 15 % of the CPU time (steal) in half the run, while the lab,
+    the broker and the machine's own CPUs had room: failed speed requirements are not judged and
+    the note names the host and the figures; loss and ordering failures stand."""
+    judgement = judge(_stolen(15.0), FAILED)
+    assert judgement.limit is not None and judgement.limit.stolen
+    assert not (judgement.limit.saturated or judgement.limit.machine_bound)
+    assert set(judgement.notes) == {"throughput", "end_to_end p99", "completion p50"}
+    for note in judgement.notes.values():
+        assert "the machine's host (it took CPU time from this virtual machine) was the limit" in (
+            note
+        )
+        assert "took ≥10% of the machine's CPU time (steal) in 50% of the run (peak 15%)" in note
+    assert judgement.warning is not None and "steal" in judgement.warning
+    said = steal_warning(judgement.limit)
+    assert said is not None and "in 50% of the run (peak 15%)" in said
+
+
+def test_a_quiet_hosts_steal_changes_nothing() -> None:
+    """5 % steal in half the run (a quiet host takes about 2 %): failures stand."""
+    judgement = judge(_stolen(5.0), FAILED)
+    assert judgement.limit is not None and not judgement.limit.stolen
+    assert judgement.notes == {} and judgement.warning is None
+    assert steal_warning(judgement.limit) is None
+
+
+def test_the_machine_meter_reads_busy_and_stolen_time_from_the_cpu_counters(monkeypatch) -> None:
+    """Known answer: between two looks the counters grew by 90 s of CPU time (guest time is part
+    of user time, not counted twice), 50 of them idle, 10 iowait and 15 steal: the machine was
+    a third busy and the host took a sixth."""
+    from collections import namedtuple
+
+    from brokerlab.adapters import monitor
+
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    looks = iter(
+        [
+            Times(100.0, 0.0, 20.0, 500.0, 5.0, 0.0, 1.0, 4.0, 3.0, 0.0),
+            Times(110.0, 0.0, 25.0, 550.0, 15.0, 0.0, 1.0, 19.0, 4.0, 0.0),
+        ]
+    )
+    monkeypatch.setattr(monitor.psutil, "cpu_times", lambda: next(looks))
+    meter = monitor._MachineMeter()
+    assert all(np.isnan(v) for v in meter.percent())
+    busy, stolen = meter.percent()
+    # total grew by 10 + 5 + 50 + 10 + 15 (+ guest 1, already in user: not counted) = 90
+    assert busy == pytest.approx(100.0 * (1 - 60.0 / 90.0))
+    assert stolen == pytest.approx(100.0 * 15.0 / 90.0)
+
+
+def test_a_run_met_despite_the_hosts_steal_passes_and_still_says_so() -> None:
+    """Known answer: the bound is met (end-to-end p99 100 ms against 1 s), so the run passes, but
+    the host took 15 % of the CPU time in half of it: the warnings say so, because every figure
+    a comparison reads from it includes the host's stalls."""
+    sends = sends_table([0] * 10, list(range(10)))
+    deliveries = deliveries_table(
+        [f"0:{i}" for i in range(10)], [sends["t_intended"][i] + 0.1 for i in range(10)]
+    )
+    scenario = scenario_with({"latency": {"end_to_end": {"p99": "1s"}}, "max_lost": 0})
+    trace = Trace(sends=sends, deliveries=deliveries, timeline=_stolen(15.0))
+    analysis = analyze(trace, scenario, target="redis-streams", seed=1, duration_s=1.0)
+    assert analysis.verdict == "pass"
+    assert any("host took ≥10%" in w and "peak 15%" in w for w in analysis.warnings)
+    quiet = Trace(sends=sends, deliveries=deliveries, timeline=_stolen(5.0))
+    calm = analyze(quiet, scenario, target="redis-streams", seed=1, duration_s=1.0)
+    assert not any("steal" in w for w in calm.warnings)

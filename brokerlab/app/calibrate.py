@@ -52,6 +52,7 @@ import yaml
 from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.load import client_processes
+from brokerlab.core.saturation import MACHINE_STOLEN, lab_limit
 from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
 from brokerlab.core.units import parse_rate, parse_size
 from brokerlab.sim.profile import (
@@ -311,8 +312,27 @@ class Calibration:
 
 def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
     """Rungs that could not keep up with a light load: the machine (not the broker) was busy,
-    and every cost fitted from them is inflated."""
+    and every cost fitted from them is inflated; and rungs during which the host of a virtual
+    machine took its CPU time (steal), whose latencies are the host's stalls as much as the
+    broker's costs."""
     warnings = []
+    stolen = [
+        (name, limit)
+        for name, m in measured.items()
+        for record in (m.records or [m.record])
+        if record is not None
+        and (limit := lab_limit(record.result.trace.timeline)) is not None
+        and limit.stolen
+    ]
+    if stolen:
+        names = sorted({name for name, _ in stolen})
+        peak = max(limit.peak_steal for _, limit in stolen)
+        warnings.append(
+            f"{target}: the machine's host took ≥{MACHINE_STOLEN:g}% of its CPU time (steal, "
+            f"up to {peak:.0f}%) during {len(stolen)} run(s) of the {', '.join(names)} "
+            "rung(s): their latencies include the host's stalls, so the fitted costs are "
+            "inflated (calibrate again when the host is quieter)"
+        )
     for name in ("light", "large", "busy"):
         m = measured.get(name)
         if m is None:

@@ -430,7 +430,8 @@ def analyze(
         latency=latency,
         throughput=throughput,
         requirements=requirements,
-        warnings=_warnings(checks, latency) + ([lab.warning] if lab.warning else []),
+        warnings=_warnings(checks, latency)
+        + [w for w in (lab.warning, saturation.steal_warning(lab.limit)) if w],
     )
 
 

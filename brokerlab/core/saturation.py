@@ -26,6 +26,7 @@ from brokerlab.core.vocabulary import LATENCY_KINDS
 __all__ = [
     "LAGGING_P99_MS",
     "MACHINE_BUSY",
+    "MACHINE_STOLEN",
     "SATURATED_CPU",
     "SATURATED_SHARE",
     "LabLimit",
@@ -33,6 +34,7 @@ __all__ = [
     "judge",
     "lab_limit",
     "speed_bound",
+    "steal_warning",
 ]
 
 #: A lab process at or above this CPU (percent of one core) is saturated: one Python process
@@ -47,6 +49,10 @@ LAGGING_P99_MS = 50.0
 #: The machine has no CPU to spare when all of its CPUs are this busy (percent, every process
 #: counted) in at least :data:`SATURATED_SHARE` of the sampled intervals.
 MACHINE_BUSY = 95.0
+#: The host of a virtual machine took too much of it when it took at least this share of the
+#: machine's CPU time (steal, percent) in at least :data:`SATURATED_SHARE` of the intervals. A
+#: quiet host takes about 2% on the development machine.
+MACHINE_STOLEN = 10.0
 
 
 def speed_bound(requirement: str) -> bool:
@@ -71,6 +77,10 @@ class LabLimit:
     machine_share: float = 0.0
     #: share of sampled intervals in which the broker itself used at least SATURATED_CPU
     broker_share: float = 0.0
+    #: share of sampled intervals in which the host took at least MACHINE_STOLEN of the CPU time
+    steal_share: float = 0.0
+    #: the largest share of the CPU time the host took in one interval (percent; NaN: unknown)
+    peak_steal: float = float("nan")
 
     @property
     def saturated(self) -> bool:
@@ -87,17 +97,25 @@ class LabLimit:
         return self.machine_share >= SATURATED_SHARE and self.broker_share < SATURATED_SHARE
 
     @property
+    def stolen(self) -> bool:
+        """The virtual machine's host took CPU time from it (steal) for a sustained part of the
+        run: the broker and the lab both stood still meanwhile."""
+        return self.steal_share >= SATURATED_SHARE
+
+    @property
     def limited(self) -> bool:
         """True when the lab's client, or the machine it shares with the broker, may have been
         the bottleneck."""
-        return self.saturated or self.lagging or self.machine_bound
+        return self.saturated or self.lagging or self.machine_bound or self.stolen
 
     @property
     def who(self) -> str:
         """What was the limit, in words for notes and warnings."""
         if self.saturated or self.lagging:
             return "the lab's client"
-        return "the machine (no idle CPU)"
+        if self.machine_bound:
+            return "the machine (no idle CPU)"
+        return "the machine's host (it took CPU time from this virtual machine)"
 
     def describe(self) -> str:
         """Why the lab was the limit, with its figures (empty when it was not)."""
@@ -116,6 +134,11 @@ class LabLimit:
             reasons.append(
                 f"all of the machine's CPUs were ≥{MACHINE_BUSY:g}% busy in "
                 f"{self.machine_share:.0%} of the run while the broker used less than a core"
+            )
+        if self.stolen:
+            reasons.append(
+                f"the host took ≥{MACHINE_STOLEN:g}% of the machine's CPU time (steal) in "
+                f"{self.steal_share:.0%} of the run (peak {self.peak_steal:.0f}%)"
             )
         return " and ".join(reasons)
 
@@ -136,7 +159,18 @@ def lab_limit(timeline: pd.DataFrame) -> LabLimit | None:
         sampled=int(max(len(cpu), len(lag))),
         machine_share=_share(timeline, "machine_cpu", MACHINE_BUSY),
         broker_share=_share(timeline, "broker_cpu", SATURATED_CPU),
+        steal_share=_share(timeline, "machine_steal", MACHINE_STOLEN),
+        peak_steal=_peak(timeline, "machine_steal"),
     )
+
+
+def _peak(timeline: pd.DataFrame, column: str) -> float:
+    """The largest sampled value of ``column`` (NaN when none was sampled)."""
+    if column not in timeline:
+        return float("nan")
+    values = timeline[column].to_numpy(dtype="float64")
+    values = values[~np.isnan(values)]
+    return float(values.max()) if len(values) else float("nan")
 
 
 def _share(timeline: pd.DataFrame, column: str, threshold: float) -> float:
@@ -166,8 +200,9 @@ def judge(timeline: pd.DataFrame, failed: Iterable[str]) -> SaturationJudgement:
     """Which of the ``failed`` requirements the lab's own limit makes undecided.
 
     A failed throughput or latency requirement becomes undecided when the lab was saturated or
-    lagging, or the machine had no idle CPU while the broker itself was not saturated
-    (:meth:`LabLimit.limited`); other failures stand. A broker at a whole core is the limit
+    lagging, the machine had no idle CPU while the broker itself was not saturated, or the
+    host of a virtual machine took its CPU time (:meth:`LabLimit.limited`); other failures
+    stand. A broker at a whole core is the limit
     itself, so a busy machine does not excuse it.
     """
     limit = lab_limit(timeline)
@@ -182,3 +217,17 @@ def judge(timeline: pd.DataFrame, failed: Iterable[str]) -> SaturationJudgement:
         "quieter machine, or the lab on another machine)"
     )
     return SaturationJudgement(limit, {name: note for name in spoiled}, warning)
+
+
+def steal_warning(limit: LabLimit | None) -> str | None:
+    """The warning for a run during which the host took the machine's CPU time (steal), whether
+    or not a requirement failed: every latency of it includes the host's stalls, so a comparison
+    with the simulator or another broker must know. None when the host was quiet."""
+    if limit is None or not limit.stolen:
+        return None
+    return (
+        f"the machine's host took ≥{MACHINE_STOLEN:g}% of its CPU time (steal) in "
+        f"{limit.steal_share:.0%} of the run (peak {limit.peak_steal:.0f}%): latencies and "
+        "rates include the host's stalls, not only the broker's work (run again when the host "
+        "is quieter)"
+    )

@@ -60,9 +60,11 @@ TIMELINE_SCHEMA: dict[str, str] = {
     "broker_cpu": "float64",  # the broker process, percent of one core
     "loop_lag_ms": "float64",  # worst lateness of the lab's event loop
     "machine_cpu": "float64",  # all of the machine's CPUs, percent busy (every process)
+    # share of the machine's CPU time its virtual machine's host took (steal), percent
+    "machine_steal": "float64",
 }
 #: The timeline columns :func:`with_resources` fills from ``adapters.monitor``'s samples.
-RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms", "machine_cpu")
+RESOURCE_COLUMNS = ("lab_cpu", "broker_cpu", "loop_lag_ms", "machine_cpu", "machine_steal")
 
 #: The broker's own view, sampled during a real run (columns only present when the target
 #: reports them): ``broker_backlog`` = messages the broker holds for the group that no consumer
@@ -236,7 +238,7 @@ def build_timeline(
     has yet received (each message counted once, however many copies or redeliveries it had).
     ``errors`` counts failed or unknown publishes started in the interval (plus any
     target-specific error times passed in). ``faults`` names the faults active in the interval.
-    ``lab_cpu``, ``broker_cpu``, ``loop_lag_ms`` and ``machine_cpu`` come from ``resources`` (see
+    The :data:`RESOURCE_COLUMNS` come from ``resources`` (see
     :func:`with_resources`); without them (the simulator) they are NaN. ``first`` is
     :func:`first_deliveries` when the target already knows it (the simulator does, by message
     index, and skips the id join). ``broker`` (column ``t``
@@ -316,6 +318,7 @@ class ResourceSamples:
     broker_cpu: np.ndarray
     loop_lag_ms: np.ndarray
     machine_cpu: np.ndarray | None = None
+    machine_steal: np.ndarray | None = None
 
 
 def with_resources(timeline: pd.DataFrame, samples: ResourceSamples) -> pd.DataFrame:
