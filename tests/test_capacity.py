@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from brokerlab.app.capacity import CAPACITY_FILE, _seed_evidence, find_capacity
+from brokerlab.app.capacity import (
+    CAPACITY_FILE,
+    Evidence,
+    _answer,
+    _find_rate,
+    _seed_evidence,
+    find_capacity,
+)
 from brokerlab.app.sweep import Outcome, Point, Task
 from brokerlab.core.scenario import parse_scenario
 
@@ -200,6 +207,53 @@ def test_inconclusive_and_falling_behind_do_not_meet_the_requirements(tmp_path: 
     assert not ok and entry["reasons"] == ["does not keep up"]
     ok, _ = _seed_evidence(_outcome("pass", delivered=90.0), 0.0, tmp_path)
     assert ok  # --keep-up 0: requirements only
+
+
+class _World:
+    """A stand-in for the search's runs: a broker that meets every requirement up to 30,000/s,
+    seen through a lab whose own client is the limit from ``lab_limit`` on (its runs there are
+    inconclusive) or, with ``measured=True``, whose runs there fail a latency bound outright."""
+
+    def __init__(self, lab_limit: float, measured: bool = False) -> None:
+        self.scenario = scenario(producers={"rate": "1000/s"})
+        self.seeds = [1]
+        self.cache: dict = {}
+        self.points: list = []
+        self.lab_limit, self.measured = lab_limit, measured
+
+    def evaluate(self, value: float, step: str, seeds: object = None) -> bool:
+        if value <= min(self.lab_limit, 30_000):
+            entry = {"seed": 1, "ok": True, "reasons": [], "why": []}
+        elif self.measured:
+            why = ["end_to_end p99: measured 180 vs bound 100"]
+            entry = {"seed": 1, "ok": False, "reasons": ["end_to_end p99 missed"], "why": why}
+        else:
+            why = ["verdict inconclusive (end_to_end p99: not judged: the lab's client was the "
+                   "limit): counted as not meeting the requirements"]  # fmt: skip
+            reasons = ["inconclusive", "does not keep up"]
+            entry = {"seed": 1, "ok": False, "reasons": reasons, "why": why}
+        self.cache[(value, 1)] = (entry["ok"], entry)
+        self.points.append(Evidence(value, entry["ok"], [entry], step))
+        return entry["ok"]
+
+
+def test_an_edge_the_lab_could_not_tell_is_answered_as_a_lower_bound() -> None:
+    """Known answer: runs beyond 12,000/s are inconclusive (the lab's client the limit), not
+    failed; the search still answers the highest rate shown to meet everything (12,000/s,
+    within the 5% bisection), but as a lower bound: "at least", the edge unknown, and why."""
+    world = _World(lab_limit=12_000)
+    value, detail, extra = _find_rate(world, 0.05, 12)  # type: ignore[arg-type]
+    assert 12_000 * 0.95 <= value <= 12_000
+    assert extra["edge"] == "unknown" and extra["upper"] > 12_000
+    assert detail.startswith("a lower bound") and "lab's client was the limit" in detail
+    answer = _answer(world.scenario, "rate", "nats", value, "/s", detail, None)  # type: ignore[arg-type]
+    assert f"at least {value:,.6g}/s" in answer
+    # The same edge measured as a latency miss is the edge: no lower bound.
+    measured = _World(lab_limit=12_000, measured=True)
+    value, detail, extra = _find_rate(measured, 0.05, 12)  # type: ignore[arg-type]
+    assert 12_000 * 0.95 <= value <= 12_000
+    assert "edge" not in extra and not detail.startswith("a lower bound")
+    assert "at least" not in _answer(measured.scenario, "rate", "nats", value, "/s", detail, None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@ the use case's requirements stop holding:
 - ``rate``: the highest offered rate at which every requirement holds (bracket by doubling or
   halving with one seed, then bisect with every seed: near the edge one lucky seed must not
   decide). The answer is the highest rate that passed on every seed; the edge lies below the
-  lowest rate that failed, and both are stated.
+  lowest rate that failed, and both are stated. When that rate did not fail but could not be
+  told (an ``inconclusive`` run: the lab's own client, the machine or its host was the limit),
+  the answer is a lower bound and says so (``edge: "unknown"`` in capacity.json, "at least" in
+  the answer): the broker's own edge may lie far above what this machine can show.
 - ``consumers`` / ``partitions``: the fewest that meet the requirements at the scenario's rate
   (doubling, then bisection on whole numbers, every seed at every step).
 - ``catch-up``: every consumer is down for ``outage`` at the scenario's rate; the time from
@@ -212,6 +215,17 @@ class _Search:
         return ok
 
 
+def _undecided(seed: dict[str, Any]) -> bool:
+    """A seed that did not meet the requirements only because its run could not tell: an
+    inconclusive verdict (the lab's client, the machine or its host the limit) and no requirement
+    measured as missed. Falling behind the offer counts as undecided too, since a limited lab
+    sends and receives slower whatever the broker does."""
+    reasons = seed.get("reasons", [])
+    return "inconclusive" in reasons and not any(
+        r.endswith(" missed") or r == "run failed" for r in reasons
+    )
+
+
 def _all_seeds(seeds: Sequence[int]) -> str:
     return "the one seed tried" if len(seeds) == 1 else f"all {len(seeds)} seeds"
 
@@ -274,6 +288,22 @@ def _find_rate(search: _Search, tolerance: float, max_steps: int) -> tuple[Any, 
         return None, "no confirmed rate meets the requirements on every seed", {}
     failed_at_bad = [p for p in search.points if p.value == bad]
     seeds_failed = sum(not s["ok"] for s in failed_at_bad[-1].seeds) if failed_at_bad else 0
+    failures = [s for s in failed_at_bad[-1].seeds if not s["ok"]] if failed_at_bad else []
+    if failures and all(_undecided(s) for s in failures):
+        # Nothing was measured to fail there: the lab could not tell (its own client, the
+        # machine or its host was the limit). The broker's edge may lie far above.
+        why = next(
+            (w for s in failures for w in s.get("why", []) if "inconclusive" in w),
+            "verdict inconclusive",
+        )
+        return (
+            good,
+            f"a lower bound: every requirement held at {_fmt(good)}/s on "
+            f"{_all_seeds(search.seeds)}, but at {_fmt(bad)}/s the lab could not tell ({why}), "
+            "so the broker's own edge is not known; bisection resolution "
+            f"{tolerance:.0%}",
+            {"lower": good, "upper": bad, "edge": "unknown"},
+        )
     uncertainty = (
         f"the edge lies between {_fmt(good)}/s (every requirement held on "
         f"{_all_seeds(search.seeds)}) and {_fmt(bad)}/s (failed on {seeds_failed} of "
@@ -582,7 +612,10 @@ def _answer(
     if value is None:
         return f"{where}: no answer: {detail}"
     if find == "rate":
-        return f"{where}: highest rate meeting every requirement: {_fmt(value)}/s ({detail})"
+        at_least = "at least " if detail.startswith("a lower bound") else ""
+        return (
+            f"{where}: highest rate meeting every requirement: {at_least}{_fmt(value)}/s ({detail})"
+        )
     if find in ("consumers", "partitions"):
         return (
             f"{where}: fewest {find} meeting every requirement at "
