@@ -1096,8 +1096,31 @@ def measure(
             measured[step.name].behind = behind
             continue
         records = [first] + [run(step) for _ in range(times - 1)]
-        measured[step.name] = Measured.of(step, records)
+        retries = 0
+        while retries < STEAL_RETRIES and len(_quiet(records)) < times:
+            # The host took the machine's CPU time during some runs: run the rung again so
+            # that the medians come from as many quiet runs as asked for, if the host allows.
+            say(f"{step.name}: the machine's host took its CPU time (steal) during a run: again")
+            records.append(run(step))
+            retries += 1
+        measured[step.name] = Measured.of(step, _quiet(records) or records)
     return measured
+
+
+#: Extra runs a repeated rung may make when the host took the machine's CPU time (steal) during
+#: some of its runs: a quiet host costs nothing, a noisy one at most this many runs per rung.
+STEAL_RETRIES = 2
+
+
+def _quiet(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs during which the machine's host did not take its CPU time (steal,
+    :data:`brokerlab.core.saturation.MACHINE_STOLEN`)."""
+    return [r for r in records if not _stolen(r)]
+
+
+def _stolen(record: RunRecord) -> bool:
+    limit = lab_limit(record.result.trace.timeline)
+    return limit is not None and limit.stolen
 
 
 def calibrate(
