@@ -509,25 +509,31 @@ def test_a_busy_machine_is_named_not_silently_fitted() -> None:
     assert busy_warnings("redis-streams", {"ceiling": saturated}) == []
 
 
+def stolen_timeline(steal: list[float]) -> pd.DataFrame:
+    """A real run's resource samples, a quarter second each, with the host taking ``steal`` %
+    of the machine's CPU time (nothing else near a limit)."""
+    rows = len(steal)
+    return pd.DataFrame(
+        {
+            "t_start": np.arange(rows) * 0.25,
+            "t_end": np.arange(1, rows + 1) * 0.25,
+            "lab_cpu": 40.0,
+            "loop_lag_ms": 1.0,
+            "broker_cpu": 20.0,
+            "machine_cpu": 50.0,
+            "machine_steal": steal,
+        }
+    )
+
+
 def test_a_host_that_took_the_machines_cpu_time_during_a_rung_is_named() -> None:
     """Known answer: one of the light rung's three runs had the host take 25 % of the machine's
     CPU time (steal) in most of its intervals; the calibration says so, with the peak, and a
     rung whose host took 3 % is not named."""
-
     step = ladder("redis-streams")[0]
 
     def run(steal: float) -> SimpleNamespace:
-        frame = pd.DataFrame(
-            {
-                "t_start": np.arange(10) * 0.25,
-                "t_end": np.arange(1, 11) * 0.25,
-                "lab_cpu": 40.0,
-                "loop_lag_ms": 1.0,
-                "broker_cpu": 20.0,
-                "machine_cpu": 50.0,
-                "machine_steal": [steal] * 8 + [2.0] * 2,
-            }
-        )
+        frame = stolen_timeline([steal] * 8 + [2.0] * 2)
         return SimpleNamespace(result=SimpleNamespace(trace=SimpleNamespace(timeline=frame)))
 
     def rung(steals: list[float]) -> Measured:
@@ -556,18 +562,7 @@ def test_a_rung_run_again_when_the_host_took_the_cpu_keeps_only_its_quiet_runs()
             "throughput_per_s": {"delivered": 201.0},
             "latency_ms": {"end_to_end": latency, "publish": latency, "completion": latency},
         }
-        frame = pd.DataFrame(
-            {
-                "t_start": np.arange(8) * 0.25,
-                "t_end": np.arange(1, 9) * 0.25,
-                "lab_cpu": 40.0,
-                "loop_lag_ms": 1.0,
-                "broker_cpu": 20.0,
-                "machine_cpu": 50.0,
-                "machine_steal": steal,
-            }
-        )
-        trace = SimpleNamespace(timeline=frame)
+        trace = SimpleNamespace(timeline=stolen_timeline([steal] * 8))
         return SimpleNamespace(metrics=metrics, result=SimpleNamespace(trace=trace))
 
     def playing(runs: list[SimpleNamespace]) -> tuple[list, Any]:
