@@ -222,17 +222,15 @@ def main() -> int:
         f"{'target':15} {'case':48} {'metric':20} {'sim':>10} {'real':>10} {'error':>8} "
         f"{'spread':>7} {'goal':>5} ok"
     )
-    met = fair = total = untold = 0
+    met = fair = total = bounded = 0
     by_metric: dict[str, list[int]] = {}
     for target, name, label, s, real, error, spread, goal, floor in rows:
         ok = error is not None and abs(error) <= goal
         # The reruns' own spread is the floor no model can beat: within it counts as explained.
         within = error is not None and abs(error) <= max(goal, spread or 0.0)
-        # A real figure that is only a lower bound: a prediction above it cannot be judged.
-        cannot_tell = floor and error is not None and error > -goal
-        if cannot_tell:
-            ok = within = False
-            untold += 1
+        # A real ceiling the lab's own limit set (the runs above it could not tell): judged as
+        # measured, since the simulator models the lab's clients too, but said.
+        bounded += floor
         met += ok
         fair += within
         total += 1
@@ -240,15 +238,9 @@ def main() -> int:
         tally[0] += ok
         tally[1] += within
         tally[2] += 1
-        verdict = (
-            "cannot tell (real is a lower bound)"
-            if cannot_tell
-            else "yes"
-            if ok
-            else "within spread"
-            if within
-            else "NO"
-        )
+        verdict = "yes" if ok else "within spread" if within else "NO"
+        if floor:
+            verdict += " (real: the lab's limit)"
         shown = ("≥" if floor else "") + _n(real)
         print(
             f"{target:15} {name[:48]:48} {label:20} {_n(s):>10} {shown:>10} "
@@ -259,8 +251,15 @@ def main() -> int:
         print(f"{label:20} within goal {ok:2} of {count}, within max(goal, spread) {within:2}")
     print(
         f"\ngoals met: {met} of {total}; within max(goal, real rerun spread): {fair} of {total}; "
-        f"cannot tell (the real figure only a lower bound): {untold}; results in {work}"
+        f"results in {work}"
     )
+    if bounded:
+        print(
+            f"{bounded} real sustained ceiling(s) marked ≥: most reruns' searches ended where the "
+            "lab could not tell (its own client, the machine or its host the limit), so they "
+            "measure broker and lab together, as the simulator's capacity does, and are judged "
+            "as measured; the broker alone may go further"
+        )
     stolen = {key: v for key, v in steals.items() if v >= MACHINE_STOLEN}
     print(
         "the machine's host took CPU time (steal, mean over a run, worst rerun): "
