@@ -201,8 +201,9 @@ def main() -> int:
                     {**r, "sustained": c} for r, (c, _) in zip(reals, real_ceilings, strict=True)
                 ]
                 # Most reruns' answers only a lower bound: the real ceiling is not known.
-                bounded = sum(lower for _, lower in real_ceilings) * 2 > len(real_ceilings)
-                lower_bounds[target] = bounded
+                lower_bounds[target] = sum(lower for _, lower in real_ceilings) * 2 > len(
+                    real_ceilings
+                )
                 measured = {"sustained ceiling /s": ("sustained",), **measured}
             for label, path in measured.items():
                 real_values = [v for v in (value(r, path) for r in reals) if v is not None]

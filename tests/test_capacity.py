@@ -246,7 +246,8 @@ def test_an_edge_the_lab_could_not_tell_is_answered_as_a_lower_bound() -> None:
     assert 12_000 * 0.95 <= value <= 12_000
     assert extra["edge"] == "unknown" and extra["upper"] > 12_000
     assert detail.startswith("a lower bound") and "lab's client was the limit" in detail
-    answer = _answer(world.scenario, "rate", "nats", value, "/s", detail, None)  # type: ignore[arg-type]
+    lower = extra["edge"] == "unknown"
+    answer = _answer(world.scenario, "rate", "nats", value, "/s", detail, None, lower)  # type: ignore[arg-type]
     assert f"at least {value:,.6g}/s" in answer
     # The same edge measured as a latency miss is the edge: no lower bound.
     measured = _World(lab_limit=12_000, measured=True)

@@ -564,7 +564,8 @@ def find_capacity(
             assert outage is not None
             value, detail, extra = _find_catch_up(search, outage, max_steps)
             unit = " s"
-    answer = _answer(scenario, find, target, value, unit, detail, outage)
+    lower_bound = extra.get("edge") == "unknown"
+    answer = _answer(scenario, find, target, value, unit, detail, outage, lower_bound)
     result = CapacityResult(find, value, target, answer, out, search.points, extra)
     result.extra.update(
         scenario=scenario.name,
@@ -606,13 +607,14 @@ def _answer(
     unit: str,
     detail: str,
     outage: float | None,
+    lower_bound: bool = False,
 ) -> str:
     """The one line the command prints."""
     where = f"{scenario.name} on {target}"
     if value is None:
         return f"{where}: no answer: {detail}"
     if find == "rate":
-        at_least = "at least " if detail.startswith("a lower bound") else ""
+        at_least = "at least " if lower_bound else ""
         return (
             f"{where}: highest rate meeting every requirement: {at_least}{_fmt(value)}/s ({detail})"
         )
