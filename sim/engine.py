@@ -166,6 +166,9 @@ class Simulation:
         self.track = self.consumer_acks and self.ack_mode != "none"
         self.ack_after = self.track and self.ack_mode == "after"
         self._ack_before = self.track and self.ack_mode == "before"
+        #: the consumer waits for its ack's reply (Redis XACK); false: the ack is sent unanswered
+        #: (a JetStream ack, RabbitMQ's basic.ack) and the consumer goes on at once
+        self.ack_waits = preset.ack_reply
         self._ack_timeout = broker.ack_timeout if self.track and preset.redelivery else None
         self.max_deliveries = broker.max_deliveries
         self.pending: list[int] = [NO_ROW] * n if self.track else []
@@ -684,9 +687,13 @@ class Simulation:
     def _ack_batch(self, c: int, r: int) -> None:
         """``ack: before``: ack the batch (first row ``r``), start ``r`` once the reply is back."""
         rows = [r, *self.hand[c]]
-        if self._net is None:
+        if self._net is None or not self.ack_waits:
+            # No time to travel, or an unanswered ack: processing starts at once.
             for row in rows:
-                self.acked(row)
+                if self._net is None:
+                    self.acked(row)
+                else:
+                    self._to_broker(c, self.acked, row)
             self._start(c, r)
             return
         for row in rows[:-1]:
@@ -723,10 +730,15 @@ class Simulation:
             self.finish(r)
             if self.consumer_acks:
                 self.released(r)
-        elif self.ack_after:
+        elif self.ack_after and self.ack_waits:
             # The ack and the next fetch travel together; the consumer waits for the ack's
             # reply before it counts the message done and takes the next (as the harness does).
             self._to_broker(self.row_consumer[r], self.ack_reached, r)
+        elif self.ack_after:
+            # An unanswered ack: sent, and the consumer goes on at once (its next fetch follows
+            # the ack on the same link).
+            self._to_broker(self.row_consumer[r], self.released, r)
+            self.finish(r)
         else:
             self.finish(r)
             if self.consumer_acks:

@@ -104,6 +104,10 @@ class FaultedConsumers:
             if not self.network.connected[self.producers + c]:
                 self.done(r)  # the ack call fails at once without a connection
                 return
+            if not sim.ack_waits:  # an unanswered ack: sent, and the consumer goes on
+                self.to_broker(c, sim.released, r)
+                self.done(r)
+                return
             self._await_reply(c, r, self.done)
             self.to_broker(c, sim.ack_reached, r)
             return
@@ -117,6 +121,11 @@ class FaultedConsumers:
             self.start(c, r)  # the ack call fails at once without a connection
             return
         rows = [r, *sim.hand[c]]
+        if not sim.ack_waits:  # an unanswered ack: sent, and processing starts at once
+            for row in rows:
+                self.to_broker(c, sim.acked, row)
+            self.start(c, r)
+            return
         self._await_reply(c, r, self._begin)
         for row in rows[:-1]:
             self.to_broker(c, sim.acked, row)

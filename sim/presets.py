@@ -44,6 +44,9 @@ class Preset:
     #: the client buffers publishes while the broker is down and sends them, in order, once it
     #: has reconnected (nats-py's reconnect buffer) instead of failing them
     buffers_publishes: bool = False
+    #: the consumer waits for the broker's reply to its ack before it goes on (false: the ack
+    #: is sent unanswered and the consumer's next fetch travels with it)
+    ack_reply: bool = True
 
 
 @cache
@@ -86,4 +89,5 @@ def resolve(broker: Broker) -> Preset:
         dedup_default_window=parse_duration(entry.get("dedup_default_window", 0)),
         session_timeout=parse_duration(entry.get("session_timeout", 0)),
         buffers_publishes=bool(entry.get("buffers_publishes", False)),
+        ack_reply=bool(entry.get("ack_reply", True)),
     )

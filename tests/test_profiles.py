@@ -680,6 +680,37 @@ def test_a_pull_consumer_pays_a_fetch_round_trip_per_batch(tmp_path: Path) -> No
     assert np.allclose(_done_gaps(credit), 4e-3, atol=3 * US)
 
 
+def test_an_unanswered_ack_costs_no_round_trip_of_its_own(tmp_path: Path) -> None:
+    """Pull, prefetch 1, 3 ms processing, a 1 ms round trip, a backlog. Redis awaits the reply to
+    its XACK before it fetches again: 3 + 1 + 1 = 5 ms per message. A JetStream ack is a publish
+    nothing answers, so the fetch follows it at once: 3 + 1 = 4 ms. With ``ack: before`` the
+    JetStream consumer starts processing at once (4 ms); Redis waits for the reply first (5 ms).
+    And with no processing and prefetch 4, a JetStream batch costs its fetch only (1 ms per 4)."""
+    gaps = {}
+    for kind in ("redis-streams", "nats-jetstream"):
+        path = tmp_path / f"{kind}.yaml"
+        data = profile_data(kind=kind, round_trip="1ms", consume={"mode": "pull"})
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        for ack in ("after", "before"):
+            scenario = make(
+                {"kind": kind, "profile": str(path)},
+                producers={"rate": "1000/s", "messages": 200},
+                consumers={"processing": "3ms", "ack": ack},
+            )
+            gaps[kind, ack] = _done_gaps(scenario)
+    assert np.allclose(gaps["redis-streams", "after"], 5e-3, atol=3 * US)
+    assert np.allclose(gaps["nats-jetstream", "after"], 4e-3, atol=3 * US)
+    assert np.allclose(gaps["redis-streams", "before"], 5e-3, atol=3 * US)
+    assert np.allclose(gaps["nats-jetstream", "before"], 4e-3, atol=3 * US)
+    batch = make(
+        {"kind": "nats-jetstream", "profile": str(tmp_path / "nats-jetstream.yaml")},
+        producers={"rate": "8000/s", "messages": 1000},
+        consumers={"prefetch": 4},
+    )
+    done = np.unique(np.round(simulate(batch, 1).trace.deliveries["t_done"].to_numpy(), 6))
+    assert np.allclose(np.diff(done[10:-10]), 1e-3, atol=3 * US)
+
+
 def test_a_pull_batch_of_prefetch_pays_one_fetch(tmp_path: Path) -> None:
     """Pull, prefetch 4, 2 ms processing, 1 ms round trip: a batch of 4 takes 4 x (2 + 1) ms of
     processing and acks, then one fetch round trip: 13 ms per 4 messages."""

@@ -391,9 +391,9 @@ def test_a_fault_that_touches_nothing_leaves_the_trace_as_without_faults(kind: s
 
 
 def kafka_crash(broker: dict[str, str], down: str, seconds: int) -> Scenario:
-    """Kafka, 2 partitions, 2 consumers (prefetch 5, 8 ms each: busy 80%) at 200/s (Poisson)
-    over 8 keys; consumer-0 crashes at 2 s for ``down``. Offsets only (no ack timer) unless
-    ``broker`` sets ``ack_timeout``."""
+    """Kafka, 2 partitions, 2 consumers (prefetch 5, 10 ms each: busy 100%, so consumer-0 holds
+    messages when it crashes) at 200/s (Poisson) over 8 keys; consumer-0 crashes at 2 s for
+    ``down``. Offsets only (no ack timer) unless ``broker`` sets ``ack_timeout``."""
     crash = {"at": "2s", "action": "consumer-crash", "target": "consumer-0", "duration": down}
     data: dict[str, Any] = {
         "name": "rebalance",
@@ -402,7 +402,7 @@ def kafka_crash(broker: dict[str, str], down: str, seconds: int) -> Scenario:
         "consumers": {
             "count": 2,
             "prefetch": 5,
-            "processing": "8ms",
+            "processing": "10ms",
         },
         "network": {"delay": "1ms"},
         "faults": [crash],

@@ -15,7 +15,8 @@ measurements:
     publish p50       = round trip + publish work
     end-to-end p50    = round trip + publish work + delivery work (+ ack work)
     1 / ceiling       = publish work + delivery work + ack work        (one broker server)
-    consumer cycle    = processing + client cost + 2 round trips + delivery work (+ fetch work)
+    consumer cycle    = processing + client cost + delivery work (+ fetch work) + round trips
+                        (2: fetch and an answered ack, Redis; 1: fetch only, JetStream)
     2 consumers       = parallelism / (publish + delivery + fetch work)   (if the work is shared)
     light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
@@ -53,8 +54,9 @@ from brokerlab.app.runner import RunOptions, RunRecord, run_scenario
 from brokerlab.core import results
 from brokerlab.core.load import client_processes
 from brokerlab.core.saturation import MACHINE_STOLEN, lab_limit
-from brokerlab.core.scenario import Z99, LogNormal, Scenario, parse_scenario
+from brokerlab.core.scenario import Z99, Broker, LogNormal, Scenario, parse_scenario
 from brokerlab.core.units import parse_rate, parse_size
+from brokerlab.sim.presets import resolve
 from brokerlab.sim.profile import (
     Capacity,
     Clients,
@@ -385,10 +387,11 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         rtt_p99 = max(e2e_p99 / 2, rtt * 1.05)
     round_trip = LogNormal(dist="lognormal", median=rtt, p99=min(rtt_p99, rtt * TAIL_CAP))
     # One consumer, 2 ms processing, offered more than it takes: each message costs a cycle of
-    # processing, the ack's round trip, the fetch's round trip and the delivery work (acked
+    # processing, the ack's round trip where the consumer awaits its reply (Redis XACK; a
+    # JetStream ack is not answered), the fetch's round trip and the delivery work (acked
     # kinds); a push consumer (NATS core) pays only its processing and its own lateness.
     cycle = 1.0 / max(consumer.delivered, 1.0)
-    budget = max(cycle - 0.002 - (2 * round_trip.mean if acks else 0.0), 0.0)
+    budget = max(cycle - 0.002 - round_trips(target) * round_trip.mean, 0.0)
     # What the delivery adds beyond the publish. Pull kinds: the broker's delivery work (half of
     # the work per message), which a consumer pays in every cycle (so no more than the consumer
     # rung left over), and the wake-up of a consumer blocked in its fetch, which only a message
@@ -489,6 +492,15 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
     if idle_cost > 1e-6:
         data["idle"] = {"cost": idle_cost, "tau": IDLE_TAU}
     return parse_profile(data, f"calibration of {target}")
+
+
+def round_trips(target: str) -> int:
+    """Round trips a prefetch-1 consumer of ``target`` waits for per message: the fetch's, and
+    the ack's where the consumer awaits its reply (the preset's ``ack_reply``); none for NATS
+    core, whose broker pushes."""
+    if target == "nats":
+        return 0
+    return 2 if resolve(Broker(kind=target)).ack_reply else 1
 
 
 def _latency_p50(m: Measured, acks: bool) -> float | None:
@@ -845,14 +857,15 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
         if acks and sim_rate and consumer.delivered:
             timer = data["client"]["timer"]["value"] + 1 / consumer.delivered - 1 / sim_rate
             if timer < 0:
-                # Slower than the real consumer even with no lateness of its own: its two round
-                # trips per message (fetch, ack) cost less than the light rung's round trip
-                # says, whose tail is an idle machine's wake-ups and a busy moment's stalls (a
-                # busy machine's round trips are shorter: the consumer rung's publish p50 is
-                # about half the light rung's). The tail comes down until the mean round trip
-                # is shorter by half the excess, and stays down in later rounds (the light
-                # rung's tail then goes to the wake-up); the median stays (light-load latency).
-                mean_cap = min(mean_cap, rtt_mean + timer / 2)
+                # Slower than the real consumer even with no lateness of its own: its round
+                # trips per message (fetch, and an answered ack) cost less than the light
+                # rung's round trip says, whose tail is an idle machine's wake-ups and a busy
+                # moment's stalls (a busy machine's round trips are shorter: the consumer
+                # rung's publish p50 is about half the light rung's). The tail comes down until
+                # the mean round trip is shorter by the excess over the round trips, and stays
+                # down in later rounds (the light rung's tail then goes to the wake-up); the
+                # median stays.
+                mean_cap = min(mean_cap, rtt_mean + timer / max(round_trips(profile.kind), 1))
             data["client"]["timer"] = {"dist": "constant", "value": max(timer, 0.0)}
         if mean_cap < math.inf:
             rtt["p99"] = min(rtt["p99"], _p99_for_mean(rtt["median"], mean_cap))
