@@ -91,6 +91,28 @@ def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
         assert again == pytest.approx(measured[name].delivered, rel=0.05), name
 
 
+def test_fit_charges_a_jetstream_consumer_no_round_trip_for_its_unanswered_ack(
+    tmp_path: Path,
+) -> None:
+    """A JetStream ack is not answered, so a prefetch-1 consumer's cycle holds one round trip
+    (its fetch), not two: fitted on the simulator's own JetStream ladder, the consumer's own
+    time per message (0.5 ms lateness and 0.3 ms delivery work given: the fit splits them its own
+    way) comes back, not that less a ~0.5 ms round trip the consumer never waited for."""
+    known = tmp_path / "known.yaml"
+    known.write_text(yaml.safe_dump({**KNOWN, "kind": "nats-jetstream"}), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    base = base_scenario("nats-jetstream")
+    measured = {}
+    for step in ladder("nats-jetstream", quick=True):
+        scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
+        measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    # The fit's own equation, before the refinement's replays (which would move the lateness
+    # to whatever the replay needs, or cut the round trip's tail when it needed less than none).
+    profile = fit("nats-jetstream", measured, {"origin": "calibrated"})
+    own = profile.client.timer.mean + profile.deliver.mean
+    assert own == pytest.approx(0.8e-3, abs=0.2e-3)
+
+
 def test_fit_finds_fetch_work_the_consumers_share(tmp_path: Path) -> None:
     """One broker server doing 1.5 ms per fetch request: two consumers of the consumer rung take
     less than twice what one takes, and the fit finds the fetch's work again (and leaves it out
