@@ -688,12 +688,10 @@ class Simulation:
         """``ack: before``: ack the batch (first row ``r``), start ``r`` once the reply is back."""
         rows = [r, *self.hand[c]]
         if self._net is None or not self.ack_waits:
-            # No time to travel, or an unanswered ack: processing starts at once.
+            # No time to travel, or an unanswered ack: processing starts at once (_to_broker
+            # calls acked at once when there is no network).
             for row in rows:
-                if self._net is None:
-                    self.acked(row)
-                else:
-                    self._to_broker(c, self.acked, row)
+                self._to_broker(c, self.acked, row)
             self._start(c, r)
             return
         for row in rows[:-1]:

@@ -60,18 +60,25 @@ KNOWN = {
 }
 
 
+def simulated_ladder(tmp_path: Path, known: dict[str, Any]) -> dict[str, Measured]:
+    """The quick calibration ladder of ``known``'s kind, run in the simulator with ``known``'s
+    costs: measurements whose true profile the test knows."""
+    path = tmp_path / "known.yaml"
+    path.write_text(yaml.safe_dump(known), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(path))
+    base = base_scenario(known["kind"])
+    measured = {}
+    for step in ladder(known["kind"], quick=True):
+        scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
+        measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    return measured
+
+
 def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
     """Ladder runs in the simulator with known costs: the fitted profile predicts them again
     (ceiling, light-load latency, the one-consumer rung) within a few percent, and finds the
     round trip and the fsync cost it was given."""
-    known = tmp_path / "known.yaml"
-    known.write_text(yaml.safe_dump(KNOWN), encoding="utf-8")
-    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
-    base = base_scenario("redis-streams")
-    measured = {}
-    for step in ladder("redis-streams", quick=True):
-        scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
-        measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    measured = simulated_ladder(tmp_path, KNOWN)
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.round_trip.median == pytest.approx(0.4e-3, rel=0.25)
     fsync = profile.publish.always.mean - profile.publish.none.mean
@@ -86,7 +93,9 @@ def test_fit_recovers_the_costs_of_a_simulated_broker(tmp_path: Path) -> None:
     replay = RunOptions(results_dir=tmp_path / "replay", profile=str(refit))
     for name in ("light", "consumer", "ceiling"):
         step = next(s for s in ladder("redis-streams", quick=True) if s.name == name)
-        scenario = base.with_(paths=dict(step.changes), name=f"replay-{name}")
+        scenario = base_scenario("redis-streams").with_(
+            paths=dict(step.changes), name=f"replay-{name}"
+        )
         again = run_scenario(scenario, "sim", replay).metrics["throughput_per_s"]["delivered"]
         assert again == pytest.approx(measured[name].delivered, rel=0.05), name
 
@@ -98,14 +107,7 @@ def test_fit_charges_a_jetstream_consumer_no_round_trip_for_its_unanswered_ack(
     (its fetch), not two: fitted on the simulator's own JetStream ladder, the consumer's own
     time per message (0.5 ms lateness and 0.3 ms delivery work given: the fit splits them its own
     way) comes back, not that less a ~0.5 ms round trip the consumer never waited for."""
-    known = tmp_path / "known.yaml"
-    known.write_text(yaml.safe_dump({**KNOWN, "kind": "nats-jetstream"}), encoding="utf-8")
-    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
-    base = base_scenario("nats-jetstream")
-    measured = {}
-    for step in ladder("nats-jetstream", quick=True):
-        scenario = base.with_(paths=dict(step.changes), name=f"known-{step.name}")
-        measured[step.name] = Measured.of(step, run_scenario(scenario, "sim", options))
+    measured = simulated_ladder(tmp_path, {**KNOWN, "kind": "nats-jetstream"})
     # The fit's own equation, before the refinement's replays (which would move the lateness
     # to whatever the replay needs, or cut the round trip's tail when it needed less than none).
     profile = fit("nats-jetstream", measured, {"origin": "calibrated"})
