@@ -277,8 +277,11 @@ class RabbitMQAdapter(BrokerAdapter):
             channel = await connection.channel(publisher_confirms=confirms, on_return_raises=False)
             raw = await channel.get_underlay_channel()
         except BaseException:
+            # bounded: a run's watchdog cancels a connect once, and a close that waited on a
+            # broker still booting would keep the client from ever trying again
             with contextlib.suppress(Exception):
-                await connection.close()
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await connection.close()
             raise
         return _Client(connection, channel, raw)
 
