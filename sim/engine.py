@@ -814,6 +814,23 @@ class Simulation:
         if self._capped:
             self._uncap()
 
+    def unack(self, rows: list[int]) -> None:
+        """A broker kill lost these deliveries' acks (its store had not written them yet): each
+        message is pending again and comes back when its ack timeout, counted from its
+        delivery, has passed (at once after the restart if it already has)."""
+        pending, row_msg = self.pending, self.row_msg
+        back: list[tuple[float, int]] = []
+        for r in rows:
+            i = row_msg[r]
+            if pending[i] != ACKED:
+                continue
+            pending[i] = r
+            self.in_flight += 1
+            if self._ack_timeout is not None:
+                back.append((self.row_t_delivered[r] + self._ack_timeout, r))
+        if back:
+            self._deadlines = deque(sorted([*self._deadlines, *back]))
+
     def _uncap(self) -> None:
         assert self._cap is not None
         if self.in_flight < self._cap:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from brokerlab.core.load import streams
+from brokerlab.sim.engine import ACKED
 from brokerlab.sim.events import Call
 from brokerlab.sim.faults import (
     ACK_REPLY_WAIT,
@@ -251,6 +252,47 @@ class FaultedConsumers:
             self.start(c, r)
 
 
+class AckStateWrites:
+    """When the broker last wrote its consumers' ack state, and the acks it holds unwritten.
+
+    A broker that writes a consumer's state at most every ``interval`` (JetStream's file store:
+    ``consumerFileStore.flushLoop``, about 10 writes a second under load) writes at once when
+    an ack comes ``interval`` or more after its last write, and otherwise once ``interval`` has
+    passed since it, with every ack up to then. A kill loses the acks after the last write:
+    their messages are pending again, and come back after the ack timeout.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.last_write = -interval
+        #: when the delayed write happens (None: none waiting)
+        self.due: float | None = None
+        #: acks the store does not hold yet: (time, delivery row)
+        self.unwritten: list[tuple[float, int]] = []
+
+    def ack(self, now: float, row: int) -> None:
+        self._written_by(now)
+        if self.due is None:
+            if now - self.last_write >= self.interval:
+                self.last_write = now  # written at once, this ack with it
+                return
+            self.due = self.last_write + self.interval
+        self.unwritten.append((now, row))
+
+    def lost(self, now: float) -> list[int]:
+        """At a kill: the rows whose acks the store did not hold (their acks are gone)."""
+        self._written_by(now)
+        rows = [row for _, row in self.unwritten]
+        self.unwritten = []
+        self.due = None
+        return rows
+
+    def _written_by(self, now: float) -> None:
+        if self.due is not None and now >= self.due:
+            self.last_write, self.due = self.due, None
+            self.unwritten = []
+
+
 class FaultLayer:
     """The scenario's fault timeline, played on the engine's collaborators.
 
@@ -289,6 +331,32 @@ class FaultLayer:
             throttle,
         )
         self.consumers = FaultedConsumers(sim, network, self.publisher)
+        #: the ack state's writes, when a kill can roll acks back (see :class:`AckStateWrites`)
+        self.ack_writes: AckStateWrites | None = None
+        kills = any(entry.fault.action == "broker-kill" for entry in self.entries)
+        interval = sim.preset.ack_state_write
+        if kills and interval > 0 and sim.track and self.kept != "memory":
+            self.ack_writes = AckStateWrites(interval)
+            self._journal_acks(self.ack_writes)
+
+    def _journal_acks(self, writes: AckStateWrites) -> None:
+        """Note every ack's time (the engine's ``acked`` and ``released`` steps, wrapped)."""
+        sim, env = self.sim, self.env
+        pending, row_msg = sim.pending, sim.row_msg
+        acked, released = sim.acked, sim.released
+
+        def journaled(step: Callable[[int], None]) -> Callable[[int], None]:
+            def call(r: int) -> None:
+                i = row_msg[r]
+                before = pending[i]
+                step(r)
+                if before >= 0 and pending[i] == ACKED:
+                    writes.ack(env.now, r)
+
+            return call
+
+        sim.acked = journaled(acked)  # type: ignore[method-assign]
+        sim.released = journaled(released)  # type: ignore[method-assign]
 
     def schedule(self) -> None:
         """Put the timeline's entries on the clock (hop faults need no event: a hop checks
@@ -380,9 +448,12 @@ class FaultLayer:
         ``memory``: every message and the group state (cursor, pending entries) are gone.
         ``always``: nothing acknowledged is lost. A sync interval: a process kill loses nothing
         (the OS page cache survives); with power loss the writes since the last sync are lost.
-        The group state is kept as it was at the kill (its recent changes are not rolled back).
+        The group state is kept as it was last written: acks since the broker's last write of it
+        (the preset's ``ack_state_write``) are lost, and their messages are pending again.
         """
         kept = self.kept
+        if self.ack_writes is not None:
+            self.sim.unack(self.ack_writes.lost(self.env.now))
         if kept == "always":
             return
         if kept == "memory":

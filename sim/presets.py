@@ -47,6 +47,9 @@ class Preset:
     #: the consumer waits for the broker's reply to its ack before it goes on (false: the ack
     #: is sent unanswered and the consumer's next fetch travels with it)
     ack_reply: bool = True
+    #: at most this often the broker writes a consumer's ack state to its store (seconds); a
+    #: kill that keeps the messages loses the acks since the last write (0: written with the ack)
+    ack_state_write: float = 0.0
 
 
 @cache
@@ -90,4 +93,5 @@ def resolve(broker: Broker) -> Preset:
         session_timeout=parse_duration(entry.get("session_timeout", 0)),
         buffers_publishes=bool(entry.get("buffers_publishes", False)),
         ack_reply=bool(entry.get("ack_reply", True)),
+        ack_state_write=parse_duration(entry.get("ack_state_write", 0)),
     )

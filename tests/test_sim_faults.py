@@ -17,6 +17,7 @@ from brokerlab.core.checks import DeliveryCheck, check_delivery
 from brokerlab.core.scenario import Scenario, parse_scenario
 from brokerlab.core.trace import FaultWindow, TargetResult
 from brokerlab.sim import simulate
+from brokerlab.sim.faulted import AckStateWrites
 
 KILL = {"at": "1.5s", "action": "broker-kill", "duration": "0.5s"}
 PAUSE = {"at": "1s", "action": "broker-pause", "duration": "1s"}
@@ -140,6 +141,52 @@ def test_jetstream_memory_storage_loses_everything_on_kill() -> None:
     """JetStream memory storage: stream and consumer state are gone after a restart."""
     checks = check(make({"kind": "nats-jetstream", "storage": "memory"}, KILL))
     assert checks.lost > 300 and checks.redelivered == 0
+
+
+def _steady_consumer(kind: str, kill_at: float, **broker: Any) -> Scenario:
+    """One consumer acking every 7 ms exactly (a backlog, no costs), killed at ``kill_at``."""
+    return parse_scenario(
+        {
+            "name": "ack-state",
+            "producers": {"count": 1, "rate": "1000/s", "arrival": "constant", "duration": "1s"},
+            "broker": {"kind": kind, "profile": "none", "ack_timeout": "1s", **broker},
+            "consumers": {"count": 1, "processing": "7ms", "prefetch": 1, "ack": "after"},
+            "faults": [{"at": f"{kill_at}s", "action": "broker-kill", "duration": "0.2s"}],
+            "drain_timeout": "60s",
+        }
+    )
+
+
+@pytest.mark.parametrize("kill_at", [0.6, 0.65])
+def test_a_jetstream_kill_loses_the_acks_its_store_had_not_written(kill_at: float) -> None:
+    """JetStream writes a consumer's ack state at most every 100 ms: the first ack (7 ms) is
+    written at once, then 107 ms, 207 ms, ... A kill at 600 ms loses the acks after 507 ms
+    (511, 518, ..., 595 ms: 13), at 650 ms those after 607 ms (609 ... 648: 6); each of those
+    messages comes again, plus the one the consumer held unacked at the kill. Redis writes
+    XACK with the ack: only the held one comes again."""
+    lost_acks = {0.6: 13, 0.65: 6}[kill_at]
+    result = simulate(_steady_consumer("nats-jetstream", kill_at), 1)
+    deliveries = result.trace.deliveries
+    assert len(deliveries) - deliveries["msg_id"].nunique() == lost_acks + 1
+    again = deliveries[deliveries["delivery_no"] > 1]
+    assert len(again) == lost_acks + 1
+    redis = simulate(_steady_consumer("redis-streams", kill_at, persistence="periodic"), 1)
+    deliveries = redis.trace.deliveries
+    assert len(deliveries) - deliveries["msg_id"].nunique() == 1
+
+
+def test_ack_state_writes_follow_the_brokers_flush_loop() -> None:
+    """At most one write per interval: an ack after a quiet interval is written at once, the
+    acks within the interval wait for the delayed write, which holds every ack before it."""
+    writes = AckStateWrites(0.1)
+    writes.ack(1.0, 1)  # quiet before: written at once
+    writes.ack(1.05, 2)  # waits for the write at 1.1
+    writes.ack(1.12, 3)  # after that write: waits for 1.2
+    assert writes.lost(1.15) == [3]
+    writes.ack(2.0, 4)  # quiet again after the kill: written at once
+    assert writes.lost(2.01) == []
+    writes.ack(2.05, 5)
+    assert writes.lost(2.2) == []  # the write at 2.1 held it
 
 
 def test_nats_core_kill_buffers_publishes_in_the_client_until_the_restart() -> None:
