@@ -342,15 +342,14 @@ class FaultLayer:
     def _journal_acks(self, writes: AckStateWrites) -> None:
         """Note every ack's time (the engine's ``acked`` and ``released`` steps, wrapped)."""
         sim, env = self.sim, self.env
-        pending, row_msg = sim.pending, sim.row_msg
         acked, released = sim.acked, sim.released
 
         def journaled(step: Callable[[int], None]) -> Callable[[int], None]:
             def call(r: int) -> None:
-                i = row_msg[r]
-                before = pending[i]
+                i = sim.row_msg[r]
+                before = sim.pending[i]
                 step(r)
-                if before >= 0 and pending[i] == ACKED:
+                if before >= 0 and sim.pending[i] == ACKED:
                     writes.ack(env.now, r)
 
             return call
