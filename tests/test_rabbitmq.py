@@ -245,12 +245,14 @@ def test_broker_kill_loses_transient_messages_but_not_confirmed_persistent_ones(
 def _queue_forgotten(workdir: Path) -> bool:
     """Whether the node, restarted after the kill, recovered no classic queue (RabbitMQ's log:
     "Recovering 0 queues of type rabbit_classic_queue" after its second start)."""
-    for log in workdir.glob("rabbitmq-*/log/*.log"):
-        text = log.read_text(encoding="utf-8", errors="replace")
-        starts = text.split("Starting RabbitMQ")
-        if len(starts) > 2 and "Recovering 0 queues of type rabbit_classic_queue" in starts[-1]:
-            return True
-    return False
+    starts = _node_log(workdir).split("Starting RabbitMQ")
+    return len(starts) > 2 and "Recovering 0 queues of type rabbit_classic_queue" in starts[-1]
+
+
+def _node_log(workdir: Path) -> str:
+    """The lab's own node's log (one node per run: its every start appends to it)."""
+    logs = sorted(workdir.glob("rabbitmq-*/log/*.log"))
+    return "".join(log.read_text(encoding="utf-8", errors="replace") for log in logs)
 
 
 def _node_story(workdir: Path, result: Any, missing: set[str]) -> str:
@@ -258,10 +260,9 @@ def _node_story(workdir: Path, result: Any, missing: set[str]) -> str:
     recovered, connections it accepted and closed) and what the run's clients saw."""
     lines = [f"{len(missing)} confirmed messages never delivered: {sorted(missing)[:10]} ..."]
     wanted = ("Starting RabbitMQ", "Recovering", "startup complete", "AMQP connection", "rror")
-    for log in sorted(workdir.glob("rabbitmq-*/log/*.log")):
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            if any(word in line for word in wanted):
-                lines.append(line[:220])
+    lines += [
+        line[:220] for line in _node_log(workdir).splitlines() if any(w in line for w in wanted)
+    ]
     lines.append(f"warnings: {result.warnings}")
     lines.append(f"faults: {result.faults}; drain: {result.info.get('drain')}")
     return "\n".join(lines)
