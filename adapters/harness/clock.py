@@ -5,31 +5,90 @@
 * Precise waits. asyncio rounds sleeps up to whole milliseconds (epoll), which would add up to
   1 ms to every send and every processing time; :func:`sleep_until` sleeps short of the deadline
   and yields the rest, trading a little CPU for microsecond timing.
+* No spinning on a busy process. Yielding costs a loop iteration each time, and in a process
+  whose own work takes most of a core (a producer near the process's limit, its consumers
+  reading) those iterations are the limit: Redis with 1 kB messages and three consumers at
+  25,000/s, one process, delivered 22,400/s (e2e p50 380 ms) yielding and all of it without
+  (e2e p50 1.7 ms), medians of three side by side. Such a loop wakes often by itself, so its
+  timers fire on time without the yields: while the process's CPU, less what its yields cost,
+  was above :data:`BUSY_SHARE` of a core in the last :data:`PACE_WINDOW`, :func:`sleep_until`
+  waits on ordinary timers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 #: Clock of the whole run (CLOCK_MONOTONIC on Linux, shared by every process on the host).
 now = time.monotonic
+#: CPU this process used, all its threads (what decides whether its waits may yield).
+cpu_time = time.process_time
 
 #: Sleep this much short of a deadline and yield the rest (asyncio sleeps are ms-granular).
 SPIN_WINDOW = 0.0012
+#: What one yield costs the process at most (an idle loop's takes ~3 us; more is other work).
+SPIN_COST = 10e-6
+#: Window over which a process's CPU use decides whether its waits yield or use timers.
+PACE_WINDOW = 0.05
+#: Share of a core the process's own work (its CPU less its yields) may use and still yield.
+BUSY_SHARE = 0.8
 #: Interval of progress callbacks and drain checks.
 TICK = 0.2
 
 
+class _LoopPace:
+    """One loop's CPU account over the current window of :data:`PACE_WINDOW`, and whether its
+    waits use timers (see the module docstring)."""
+
+    __slots__ = ("cpu", "since", "spun", "timers")
+
+    def __init__(self) -> None:
+        self.since = now()
+        self.cpu = cpu_time()
+        self.spun = 0.0  # CPU the window's yields cost, at most SPIN_COST each
+        self.timers = False
+
+
+_PACE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPace] = weakref.WeakKeyDictionary()
+
+
+def _pace(t: float) -> _LoopPace:
+    """The running loop's account, its window closed and the mode decided if it is over."""
+    loop = asyncio.get_running_loop()
+    pace = _PACE.get(loop)
+    if pace is None:
+        pace = _PACE[loop] = _LoopPace()
+    elif t - pace.since >= PACE_WINDOW:
+        cpu = cpu_time()
+        work = cpu - pace.cpu - pace.spun
+        pace.timers = work > BUSY_SHARE * (t - pace.since)
+        pace.since, pace.cpu, pace.spun = t, cpu, 0.0
+    return pace
+
+
 async def sleep_until(deadline: float) -> None:
-    """Wake at ``deadline`` (monotonic) within microseconds, not asyncio's millisecond steps."""
-    remaining = deadline - now()
-    if remaining > SPIN_WINDOW:
-        await asyncio.sleep(remaining - SPIN_WINDOW)
-    while now() < deadline:
+    """Wake at ``deadline`` (monotonic) within microseconds, not asyncio's millisecond steps:
+    by yielding for the last :data:`SPIN_WINDOW`, or on a timer while the process's own work
+    keeps it busy (such a loop wakes often and fires its timers on time)."""
+    t = now()
+    pace = _pace(t)
+    if pace.timers:
+        if t < deadline:
+            await asyncio.sleep(deadline - t)
+        return
+    if deadline - t > SPIN_WINDOW:
+        await asyncio.sleep(deadline - t - SPIN_WINDOW)
+        t = now()
+    spun = 0.0
+    while t < deadline:
         await asyncio.sleep(0)
+        last, t = t, now()
+        spun += min(t - last, SPIN_COST)
+    pace.spun += spun
 
 
 async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], grace: float) -> None:

@@ -32,7 +32,7 @@ from brokerlab.adapters.harness.adapter import (
     BrokerAdapter,
     close_adapter,
 )
-from brokerlab.adapters.harness.clock import SPIN_WINDOW, TICK, now, stop_tasks
+from brokerlab.adapters.harness.clock import BUSY_SHARE, SPIN_WINDOW, TICK, now, stop_tasks
 from brokerlab.adapters.harness.consumers import ConsumerGroup
 from brokerlab.adapters.harness.producers import MAX_BATCH, MAX_IN_FLIGHT, ProducerGroup
 from brokerlab.adapters.harness.recording import ACKED, DeliveryLog, SendLog, producer_major
@@ -466,6 +466,8 @@ def _result(
             "max_batch": 1 if sync else MAX_BATCH,
             "max_in_flight": 1 if sync else MAX_IN_FLIGHT,
             "spin_window_s": SPIN_WINDOW,
+            # waits use timers instead of yields while the process's own work is above this
+            "busy_share": BUSY_SHARE,
             "t0_monotonic": t0,  # the run clock's zero, for samples taken outside the harness
         },
     }
