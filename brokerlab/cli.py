@@ -941,6 +941,7 @@ def calibrate(
             ("consumer client, per message", profile.client.consume),
             ("consumer lateness after a wait", profile.client.timer),
             (f"fetch work ({profile.consume.mode})", profile.consume.fetch),
+            ("end of a short fetch (its closing status)", profile.consume.status),
             ("wake-up of a blocked fetch", profile.consume.wake),
         ):
             median = getattr(dist, "median", getattr(dist, "value", dist.mean))

@@ -169,6 +169,8 @@ class Simulation:
         #: the consumer waits for its ack's reply (Redis XACK); false: the ack is sent unanswered
         #: (a JetStream ack, RabbitMQ's basic.ack) and the consumer goes on at once
         self.ack_waits = preset.ack_reply
+        #: a short answer to a pull fetch of more than one message ends with a status (nats-py)
+        self.pull_status = preset.pull_status
         self._ack_timeout = broker.ack_timeout if self.track and preset.redelivery else None
         self.max_deliveries = broker.max_deliveries
         self.pending: list[int] = [NO_ROW] * n if self.track else []

@@ -50,6 +50,9 @@ class Preset:
     #: at most this often the broker writes a consumer's ack state to its store (seconds); a
     #: kill that keeps the messages loses the acks since the last write (0: written with the ack)
     ack_state_write: float = 0.0
+    #: a pull fetch of more than one message that the broker answers with fewer ends only when
+    #: a status message that follows them reaches the client (nats-py's JetStream fetch)
+    pull_status: bool = False
 
 
 @cache
@@ -94,4 +97,5 @@ def resolve(broker: Broker) -> Preset:
         buffers_publishes=bool(entry.get("buffers_publishes", False)),
         ack_reply=bool(entry.get("ack_reply", True)),
         ack_state_write=parse_duration(entry.get("ack_state_write", 0)),
+        pull_status=bool(entry.get("pull_status", False)),
     )

@@ -126,6 +126,13 @@ class Consume(_Model):
         "waking); paid only by answers to a fetch that had to wait, so light load pays it and a "
         "backlog does not",
     )
+    status: TimeDistribution = Field(
+        Constant(dist="constant", value=0.0),
+        description="pull, where the kind's preset says pull_status: how long after a short "
+        "answer's last message (fewer than the fetch asked for, prefetch above 1) the client "
+        "sees the status that ends its fetch (JetStream with nats-py: the server's 408 or 404 "
+        "after the messages; measured by calibrate's batch rung)",
+    )
     fetch: TimeDistribution = Field(
         Constant(dist="constant", value=0.0),
         description="pull: broker work per fetch request, served on the broker's servers like "

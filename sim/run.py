@@ -64,6 +64,7 @@ def simulate(
             chosen.consume.window,
             chosen.consume.wake,
             chosen.consume.fetch,
+            chosen.consume.status,
         )
     # Capacity and wake-ups are steps too: the pacer in front of deliveries, the network's clock.
     paced = woken = "none"

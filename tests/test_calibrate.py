@@ -115,6 +115,18 @@ def test_fit_charges_a_jetstream_consumer_no_round_trip_for_its_unanswered_ack(
     assert own == pytest.approx(0.8e-3, abs=0.2e-3)
 
 
+def test_fit_finds_the_status_that_ends_a_short_jetstream_fetch(tmp_path: Path) -> None:
+    """JetStream's ladder has a batch rung (the light rung with prefetch 10): played in the
+    simulator with a known 0.4 ms closing status, the fit finds it again; Redis's ladder, whose
+    fetch needs no status, has no such rung."""
+    known = {**KNOWN, "kind": "nats-jetstream", "consume": {"mode": "pull", "wake": "1ms"}}
+    known["consume"]["status"] = "0.4ms"
+    measured = simulated_ladder(tmp_path, known)
+    profile = refine(fit("nats-jetstream", measured, {"origin": "calibrated"}), measured)
+    assert profile.consume.status.mean == pytest.approx(0.4e-3, rel=0.2)
+    assert "batch" not in [step.name for step in ladder("redis-streams")]
+
+
 def test_fit_finds_fetch_work_the_consumers_share(tmp_path: Path) -> None:
     """One broker server doing 1.5 ms per fetch request: two consumers of the consumer rung take
     less than twice what one takes, and the fit finds the fetch's work again (and leaves it out

@@ -803,3 +803,56 @@ def test_fetch_requests_are_broker_work_the_consumers_share(tmp_path: Path) -> N
         rates[servers] = 1 / float(np.mean(_done_gaps(scenario)[:-40]))
     assert rates[1] == pytest.approx(500, rel=0.01)
     assert rates[4] == pytest.approx(4 / 6e-3, rel=0.01)
+
+
+def _e2e(scenario: Scenario) -> np.ndarray:
+    """Each message's end to end (first delivery less intended send), in send order."""
+    trace = simulate(scenario, 1).trace
+    first = trace.deliveries.groupby("msg_id")["t_delivered"].min()
+    sends = trace.sends.set_index("msg_id")
+    return (first - sends["t_intended"].reindex(first.index)).to_numpy()
+
+
+def test_a_short_answer_to_a_jetstream_fetch_waits_for_its_closing_status(
+    tmp_path: Path,
+) -> None:
+    """JetStream with nats-py: a fetch of more than one message answered with fewer ends when
+    the status after them arrives (consume.status, 0.4 ms here). At 100/s every answer holds one
+    message: with prefetch 10 each arrives exactly 0.4 ms later than with prefetch 1, which asks
+    for one and needs no status; Redis (no such status) is the same with either."""
+    profile = tmp_path / "status.yaml"
+    data = profile_data(round_trip="1ms", consume={"mode": "pull", "status": "0.4ms"})
+    for kind in ("nats-jetstream", "redis-streams"):
+        profile.write_text(yaml.safe_dump({**data, "kind": kind}), encoding="utf-8")
+        one, ten = (
+            _e2e(make({"kind": kind, "profile": str(profile)}, consumers={"prefetch": prefetch}))
+            for prefetch in (1, 10)
+        )
+        expected = 0.4e-3 if kind == "nats-jetstream" else 0.0
+        assert np.allclose(ten - one, expected, atol=3 * US), kind
+
+
+def test_a_full_answer_to_a_jetstream_fetch_needs_no_status(tmp_path: Path) -> None:
+    """20 messages published at once, prefetch 10, 10 ms processing: the first answer holds the
+    one message there when the consumer's fetch was waiting (short: it pays the 0.4 ms status),
+    the second the ten that waited meanwhile (full: no status), so it arrives one round trip
+    (1 ms, the fetch that travels with the unanswered ack) after the first batch is done."""
+    profile = tmp_path / "status.yaml"
+    data = profile_data(
+        kind="nats-jetstream", round_trip="1ms", consume={"mode": "pull", "status": "0.4ms"}
+    )
+    profile.write_text(yaml.safe_dump(data), encoding="utf-8")
+    scenario = make(
+        {"kind": "nats-jetstream", "profile": str(profile)},
+        producers={"rate": "100000/s", "messages": 20},
+        consumers={"prefetch": 10, "processing": "10ms"},
+    )
+    trace = simulate(scenario, 1).trace
+    deliveries = trace.deliveries.sort_values("t_delivered")
+    delivered = deliveries["t_delivered"].to_numpy()
+    done = deliveries["t_done"].to_numpy()
+    sent = trace.sends.set_index("msg_id")["t_intended"]
+    first = delivered[0] - sent[deliveries["msg_id"].iloc[0]]
+    assert first == pytest.approx(1e-3 + 0.4e-3, abs=3 * US)  # publish and delivery hops + status
+    assert np.allclose(delivered[1:11], delivered[1])  # one answer of ten
+    assert delivered[1] - done[0] == pytest.approx(1e-3, abs=3 * US)

@@ -56,7 +56,7 @@ from brokerlab.core.load import client_processes
 from brokerlab.core.saturation import MACHINE_STOLEN, lab_limit
 from brokerlab.core.scenario import Z99, Broker, LogNormal, Scenario, parse_scenario
 from brokerlab.core.units import parse_rate, parse_size
-from brokerlab.sim.presets import resolve
+from brokerlab.sim.presets import presets, resolve
 from brokerlab.sim.profile import (
     Capacity,
     Clients,
@@ -186,6 +186,17 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             {**steps[-1].changes, "producers.size": f"{CEILING_LARGE}B"},
         )
     )
+    if presets().get(target, {}).get("pull_status"):
+        # Where a short answer ends with a status (nats-py's JetStream fetch), the light rung
+        # again with fetches of up to 10: its latency beyond the light rung's is that status.
+        steps.insert(
+            1,
+            Step(
+                "batch",
+                "the status that ends a short fetch (the light rung with prefetch 10)",
+                {**light, "consumers.prefetch": 10},
+            ),
+        )
     if target == "nats":
         steps = [step for step in steps if step.name != "shared"]  # push: no fetch requests
     if FSYNC.get(target):
@@ -335,7 +346,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
             "rung(s): their latencies include the host's stalls, so the fitted costs are "
             "inflated (calibrate again when the host is quieter)"
         )
-    for name in ("light", "large", "busy"):
+    for name in ("light", "batch", "large", "busy"):
         m = measured.get(name)
         if m is None:
             continue
@@ -463,6 +474,10 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
             # quarter of the gap between its messages: a floor against a noisy difference.
             floor = 4 * LARGE * max(large.delivered, 1.0)
             bandwidth = max((LARGE - SMALL) / grew, floor)
+    # A short answer's closing status (kinds whose fetch ends with one): the batch rung's end
+    # to end beyond the light rung's, both at the same light load.
+    batch = measured.get("batch")
+    status = max(batch.e2e_p50 - light.e2e_p50, 0.0) if batch is not None else 0.0
     fsync = 0.0
     slow = measured.get("fsync")
     if slow is not None:
@@ -477,7 +492,7 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         "deliver": deliver,
         "ack": ack,
         "consume": (
-            {"mode": "pull", "wake": _wake(wake, wake_p99), "fetch": fetch}
+            {"mode": "pull", "wake": _wake(wake, wake_p99), "fetch": fetch, "status": status}
             if acks
             else {"mode": "push"}
         ),
@@ -804,11 +819,19 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             wake = data["consume"]["wake"]
             median = wake.get("median", wake.get("value", 0.0))
             p99 = wake.get("p99", median)
-            gap = _gap("light", ("latency_ms", "end_to_end", "p50"), sims)
-            median = max(median + 0.7 * gap, 0.0) if gap is not None else median
+            e2e_p50 = ("latency_ms", "end_to_end", "p50")
+            gap = light_gap = _gap("light", e2e_p50, sims) or 0.0
+            median = max(median + 0.7 * gap, 0.0)
             gap = _gap("light", ("latency_ms", "end_to_end", "p99"), sims)
             p99 = max(p99 + 0.7 * gap, 0.0) if gap is not None else p99
             data["consume"]["wake"] = _wake(median, p99)
+            if "batch" in measured and (gap := _gap("batch", e2e_p50, sims)) is not None:
+                # The batch rung's end to end beyond the light rung's moves the status.
+                status = (data["consume"].get("status") or {}).get("value", 0.0)
+                data["consume"]["status"] = {
+                    "dist": "constant",
+                    "value": max(status + 0.7 * (gap - light_gap), 0.0),
+                }
         elif (r := ratio(fast, ("latency_ms", "end_to_end", "p50"))) is not None:
             data["deliver"]["value"] *= r
         large = measured.get("ceiling-large")
