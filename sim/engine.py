@@ -43,7 +43,7 @@ from brokerlab.sim.network import Network
 from brokerlab.sim.presets import Preset
 from brokerlab.sim.process import BrokerProcess, InOrder, reorders
 from brokerlab.sim.publisher import RetryingPublisher
-from brokerlab.sim.sampling import is_zero, samples
+from brokerlab.sim.sampling import samples, step_samples
 
 #: ``pending[i]`` when message ``i`` has no unacked delivery
 NO_ROW = -1
@@ -128,9 +128,9 @@ class Simulation:
             broker.service_time.deliver,
         )
         # None means "always zero": that step is skipped and schedules no event.
-        self._net = None if is_zero(net) else samples(net, rngs["network"])
-        self.publish_time = None if is_zero(publish) else samples(publish, rngs["service"])
-        self._deliver_time = None if is_zero(deliver) else samples(deliver, rngs["service"])
+        self._net = step_samples(net, rngs["network"])
+        self.publish_time = step_samples(publish, rngs["service"])
+        self._deliver_time = step_samples(deliver, rngs["service"])
         self.processing_times = samples(consumers.processing, rngs["processing"])
 
         #: the broker process (its servers; a faulted run's can stop): chosen by the caller

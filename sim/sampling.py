@@ -41,6 +41,12 @@ def samples(dist: Distribution, rng: np.random.Generator) -> Iterator[float]:
     return _chunks(dist, rng)
 
 
+def step_samples(dist: Distribution | None, rng: np.random.Generator) -> Iterator[float] | None:
+    """Samples of a step's time, or None when there is none or it is always 0 (the simulator
+    then skips the step and its event)."""
+    return None if dist is None or is_zero(dist) else samples(dist, rng)
+
+
 def _chunks(dist: Distribution, rng: np.random.Generator) -> Iterator[float]:
     # The same chunks, drawn as lazily as a generator would, but chained in C: ``next()`` is a
     # list iterator's step, not a generator's resumption (one sample per message and step).

@@ -89,7 +89,7 @@ class _Pull:
     ):
         import numpy as np
 
-        from brokerlab.sim.sampling import is_zero, samples
+        from brokerlab.sim.sampling import is_zero, step_samples
 
         self.sim = sim
         count = len(sim.free)
@@ -104,21 +104,13 @@ class _Pull:
         self.short = [False] * count
         #: an answer is being served or travelling to the consumer
         self.answering = [False] * count
-        self.wake = (
-            None
-            if wake is None or is_zero(wake)
-            else samples(wake, np.random.default_rng((sim.seed, 0x70756C6C)))
-        )
-        self.fetch_work = (
-            None
-            if fetch is None or is_zero(fetch)
-            else samples(fetch, np.random.default_rng((sim.seed, 0x6665746368)))
-        )
+        self.wake = step_samples(wake, np.random.default_rng((sim.seed, 0x70756C6C)))
+        self.fetch_work = step_samples(fetch, np.random.default_rng((sim.seed, 0x6665746368)))
         #: a short answer ends with a status (see the module docstring)
         self.status = (
-            None
-            if status is None or is_zero(status) or not sim.pull_status or self.size <= 1
-            else samples(status, np.random.default_rng((sim.seed, 0x737461747573)))
+            step_samples(status, np.random.default_rng((sim.seed, 0x737461747573)))
+            if sim.pull_status and self.size > 1
+            else None
         )
         sim.free = [self.size] * count
         # The engine's fault-free shortcuts inline steps this class replaces (``_start``,
