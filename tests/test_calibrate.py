@@ -478,9 +478,7 @@ def test_a_quick_calibration_of_a_real_redis_is_found_by_auto(
     # than the ceiling (a publish costs CPU the drain does not spend): the publishes' share. A
     # quick machine's Redis can keep up even with the deep backlog's offer (a producer behind
     # schedule sends full calls): then no drain tells it and the share stays 0, not a guess.
-    drains = [
-        rate for m in done.measured for r in m.behind if (rate := drain_rate(r)) is not None
-    ]
+    drains = [rate for m in done.measured for r in m.behind if (rate := drain_rate(r)) is not None]
     if drains:
         assert 0 < stored.capacity.publish_share < 1
     else:
