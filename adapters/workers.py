@@ -63,6 +63,7 @@ from brokerlab.adapters.harness import (
     play,
     send_budget,
 )
+from brokerlab.adapters.harness.clock import wait_on_timers, waits
 from brokerlab.adapters.targets import Target, get_target
 from brokerlab.core.load import (
     WORKERS_ENV,
@@ -215,6 +216,7 @@ def worker_main(job: WorkerJob, shared: SharedRun, messages: multiprocessing.Que
     """Entry point of a worker process: play its share of the run, report, exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent(job.parent_pid)
+    wait_on_timers()  # beside sibling workers and the broker, yields take their CPU
     scrub = Scrubber(job.url)
     try:
         report = asyncio.run(_play(job, shared, messages))
@@ -311,6 +313,7 @@ async def _play(
         error_kinds=consumers.error_kinds,
         unexpected=deliveries.unexpected,
         warnings=[*warnings, *adapter.warnings, *adapter.survived_warnings()],
+        waits=waits(),
     )
 
 
@@ -520,7 +523,8 @@ class WorkerCrew(Crew):
         for report in ordered:
             warnings += [w for w in report.warnings if w not in warnings]
         errors = np.concatenate([r.errors for r in ordered]).tolist()
-        return CrewReport(deliveries, errors, kinds, warnings)
+        ways = ", ".join(sorted({r.waits for r in ordered if r.waits}))
+        return CrewReport(deliveries, errors, kinds, warnings, ways or None)
 
 
 async def run_workers(

@@ -106,3 +106,25 @@ def test_a_process_just_under_the_share_still_yields(monkeypatch: pytest.MonkeyP
         assert not _pace().timers
 
     asyncio.run(main())
+
+
+def test_a_multi_process_runs_worker_waits_on_timers_even_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker process of a multi-process run never yields: an idle one (which would yield)
+    waits on one timer per wait, still not before its deadline, and says so for run.json."""
+    monkeypatch.setattr(clock, "cpu_time", lambda: 0.0)  # idle: would yield
+    monkeypatch.setattr(clock, "_TIMERS_ONLY", False)
+    assert clock.waits() == "yields unless busy"
+    clock.wait_on_timers()
+    assert clock.waits() == "timers"
+
+    async def main() -> None:
+        sleeps = _Sleeps(monkeypatch)
+        for _ in range(3):
+            deadline = clock.now() + 0.0008
+            await clock.sleep_until(deadline)
+            assert clock.now() >= deadline
+        assert sleeps.yields == 0 and sleeps.timers == 3
+
+    asyncio.run(main())

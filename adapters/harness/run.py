@@ -32,7 +32,14 @@ from brokerlab.adapters.harness.adapter import (
     BrokerAdapter,
     close_adapter,
 )
-from brokerlab.adapters.harness.clock import BUSY_SHARE, SPIN_WINDOW, TICK, now, stop_tasks
+from brokerlab.adapters.harness.clock import (
+    BUSY_SHARE,
+    SPIN_WINDOW,
+    TICK,
+    now,
+    stop_tasks,
+    waits,
+)
 from brokerlab.adapters.harness.consumers import ConsumerGroup
 from brokerlab.adapters.harness.producers import MAX_BATCH, MAX_IN_FLIGHT, ProducerGroup
 from brokerlab.adapters.harness.recording import ACKED, DeliveryLog, SendLog, producer_major
@@ -111,6 +118,9 @@ class CrewReport:
     errors: list[float] = field(default_factory=list)  # monotonic times of consumer errors
     error_kinds: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: how the processes that played the clients ended their waits (:func:`clock.waits`);
+    #: None: this process's
+    waits: str | None = None
 
 
 class Crew(ABC):
@@ -468,6 +478,8 @@ def _result(
             "spin_window_s": SPIN_WINDOW,
             # waits use timers instead of yields while the process's own work is above this
             "busy_share": BUSY_SHARE,
+            # how the clients' waits ended: a multi-process run's workers always use timers
+            "waits": report.waits or waits(),
             "t0_monotonic": t0,  # the run clock's zero, for samples taken outside the harness
         },
     }

@@ -108,7 +108,7 @@ REPEATS = 3
 #: Times the ceiling rung doubles its offer while the target keeps up with it: a quiet machine's
 #: broker takes more than :data:`CEILING_RATE`, and a rung that kept up with every offer measured
 #: its offer, not the ceiling (then the fitted ceiling is only a lower bound, and said so).
-CEILING_DOUBLINGS = 2
+CEILING_DOUBLINGS = 3
 #: A rung "kept up" when it delivered at least this share of its offer.
 KEPT_UP = 0.95
 #: ... and, for the ceiling rungs, when its tails stayed within these (seconds): the sustained
