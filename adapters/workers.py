@@ -196,6 +196,7 @@ class WorkerReport:
     error_kinds: dict[str, int]
     unexpected: int
     warnings: list[str] = field(default_factory=list)
+    waits: str = ""  # how its waits ended (clock.waits)
 
 
 # --------------------------------------------------------------------------- worker side
