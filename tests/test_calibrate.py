@@ -629,3 +629,36 @@ def test_a_rung_run_again_when_the_host_took_the_cpu_keeps_only_its_quiet_runs()
     assert len(played) == 5 and measured.e2e_p50 == pytest.approx(52e-3)
     (warning,) = busy_warnings("redis-streams", {"light": measured})
     assert "during 5 run(s) of the light rung(s)" in warning
+
+
+def _delivered_run(late: int, late_by: float) -> SimpleNamespace:
+    """A 1.5 s run at 8,000/s: each message delivered 1 ms after its send, except the last
+    ``late`` ones, ``late_by`` seconds after the run; metrics.json's delivered rate as the
+    analysis counts it (every first delivery over the span to the last one)."""
+    count, rate = 12_000, 8_000.0
+    t_sent = np.arange(count) / rate
+    t_delivered = t_sent + 0.001
+    if late:
+        t_delivered[-late:] = t_sent[-1] + late_by
+    sends = pd.DataFrame({"msg_id": np.arange(count), "t_sent": t_sent})
+    deliveries = pd.DataFrame({"msg_id": np.arange(count), "t_delivered": t_delivered})
+    metrics = {"throughput_per_s": {"offered": rate, "delivered": count / float(t_delivered.max())}}
+    trace = SimpleNamespace(sends=sends, deliveries=deliveries)
+    return SimpleNamespace(metrics=metrics, result=SimpleNamespace(trace=trace))
+
+
+def test_a_few_stragglers_do_not_make_a_run_that_kept_up_fall_behind() -> None:
+    """Ten messages of 12,000 delivered 190 ms after a 1.5 s run: metrics.json's delivered rate
+    says 89% of the offer (the span to the last delivery), but 99% of the messages came at the
+    offered rate: kept up. The same run with its last 4% a second late fell behind, and so did
+    one with its last 2% never delivered."""
+    stragglers = _delivered_run(10, 0.19)
+    assert stragglers.metrics["throughput_per_s"]["delivered"] < 0.9 * 8_000
+    assert calibration.bulk_rate(stragglers) == pytest.approx(0.99 * 8_000, rel=0.01)
+    assert calibration.kept_up(stragglers)
+    assert not calibration.kept_up(_delivered_run(480, 1.0))
+    lost = _delivered_run(0, 0.0)
+    lost.result.trace.deliveries = lost.result.trace.deliveries.iloc[:-240]
+    lost.metrics["throughput_per_s"]["delivered"] = 0.9 * 8_000  # as if counted so
+    assert not calibration.kept_up(lost)
+    assert calibration.kept_up(_delivered_run(0, 0.0))
