@@ -314,3 +314,50 @@ def test_a_search_on_a_local_cluster_agrees_with_the_serial_one(tmp_path: Path) 
     assert local.extra["placement"] == "local"
     assert local.value == serial.value == 5
     assert [p.to_dict() for p in local.points] == [p.to_dict() for p in serial.points]
+
+
+def _run_folder(folder: Path, late: int, late_by: float) -> dict:
+    """A 1.5 s run at 8,000/s written as a run folder's trace: each message delivered 1 ms
+    after its send, except the last ``late`` ones, ``late_by`` s after the run; its metrics as
+    the analysis counts the delivered rate (to the last delivery), passing otherwise."""
+    import numpy as np
+    import pandas as pd
+
+    count, rate = 12_000, 8_000.0
+    t_sent = np.arange(count) / rate
+    t_delivered = t_sent + 0.001
+    if late:
+        t_delivered[-late:] = t_sent[-1] + late_by
+    folder.mkdir(parents=True)
+    ids = [f"p0-{i}" for i in range(count)]
+    pd.DataFrame({"msg_id": ids, "t_sent": t_sent}).to_parquet(folder / "sends.parquet")
+    pd.DataFrame({"msg_id": ids, "t_delivered": t_delivered}).to_parquet(
+        folder / "deliveries.parquet"
+    )
+    latency = {"mean": 1.0, "p50": 1.0, "p99": 20.0}
+    return {
+        "verdict": "pass",
+        "requirements": [],
+        "throughput_per_s": {"offered": rate, "delivered": count / float(t_delivered.max())},
+        "latency_ms": {"end_to_end": latency, "completion": latency},
+    }
+
+
+def test_a_few_stragglers_do_not_make_a_step_that_kept_up_fall_behind(tmp_path: Path) -> None:
+    """capacity --find rate's keep-up test: ten late messages of 12,000 (the delivered rate
+    reads 89% of the offer) kept up, and the step says why; the last 4% a second late did not."""
+    from types import SimpleNamespace
+
+    from brokerlab.app.capacity import _seed_evidence
+
+    def judge(name: str, late: int, late_by: float) -> tuple[bool, dict]:
+        folder = tmp_path / name
+        metrics = _run_folder(folder, late, late_by)
+        outcome = Outcome(SimpleNamespace(seed=1), metrics, folder)  # type: ignore[arg-type]
+        return _seed_evidence(outcome, 0.95, tmp_path)
+
+    ok, entry = judge("stragglers", 10, 0.19)
+    assert ok and entry["delivered_ratio"] < 0.9
+    assert "99% of its messages: kept up" in entry["note"]
+    ok, entry = judge("behind", 480, 1.0)
+    assert not ok and "does not keep up" in entry["reasons"]

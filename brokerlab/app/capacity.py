@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from brokerlab.app import runner, sweep_figures
 from brokerlab.app.sweep import (
@@ -52,9 +53,9 @@ from brokerlab.app.sweep import (
     seeds_for,
 )
 from brokerlab.core import results
-from brokerlab.core.analysis import inconclusive_reasons
+from brokerlab.core.analysis import bulk_delivered_rate, inconclusive_reasons
 from brokerlab.core.scenario import Scenario, parse_scenario, scenario_to_yaml
-from brokerlab.core.trace import Trace, build_timeline
+from brokerlab.core.trace import DELIVERIES_FILE, SENDS_FILE, Trace, build_timeline
 from brokerlab.core.units import format_duration
 
 CAPACITY_FILE = "capacity.json"
@@ -120,6 +121,21 @@ class CapacityResult:
         }
 
 
+def _bulk_ratio(folder: Path | None, offered: float) -> float | None:
+    """The run in ``folder``'s delivered rate up to 99% of its messages, as a share of
+    ``offered`` (:func:`brokerlab.core.analysis.bulk_delivered_rate`); None where it cannot
+    tell (no trace, too few messages, fewer than 99% delivered)."""
+    if folder is None or not offered:
+        return None
+    try:
+        sends = pd.read_parquet(folder / SENDS_FILE, columns=["t_sent"])
+        deliveries = pd.read_parquet(folder / DELIVERIES_FILE, columns=["msg_id", "t_delivered"])
+    except (OSError, ValueError):
+        return None
+    rate = bulk_delivered_rate(sends, deliveries)
+    return None if rate is None else rate / offered
+
+
 def _seed_evidence(outcome: Outcome, keep_up: float, out: Path) -> tuple[bool, dict[str, Any]]:
     """Did this run meet the requirements and keep up? With the numbers that decided it."""
     entry: dict[str, Any] = {
@@ -143,8 +159,16 @@ def _seed_evidence(outcome: Outcome, keep_up: float, out: Path) -> tuple[bool, d
     delivered = metrics["throughput_per_s"]["delivered"] or 0.0
     ratio = delivered / offered if offered else math.nan
     if keep_up > 0 and not ratio >= keep_up:
-        why.append(f"delivered {ratio:.1%} of offered (< {keep_up:.0%}: does not keep up)")
-        reasons.append("does not keep up")
+        bulk = _bulk_ratio(outcome.folder, offered)
+        if bulk is not None and bulk >= keep_up:
+            # A few stragglers at the end of the run, not a shortfall (bulk_delivered_rate).
+            entry["note"] = (
+                f"delivered {ratio:.1%} of offered up to its last delivery, {bulk:.1%} up to "
+                "99% of its messages: kept up (a few late messages at the end)"
+            )
+        else:
+            why.append(f"delivered {ratio:.1%} of offered (< {keep_up:.0%}: does not keep up)")
+            reasons.append("does not keep up")
     ok = verdict == "pass" and not why
     entry.update(
         verdict=verdict,
