@@ -128,7 +128,7 @@ def _bulk_ratio(folder: Path | None, offered: float) -> float | None:
     if folder is None or not offered:
         return None
     try:
-        sends = pd.read_parquet(folder / SENDS_FILE, columns=["t_sent"])
+        sends = pd.read_parquet(folder / SENDS_FILE, columns=["msg_id", "t_sent"])
         deliveries = pd.read_parquet(folder / DELIVERIES_FILE, columns=["msg_id", "t_delivered"])
     except (OSError, ValueError):
         return None

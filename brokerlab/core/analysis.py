@@ -241,13 +241,14 @@ def bulk_delivered_rate(sends: pd.DataFrame, deliveries: pd.DataFrame) -> float 
     """
     if sends.empty or deliveries.empty:
         return None
-    t_sent = sends["t_sent"].dropna()
-    sent = len(t_sent)
+    sent_ones = sends.loc[sends["t_sent"].notna(), ["msg_id", "t_sent"]]
+    sent = len(sent_ones)
     bulk = math.ceil(BULK_SHARE * sent)
     first = deliveries.groupby("msg_id")["t_delivered"].min().dropna()
+    first = first[first.index.isin(sent_ones["msg_id"])]  # not another run's messages
     if sent < BULK_MIN_MESSAGES or len(first) < bulk:
         return None
-    began = float(t_sent.min())
+    began = float(sent_ones["t_sent"].min())
     reached = float(first.sort_values().iloc[bulk - 1])
     return bulk / (reached - began) if reached > began else None
 
