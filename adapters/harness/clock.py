@@ -18,7 +18,8 @@
   take the CPU the broker needs, and neither counts the other's yields. Redis, 256 B messages,
   two consumers, two processes, medians of two side by side: at 20,000/s e2e p99 17.8 ms
   yielding and 1.5 ms on timers; at 60,000/s 27.6 and 1.4 ms (one process: 5.5 ms); the
-  sustained ceiling 45,000/s yielding and beyond 120,000/s on timers. A run that needs more
+  sustained ceiling 20,600-45,000/s yielding (three searches) and beyond 120,000/s on timers
+  (the search's highest offer then). A run that needs more
   than one process sends far more than one message per millisecond, so the timers' millisecond
   steps cost it little (its publish delay p99 about 1 ms).
 """
