@@ -99,12 +99,8 @@ async def sleep_until(deadline: float) -> None:
     keeps it busy (such a loop wakes often and fires its timers on time) and always in a
     multi-process run's worker (:func:`wait_on_timers`)."""
     t = now()
-    if _TIMERS_ONLY:
-        if t < deadline:
-            await asyncio.sleep(deadline - t)
-        return
-    pace = _pace(t)
-    if pace.timers:
+    pace = None if _TIMERS_ONLY else _pace(t)
+    if pace is None or pace.timers:
         if t < deadline:
             await asyncio.sleep(deadline - t)
         return
