@@ -139,6 +139,12 @@ class NatsCoreAdapter(BrokerAdapter):
     def fire_and_forget(self) -> bool:
         return True
 
+    @property
+    def redelivers(self) -> bool:
+        """NATS core keeps nothing: a message no subscriber took when it was published, or one
+        a crashed consumer held, is gone."""
+        return False
+
     async def setup(self) -> None:
         self.publisher = await self.connections.connect(
             f"brokerlab-{self.names.run_id}-control", self.url_for("control")

@@ -390,3 +390,67 @@ def test_the_sends_table_names_each_outcome_code_it_recorded() -> None:
     sends = log.table(0.0)
     assert sends["outcome"].astype(str).tolist() == ["unknown", "acked", "failed", "failed"]
     assert sends["attempts"].tolist() == [1, 2, 3, 0]
+
+
+def test_a_drain_calls_consumers_quiet_only_after_the_last_fault_and_not_during_its_own_stall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """For a broker that keeps nothing, the drain ends ``quiet`` once nothing completed for the
+    quiet period after the last fault; a process that did not run the drain's loop for a while
+    (a busy machine) has not watched the consumers, so that stall does not count as quiet."""
+    import time
+
+    from brokerlab.adapters.harness import run as harness
+    from brokerlab.adapters.harness.clock import now
+    from brokerlab.adapters.harness.recording import ACKED, SendLog
+    from brokerlab.core.load import plan_load
+
+    scenario = _scenario("nats", producers={"count": 1, "rate": "4/s", "duration": "1s"})
+    plan = plan_load(scenario, 7)
+    sends = SendLog(plan)
+    sends.outcome[:] = ACKED
+
+    class Crew:
+        """Four acknowledged messages that never complete; the second look stalls 1 s."""
+
+        def __init__(self, stall: float) -> None:
+            self.plan, self.sends, self.looks, self.stall = plan, sends, 0, stall
+
+        def done(self) -> np.ndarray:
+            return np.zeros(len(plan), dtype=bool)
+
+        def check(self) -> None:
+            self.looks += 1
+            if self.looks == 2:
+                time.sleep(self.stall)
+
+    monkeypatch.setattr(harness, "QUIET_S", 0.5)
+    monkeypatch.setattr(harness, "QUIET_POLLS", 25)
+    assert harness.quiet_period(scenario) == 0.5  # 0.5 ms processing: the plain period
+
+    def drain(crew: Crew, quiet_from: float | None) -> dict[str, Any]:
+        return asyncio.run(harness._drain(scenario, crew, quiet_from=quiet_from))  # type: ignore[arg-type]
+
+    stalled = drain(Crew(stall=1.0), quiet_from=0.0)
+    assert stalled["reason"] == "quiet" and stalled["pending"] == 4
+    # The 1 s stall, then at least 23 more looks 20 ms apart before it calls them quiet.
+    assert stalled["seconds"] >= 1.0 + 23 * harness.DRAIN_POLL, stalled
+    later = drain(Crew(stall=0.0), quiet_from=now() + 1.0)
+    assert later["reason"] == "quiet" and later["seconds"] >= 1.5, later
+    # A broker that keeps messages (quiet_from None) waits out its drain_timeout.
+    short = scenario.model_copy(update={"drain_timeout": 0.8})
+    ended = asyncio.run(harness._drain(short, Crew(stall=0.0), quiet_from=None))  # type: ignore[arg-type]
+    assert ended["reason"] == "timeout" and ended["pending"] == 4
+
+
+def test_the_slowest_processing_sets_the_quiet_period() -> None:
+    """Four times the processing's 99.9th percentile when that is longer than QUIET_S."""
+    from brokerlab.adapters.harness.run import QUIET_S, quiet_period
+
+    assert quiet_period(_scenario("nats", consumers={"processing": "2s"})) == 8.0
+    slow_tail = _scenario(
+        "nats", consumers={"processing": {"dist": "lognormal", "median": "100ms", "p99": "1s"}}
+    )
+    # p99.9 of that lognormal: exp(ln 0.1 + 3.09 σ) with σ = ln 10 / 2.326, about 2.1 s.
+    assert quiet_period(slow_tail) == pytest.approx(4 * 2.1, rel=0.1)
+    assert quiet_period(_scenario("nats")) == QUIET_S

@@ -235,3 +235,51 @@ def test_network_delay_distributions_become_proxy_latency() -> None:
     assert delay_as_latency(uniform.network.delay) == pytest.approx((0.002, 0.001))
     expo = _scenario("nats", [], network={"delay": {"dist": "exponential", "mean": "2ms"}})
     assert delay_as_latency(expo.network.delay) == pytest.approx((0.002, 0.002))
+
+
+def test_nats_core_drain_ends_once_the_consumers_go_quiet_not_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    """NATS core keeps nothing, so once the consumers complete nothing more after the last
+    fault, what they lost never comes: the drain ends ``quiet`` long before its 60 s timeout,
+    and its ``pending`` are exactly the messages the checks call lost or unprocessed."""
+    from brokerlab.adapters.harness.run import QUIET_S
+
+    scenario = _scenario(
+        "nats",
+        [{"at": "2s", "action": "consumer-crash", "duration": "1s", "target": "consumer-0"}],
+        producers={"rate": "300/s"},
+        consumers={"count": 2, "processing": "10ms"},
+        drain_timeout="60s",
+        requirements={"max_lost": 0},
+    )
+    result, checks = _run("nats", scenario, tmp_path)
+    drain = result.info["drain"]
+    assert checks.lost + checks.unprocessed > 0
+    assert drain["reason"] == "quiet", drain
+    assert drain["quiet_s"] == QUIET_S
+    assert QUIET_S <= drain["seconds"] < 30.0, drain
+    assert drain["pending"] == checks.lost + checks.unprocessed, (drain, checks)
+    # Not "may only be late": nothing is held anywhere, so the loss is certain.
+    (lost,) = analyze_result(result, scenario, "nats", 7).requirements
+    assert lost.name == "max_lost" and lost.ok is False, lost
+    assert "may only be late" not in lost.note, lost
+
+
+def test_nats_core_drain_waits_for_a_consumer_busy_with_a_slow_message(tmp_path: Path) -> None:
+    """Quiet means idle, not busy: a consumer that takes 4 s per message completes nothing for
+    longer than QUIET_S, yet both messages arrive, because the drain waits four times the
+    slowest processing before it calls the consumers quiet."""
+    from brokerlab.adapters.harness.run import QUIET_S
+
+    scenario = _scenario(
+        "nats",
+        [],
+        producers={"rate": "10/s", "duration": "0.2s"},
+        consumers={"count": 1, "processing": "4s"},
+        drain_timeout="60s",
+    )
+    assert QUIET_S < 4.0  # the case only tells if one message outlasts the plain quiet period
+    result, checks = _run("nats", scenario, tmp_path)
+    assert result.info["drain"]["reason"] == "complete", result.info["drain"]
+    assert checks.sent == 2 and checks.lost == 0 and checks.unprocessed == 0

@@ -198,6 +198,16 @@ class BrokerAdapter(ABC):
         """True when the broker never confirms publishes (t_acked stays NaN)."""
         return False
 
+    @property
+    def redelivers(self) -> bool:
+        """Whether a message not yet completed can still come: the broker keeps it until it is
+        acknowledged (and hands it out again) or holds a backlog for the consumers.
+
+        False (NATS core): whatever the consumers have not received by the time they go
+        quiet will never come, so the drain need not wait out its whole ``drain_timeout``.
+        """
+        return True
+
     def dedup_ids_wanted(self) -> bool:
         """Whether publishes carry a broker-level dedup id (the lab's msg id)."""
         return False

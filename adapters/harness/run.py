@@ -54,6 +54,17 @@ BEHIND_P99 = 0.010
 DRAIN_COMPLETE = "complete"
 #: ... or the drain timeout came first, with ``drain.pending`` acknowledged messages not completed.
 DRAIN_TIMED_OUT = "timeout"
+#: ... or, for a broker that keeps nothing (``BrokerAdapter.redelivers`` False), the consumers
+#: went quiet after the last fault ended: what they have not completed will never come.
+DRAIN_QUIET = "quiet"
+#: Quiet means no message completed for this long (seconds; longer when the scenario's slowest
+#: processing is: see :func:`quiet_period`) ...
+QUIET_S = 3.0
+#: ... over at least this many of the drain's polls, so a stalled process (a busy machine that
+#: did not run the loop) does not pass for quiet consumers.
+QUIET_POLLS = 100
+#: Seconds between two looks at the completed flags while draining.
+DRAIN_POLL = 0.02
 #: Lead time between "everything connected" and the first intended send (one process).
 START_LEAD = 0.05
 #: Seconds between two samples of the broker's own statistics (``BrokerAdapter.broker_stats``).
@@ -315,7 +326,8 @@ async def play(
             tasks.append(asyncio.create_task(_report_progress(progress, crew, len(plan))))
         tasks.append(asyncio.create_task(_sample_broker(adapter, t0, broker_samples)))
         warnings += await crew.send(t0 + send_budget(scenario, plan))
-        drain = await _drain(scenario, crew)
+        quiet_from = None if adapter.redelivers else t0 + faults_end(scenario)
+        drain = await _drain(scenario, crew, quiet_from=quiet_from)
         # Consumers stop fetching now, with no await since the drain counted what is pending:
         # only the batch in hand is finished after that count. Halting later (after asking
         # the broker for its backlog, a round trip that is slow on a loaded machine) let a
@@ -393,25 +405,61 @@ async def _report_progress(progress: Callable[[int, int], None], crew: Crew, tot
         await asyncio.sleep(TICK)
 
 
-async def _drain(scenario: Scenario, crew: Crew) -> dict[str, Any]:
+async def _drain(
+    scenario: Scenario, crew: Crew, *, quiet_from: float | None = None
+) -> dict[str, Any]:
     """Wait until every acknowledged message was delivered and completed, or the drain timeout.
 
-    Returns how the drain ended, for run.json's ``drain``: ``reason`` (``complete`` or
-    ``timeout``), ``seconds`` it took, and ``pending``: acknowledged messages not completed at
-    its end. A timeout with messages pending is the one case where the checks' "lost" may only
-    mean "not yet delivered"; recording it lets a reader (and the verdict) tell the two apart.
+    Returns how the drain ended, for run.json's ``drain``: ``reason`` (``complete``,
+    ``timeout`` or ``quiet``), ``seconds`` it took, and ``pending``: acknowledged messages not
+    completed at its end. A timeout with messages pending is the one case where the checks'
+    "lost" may only mean "not yet delivered"; recording it lets a reader (and the verdict) tell
+    the two apart.
+
+    With ``quiet_from`` (a time on the run's clock: when the last fault ends), the broker keeps
+    nothing for its consumers (NATS core): once no message has completed for
+    :func:`quiet_period` after that time, nothing more can come and the drain ends ``quiet``
+    (the shipped fault matrix's NATS kill cell waited its whole 45 s for messages it had lost).
     """
     owed = producer_major(crew.plan)[crew.sends.outcome == ACKED]
     done = crew.done()
     start = now()
     deadline = start + scenario.drain_timeout
+    quiet = quiet_period(scenario)
+    last_count, since, polls = -1, start, 0
     while True:
         crew.check()
-        pending = int(len(owed) - np.count_nonzero(done[owed]))
-        if pending == 0 or now() >= deadline:
+        completed = int(np.count_nonzero(done[owed]))
+        pending = int(len(owed) - completed)
+        t = now()
+        if completed != last_count:
+            last_count, since, polls = completed, t, 0
+        else:
+            polls += 1
+        if pending == 0 or t >= deadline:
             reason = DRAIN_COMPLETE if pending == 0 else DRAIN_TIMED_OUT
-            return {"reason": reason, "seconds": round(now() - start, 3), "pending": pending}
-        await asyncio.sleep(0.02)
+            return {"reason": reason, "seconds": round(t - start, 3), "pending": pending}
+        if quiet_from is not None and t - max(since, quiet_from) >= quiet and polls >= QUIET_POLLS:
+            return {
+                "reason": DRAIN_QUIET,
+                "seconds": round(t - start, 3),
+                "pending": pending,
+                "quiet_s": round(quiet, 3),
+            }
+        await asyncio.sleep(DRAIN_POLL)
+
+
+def quiet_period(scenario: Scenario) -> float:
+    """How long consumers that complete nothing must stay so to be called quiet: QUIET_S, or
+    four times the scenario's slowest processing (its 99.9th percentile) when that is longer,
+    so a consumer busy with one slow message is not taken for an idle one."""
+    processing = draw(scenario.consumers.processing, np.random.default_rng(0), 10_000)
+    return max(QUIET_S, 4.0 * float(np.quantile(processing, 0.999)))
+
+
+def faults_end(scenario: Scenario) -> float:
+    """When the scenario's last fault ends, in seconds from the run's start (0 without any)."""
+    return max((fault.at + fault.duration for fault in scenario.faults), default=0.0)
 
 
 def _delay_warning(log: SendLog, t0: float) -> str | None:
