@@ -970,6 +970,12 @@ def calibrate(
                 f"{capacity.bytes / 1e6:.1f} MB/s" if capacity.bytes else "-",
                 "",
             )
+            if capacity.fetches:
+                fitted.add_row(
+                    f"sustained capacity, fetches{one}",
+                    f"{capacity.fetches:,.0f}/s",
+                    "",
+                )
             if capacity.clients is not None:
                 clients = capacity.clients
                 more = 1 / clients.scale(clients.cores)

@@ -241,6 +241,14 @@ class Capacity(_Model):
 
     messages: ByteRate = Field(None, description="messages per second (of no size)")
     bytes: ByteRate = Field(None, description="bytes per second")
+    fetches: ByteRate = Field(
+        None,
+        description="fetch requests per second (pull consumers: Redis XREADGROUP and its XACK, "
+        "a JetStream fetch and its acks): a message uses 1 / (fetches x prefetch) of the "
+        "capacity more, a full fetch's share, as at the ceiling where every fetch comes back "
+        "full (measured by brokerlab calibrate from ceilings with prefetch 50 and 10); unset: "
+        "no cost per fetch (push consumers, or a profile from before 2026-12-01)",
+    )
     clients: Clients | None = Field(
         None, description="the broker's and the clients' shares of the machine (see Clients)"
     )
@@ -261,12 +269,14 @@ class Capacity(_Model):
         "while its producer sent); unset: publish_share",
     )
 
-    def seconds(self, processes: int = 1) -> tuple[float, float]:
+    def seconds(self, processes: int = 1, prefetch: int | None = None) -> tuple[float, float]:
         """Capacity a message uses with ``processes`` client processes: (seconds per message,
-        seconds per byte)."""
+        seconds per byte); with ``prefetch``, the message's share of a full fetch is in the
+        first (a fetch of up to ``prefetch`` messages costs the same whatever it holds)."""
         scale = 1.0 if self.clients is None else self.clients.scale(processes)
+        fetch = scale / (self.fetches * prefetch) if self.fetches and prefetch else 0.0
         return (
-            scale / self.messages if self.messages else 0.0,
+            (scale / self.messages if self.messages else 0.0) + fetch,
             scale / self.bytes if self.bytes else 0.0,
         )
 
@@ -625,7 +635,7 @@ def apply_profile(scenario: Scenario, profile: Profile) -> Charged:
     }
     if profile.capacity is not None and any(profile.capacity.seconds()):
         processes = profile.capacity.processes(scenario)
-        per_message, per_byte = profile.capacity.seconds(processes)
+        per_message, per_byte = profile.capacity.seconds(processes, consumers.prefetch)
         charges["capacity_per_s"] = 1.0 / (per_message + per_byte * size)
         if profile.capacity.clients is not None:
             charges["client_processes"] = float(processes)

@@ -74,7 +74,7 @@ def simulate(
         capacity = chosen.capacity
         paced = set_pace(
             model,
-            *capacity.seconds(processes),
+            *capacity.seconds(processes, given.consumers.prefetch),
             capacity.publish_share,
             capacity.publish_batched,
         )

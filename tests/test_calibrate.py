@@ -27,12 +27,14 @@ from brokerlab.app.calibrate import (
     SUSTAINED_BISECTIONS,
     Measured,
     Step,
+    _capacity,
     _p99_for_mean,
     base_scenario,
     busy_warnings,
     calibrate,
     cpu_share,
     drain_rate,
+    fetch_cost,
     find_sustained,
     fit,
     ladder,
@@ -279,7 +281,7 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
     }
     said: list[str] = []
     known, measured = ladder_in(tmp_path, world, said)
-    assert "[7/8] ceiling-large: capacity's byte cost" in "\n".join(said)
+    assert "[7/9] ceiling-large: capacity's byte cost" in "\n".join(said)
     profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
     assert profile.capacity is not None
     per_message, per_byte = profile.capacity.seconds()
@@ -293,6 +295,61 @@ def test_fit_finds_the_capacity_of_broker_and_clients_together(tmp_path: Path) -
     ]
     assert rates[0] < 0.8 * 30_000  # the world fell behind: this measures its capacity
     assert rates[1] == pytest.approx(rates[0], rel=0.05)
+
+
+def test_fit_finds_the_capacitys_cost_per_fetch_and_predicts_another_prefetch(
+    tmp_path: Path,
+) -> None:
+    """A world whose capacity is 25,000 messages, 50 MB and 5,000 fetches a second: a message
+    in fetches of 50 uses 40 + 5.1 + 4 us of it (20,400/s with 256 B), in fetches of 10 40 + 5.1
+    + 20 us (15,400/s). The ladder's fetch rung (prefetch 10) tells the two apart, the fit
+    finds the cost per fetch within 15%, and predicts a shape it never saw: 1 kB in fetches of
+    20 with three consumers, 1 / (40 + 20.5 + 10 us) = 14,200/s, within 5% of the world's own,
+    where a fit without the fetch rung would say 1 / (40 + 20.5 + 4 us) = 15,500/s (+9%)."""
+    world = {
+        **KNOWN,
+        "publish": {"none": "0.01ms", "periodic": "0.01ms", "always": "0.5ms"},
+        "deliver": "0.01ms",
+        "capacity": {"messages": "25000/s", "bytes": "50MB/s", "fetches": "5000/s"},
+    }
+    said: list[str] = []
+    known, measured = ladder_in(tmp_path, world, said)
+    assert "[8/9] ceiling-fetch: capacity's cost per fetch" in "\n".join(said)
+    assert measured["ceiling-fetch"].delivered < 0.85 * measured["ceiling"].delivered
+    profile = refine(fit("redis-streams", measured, {"origin": "calibrated"}), measured)
+    assert profile.capacity is not None and profile.capacity.fetches is not None
+    assert profile.capacity.fetches == pytest.approx(5_000, rel=0.15)
+    ceiling = next(s for s in ladder("redis-streams", quick=True) if s.name == "ceiling")
+    unseen = replace(
+        ceiling,
+        changes={
+            **ceiling.changes,
+            "producers.size": "1kB",
+            "consumers.count": 3,
+            "consumers.prefetch": 20,
+        },
+    )
+    rates = [
+        m["throughput_per_s"]["delivered"] for m in world_and_fit(tmp_path, known, profile, unseen)
+    ]
+    assert rates[0] == pytest.approx(1 / (40e-6 + 20.48e-6 + 10e-6), rel=0.05)
+    assert rates[1] == pytest.approx(rates[0], rel=0.05)
+
+
+def test_the_cost_per_fetch_is_what_smaller_fetches_cost_more() -> None:
+    """Two ceilings of the same messages, in fetches of 50 and of 10: 1/small - 1/full is the
+    cost per fetch times (1/10 - 1/50); none when the smaller fetches cost nothing more."""
+    per_message, per_fetch = 40e-6 + 256 / 50e6, 200e-6  # 256 B messages, 50 MB/s
+    full, small = 1 / (per_message + per_fetch / 50), 1 / (per_message + per_fetch / 10)
+    assert fetch_cost(full, small, 50, 10) == pytest.approx(per_fetch)
+    assert fetch_cost(full, full * 1.01, 50, 10) == 0.0
+    assert fetch_cost(full, 0.0, 50, 10) == 0.0
+    large = 1 / (40e-6 + 4096 / 50e6 + per_fetch / 50)
+    capacity = _capacity(full, large, 4096, None, per_fetch)
+    assert capacity is not None
+    assert capacity["fetches"] == pytest.approx(1 / per_fetch)
+    assert capacity["messages"] == pytest.approx(25_000)
+    assert capacity["bytes"] == pytest.approx(50e6)
 
 
 def test_fit_finds_a_client_bound_capacity_at_either_process_count(

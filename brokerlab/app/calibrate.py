@@ -7,7 +7,8 @@ persistence cost, where the broker has one), one consumer with a known processin
 more than it can take (the consumer's own per-message cost, fetch and ack round trips included),
 and the sustained ceiling with a deep prefetch (the highest offer kept up with, found by
 doubling and bisecting the offer), with small and with 4 kB messages (bigger messages cost
-broker and clients more of the machine), and a deep backlog beyond it (how much faster a backlog
+broker and clients more of the machine), with fetches of 10 where consumers fetch (smaller
+fetches cost more per message), and a deep backlog beyond it (how much faster a backlog
 drains once the producer stops: the publishes' share of the capacity). The fit solves
 the simulator's own cost equations (see :func:`brokerlab.sim.profile.apply_profile`) for those
 measurements:
@@ -21,7 +22,8 @@ measurements:
     light e2e p50     = round trip + publish + delivery work + wake-up    (pull: a blocked fetch)
     Δ publish p50     = Δ size / bandwidth     (large vs small messages; end to end for NATS)
     Δ publish p50     = fsync cost                                     (persistence always)
-    1 / ceiling(size) = 1 / capacity messages + size / capacity bytes  (256 B and 4 kB)
+    1 / ceiling(size, prefetch) = 1 / capacity messages + size / capacity bytes
+                        + 1 / (capacity fetches x prefetch)   (256 B and 4 kB by 50; 256 B by 10)
     clients' share    = (machine CPU - broker CPU) / machine CPU         (at the ceilings)
     publishes' share  = 1 - ceiling / drain once the producer stopped    (offers beyond it)
     ... in full calls = (1 - delivered while sending x delivery cost) / sent   (deep backlog)
@@ -79,6 +81,13 @@ LIGHT_RATE, BUSY_RATE = 200.0, 1000.0
 IDLE_TAU = 0.003
 #: Message size of the ceiling rung with large messages (the capacity's byte cost).
 CEILING_LARGE = 4096
+#: The ceiling rungs' prefetch, and the fetch rung's: the same ceiling with fetches a fifth the
+#: size, whose cost per message is the capacity's cost per fetch (pull consumers). Measured on
+#: this machine, Redis with 1 kB messages and two client processes kept up with 45,000/s with
+#: prefetch 50 and delivered 35,000-42,000/s of it with prefetch 20.
+CEILING_PREFETCH, FETCH_PREFETCH = 50, 10
+#: Targets whose consumers make no fetch requests (the broker pushes up to ``prefetch``).
+PUSH_TARGETS = ("nats",)
 #: With a fitted capacity, the broker's servers could serve this many times its ceiling (the
 #: capacity is the limit; their work is the latency a message waits for), or its fastest pace
 #: where the publishes' share of it makes an overload faster (see :func:`publish_shares`).
@@ -171,22 +180,32 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
         ),
         Step(
             "ceiling",
-            "sustained ceiling (the highest offer kept up with, 2 consumers, prefetch 50)",
+            "sustained ceiling (the highest offer kept up with, 2 consumers, prefetch "
+            f"{CEILING_PREFETCH})",
             {
                 "producers.rate": CEILING_RATE.get(target, "12000/s"),
                 "consumers.count": 2,
-                "consumers.prefetch": 50,
+                "consumers.prefetch": CEILING_PREFETCH,
             },
         ),
     ]
+    ceiling = steps[-1].changes
     steps.append(
         Step(
             "ceiling-large",
             f"capacity's byte cost (the sustained ceiling with {CEILING_LARGE // 1024} kB "
             "messages)",
-            {**steps[-1].changes, "producers.size": f"{CEILING_LARGE}B"},
+            {**ceiling, "producers.size": f"{CEILING_LARGE}B"},
         )
     )
+    if target not in PUSH_TARGETS:
+        steps.append(
+            Step(
+                "ceiling-fetch",
+                f"capacity's cost per fetch (the sustained ceiling with prefetch {FETCH_PREFETCH})",
+                {**ceiling, "consumers.prefetch": FETCH_PREFETCH},
+            )
+        )
     if presets().get(target, {}).get("pull_status"):
         # Where a short answer ends with a status (nats-py's JetStream fetch), the light rung
         # again with fetches of up to 10: its latency beyond the light rung's is that status.
@@ -198,7 +217,7 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
                 {**light, "consumers.prefetch": 10},
             ),
         )
-    if target == "nats":
+    if target in PUSH_TARGETS:
         steps = [step for step in steps if step.name != "shared"]  # push: no fetch requests
     if FSYNC.get(target):
         steps.append(
@@ -358,7 +377,7 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
                 "offered: this machine was too busy to calibrate; the fitted costs are inflated "
                 "(calibrate again when it is quieter)"
             )
-    for name in ("ceiling", "ceiling-large"):
+    for name in CEILING_RUNGS:
         ceiling = measured.get(name)
         if ceiling is None:
             continue
@@ -435,7 +454,18 @@ def fit(target: str, measured: dict[str, Measured], provenance: dict[str, Any]) 
         small_one, big_one = (
             one_process(m.delivered, _processes(m, clients), clients) for m in (ceiling, big)
         )
-        capacity = _capacity(small_one, big_one, _size(big), clients)
+        fetched = measured.get("ceiling-fetch")
+        per_fetch = (
+            fetch_cost(
+                small_one,
+                one_process(fetched.delivered, _processes(fetched, clients), clients),
+                _prefetch(ceiling),
+                _prefetch(fetched),
+            )
+            if fetched is not None
+            else 0.0
+        )
+        capacity = _capacity(small_one, big_one, _size(big), clients, per_fetch, _prefetch(ceiling))
         share, batched = publish_shares(capacity, measured)
         if capacity is not None and share is not None:
             capacity["publish_share"] = share
@@ -536,23 +566,41 @@ def _capacity(
     large: float,
     size: float,
     clients: Clients | None = None,
+    per_fetch: float = 0.0,
+    prefetch: int = CEILING_PREFETCH,
 ) -> dict[str, Any] | None:
     """The capacity (messages and bytes per second) that moves ``small`` per second of
-    :data:`SMALL` messages and ``large`` per second of ``size`` bytes: each message uses
-    ``1 / messages + size / bytes`` of it, so two sizes give both (with one client process
-    when ``clients`` is known, which the capacity then carries)."""
+    :data:`SMALL` messages and ``large`` per second of ``size`` bytes, both in full fetches of
+    ``prefetch``: each message uses ``1 / messages + size / bytes + per_fetch / prefetch`` of it,
+    so with the cost per fetch known (:func:`fetch_cost`), two sizes give the other two (with one
+    client process when ``clients`` is known, which the capacity then carries)."""
     if large <= 0 or small <= 0 or size <= SMALL:
         return None
-    per_byte = max((1 / large - 1 / small) / (size - SMALL), 0.0)
-    per_message = max(1 / small - SMALL * per_byte, 0.0)
+    fetch = per_fetch / prefetch if prefetch else 0.0
+    small_cost, large_cost = 1 / small - fetch, 1 / large - fetch
+    per_byte = max((large_cost - small_cost) / (size - SMALL), 0.0)
+    per_message = max(small_cost - SMALL * per_byte, 0.0)
     capacity: dict[str, Any] = {}
     if per_message > 0:
         capacity["messages"] = 1 / per_message
     if per_byte > 0:
         capacity["bytes"] = 1 / per_byte
+    if capacity and per_fetch > 0:
+        capacity["fetches"] = 1 / per_fetch
     if capacity and clients is not None:
         capacity["clients"] = clients.model_dump()
     return capacity or None
+
+
+def fetch_cost(full: float, small: float, prefetch: int, small_prefetch: int) -> float:
+    """Seconds of capacity one fetch uses, from the ceilings (one client process) of the same
+    messages in fetches of ``prefetch`` (``full`` a second) and of ``small_prefetch`` (``small``
+    a second): each message uses its share of a full fetch, ``1/small - 1/full = per_fetch x
+    (1/small_prefetch - 1/prefetch)``. 0 where the smaller fetches cost nothing more, or either
+    ceiling is unknown."""
+    if full <= 0 or small <= 0 or small_prefetch >= prefetch:
+        return 0.0
+    return max((1 / small - 1 / full) / (1 / small_prefetch - 1 / prefetch), 0.0)
 
 
 #: Cores the broker's own work can use, where it is not every core: Redis executes commands on
@@ -570,7 +618,7 @@ def client_shares(target: str, measured: dict[str, Measured]) -> Clients | None:
 
     shares = [
         share
-        for name in ("ceiling", "ceiling-large")
+        for name in CEILING_RUNGS
         if (m := measured.get(name)) is not None and (share := cpu_share(m.record)) is not None
     ]
     if not shares:
@@ -666,12 +714,14 @@ def publish_shares(
         return None, None
     fitted = Capacity.model_validate(capacity)
     runs = []
-    for name in ("ceiling", "ceiling-large"):
+    for name in CEILING_RUNGS:
         m = measured.get(name)
         if m is None:
             continue
         for record in m.behind:
-            per_message, per_byte = fitted.seconds(_record_processes(record, fitted.clients))
+            per_message, per_byte = fitted.seconds(
+                _record_processes(record, fitted.clients), _prefetch(m)
+            )
             cost = per_message + per_byte * _size(m)
             if cost > 0:
                 runs.append((record, cost))
@@ -718,6 +768,11 @@ def one_process(rate: float, processes: int, clients: Clients | None) -> float:
     if clients is None or rate <= 0:
         return rate
     return rate * clients.scale(processes)
+
+
+def _prefetch(m: Measured) -> int:
+    """Prefetch of a rung."""
+    return int(m.step.changes.get("consumers.prefetch", 1))
 
 
 def _size(m: Measured) -> float:
@@ -842,13 +897,33 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
             # The capacity sets the ceiling: each size's capacity per message, scaled by how far
             # the simulator was off there (the fetches and servers in front of it cost a little).
             before = Capacity.model_validate(data["capacity"])
-            per_message, per_byte = before.seconds()
             small = measured["ceiling"]
+            per_message, per_byte = before.seconds(1, _prefetch(small))
             used = [
                 (per_message + _size(m) * per_byte) * sim / m.delivered
                 for m, sim in ((small, sim_small), (large, sim_large))
             ]
-            data["capacity"] = _capacity(1 / used[0], 1 / used[1], _size(large), before.clients)
+            # The fetch rung likewise: its cost per message, and the two fetch sizes' difference
+            # the cost per fetch.
+            per_fetch = 1 / before.fetches if before.fetches else 0.0
+            fetched = measured.get("ceiling-fetch")
+            sim_fetched = _get(sims.get("ceiling-fetch") or {}, ("throughput_per_s", "delivered"))
+            if per_fetch and fetched is not None and sim_fetched and fetched.delivered:
+                cost = before.seconds(1, _prefetch(fetched))[0] + _size(fetched) * per_byte
+                per_fetch = fetch_cost(
+                    1 / used[0],
+                    fetched.delivered / (cost * sim_fetched),
+                    _prefetch(small),
+                    _prefetch(fetched),
+                )
+            data["capacity"] = _capacity(
+                1 / used[0],
+                1 / used[1],
+                _size(large),
+                before.clients,
+                per_fetch,
+                _prefetch(small),
+            )
             if data["capacity"] is not None:
                 data["capacity"].update(
                     before.model_dump(include={"publish_share", "publish_batched"})
@@ -1107,6 +1182,8 @@ def find_sustained(
     return best[0], best[1], True
 
 
+#: The rungs found by a search (:func:`find_sustained`) rather than repeated.
+CEILING_RUNGS = ("ceiling", "ceiling-large", "ceiling-fetch")
 #: The deep backlog's offer, times the sustained ceiling, and how long it is offered: far enough
 #: beyond that the producer falls behind and sends full calls (see :func:`publish_shares`).
 OVERLOAD, OVERLOAD_SECONDS = 4.0, 1.0
@@ -1132,8 +1209,11 @@ def measure(
         if step.name == "ceiling-large" and "ceiling" in measured:
             # Larger messages cost more: the small ones' ceiling is beyond theirs.
             step = _at(step, max(_offered(measured["ceiling"].step), 100.0))
+        if step.name == "ceiling-fetch" and "ceiling" in measured:
+            # Smaller fetches cost more per message: below the ceiling rung's, seldom by half.
+            step = _at(step, max(_offered(measured["ceiling"].step) / 2, 100.0))
         first = run(step)
-        if step.name in ("ceiling", "ceiling-large"):
+        if step.name in CEILING_RUNGS:
             # Found by a search, not repeated: the runs around the answer are its evidence.
             behind: list[RunRecord] = []
             step, found, bounded = find_sustained(step, first, run, say, bisections, behind)
