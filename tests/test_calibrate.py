@@ -40,13 +40,15 @@ from brokerlab.app.calibrate import (
     ladder,
     measure,
     refine,
+    replay_pool,
+    replays,
     run_rung,
     sustained,
 )
 from brokerlab.app.runner import RunOptions, run_scenario
 from brokerlab.core.scenario import LogNormal
 from brokerlab.core.units import parse_rate
-from brokerlab.sim.profile import Clients, Profile, load_profile, resolve_profile
+from brokerlab.sim.profile import Clients, Profile, load_profile, parse_profile, resolve_profile
 
 KNOWN = {
     "kind": "redis-streams",
@@ -722,3 +724,22 @@ def test_a_few_stragglers_do_not_make_a_run_that_kept_up_fall_behind() -> None:
     lost.metrics["throughput_per_s"]["delivered"] = 0.9 * 8_000  # as if counted so
     assert not calibration.kept_up(lost)
     assert calibration.kept_up(_delivered_run(0, 0.0))
+
+
+def test_replays_in_worker_processes_give_what_one_process_gives(tmp_path: Path) -> None:
+    """A full calibration replays its rungs in worker processes: the same seeded simulator
+    runs, so the same metrics, in the rungs' order, as replaying them here."""
+    world = {**KNOWN, "capacity": {"messages": "25000/s", "bytes": "50MB/s"}}
+    _known, measured = ladder_in(tmp_path, world)
+    rungs = [measured[name] for name in ("light", "consumer", "ceiling")]
+    profile = parse_profile(world, "world")
+    here = replays(rungs, profile)
+    with replay_pool(2) as pool:
+        assert pool is not None
+        there = replays(rungs, profile, pool)
+    assert there == here
+    assert [m["throughput_per_s"]["delivered"] for m in here] == pytest.approx(
+        [m.delivered for m in rungs], rel=0.05
+    )
+    with replay_pool(1) as none:
+        assert none is None

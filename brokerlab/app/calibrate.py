@@ -39,10 +39,13 @@ per run, so a user sees how well the profile explains what it was fitted on.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import socket
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -228,13 +231,11 @@ def ladder(target: str, quick: bool = False) -> list[Step]:
             )
         )
     for step in steps:
-        # Overloaded rungs drain their backlog after the offer ends: shorter offers keep the
-        # whole ladder within minutes.
-        overloaded = step.name in ("busy", "consumer", "shared")
-        # The ceiling rungs run as long as a light one: an offer a little beyond the ceiling
-        # must have time to break the tails' bounds (5% beyond, a backlog grows by 50 ms a
-        # second).
-        short = min(seconds, 1.5) if overloaded else seconds
+        # The ceiling rungs run longest: an offer a little beyond the ceiling must have time to
+        # break the tails' bounds (5% beyond, a backlog grows by 50 ms a second). The others
+        # (300 messages at the light rate) run shorter, which keeps the whole ladder, three
+        # targets, within five minutes.
+        short = seconds if step.name in CEILING_RUNGS else min(seconds, 1.5)
         step.changes["producers.duration"] = f"{short}s"
     return steps
 
@@ -810,8 +811,43 @@ WAKE_TAIL_CAP = 1000.0
 REFINE_ROUNDS = 3
 
 
-def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE_ROUNDS) -> Profile:
-    """Correct the closed-form fit by replaying the rungs in the simulator.
+def replays(
+    measured: Iterable[Measured], profile: Profile, pool: Executor | None = None, seed: int = 1
+) -> list[dict[str, Any]]:
+    """metrics.json of each rung simulated with ``profile``, in order; in ``pool``'s processes
+    when given (a full calibration's ceiling rungs are 100,000 messages and more each, and
+    replaying them one after the other took a sixth of the whole calibration)."""
+    scenarios = [
+        parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}") for m in measured
+    ]
+    if pool is None:
+        return [simulate_with(scenario, profile, seed) for scenario in scenarios]
+    futures = [pool.submit(simulate_with, scenario, profile, seed) for scenario in scenarios]
+    return [future.result() for future in futures]
+
+
+@contextmanager
+def replay_pool(processes: int) -> Iterator[Executor | None]:
+    """Worker processes for :func:`replays` (spawned, so nothing of a run's state is copied),
+    or None with fewer than two; always shut down, unfinished replays cancelled."""
+    if processes < 2:
+        yield None
+        return
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def refine(
+    profile: Profile,
+    measured: dict[str, Measured],
+    rounds: int = REFINE_ROUNDS,
+    pool: Executor | None = None,
+) -> Profile:
+    """Correct the closed-form fit by replaying the rungs in the simulator (in ``pool``'s
+    processes when given).
 
     The equations of :func:`fit` hold for means and single draws; percentiles of sums of
     long-tailed draws, queueing and FIFO links move them. Each round simulates every rung with the
@@ -826,10 +862,7 @@ def refine(profile: Profile, measured: dict[str, Measured], rounds: int = REFINE
     mean_cap = math.inf
     for _ in range(rounds + 1):
         current = parse_profile(data, f"calibration of {profile.kind}")
-        sims = {
-            name: simulate_with(parse_scenario(_scenario_data(m), name), current)
-            for name, m in measured.items()
-        }
+        sims = dict(zip(measured, replays(measured.values(), current, pool), strict=True))
         score = _misfit(sims, measured)
         if best is None or score < best[0]:
             best = (score, current)
@@ -1005,13 +1038,11 @@ def _misfit(sims: dict[str, dict[str, Any]], measured: dict[str, Measured]) -> f
 
 
 def replay_errors(
-    profile: Profile, measured: list[Measured], seed: int = 1
+    profile: Profile, measured: list[Measured], seed: int = 1, pool: Executor | None = None
 ) -> list[dict[str, Any]]:
     """Simulate every rung with ``profile`` and compare with the real run (relative errors)."""
     rows = []
-    for m in measured:
-        scenario = parse_scenario(_scenario_data(m), f"calibration rung {m.step.name}")
-        sim = simulate_with(scenario, profile, seed)
+    for m, sim in zip(measured, replays(measured, profile, pool, seed), strict=True):
         real = m.metrics
         row = {"run": m.step.name}
         for label, path in (
@@ -1216,7 +1247,10 @@ def measure(
         if step.name in CEILING_RUNGS:
             # Found by a search, not repeated: the runs around the answer are its evidence.
             behind: list[RunRecord] = []
-            step, found, bounded = find_sustained(step, first, run, say, bisections, behind)
+            # The rungs after the first start near their answer: one bisection fewer (within
+            # about 10%) keeps the ladder within five minutes.
+            fewer = bisections if step.name == "ceiling" else max(bisections - 1, 1)
+            step, found, bounded = find_sustained(step, first, run, say, fewer, behind)
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
             if overload and step.name == "ceiling":
@@ -1266,55 +1300,90 @@ def calibrate(
 ) -> list[Calibration]:
     """Run the ladder on each target (each rung ``repeats`` times: :data:`REPEATS`, one when
     ``quick``), fit the medians, replay, store; return every target's calibration."""
-    from brokerlab.sim.profile import store_profile
-
     done = []
     stamp = datetime.now(UTC)
     versions = results.package_versions()
-    for target in targets:
-        run = partial(run_rung, base_scenario(target), target, options)
-        times = repeats or (1 if quick else REPEATS)
-        # --quick: a rougher ceiling too (one bisection: within about 25%, not 5%).
-        bisections = 1 if quick else SUSTAINED_BISECTIONS
-        measured = measure(
-            ladder(target, quick),
-            run,
-            partial(_prefixed, say, target),
-            times,
-            bisections,
-            # NATS core has no backlog to drain: a subscriber beyond its limits is dropped.
-            overload=target != "nats",
-        )
-        server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
-        provenance = {
-            "origin": "calibrated",
-            "host": socket.gethostname(),
-            "date": stamp.isoformat(timespec="seconds"),
-            "broker_version": f"{target} {server}" if server else target,
-            "lab_version": versions["brokerlab"],
-            "runs": [str(r.path) for m in measured.values() for r in m.records],
-            "note": "fitted by brokerlab calibrate"
-            + (
-                f" against {options.redis_url or options.nats_url}"
-                if (options.redis_url or options.nats_url)
-                else ""
-            ),
-        }
-        say(f"{target}: fitting (replaying the runs in the simulator)")
-        profile = refine(fit(target, measured, provenance), measured)
-        errors = replay_errors(profile, list(measured.values()))
-        path = None
-        if store:
-            where = None
-            if out is not None:
-                where = (
-                    out
-                    if len(targets) == 1
-                    else out.with_name(f"{out.stem}-{target}{out.suffix or '.yaml'}")
-                )
-            path = store_profile(profile, where)
-        warnings = busy_warnings(target, measured)
-        for warning in warnings:
-            say(f"warning: {warning}")
-        done.append(Calibration(target, profile, list(measured.values()), errors, path, warnings))
+    with ExitStack() as stack:
+        started: list[Executor | None] = []
+
+        def pool() -> Executor | None:
+            """The replays' worker processes, started at the first fit and kept for the others
+            (a quick calibration's rungs are small: replayed in this process)."""
+            if not started:
+                processes = 1 if quick else min(os.cpu_count() or 1, 4)
+                started.append(stack.enter_context(replay_pool(processes)))
+            return started[0]
+
+        for target in targets:
+            calibration = _calibrate_one(
+                target,
+                options,
+                say,
+                out=out
+                if len(targets) == 1 or out is None
+                else out.with_name(f"{out.stem}-{target}{out.suffix or '.yaml'}"),
+                quick=quick,
+                store=store,
+                repeats=repeats,
+                stamp=stamp,
+                versions=versions,
+                pool=pool,
+            )
+            done.append(calibration)
     return done
+
+
+def _calibrate_one(
+    target: str,
+    options: RunOptions,
+    say: Say,
+    *,
+    out: Path | None,
+    quick: bool,
+    store: bool,
+    repeats: int | None,
+    stamp: datetime,
+    versions: dict[str, str],
+    pool: Callable[[], Executor | None],
+) -> Calibration:
+    """One target's ladder, fit, replay and stored profile (``out``: where, else the
+    calibrated profiles' folder); see :func:`calibrate`."""
+    from brokerlab.sim.profile import store_profile
+
+    run = partial(run_rung, base_scenario(target), target, options)
+    times = repeats or (1 if quick else REPEATS)
+    # --quick: a rougher ceiling too (one bisection: within about 25%, not 5%).
+    bisections = 1 if quick else SUSTAINED_BISECTIONS
+    measured = measure(
+        ladder(target, quick),
+        run,
+        partial(_prefixed, say, target),
+        times,
+        bisections,
+        # NATS core has no backlog to drain: a subscriber beyond its limits is dropped.
+        overload=target != "nats",
+    )
+    server = next((m.record.result.info.get("server_version") for m in measured.values()), None)
+    provenance = {
+        "origin": "calibrated",
+        "host": socket.gethostname(),
+        "date": stamp.isoformat(timespec="seconds"),
+        "broker_version": f"{target} {server}" if server else target,
+        "lab_version": versions["brokerlab"],
+        "runs": [str(r.path) for m in measured.values() for r in m.records],
+        "note": "fitted by brokerlab calibrate"
+        + (
+            f" against {options.redis_url or options.nats_url}"
+            if (options.redis_url or options.nats_url)
+            else ""
+        ),
+    }
+    say(f"{target}: fitting (replaying the runs in the simulator)")
+    replayers = pool()
+    profile = refine(fit(target, measured, provenance), measured, pool=replayers)
+    errors = replay_errors(profile, list(measured.values()), pool=replayers)
+    path = store_profile(profile, out) if store else None
+    warnings = busy_warnings(target, measured)
+    for warning in warnings:
+        say(f"warning: {warning}")
+    return Calibration(target, profile, list(measured.values()), errors, path, warnings)
