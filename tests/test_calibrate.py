@@ -743,3 +743,40 @@ def test_replays_in_worker_processes_give_what_one_process_gives(tmp_path: Path)
     )
     with replay_pool(1) as none:
         assert none is None
+
+
+def test_a_dearer_ceiling_rung_that_kept_up_with_more_is_called_noise(tmp_path: Path) -> None:
+    """4 kB messages or fetches of 10 cannot be cheaper than the ceiling rung's: a rung of
+    them kept up with as much means the machine's noise hid the cost it measures, and
+    calibrate says so; a plausible order, or a ceiling rung that only has a lower bound (it
+    kept up with every offer), gets no such warning."""
+    fast = {**KNOWN, "publish": {"none": "0.001ms"}, "deliver": "0.001ms", "parallelism": 64}
+    known = tmp_path / "fast.yaml"
+    known.write_text(yaml.safe_dump(fast), encoding="utf-8")
+    options = RunOptions(results_dir=tmp_path / "runs", profile=str(known))
+    record = run_rung(
+        base_scenario("redis-streams"),
+        "sim",
+        options,
+        next(s for s in ladder("redis-streams", quick=True) if s.name == "light"),
+    )
+    steps = {s.name: s for s in ladder("redis-streams", quick=True)}
+
+    def at(name: str, rate: str) -> Measured:
+        step = steps[name]
+        return Measured.of(replace(step, changes={**step.changes, "producers.rate": rate}), record)
+
+    noisy = {
+        "ceiling": at("ceiling", "28000/s"),
+        "ceiling-large": at("ceiling-large", "36000/s"),
+        "ceiling-fetch": at("ceiling-fetch", "28000/s"),
+    }
+    said = [w for w in busy_warnings("nats", noisy) if "noise" in w]
+    assert len(said) == 2
+    assert "ceiling-large rung kept up with 36,000/s" in said[0] and "byte cost" in said[0]
+    assert "ceiling-fetch" in said[1] and "cost per fetch" in said[1]
+    plausible = {**noisy, "ceiling-large": at("ceiling-large", "12000/s")}
+    plausible["ceiling-fetch"] = at("ceiling-fetch", "20000/s")
+    assert not [w for w in busy_warnings("nats", plausible) if "noise" in w]
+    noisy["ceiling"].lower_bound = True
+    assert not [w for w in busy_warnings("nats", noisy) if "noise" in w]

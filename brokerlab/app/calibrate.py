@@ -388,6 +388,35 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
                 f"{target}: the {name} rung delivered {ceiling.delivered:.0f}/s of "
                 f"{offered:.0f}/s offered: it kept up, so the fitted ceiling is only a lower bound"
             )
+    warnings += _implausible_ceilings(target, measured)
+    return warnings
+
+
+#: What makes each ceiling rung's messages dearer than the ceiling rung's, and the cost its
+#: difference measures.
+_DEARER = {
+    "ceiling-large": ("its 4 kB messages", "byte cost"),
+    "ceiling-fetch": ("its fetches of 10", "cost per fetch"),
+}
+
+
+def _implausible_ceilings(target: str, measured: dict[str, Measured]) -> list[str]:
+    """Ceiling rungs whose dearer messages were kept up with at no lower a rate than the
+    ceiling rung's: the machine's noise was larger than the difference they measure, so the
+    fit finds no such cost (it keeps none below zero) and says so rather than pass it off."""
+    small = measured.get("ceiling")
+    if small is None or small.lower_bound:
+        return []
+    warnings = []
+    for name, (dearer, cost) in _DEARER.items():
+        m = measured.get(name)
+        if m is not None and _offered(m.step) >= _offered(small.step):
+            warnings.append(
+                f"{target}: the {name} rung kept up with {_offered(m.step):,.0f}/s, no less than "
+                f"the ceiling rung's {_offered(small.step):,.0f}/s, though {dearer} cost more: "
+                f"the machine's noise was larger than the difference, so the fitted {cost} is "
+                "not measured (calibrate again when the machine is quieter)"
+            )
     return warnings
 
 
