@@ -436,16 +436,11 @@ async def _drain(
             last_count, since, polls = completed, t, 0
         else:
             polls += 1
+        ended = {"seconds": round(t - start, 3), "pending": pending}
         if pending == 0 or t >= deadline:
-            reason = DRAIN_COMPLETE if pending == 0 else DRAIN_TIMED_OUT
-            return {"reason": reason, "seconds": round(t - start, 3), "pending": pending}
+            return {"reason": DRAIN_COMPLETE if pending == 0 else DRAIN_TIMED_OUT, **ended}
         if quiet_from is not None and t - max(since, quiet_from) >= quiet and polls >= QUIET_POLLS:
-            return {
-                "reason": DRAIN_QUIET,
-                "seconds": round(t - start, 3),
-                "pending": pending,
-                "quiet_s": round(quiet, 3),
-            }
+            return {"reason": DRAIN_QUIET, **ended, "quiet_s": round(quiet, 3)}
         await asyncio.sleep(DRAIN_POLL)
 
 

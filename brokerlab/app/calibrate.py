@@ -395,8 +395,8 @@ def busy_warnings(target: str, measured: dict[str, Measured]) -> list[str]:
 #: What makes each ceiling rung's messages dearer than the ceiling rung's, and the cost its
 #: difference measures.
 _DEARER = {
-    "ceiling-large": ("its 4 kB messages", "byte cost"),
-    "ceiling-fetch": ("its fetches of 10", "cost per fetch"),
+    "ceiling-large": (f"its {CEILING_LARGE // 1024} kB messages", "byte cost"),
+    "ceiling-fetch": (f"its fetches of {FETCH_PREFETCH}", "cost per fetch"),
 }
 
 
