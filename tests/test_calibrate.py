@@ -242,6 +242,78 @@ def test_a_ceiling_rung_that_keeps_up_with_every_offer_is_a_lower_bound(tmp_path
     assert "lower bound" in warning
 
 
+def _broker_keeping_up_to(ceiling: float, offers: list[float]) -> Any:
+    """A known-answer broker for the search alone: it keeps up with any offer up to
+    ``ceiling`` (short tails) and falls behind beyond it (a short run delivers its backlog
+    late: end-to-end tail in seconds); the offers it was made are appended to ``offers``."""
+
+    def run(step: Any) -> Any:
+        offer = parse_rate(step.changes["producers.rate"])
+        offers.append(offer)
+        behind = offer > ceiling
+        metrics = {
+            "throughput_per_s": {"offered": offer, "delivered": offer},
+            "latency_ms": {"end_to_end": {"p99": 4_000.0 if behind else 5.0}},
+        }
+        return SimpleNamespace(metrics=metrics)
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("dearer_ceiling", "runs", "found"),
+    [
+        # As cheap as the ceiling rung within its bracket: kept up with at its start, done.
+        (40_000.0, 1, 37_500.0),
+        # Dearer: it falls behind at the start and bisects below, never above the cheaper ceiling.
+        (20_000.0, 5, 19_000.0),
+    ],
+)
+def test_a_dearer_rung_searches_no_higher_than_the_cheaper_rungs_ceiling(
+    dearer_ceiling: float, runs: int, found: float
+) -> None:
+    """The 4 kB and prefetch-10 rungs cost more per message than the ceiling rung, which kept up
+    with 37,500/s and fell behind at 41,250/s: an offer beyond 37,500/s cannot tell anything,
+    so the search stops there (a broker whose dearer messages cost less than the bracket
+    resolves is found at 37,500/s in one run, where the unbounded search made five), and a
+    dearer broker's ceiling is bisected below it within 10%."""
+    step = next(s for s in ladder("redis-streams") if s.name == "ceiling-large")
+    step = replace(step, changes={**step.changes, "producers.rate": "37500/s"})
+    offers: list[float] = []
+    run = _broker_keeping_up_to(dearer_ceiling, offers)
+    said: list[str] = []
+    fell: list[float] = []
+    step, _, bounded = find_sustained(
+        step, run(step), run, said.append, within=(37_500.0, 41_250.0), fell_behind=fell
+    )
+    assert bounded and len(offers) == runs and max(offers) <= 37_500.0
+    rate = parse_rate(step.changes["producers.rate"])
+    assert found * 0.9 <= rate <= min(dearer_ceiling, 37_500.0)
+    assert all(offer > dearer_ceiling for offer in fell)
+    unbounded: list[float] = []
+    run = _broker_keeping_up_to(dearer_ceiling, unbounded)
+    step = replace(step, changes={**step.changes, "producers.rate": "37500/s"})
+    find_sustained(step, run(step), run, lambda _: None)
+    assert max(unbounded) > 37_500.0 if dearer_ceiling > 37_500.0 else len(unbounded) == runs
+    if dearer_ceiling > 37_500.0:
+        assert len(unbounded) == 5 and "fell behind at 41,250/s" in said[0]
+
+
+def test_the_fetch_rungs_doubling_stops_at_the_ceiling_rungs_offer() -> None:
+    """The prefetch-10 rung starts at half the ceiling: kept up with there, it offers the
+    ceiling rung's 37,500/s next (not twice its start, 37,500/s too here, nor beyond), and from
+    a start of a third it offers 37,500/s rather than 25,000 then 50,000."""
+    step = next(s for s in ladder("redis-streams") if s.name == "ceiling-fetch")
+    step = replace(step, changes={**step.changes, "producers.rate": "12500/s"})
+    offers: list[float] = []
+    run = _broker_keeping_up_to(30_000.0, offers)
+    step, _, bounded = find_sustained(
+        step, run(step), run, lambda _: None, bisections=2, within=(37_500.0, 41_250.0)
+    )
+    assert bounded and max(offers) == 37_500.0 and offers[:3] == [12_500.0, 25_000.0, 37_500.0]
+    assert 0.9 * 30_000 <= parse_rate(step.changes["producers.rate"]) <= 30_000
+
+
 def ladder_in(
     tmp_path: Path, world: dict, said: list[str] | None = None
 ) -> tuple[Path, dict[str, Measured]]:

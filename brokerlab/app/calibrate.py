@@ -306,6 +306,8 @@ class Measured:
     lower_bound: bool = False
     #: a ceiling search's runs that fell behind their offer (their backlogs' drains)
     behind: list[RunRecord] = field(default_factory=list)
+    #: a ceiling search's lowest offer not kept up with (None: it kept up with every offer)
+    fell_behind_at: float | None = None
 
     @classmethod
     def of(cls, step: Step, record: RunRecord | list[RunRecord]) -> Measured:
@@ -402,8 +404,9 @@ _DEARER = {
 
 def _implausible_ceilings(target: str, measured: dict[str, Measured]) -> list[str]:
     """Ceiling rungs whose dearer messages were kept up with at no lower a rate than the
-    ceiling rung's: the machine's noise was larger than the difference they measure, so the
-    fit finds no such cost (it keeps none below zero) and says so rather than pass it off."""
+    ceiling rung's: the difference they measure was below what the search resolves (the
+    ceiling rung's bracket), or the machine's noise hid it, so the fit finds no such cost (it
+    keeps none below zero) and says so rather than pass it off."""
     small = measured.get("ceiling")
     if small is None or small.lower_bound:
         return []
@@ -411,11 +414,17 @@ def _implausible_ceilings(target: str, measured: dict[str, Measured]) -> list[st
     for name, (dearer, cost) in _DEARER.items():
         m = measured.get(name)
         if m is not None and _offered(m.step) >= _offered(small.step):
+            fell = (
+                f" (which fell behind at {small.fell_behind_at:,.0f}/s)"
+                if small.fell_behind_at is not None
+                else ""
+            )
             warnings.append(
                 f"{target}: the {name} rung kept up with {_offered(m.step):,.0f}/s, no less than "
-                f"the ceiling rung's {_offered(small.step):,.0f}/s, though {dearer} cost more: "
-                f"the machine's noise was larger than the difference, so the fitted {cost} is "
-                "not measured (calibrate again when the machine is quieter)"
+                f"the ceiling rung's {_offered(small.step):,.0f}/s{fell}, though {dearer} cost "
+                "more: the difference is below what the search resolves here or the machine's "
+                f"noise hid it, so the fitted {cost} is zero, not measured (calibrate again when "
+                "the machine is quieter)"
             )
     return warnings
 
@@ -1190,6 +1199,8 @@ def find_sustained(
     say: Say,
     bisections: int = SUSTAINED_BISECTIONS,
     behind: list[RunRecord] | None = None,
+    within: tuple[float, float] | None = None,
+    fell_behind: list[float] | None = None,
 ) -> tuple[Step, RunRecord, bool]:
     """The ceiling rung at the highest offer the target keeps up with (:func:`sustained`).
 
@@ -1204,19 +1215,32 @@ def find_sustained(
     kept up with and the lowest not, which is also at most 10% above what that run delivered
     (it could not take more). Returns the rung, its run and whether the ceiling was found
     (False: every offer was kept up with, a lower bound); the runs that fell behind are appended
-    to ``behind``.
+    to ``behind`` and their offers to ``fell_behind``.
+
+    ``within`` is a cheaper rung's ceiling and the lowest offer it fell behind at, for a rung
+    whose messages cost more (:data:`_DEARER`): it cannot keep up with more than the cheaper
+    one, so its offers stop at the cheaper ceiling, and a rung that keeps up with that ceiling
+    has found its own in the cheaper rung's bracket (no run beyond it could tell more: 4 runs
+    fewer where the difference is smaller than the search resolves).
     """
     behind = [] if behind is None else behind
+    fell_behind = [] if fell_behind is None else fell_behind
     best: tuple[Step, RunRecord] | None = None
     record = first
     for doubling in range(CEILING_DOUBLINGS + 1):
         if not sustained(record):
             behind.append(record)
+            fell_behind.append(_offered(step))
             break
         best = (step, record)
+        if within is not None and _offered(step) >= within[0]:
+            say(f"{step.name}: kept up with the cheaper rung's ceiling, {within[0]:,.0f}/s "
+                f"(which fell behind at {within[1]:,.0f}/s)")  # fmt: skip
+            return step, record, True
         if doubling == CEILING_DOUBLINGS:
             return step, record, False
-        step = _at(step, 2 * _offered(step))
+        offer = 2 * _offered(step)
+        step = _at(step, offer if within is None else min(offer, within[0]))
         say(f"{step.name}: kept up; offering {_offered(step):,.0f}/s")
         record = run(step)
     delivered = float(record.metrics["throughput_per_s"].get("delivered") or 0.0)
@@ -1234,6 +1258,7 @@ def find_sustained(
             best, low = (middle, tried), _offered(middle)
         else:
             behind.append(tried)
+            fell_behind.append(_offered(middle))
             high = _offered(middle)
     if best is None:
         # Nothing tried was kept up with: the bracket's floor, half the first shortfall.
@@ -1276,13 +1301,23 @@ def measure(
         if step.name in CEILING_RUNGS:
             # Found by a search, not repeated: the runs around the answer are its evidence.
             behind: list[RunRecord] = []
+            fell: list[float] = []
             # The fetch rung bisects once less (within about 10%), which keeps the ladder within
             # five minutes; the 4 kB rung not (its byte cost decides every other size's capacity:
             # a 1 kB prediction moved by 6% with one bisection less).
             fewer = max(bisections - 1, 1) if step.name == "ceiling-fetch" else bisections
-            step, found, bounded = find_sustained(step, first, run, say, fewer, behind)
+            cheaper = measured.get("ceiling") if step.name in _DEARER else None
+            within = (
+                (_offered(cheaper.step), cheaper.fell_behind_at)
+                if cheaper is not None and cheaper.fell_behind_at is not None
+                else None
+            )
+            step, found, bounded = find_sustained(
+                step, first, run, say, fewer, behind, within=within, fell_behind=fell
+            )
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
+            measured[step.name].fell_behind_at = min(fell, default=None)
             if overload and step.name == "ceiling":
                 deep = _at(step, OVERLOAD * _offered(step))
                 deep.changes["producers.duration"] = f"{OVERLOAD_SECONDS}s"
