@@ -16,7 +16,7 @@ and prints one table of lost / duplicates / redelivered / unknown per way (media
 output folder (a temporary folder unless ``--out`` is given; never inside the repository). It
 asserts nothing.
 
-    python bench/bench_matrix_magnitudes.py [--cells GLOB] [--seeds N] [--no-real]
+    python bench/bench_matrix_magnitudes.py [--cells GLOB[,GLOB]] [--seeds N] [--no-real]
                                             [--profile auto] [--out DIR]
 """
 
@@ -60,8 +60,14 @@ RULE_LETTER = {
 
 
 def select_cells(pattern: str) -> list[Cell]:
-    """The matrix's cells whose ``CONFIG--FAULT`` name matches ``pattern`` (a shell glob)."""
-    cells = [c for c in find_cells(CELLS) if fnmatch.fnmatch(f"{c.config}--{c.fault}", pattern)]
+    """The matrix's cells whose ``CONFIG--FAULT`` name matches ``pattern`` (a shell glob, or
+    several separated by commas: a few cells' real runs in one table)."""
+    globs = [g.strip() for g in pattern.split(",") if g.strip()]
+    cells = [
+        c
+        for c in find_cells(CELLS)
+        if any(fnmatch.fnmatch(f"{c.config}--{c.fault}", g) for g in globs)
+    ]
     if not cells:
         raise MatrixError(f"--cells {pattern!r}: matches no cell of {CELLS}")
     return cells
@@ -241,7 +247,9 @@ def _output_folder(out: str | None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", default="*", help="glob on CONFIG--FAULT (default: all)")
+    parser.add_argument(
+        "--cells", default="*", help="globs on CONFIG--FAULT, comma-separated (default: all)"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="seeds 1..N, medians (default 1)")
     parser.add_argument("--no-real", action="store_true", help="simulator only")
     parser.add_argument(

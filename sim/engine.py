@@ -157,6 +157,11 @@ class Simulation:
         # Sends, recorded by message index.
         self.sync = scenario.producers.confirm == "sync" and self.publish_acks
         self.t_sent = np.full(n, math.nan)
+        #: open-loop producers send nothing before this (a capacity owed more publish work than
+        #: it can queue holds them: :class:`brokerlab.sim.pace.SharedPacer`), and the sends it
+        #: made late, by message index: when they went
+        self.hold_until = -math.inf
+        self.late: dict[int, float] = {}
         #: a list, not an array: the hot path sets one entry per message (5x cheaper)
         self.t_acked: list[float] = [math.nan] * n
         self.t_stored: list[float] = [0.0] * n if broker.retention else []
@@ -420,12 +425,14 @@ class Simulation:
     # ------------------------------------------------------------------ producers
 
     def _send_async(self, i: int) -> None:
-        # Open loop: the producer never falls behind, so the next send is already known.
+        # Open loop: the producer falls behind only when held, so the next send is known.
         following = i + 1
         if following < self.n:
             env = self.env
             now = env.now
             delay = self.t_intended[following] - now
+            if now + delay < self.hold_until:
+                delay = self._held(following, now)
             # Call(env, max(delay, 0), self._send_async, following), inlined
             heappush(
                 env._queue,
@@ -449,6 +456,8 @@ class Simulation:
         now = env.now
         if following < self.n:
             delay = self.t_intended[following] - now
+            if now + delay < self.hold_until:
+                delay = self._held(following, now)
             heappush(
                 env._queue,
                 (
@@ -464,6 +473,13 @@ class Simulation:
         if self.publish_acks:
             self.t_acked[i] = now  # acked the moment it is stored (no way back to travel)
         self.stored(i)
+
+    def _held(self, i: int, now: float) -> float:
+        """Message ``i``'s send, intended before :attr:`hold_until`, goes then (or now, if that
+        has passed): recorded as late; returns its delay from now."""
+        at = self.hold_until if self.hold_until > now else now
+        self.late[i] = at
+        return at - now
 
     def _start_sync_producers(self) -> None:
         producer = self.plan.producer
@@ -931,6 +947,14 @@ class Simulation:
         """``t_sent``, ``t_acked``, outcome codes and attempts, one entry per message."""
         n = self.n
         t_sent = self.t_sent if self.sync else self.plan.t_intended.copy()
+        if self.late:
+            # Held sends went late, in order: from the first due after the run ended, none went.
+            index = np.fromiter(self.late, dtype="int64", count=len(self.late))
+            at = np.fromiter(self.late.values(), dtype="float64", count=len(self.late))
+            t_sent[index] = at
+            after = index[at > self.end]
+            if len(after):
+                t_sent[after.min() :] = math.nan
         sent = ~np.isnan(t_sent)
         self.counts["unsent"] = int(n - sent.sum())
         acked, failed, unknown = (int(code) for code in OutcomeCode)

@@ -92,9 +92,12 @@ BEHIND = 0.001
 #: How far behind a producer's calls of one are counted at most (so that it catches up within
 #: this once its overload ends).
 LAG_CAP = 0.010
-#: Publish work the capacity owes at most: beyond it, more publishes cost it no more (a producer
-#: that far behind is limited by its own process, not the shared capacity), so deliveries never
-#: wait longer than this behind them.
+#: Publish work the capacity owes at most, so deliveries never wait longer than this behind
+#: publishes. Beyond it, open-loop producers wait until it owes no more (they fall behind
+#: schedule: publish delay), so a load beyond the capacity is not kept up with. Until
+#: 2026-12-01 the work beyond it was left undone instead, and the simulator kept up with NATS
+#: core loads 38% beyond its capacity (deliveries alone used it). Confirm-sync and faulted
+#: publishers still leave it undone.
 PUBLISH_BACKLOG = 0.020
 
 
@@ -121,6 +124,9 @@ class SharedPacer(Pacer):
         #: per producer: when its publishes, as calls of one, would have used the capacity up
         self.calls_done = [0.0] * (max(self.producer, default=0) + 1)
         self.free_at = -math.inf  # a first publish's work may end at time 0
+        #: open-loop producers of a fault-free run are held back by work the capacity cannot
+        #: queue; confirm-sync and faulted publishers are not (that work is left undone)
+        self.hold = sim.faults is None and not sim.sync
         if sim.faults is not None:  # the fault layer's publisher stores through its own hook
             broker = sim.faults.publisher.broker
             self._store = broker.store
@@ -150,7 +156,16 @@ class SharedPacer(Pacer):
         free = (self.free_at if self.free_at > begin else begin) + cost
         cap = now + PUBLISH_BACKLOG
         if free > cap:
-            free = cap if cap > self.free_at else self.free_at
+            if self.hold:
+                # The producers cannot send faster than the capacity does their work: they wait
+                # until what it owes is back within the cap (their publish delay), as the real
+                # ones fall behind, and the work is done, not left undone.
+                sim = self.sim
+                held = free - PUBLISH_BACKLOG
+                if held > sim.hold_until:
+                    sim.hold_until = held
+            else:
+                free = cap if cap > self.free_at else self.free_at
         self.free_at = free
         self._store(b)
 

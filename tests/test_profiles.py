@@ -490,6 +490,41 @@ def test_publishes_share_the_capacity_and_a_backlog_drains_faster_once_they_stop
     assert float((first - sent.loc[first.index]).quantile(0.99)) < 0.005
 
 
+def test_a_load_beyond_the_capacity_holds_its_producers_and_is_not_kept_up_with(
+    tmp_path: Path,
+) -> None:
+    """NATS core pushes every message as it arrives: a capacity of 10,000/s (100 us a
+    message), a quarter of it the publish's. Offered 12,000/s, its deliveries alone (75 us
+    each, 13,333/s) could take it, so when the publish work the capacity could not queue was
+    left undone (before 2026-12-01) the simulator delivered 12,000/s and kept up with a load
+    20% beyond its capacity. Now the producer waits for the capacity, as a real one falls
+    behind: 10,000/s delivered while it sends, and after 2 s it is a third of a second behind
+    (2 s x 2,000/s left over / 12,000/s). Offered 9,000/s: kept up, no publish delay."""
+    path = write_profile(
+        tmp_path,
+        kind="nats",
+        round_trip="0.1ms",
+        capacity={"messages": "10000/s", "publish_share": 0.25},
+    )
+
+    def played(rate: str, messages: int) -> tuple[Any, dict[str, Any]]:
+        scenario = make(
+            {"kind": "nats", "profile": str(path)},
+            producers={"rate": rate, "messages": messages, "size": "0B"},
+            consumers={"count": 2, "prefetch": 50},
+        )
+        return simulate(scenario, 1), metrics(scenario)
+
+    beyond, measured = played("12000/s", 24_000)
+    assert "25% of it by a publish" in beyond.info["profile"]["pace"]
+    assert phases(beyond)[0] == pytest.approx(10_000, rel=0.05)
+    delay = measured["latency_ms"]["publish_delay"]
+    assert 250 <= delay["max"] <= 400 and delay["p99"] > 100
+    _, kept = played("9000/s", 18_000)
+    assert kept["latency_ms"]["publish_delay"]["max"] == 0
+    assert kept["throughput_per_s"]["delivered"] == pytest.approx(9_000, rel=0.02)
+
+
 def test_a_producer_behind_schedule_publishes_in_full_calls_at_their_cost(tmp_path: Path) -> None:
     """A capacity of 10,000/s, a publish 50% of it alone and 10% in a full call. Offered
     30,000/s, calls of one would need 30,000 x 50 us = 150% of it: the producer falls behind and
