@@ -430,9 +430,8 @@ class Simulation:
         if following < self.n:
             env = self.env
             now = env.now
-            delay = self.t_intended[following] - now
-            if now + delay < self.hold_until:
-                delay = self._held(following, now)
+            intended = self.t_intended[following]
+            delay = intended - now if intended >= self.hold_until else self._held(following, now)
             # Call(env, max(delay, 0), self._send_async, following), inlined
             heappush(
                 env._queue,
@@ -455,9 +454,8 @@ class Simulation:
         env = self.env
         now = env.now
         if following < self.n:
-            delay = self.t_intended[following] - now
-            if now + delay < self.hold_until:
-                delay = self._held(following, now)
+            intended = self.t_intended[following]
+            delay = intended - now if intended >= self.hold_until else self._held(following, now)
             heappush(
                 env._queue,
                 (

@@ -34,6 +34,7 @@ from brokerlab.app.calibrate import (
     calibrate,
     cpu_share,
     drain_rate,
+    fell_behind_at,
     fetch_cost,
     find_sustained,
     fit,
@@ -282,10 +283,12 @@ def test_a_dearer_rung_searches_no_higher_than_the_cheaper_rungs_ceiling(
     offers: list[float] = []
     run = _broker_keeping_up_to(dearer_ceiling, offers)
     said: list[str] = []
-    fell: list[float] = []
+    behind: list[Any] = []
     step, _, bounded = find_sustained(
-        step, run(step), run, said.append, within=(37_500.0, 41_250.0), fell_behind=fell
+        step, run(step), run, said.append, behind=behind, within=(37_500.0, 41_250.0)
     )
+    fell = [r.metrics["throughput_per_s"]["offered"] for r in behind]
+    assert fell_behind_at(behind) == min(fell, default=None)
     assert bounded and len(offers) == runs and max(offers) <= 37_500.0
     rate = parse_rate(step.changes["producers.rate"])
     assert found * 0.9 <= rate <= min(dearer_ceiling, 37_500.0)

@@ -1200,7 +1200,6 @@ def find_sustained(
     bisections: int = SUSTAINED_BISECTIONS,
     behind: list[RunRecord] | None = None,
     within: tuple[float, float] | None = None,
-    fell_behind: list[float] | None = None,
 ) -> tuple[Step, RunRecord, bool]:
     """The ceiling rung at the highest offer the target keeps up with (:func:`sustained`).
 
@@ -1215,7 +1214,7 @@ def find_sustained(
     kept up with and the lowest not, which is also at most 10% above what that run delivered
     (it could not take more). Returns the rung, its run and whether the ceiling was found
     (False: every offer was kept up with, a lower bound); the runs that fell behind are appended
-    to ``behind`` and their offers to ``fell_behind``.
+    to ``behind`` (:func:`fell_behind_at` reads the lowest offer among them).
 
     ``within`` is a cheaper rung's ceiling and the lowest offer it fell behind at, for a rung
     whose messages cost more (:data:`_DEARER`): it cannot keep up with more than the cheaper
@@ -1224,13 +1223,11 @@ def find_sustained(
     fewer where the difference is smaller than the search resolves).
     """
     behind = [] if behind is None else behind
-    fell_behind = [] if fell_behind is None else fell_behind
     best: tuple[Step, RunRecord] | None = None
     record = first
     for doubling in range(CEILING_DOUBLINGS + 1):
         if not sustained(record):
             behind.append(record)
-            fell_behind.append(_offered(step))
             break
         best = (step, record)
         if within is not None and _offered(step) >= within[0]:
@@ -1258,13 +1255,18 @@ def find_sustained(
             best, low = (middle, tried), _offered(middle)
         else:
             behind.append(tried)
-            fell_behind.append(_offered(middle))
             high = _offered(middle)
     if best is None:
         # Nothing tried was kept up with: the bracket's floor, half the first shortfall.
         step = _at(step, low)
         best = (step, run(step))
     return best[0], best[1], True
+
+
+def fell_behind_at(behind: list[RunRecord]) -> float | None:
+    """The lowest offer among a search's runs that fell behind (metrics.json's ``offered`` is
+    the scenario's rate); None when it kept up with every offer."""
+    return min((float(r.metrics["throughput_per_s"]["offered"]) for r in behind), default=None)
 
 
 #: The rungs found by a search (:func:`find_sustained`) rather than repeated.
@@ -1301,7 +1303,6 @@ def measure(
         if step.name in CEILING_RUNGS:
             # Found by a search, not repeated: the runs around the answer are its evidence.
             behind: list[RunRecord] = []
-            fell: list[float] = []
             # The fetch rung bisects once less (within about 10%), which keeps the ladder within
             # five minutes; the 4 kB rung not (its byte cost decides every other size's capacity:
             # a 1 kB prediction moved by 6% with one bisection less).
@@ -1313,11 +1314,11 @@ def measure(
                 else None
             )
             step, found, bounded = find_sustained(
-                step, first, run, say, fewer, behind, within=within, fell_behind=fell
+                step, first, run, say, fewer, behind, within=within
             )
             measured[step.name] = Measured.of(step, found)
             measured[step.name].lower_bound = not bounded
-            measured[step.name].fell_behind_at = min(fell, default=None)
+            measured[step.name].fell_behind_at = fell_behind_at(behind)
             if overload and step.name == "ceiling":
                 deep = _at(step, OVERLOAD * _offered(step))
                 deep.changes["producers.duration"] = f"{OVERLOAD_SECONDS}s"
